@@ -1,0 +1,3 @@
+from mdmgate.cli import main
+
+raise SystemExit(main())

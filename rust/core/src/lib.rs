@@ -1,0 +1,6 @@
+//! Pure transforms over bytes and columns for mdmgate.
+//!
+//! Nothing here touches sockets, databases or protocol state; every function takes
+//! input it does not trust and answers with a typed error instead of panicking.
+
+pub mod versions;
