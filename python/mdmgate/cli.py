@@ -94,15 +94,16 @@ def _version_sort(args: argparse.Namespace) -> str:
         raise _InputError(f"stdin is not UTF-8 (at byte {e.start})") from None
     lines: list[str] = []
     line_numbers: list[int] = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r")
         if line.strip():
             lines.append(line)
             line_numbers.append(number)
     try:
         ordered = versions.sort(lines, platform=args.platform, reverse=args.reverse)
     except versions.InvalidVersion as e:
-        assert e.index is not None
+        if e.index is None:
+            raise
         detail = e.message.removeprefix(f"item {e.index}: ")
         raise _InputError(f"line {line_numbers[e.index]}: {detail}") from None
     return "".join(f"{v}\n" for v in ordered)

@@ -21,6 +21,7 @@ keys can be stored in a database column and ordered there too.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -210,7 +211,7 @@ class VersionSet:
         items = list(versions)
         keys = sort_keys([v.file_version for v in items], platform=platform)
         order = sorted(range(len(items)), key=keys.__getitem__)
-        for earlier, later in zip(order, order[1:], strict=False):
+        for earlier, later in itertools.pairwise(order):
             if keys[earlier] == keys[later]:
                 raise DuplicateVersion(
                     f"{platform} file version {items[later].file_version!r} orders equal to "
@@ -298,7 +299,10 @@ class VersionSet:
             raise KeyError(f"no uploaded version orders equal to {file_version!r}")
         return VersionSet(
             self.platform,
-            [AppVersion(v.file_version, v.label, False) if v is target else v for v in self.versions],
+            [
+                AppVersion(v.file_version, v.label, False) if v is target else v
+                for v in self.versions
+            ],
         )
 
     def plan(self, installed: str | None, *, assigned: Iterable[str] | None = None) -> InstallPlan:

@@ -6,7 +6,9 @@
 
 use std::cmp::Ordering;
 
-use mdmgate_core::versions::{self, IndexedError, InstallAction, Keys, Platform, VersionError};
+use mdmgate_core::versions::{
+    self, IndexedError, InstallAction, Interned, Keys, Platform, VersionError, MISSING,
+};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
@@ -30,81 +32,99 @@ fn invalid(platform: Platform, version: &str, error: &VersionError, index: Optio
     if let Some(i) = index {
         message = format!("item {i}: {message}");
     }
-    InvalidVersion::new_err((message, version.to_owned(), platform.name(), error.offset, index))
+    InvalidVersion::new_err((
+        message,
+        version.to_owned(),
+        platform.name(),
+        error.offset,
+        index,
+    ))
 }
 
-/// Version strings copied out of a Python sequence into one buffer.
-#[derive(Default)]
-struct Column {
-    text: String,
-    ends: Vec<usize>,
-    /// Rows that were `None` (only where the caller allows it).
-    missing: Vec<bool>,
+/// The items of a Python iterable, held so their strings can be borrowed.
+fn items<'py>(values: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    if let Ok(list) = values.cast::<PyList>() {
+        Ok(list.iter().collect())
+    } else {
+        values.try_iter()?.collect()
+    }
 }
 
-impl Column {
-    fn gather(values: &Bound<'_, PyAny>, what: &str, allow_none: bool) -> PyResult<Column> {
-        let mut col = Column::default();
-        let mut push = |i: usize, item: Bound<'_, PyAny>| -> PyResult<()> {
-            if allow_none && item.is_none() {
-                col.missing.push(true);
-            } else {
-                let s = item.cast::<PyString>().map_err(|_| {
-                    let kind = item.get_type().name().map(|n| n.to_string()).unwrap_or_default();
-                    PyTypeError::new_err(format!("{what} item {i} is {kind}, not str"))
-                })?;
-                col.text.push_str(s.to_str()?);
-                col.missing.push(false);
-            }
-            col.ends.push(col.text.len());
-            Ok(())
-        };
-        if let Ok(list) = values.cast::<PyList>() {
-            for (i, item) in list.iter().enumerate() {
-                push(i, item)?;
-            }
-        } else {
-            for (i, item) in values.try_iter()?.enumerate() {
-                push(i, item?)?;
-            }
+/// Interns a column of strings (and `None`s where allowed) without copying them: the
+/// `&str`s borrow from `items`, which keeps the string objects alive, and Python strings
+/// never change, so the borrows stay valid while detached.
+fn intern<'a>(
+    items: &'a [Bound<'_, PyAny>],
+    what: &str,
+    allow_none: bool,
+) -> PyResult<Interned<'a>> {
+    let mut col = Interned::default();
+    for (i, item) in items.iter().enumerate() {
+        if i == SAMPLE_ROWS {
+            col.expect_more(items.len() - SAMPLE_ROWS);
         }
-        Ok(col)
-    }
-
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    fn get(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.text[start..self.ends[i]]
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &str> {
-        (0..self.len()).map(|i| self.get(i))
-    }
-
-    /// Keys of every present row; `None` rows get an empty key nothing compares.
-    fn keys(&self, platform: Platform) -> Result<Keys, IndexedError> {
-        let mut keys = Keys::default();
-        for (index, version) in self.iter().enumerate() {
-            if self.missing[index] {
-                keys.push_missing();
-            } else {
-                keys.push(platform, version).map_err(|error| IndexedError { index, error })?;
-            }
+        if let Some(ahead) = items.get(i + PREFETCH_AHEAD) {
+            prefetch(ahead);
         }
-        Ok(keys)
+        if allow_none && item.is_none() {
+            col.push_missing();
+            continue;
+        }
+        let s = item.cast::<PyString>().map_err(|_| {
+            let kind = item
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            PyTypeError::new_err(format!("{what} item {i} is {kind}, not str"))
+        })?;
+        col.push(s.to_str()?);
     }
+    Ok(col)
+}
 
-    fn keys_in(&self, py: Python<'_>, platform: Platform) -> PyResult<Keys> {
-        let result = if self.len() >= DETACH_AT {
-            py.detach(|| self.keys(platform))
-        } else {
-            self.keys(platform)
-        };
-        result.map_err(|e| invalid(platform, self.get(e.index), &e.error, Some(e.index)))
+/// Rows interned before the table is sized for the rest of the column.
+const SAMPLE_ROWS: usize = 16384;
+/// How far ahead of the intern loop string objects are pulled into cache: they are
+/// scattered over the heap, and waiting for each in turn dominates the loop.
+const PREFETCH_AHEAD: usize = 8;
+
+#[inline]
+fn prefetch(object: &Bound<'_, PyAny>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint that
+        // never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(object.as_ptr().cast::<i8>()) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = object;
+}
+
+/// Runs `work` detached from the interpreter when the column is large enough to matter.
+fn maybe_detach<T: Send, F: Send + FnOnce() -> T>(py: Python<'_>, rows: usize, work: F) -> T {
+    if rows >= DETACH_AT {
+        py.detach(work)
+    } else {
+        work()
+    }
+}
+
+fn keys_of(py: Python<'_>, col: &Interned<'_>, p: Platform) -> PyResult<Keys> {
+    let row_of = |e: &IndexedError| col.values()[col.rows()[e.index] as usize];
+    maybe_detach(py, col.values().len(), || col.keys(p))
+        .map_err(|e| invalid(p, row_of(&e), &e.error, Some(e.index)))
+}
+
+fn check_lengths(what: (&str, &str), a: usize, b: usize) -> PyResult<()> {
+    if a == b {
+        return Ok(());
+    }
+    Err(PyValueError::new_err(format!(
+        "columns differ in length: {} has {a} items, {} has {b}",
+        what.0, what.1
+    )))
 }
 
 fn ordering_int(o: Ordering) -> i8 {
@@ -139,7 +159,11 @@ fn version_compare(a: &str, b: &str, platform_name: &str) -> PyResult<i8> {
 
 /// The byte string whose plain order is the version order.
 #[pyfunction]
-fn version_sort_key<'py>(py: Python<'py>, version: &str, platform_name: &str) -> PyResult<Bound<'py, PyBytes>> {
+fn version_sort_key<'py>(
+    py: Python<'py>,
+    version: &str,
+    platform_name: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
     let p = platform(platform_name)?;
     let key = versions::sort_key(p, version).map_err(|e| invalid(p, version, &e, None))?;
     Ok(PyBytes::new(py, &key))
@@ -152,17 +176,26 @@ fn version_sort_keys<'py>(
     platform_name: &str,
 ) -> PyResult<Bound<'py, PyList>> {
     let p = platform(platform_name)?;
-    let keys = Column::gather(versions, "versions", false)?.keys_in(py, p)?;
-    PyList::new(py, (0..keys.len()).map(|i| PyBytes::new(py, keys.get(i))))
+    let items = items(versions)?;
+    let col = intern(&items, "versions", false)?;
+    let keys = keys_of(py, &col, p)?;
+    let distinct: Vec<Bound<'py, PyBytes>> = (0..keys.len())
+        .map(|i| PyBytes::new(py, keys.get(i)))
+        .collect();
+    PyList::new(py, col.rows().iter().map(|&id| &distinct[id as usize]))
 }
 
-fn argsort_column(py: Python<'_>, col: &Column, p: Platform, descending: bool) -> PyResult<Vec<usize>> {
-    let keys = col.keys_in(py, p)?;
-    Ok(if keys.len() >= DETACH_AT {
-        py.detach(|| versions::argsort(&keys, descending))
-    } else {
-        versions::argsort(&keys, descending)
-    })
+fn argsort_items(
+    py: Python<'_>,
+    items: &[Bound<'_, PyAny>],
+    p: Platform,
+    descending: bool,
+) -> PyResult<Vec<usize>> {
+    let col = intern(items, "versions", false)?;
+    let keys = keys_of(py, &col, p)?;
+    Ok(maybe_detach(py, items.len(), || {
+        versions::argsort_rows(&keys.ranks(), col.rows(), descending)
+    }))
 }
 
 /// Positions of `versions` in version order (stable).
@@ -175,8 +208,7 @@ fn version_argsort(
     descending: bool,
 ) -> PyResult<Vec<usize>> {
     let p = platform(platform_name)?;
-    let col = Column::gather(versions, "versions", false)?;
-    argsort_column(py, &col, p, descending)
+    argsort_items(py, &items(versions)?, p, descending)
 }
 
 /// A new list holding the same string objects in version order (stable).
@@ -184,14 +216,17 @@ fn version_argsort(
 #[pyo3(signature = (versions, platform_name, descending = false))]
 fn version_sort<'py>(
     py: Python<'py>,
-    versions: &Bound<'py, PyList>,
+    versions: &Bound<'py, PyAny>,
     platform_name: &str,
     descending: bool,
 ) -> PyResult<Bound<'py, PyList>> {
     let p = platform(platform_name)?;
-    let col = Column::gather(versions.as_any(), "versions", false)?;
-    let order = argsort_column(py, &col, p, descending)?;
-    PyList::new(py, order.into_iter().map(|i| versions.get_item(i)).collect::<PyResult<Vec<_>>>()?)
+    let items = items(versions)?;
+    let order = argsort_items(py, &items, p, descending)?;
+    // Hand the references `items` holds to the new list instead of taking new ones: in
+    // sorted order the objects are visited at random, and each refcount touch misses cache.
+    let mut slots: Vec<Option<Bound<'py, PyAny>>> = items.into_iter().map(Some).collect();
+    PyList::new(py, order.into_iter().map(|i| slots[i].take()))
 }
 
 /// Row-by-row comparison of two equally long columns.
@@ -203,17 +238,16 @@ fn version_compare_many(
     platform_name: &str,
 ) -> PyResult<Vec<i8>> {
     let p = platform(platform_name)?;
-    let ca = Column::gather(a, "a", false)?;
-    let cb = Column::gather(b, "b", false)?;
-    if ca.len() != cb.len() {
-        return Err(PyValueError::new_err(format!(
-            "columns differ in length: a has {} items, b has {}",
-            ca.len(),
-            cb.len()
-        )));
-    }
-    let (ka, kb) = (ca.keys_in(py, p)?, cb.keys_in(py, p)?);
-    Ok(versions::compare_columns(&ka, &kb).into_iter().map(ordering_int).collect())
+    let (items_a, items_b) = (items(a)?, items(b)?);
+    check_lengths(("a", "b"), items_a.len(), items_b.len())?;
+    let (ca, cb) = (intern(&items_a, "a", false)?, intern(&items_b, "b", false)?);
+    let (ka, kb) = (keys_of(py, &ca, p)?, keys_of(py, &cb, p)?);
+    Ok(maybe_detach(py, items_a.len(), || {
+        versions::compare_rows(&ka, ca.rows(), &kb, cb.rows())
+            .into_iter()
+            .map(ordering_int)
+            .collect()
+    }))
 }
 
 /// For each group label, the index of its highest version.
@@ -225,24 +259,18 @@ fn version_max_per_group<'py>(
     platform_name: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
     let p = platform(platform_name)?;
-    let cg = Column::gather(groups, "groups", false)?;
-    let cv = Column::gather(versions, "versions", false)?;
-    if cg.len() != cv.len() {
-        return Err(PyValueError::new_err(format!(
-            "columns differ in length: groups has {} items, versions has {}",
-            cg.len(),
-            cv.len()
-        )));
-    }
-    let keys = cv.keys_in(py, p)?;
-    let labels: Vec<&str> = cg.iter().collect();
-    let best = if labels.len() >= DETACH_AT {
-        py.detach(|| versions::max_per_group(&labels, &keys))
-    } else {
-        versions::max_per_group(&labels, &keys)
-    };
+    let (items_g, items_v) = (items(groups)?, items(versions)?);
+    check_lengths(("groups", "versions"), items_g.len(), items_v.len())?;
+    let (cg, cv) = (
+        intern(&items_g, "groups", false)?,
+        intern(&items_v, "versions", false)?,
+    );
+    let keys = keys_of(py, &cv, p)?;
+    let best = maybe_detach(py, items_v.len(), || {
+        versions::max_per_group(cg.values().len(), cg.rows(), &keys.ranks(), cv.rows())
+    });
     let out = PyDict::new(py);
-    for (group, row) in best {
+    for (group, row) in cg.values().iter().zip(best) {
         out.set_item(group, row)?;
     }
     Ok(out)
@@ -264,23 +292,42 @@ fn version_plan_installs(
     platform_name: &str,
 ) -> PyResult<(Vec<u8>, Vec<i64>)> {
     let p = platform(platform_name)?;
-    let assigned_keys = Column::gather(assigned, "assigned", false)?.keys_in(py, p)?;
-    let col = Column::gather(installed, "installed", true)?;
-    let installed_keys = col.keys_in(py, p)?;
-    let work = || {
-        let candidates: Vec<&[u8]> = (0..assigned_keys.len()).map(|i| assigned_keys.get(i)).collect();
-        let mut actions = Vec::with_capacity(col.len());
-        let mut targets = Vec::with_capacity(col.len());
-        for row in 0..col.len() {
-            let have = (!col.missing[row]).then(|| installed_keys.get(row));
-            let plan = versions::plan_install(&candidates, have, p.allows_downgrade());
-            let code = InstallAction::ALL.iter().position(|a| *a == plan.action).unwrap_or(0);
+    let assigned_items = items(assigned)?;
+    let assigned_col = intern(&assigned_items, "assigned", false)?;
+    let assigned_keys = keys_of(py, &assigned_col, p)?;
+    let installed_items = items(installed)?;
+    let col = intern(&installed_items, "installed", true)?;
+    let installed_keys = keys_of(py, &col, p)?;
+    Ok(maybe_detach(py, installed_items.len(), || {
+        let candidates: Vec<&[u8]> = assigned_col
+            .rows()
+            .iter()
+            .map(|&id| assigned_keys.get(id as usize))
+            .collect();
+        let plan_for = |id: u32| {
+            let have = (id != MISSING).then(|| installed_keys.get(id as usize));
+            versions::plan_install(&candidates, have, p.allows_downgrade())
+        };
+        // One decision per distinct installed version, then spread over the rows.
+        let distinct: Vec<_> = (0..col.values().len() as u32).map(plan_for).collect();
+        let missing = plan_for(MISSING);
+        let mut actions = Vec::with_capacity(col.rows().len());
+        let mut targets = Vec::with_capacity(col.rows().len());
+        for &id in col.rows() {
+            let plan = if id == MISSING {
+                missing
+            } else {
+                distinct[id as usize]
+            };
+            let code = InstallAction::ALL
+                .iter()
+                .position(|a| *a == plan.action)
+                .unwrap_or(0);
             actions.push(code as u8);
             targets.push(plan.target.map_or(-1, |t| t as i64));
         }
         (actions, targets)
-    };
-    Ok(if col.len() >= DETACH_AT { py.detach(work) } else { work() })
+    }))
 }
 
 #[pymodule]

@@ -35,8 +35,17 @@ pub fn write_key(platform: Platform, version: &str, out: &mut Vec<u8>) -> Result
     let Some(start) = bytes.iter().position(|b| !b.is_ascii_whitespace()) else {
         return Err(VersionError::new(0, Reason::Empty));
     };
-    let end = bytes.len() - bytes.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
-    let text = Text { full: version, start, end };
+    let end = bytes.len()
+        - bytes
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+    let text = Text {
+        full: version,
+        start,
+        end,
+    };
     let mark = out.len();
     let result = match platform.scheme() {
         Scheme::VersionCode => version_code(&text, out),
@@ -252,6 +261,9 @@ fn is_word_start(t: &Text<'_>, i: usize) -> bool {
     if c.is_ascii() {
         c.is_ascii_alphabetic()
     } else {
-        t.full[i..].chars().next().is_some_and(char::is_alphanumeric)
+        t.full[i..]
+            .chars()
+            .next()
+            .is_some_and(char::is_alphanumeric)
     }
 }

@@ -13,7 +13,9 @@ mod plan;
 
 use std::fmt;
 
-pub use column::{argsort, compare_columns, max_per_group, IndexedError, Keys};
+pub use column::{
+    argsort, argsort_rows, compare_rows, max_per_group, IndexedError, Interned, Keys, MISSING,
+};
 pub use key::{write_key, MAX_VERSION_LEN};
 pub use plan::{plan_install, InstallAction, InstallPlan};
 
@@ -152,9 +154,7 @@ impl fmt::Display for Reason {
             Reason::TooLong => write!(f, "longer than {MAX_VERSION_LEN} bytes"),
             Reason::Unexpected(c) => write!(f, "unexpected character {c:?}"),
             Reason::EmptyPart => f.write_str("a dot-separated part is empty"),
-            Reason::VersionCodeTooLarge => {
-                f.write_str("a versionCode is at most 2147483647")
-            }
+            Reason::VersionCodeTooLarge => f.write_str("a versionCode is at most 2147483647"),
             Reason::PartTooLarge { part } => {
                 write!(f, "part {part} is larger than 65535")
             }

@@ -67,7 +67,10 @@ pub fn plan_install(
     allows_downgrade: bool,
 ) -> InstallPlan {
     let Some(highest) = highest(assigned) else {
-        return InstallPlan { action: InstallAction::NothingAssigned, target: None };
+        return InstallPlan {
+            action: InstallAction::NothingAssigned,
+            target: None,
+        };
     };
     let action = match installed.map(|have| assigned[highest].cmp(have)) {
         None => InstallAction::Install,

@@ -31,12 +31,24 @@ fn android_version_codes_are_integers() {
 
 #[test]
 fn android_rejects_non_integers() {
-    assert_eq!(err("android", "1.2"), VersionError::new(1, Reason::Unexpected('.')));
-    assert_eq!(err("android", "-3"), VersionError::new(0, Reason::Unexpected('-')));
-    assert_eq!(err("android", "2147483648").reason, Reason::VersionCodeTooLarge);
+    assert_eq!(
+        err("android", "1.2"),
+        VersionError::new(1, Reason::Unexpected('.'))
+    );
+    assert_eq!(
+        err("android", "-3"),
+        VersionError::new(0, Reason::Unexpected('-'))
+    );
+    assert_eq!(
+        err("android", "2147483648").reason,
+        Reason::VersionCodeTooLarge
+    );
     assert_eq!(err("android", "   ").reason, Reason::Empty);
     assert_eq!(err("android", "").reason, Reason::Empty);
-    assert_eq!(err("android", "12é"), VersionError::new(2, Reason::Unexpected('é')));
+    assert_eq!(
+        err("android", "12é"),
+        VersionError::new(2, Reason::Unexpected('é'))
+    );
 }
 
 #[test]
@@ -64,13 +76,21 @@ fn apple_bundle_versions() {
         ("1.2b", "1.2b0", Equal),
         ("1.2.0b1", "1.2b1", Equal),
         ("1.2b3", "1.2.0.1", Less),
-        ("99999999999999999999999", "99999999999999999999998", Greater),
+        (
+            "99999999999999999999999",
+            "99999999999999999999998",
+            Greater,
+        ),
         ("1.99999999999999999999999", "2", Less),
     ];
     for platform in ["ios", "ipados", "macos"] {
         for (a, b, want) in table {
             assert_eq!(cmp(platform, a, b), want, "{platform}: {a} vs {b}");
-            assert_eq!(cmp(platform, b, a), want.reverse(), "{platform}: {b} vs {a}");
+            assert_eq!(
+                cmp(platform, b, a),
+                want.reverse(),
+                "{platform}: {b} vs {a}"
+            );
         }
     }
 }
@@ -80,11 +100,26 @@ fn apple_rejects_what_is_not_a_bundle_version() {
     assert_eq!(err("ios", "1..2"), VersionError::new(2, Reason::EmptyPart));
     assert_eq!(err("ios", "1.2."), VersionError::new(4, Reason::EmptyPart));
     assert_eq!(err("ios", ".1"), VersionError::new(0, Reason::EmptyPart));
-    assert_eq!(err("ios", "v1.2"), VersionError::new(0, Reason::Unexpected('v')));
-    assert_eq!(err("ios", "1.2b3.4"), VersionError::new(5, Reason::Unexpected('.')));
-    assert_eq!(err("ios", "1.2-beta"), VersionError::new(3, Reason::Unexpected('-')));
-    assert_eq!(err("ios", "1.2x"), VersionError::new(3, Reason::Unexpected('x')));
-    assert_eq!(err("macos", "1.2f1"), VersionError::new(3, Reason::Unexpected('f')));
+    assert_eq!(
+        err("ios", "v1.2"),
+        VersionError::new(0, Reason::Unexpected('v'))
+    );
+    assert_eq!(
+        err("ios", "1.2b3.4"),
+        VersionError::new(5, Reason::Unexpected('.'))
+    );
+    assert_eq!(
+        err("ios", "1.2-beta"),
+        VersionError::new(3, Reason::Unexpected('-'))
+    );
+    assert_eq!(
+        err("ios", "1.2x"),
+        VersionError::new(3, Reason::Unexpected('x'))
+    );
+    assert_eq!(
+        err("macos", "1.2f1"),
+        VersionError::new(3, Reason::Unexpected('f'))
+    );
     assert_eq!(err("macos", &"1".repeat(256)).reason, Reason::TooLong);
 }
 
@@ -103,11 +138,26 @@ fn windows_orders_by_the_first_three_parts() {
             assert_eq!(cmp(platform, a, b), want, "{platform}: {a} vs {b}");
         }
     }
-    assert_eq!(err("windows", "1.2.3.4.5"), VersionError::new(7, Reason::TooManyParts));
-    assert_eq!(err("windows", "1.65536"), VersionError::new(2, Reason::PartTooLarge { part: 2 }));
-    assert_eq!(err("windows", "1.2.3.65536").reason, Reason::PartTooLarge { part: 4 });
-    assert_eq!(err("windows-phone", "1.2a"), VersionError::new(3, Reason::Unexpected('a')));
-    assert_eq!(err("windows", "1.2."), VersionError::new(4, Reason::EmptyPart));
+    assert_eq!(
+        err("windows", "1.2.3.4.5"),
+        VersionError::new(7, Reason::TooManyParts)
+    );
+    assert_eq!(
+        err("windows", "1.65536"),
+        VersionError::new(2, Reason::PartTooLarge { part: 2 })
+    );
+    assert_eq!(
+        err("windows", "1.2.3.65536").reason,
+        Reason::PartTooLarge { part: 4 }
+    );
+    assert_eq!(
+        err("windows-phone", "1.2a"),
+        VersionError::new(3, Reason::Unexpected('a'))
+    );
+    assert_eq!(
+        err("windows", "1.2."),
+        VersionError::new(4, Reason::EmptyPart)
+    );
 }
 
 #[test]
@@ -166,8 +216,10 @@ fn unknown_platforms_are_refused() {
 
 #[test]
 fn downgrade_rule_per_platform() {
-    let rule: Vec<(&str, bool)> =
-        Platform::ALL.iter().map(|p| (p.name(), p.allows_downgrade())).collect();
+    let rule: Vec<(&str, bool)> = Platform::ALL
+        .iter()
+        .map(|p| (p.name(), p.allows_downgrade()))
+        .collect();
     assert_eq!(
         rule,
         [
@@ -200,7 +252,11 @@ fn argsort_is_stable_and_descending_keeps_input_order_of_equals() {
 
 #[test]
 fn long_keys_beyond_the_prefix_still_order() {
-    let versions = ["1.1.1.1.1.1.1.1.1.3", "1.1.1.1.1.1.1.1.1.2", "1.1.1.1.1.1.1.1.1.2.1"];
+    let versions = [
+        "1.1.1.1.1.1.1.1.1.3",
+        "1.1.1.1.1.1.1.1.1.2",
+        "1.1.1.1.1.1.1.1.1.2.1",
+    ];
     let keys = Keys::build(Platform::Ios, versions).unwrap();
     assert_eq!(argsort(&keys, false), [1, 2, 0]);
 }
@@ -214,16 +270,62 @@ fn column_errors_carry_the_row() {
 
 #[test]
 fn max_per_group_picks_first_highest() {
-    let keys = Keys::build(Platform::Ios, ["1.0", "2.0", "1.5", "2", "3.0b1", "0.1"]).unwrap();
-    let groups = ["a", "a", "b", "a", "b", "c"];
-    assert_eq!(max_per_group(&groups, &keys), [("a", 1), ("b", 4), ("c", 5)]);
+    let mut versions = Interned::default();
+    let mut groups = Interned::default();
+    for (g, v) in [
+        ("a", "1.0"),
+        ("a", "2.0"),
+        ("b", "1.5"),
+        ("a", "2"),
+        ("b", "3.0b1"),
+        ("c", "0.1"),
+    ] {
+        groups.push(g);
+        versions.push(v);
+    }
+    let ranks = versions.keys(Platform::Ios).unwrap().ranks();
+    let best = max_per_group(
+        groups.values().len(),
+        groups.rows(),
+        &ranks,
+        versions.rows(),
+    );
+    assert_eq!(groups.values(), ["a", "b", "c"]);
+    assert_eq!(best, [Some(1), Some(4), Some(5)]);
 }
 
 #[test]
-fn compare_columns_row_by_row() {
+fn interned_columns_sort_like_their_rows() {
+    let rows = ["2.0", "1.0", "2.0", "1.0.0", "0.9", "2.0.0"];
+    let mut col = Interned::default();
+    for v in rows {
+        col.push(v);
+    }
+    assert_eq!(col.values(), ["2.0", "1.0", "1.0.0", "0.9", "2.0.0"]);
+    let ranks = col.keys(Platform::Macos).unwrap().ranks();
+    assert_eq!(ranks, [2, 1, 1, 0, 2]);
+    assert_eq!(argsort_rows(&ranks, col.rows(), false), [4, 1, 3, 0, 2, 5]);
+    assert_eq!(argsort_rows(&ranks, col.rows(), true), [0, 2, 5, 1, 3, 4]);
+}
+
+#[test]
+fn interned_errors_name_the_first_row_with_the_bad_value() {
+    let mut col = Interned::default();
+    for v in ["1", "1", "x", "2", "x"] {
+        col.push(v);
+    }
+    let e = col.keys(Platform::Android).unwrap_err();
+    assert_eq!(e.index, 2);
+}
+
+#[test]
+fn compare_rows_row_by_row() {
     let a = Keys::build(Platform::Android, ["1", "5", "3"]).unwrap();
     let b = Keys::build(Platform::Android, ["2", "5", "1"]).unwrap();
-    assert_eq!(compare_columns(&a, &b), [Less, Equal, Greater]);
+    assert_eq!(
+        compare_rows(&a, &[0, 1, 2, 2], &b, &[0, 1, 2, 0]),
+        [Less, Equal, Greater, Greater]
+    );
 }
 
 fn plan(p: Platform, assigned: &[&str], installed: Option<&str>) -> (InstallAction, Option<usize>) {
@@ -237,17 +339,37 @@ fn plan(p: Platform, assigned: &[&str], installed: Option<&str>) -> (InstallActi
 #[test]
 fn seed_example_device_assigned_two_active_versions_gets_the_highest() {
     // WS1: 3.1 deployed, 2.1 uploaded; a device assigned both is sent 3.1.
-    for p in [Platform::Ios, Platform::Macos, Platform::Windows, Platform::Generic] {
-        assert_eq!(plan(p, &["2.1", "3.1"], None), (InstallAction::Install, Some(1)));
-        assert_eq!(plan(p, &["2.1", "3.1"], Some("2.1")), (InstallAction::Upgrade, Some(1)));
-        assert_eq!(plan(p, &["2.1", "3.1"], Some("3.1")), (InstallAction::Current, Some(1)));
+    for p in [
+        Platform::Ios,
+        Platform::Macos,
+        Platform::Windows,
+        Platform::Generic,
+    ] {
+        assert_eq!(
+            plan(p, &["2.1", "3.1"], None),
+            (InstallAction::Install, Some(1))
+        );
+        assert_eq!(
+            plan(p, &["2.1", "3.1"], Some("2.1")),
+            (InstallAction::Upgrade, Some(1))
+        );
+        assert_eq!(
+            plan(p, &["2.1", "3.1"], Some("3.1")),
+            (InstallAction::Current, Some(1))
+        );
     }
-    assert_eq!(plan(Platform::Android, &["21", "31"], Some("21")), (InstallAction::Upgrade, Some(1)));
+    assert_eq!(
+        plan(Platform::Android, &["21", "31"], Some("21")),
+        (InstallAction::Upgrade, Some(1))
+    );
 }
 
 #[test]
 fn downgrades_follow_the_platform_rule() {
-    assert_eq!(plan(Platform::Ios, &["1.0"], Some("2.0")), (InstallAction::Downgrade, Some(0)));
+    assert_eq!(
+        plan(Platform::Ios, &["1.0"], Some("2.0")),
+        (InstallAction::Downgrade, Some(0))
+    );
     assert_eq!(
         plan(Platform::Macos, &["1.0"], Some("2.0")),
         (InstallAction::DowngradeRefused, None)
@@ -260,14 +382,19 @@ fn downgrades_follow_the_platform_rule() {
         plan(Platform::Windows, &["1.0.0.0"], Some("1.0.1.0")),
         (InstallAction::DowngradeRefused, None)
     );
-    assert_eq!(plan(Platform::Windows, &[], Some("1.0")), (InstallAction::NothingAssigned, None));
+    assert_eq!(
+        plan(Platform::Windows, &[], Some("1.0")),
+        (InstallAction::NothingAssigned, None)
+    );
 }
 
 #[test]
 fn never_panics_on_arbitrary_input() {
     // A deterministic sweep over short strings of the characters that matter to the
     // scanners, plus some multi-byte ones.
-    let alphabet = ['0', '1', '9', '.', 'a', 'b', 'd', 'f', 'c', 'v', '-', ' ', 'é', '٣', '\u{0}'];
+    let alphabet = [
+        '0', '1', '9', '.', 'a', 'b', 'd', 'f', 'c', 'v', '-', ' ', 'é', '٣', '\u{0}',
+    ];
     let mut stack = vec![String::new()];
     let mut seen = 0;
     while let Some(s) = stack.pop() {
