@@ -20,7 +20,7 @@ pub struct IndexedError {
     pub error: VersionError,
 }
 
-/// Below this many distinct keys, handing the sort to other threads costs more than it saves.
+/// Below this many distinct keys, handing work to a second thread costs more than it saves.
 const PARALLEL_SORT_AT: usize = 1 << 16;
 
 /// The sort keys of a list of versions, stored back to back in one buffer.
@@ -51,6 +51,13 @@ impl Keys {
         write_key(platform, version, &mut self.data)?;
         self.ends.push(self.data.len());
         Ok(())
+    }
+
+    /// Moves the keys of `other` to the end of these.
+    pub fn append(&mut self, other: Keys) {
+        let base = self.data.len();
+        self.data.extend_from_slice(&other.data);
+        self.ends.extend(other.ends.iter().map(|end| end + base));
     }
 
     pub fn len(&self) -> usize {
@@ -154,7 +161,26 @@ impl<'a> Interned<'a> {
 
     /// Keys of the distinct values; an error names the first row holding the bad value.
     pub fn keys(&self, platform: Platform) -> Result<Keys, IndexedError> {
-        Keys::build(platform, self.values.iter().copied()).map_err(|e| {
+        let build = |values: &[&str], offset: usize| {
+            Keys::build(platform, values.iter().copied()).map_err(|mut e| {
+                e.index += offset;
+                e
+            })
+        };
+        let keys = if self.values.len() >= PARALLEL_SORT_AT {
+            let half = self.values.len() / 2;
+            let (low, high) = self.values.split_at(half);
+            match rayon::join(|| build(low, 0), || build(high, half)) {
+                (Ok(mut low), Ok(high)) => {
+                    low.append(high);
+                    Ok(low)
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        } else {
+            build(&self.values, 0)
+        };
+        keys.map_err(|e| {
             let row = self.rows.iter().position(|&id| id as usize == e.index);
             IndexedError {
                 index: row.unwrap_or(e.index),

@@ -414,3 +414,27 @@ fn never_panics_on_arbitrary_input() {
     }
     assert!(seen > 50_000);
 }
+
+#[test]
+fn large_columns_key_in_two_halves_and_still_name_the_first_bad_row() {
+    let mut values: Vec<String> = (0..100_000).map(|i| format!("1.{i}")).collect();
+    values[80_000] = "1.x".to_owned();
+    values[90_000] = "2..0".to_owned();
+    let mut col = Interned::default();
+    for v in &values {
+        col.push(v);
+    }
+    let e = col.keys(Platform::Ios).unwrap_err();
+    assert_eq!(e.index, 80_000);
+    values[80_000] = "1.80000".to_owned();
+    values[90_000] = "0.5".to_owned();
+    let mut col = Interned::default();
+    for v in &values {
+        col.push(v);
+    }
+    let keys = col.keys(Platform::Ios).unwrap();
+    let order = argsort_rows(&keys.ranks(), col.rows(), false);
+    assert_eq!(order[0], 90_000);
+    assert_eq!(order[1], 0);
+    assert_eq!(order[99_999], 99_999);
+}
