@@ -1,8 +1,8 @@
 //! `mdmgate._core`: the Python face of `mdmgate-core`.
 //!
-//! Only argument conversion lives here. Columns are copied out of Python objects into
-//! one owned buffer while attached to the interpreter, then the work runs detached so
-//! other Python threads keep going during large batches.
+//! Only argument conversion lives here. A column's strings are borrowed (not copied) from
+//! the Python objects while attached to the interpreter and interned; keying, ranking and
+//! ordering then run detached, so other Python threads keep going during large batches.
 
 use std::cmp::Ordering;
 
