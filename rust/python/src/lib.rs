@@ -304,28 +304,25 @@ fn version_plan_installs(
             .iter()
             .map(|&id| assigned_keys.get(id as usize))
             .collect();
+        // One decision per distinct installed version, then spread over the rows.
         let plan_for = |id: u32| {
             let have = (id != MISSING).then(|| installed_keys.get(id as usize));
-            versions::plan_install(&candidates, have, p.allows_downgrade())
+            let plan = versions::plan_install(&candidates, have, p.allows_downgrade());
+            (plan.action as u8, plan.target.map_or(-1, |t| t as i64))
         };
-        // One decision per distinct installed version, then spread over the rows.
-        let distinct: Vec<_> = (0..col.values().len() as u32).map(plan_for).collect();
+        let distinct: Vec<(u8, i64)> = (0..col.values().len() as u32).map(plan_for).collect();
         let missing = plan_for(MISSING);
-        let mut actions = Vec::with_capacity(col.rows().len());
-        let mut targets = Vec::with_capacity(col.rows().len());
-        for &id in col.rows() {
-            let plan = if id == MISSING {
-                missing
-            } else {
-                distinct[id as usize]
-            };
-            let code = InstallAction::ALL
-                .iter()
-                .position(|a| *a == plan.action)
-                .unwrap_or(0);
-            actions.push(code as u8);
-            targets.push(plan.target.map_or(-1, |t| t as i64));
-        }
+        let (actions, targets): (Vec<u8>, Vec<i64>) = col
+            .rows()
+            .iter()
+            .map(|&id| {
+                if id == MISSING {
+                    missing
+                } else {
+                    distinct[id as usize]
+                }
+            })
+            .unzip();
         (actions, targets)
     }))
 }

@@ -3,8 +3,10 @@
 
 use std::cmp::Ordering;
 
-/// What the gateway does for one device.
+/// What the gateway does for one device. The discriminant is the action's code across
+/// the Python boundary (its position in [`InstallAction::ALL`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum InstallAction {
     /// No active version is assigned: nothing to send.
     NothingAssigned,
@@ -39,14 +41,6 @@ impl InstallAction {
             InstallAction::Downgrade => "downgrade",
             InstallAction::DowngradeRefused => "downgrade_refused",
         }
-    }
-
-    /// Whether this action means sending an install command.
-    pub fn sends_command(self) -> bool {
-        matches!(
-            self,
-            InstallAction::Install | InstallAction::Upgrade | InstallAction::Downgrade
-        )
     }
 }
 

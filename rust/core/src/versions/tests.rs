@@ -438,3 +438,10 @@ fn large_columns_key_in_two_halves_and_still_name_the_first_bad_row() {
     assert_eq!(order[1], 0);
     assert_eq!(order[99_999], 99_999);
 }
+
+#[test]
+fn install_action_codes_are_positions_in_all() {
+    for (i, action) in InstallAction::ALL.iter().enumerate() {
+        assert_eq!(*action as u8 as usize, i, "{}", action.name());
+    }
+}
