@@ -1,6 +1,8 @@
-"""Compiled core of mdmgate (Rust, via pyo3). Use the typed wrappers in mdmgate.versions."""
+"""Compiled core of mdmgate (Rust, via pyo3). Use the typed wrappers in mdmgate.versions
+and mdmgate.syncml."""
 
 from collections.abc import Iterable
+from typing import Any, final
 
 MAX_VERSION_LEN: int
 
@@ -23,3 +25,155 @@ def install_action_names() -> list[str]: ...
 def version_plan_installs(
     assigned: Iterable[str], installed: Iterable[str | None], platform_name: str
 ) -> tuple[bytes, list[int]]: ...
+
+SYNCML_MAX_BYTES: int
+SYNCML_MAX_DEPTH: int
+SYNCML_MAX_ELEMENTS: int
+
+def syncml_to_dict(
+    data: bytes,
+    *,
+    max_bytes: int | None = None,
+    max_depth: int | None = None,
+    max_elements: int | None = None,
+) -> dict[str, Any]: ...
+def syncml_from_dict(message: dict[str, Any], *, wbxml: bool = False) -> bytes: ...
+def syncml_detect(data: bytes) -> str: ...
+def syncml_decode(
+    data: bytes,
+    *,
+    max_bytes: int | None = None,
+    max_depth: int | None = None,
+    max_elements: int | None = None,
+) -> Message: ...
+def syncml_message_from_dict(message: dict[str, Any]) -> Message: ...
+
+MetaDict = dict[str, str | list[str]]
+
+@final
+class Item:
+    target: str | None
+    target_name: str | None
+    source: str | None
+    source_name: str | None
+    meta: MetaDict | None
+    data: str | bytes | None
+    data_attrs: dict[str, str]
+    more_data: bool
+    @property
+    def format(self) -> str | None: ...
+    @property
+    def type(self) -> str | None: ...
+    def __init__(
+        self,
+        *,
+        target: str | None = None,
+        source: str | None = None,
+        meta: MetaDict | None = None,
+        data: str | bytes | None = None,
+        data_attrs: dict[str, str] | None = None,
+        more_data: bool = False,
+        target_name: str | None = None,
+        source_name: str | None = None,
+    ) -> None: ...
+
+@final
+class Command:
+    cmd_id: str | None
+    no_resp: bool
+    meta: MetaDict | None
+    data: str | bytes | None
+    data_attrs: dict[str, str]
+    items: list[Item]
+    msg_ref: str | None
+    cmd_ref: str | None
+    cmd: str | None
+    target_refs: list[str]
+    source_refs: list[str]
+    chal: MetaDict | None
+    correlator: str | None
+    target: str | None
+    source: str | None
+    commands: list[Command]
+    @property
+    def name(self) -> str: ...
+    def __init__(
+        self,
+        name: str,
+        *,
+        cmd_id: str | None = None,
+        items: Iterable[Item] | None = None,
+        meta: MetaDict | None = None,
+        data: str | bytes | None = None,
+        data_attrs: dict[str, str] | None = None,
+        no_resp: bool = False,
+        msg_ref: str | None = None,
+        cmd_ref: str | None = None,
+        cmd: str | None = None,
+        target_refs: list[str] | None = None,
+        source_refs: list[str] | None = None,
+        chal: MetaDict | None = None,
+        correlator: str | None = None,
+        target: str | None = None,
+        source: str | None = None,
+        commands: Iterable[Command] | None = None,
+    ) -> None: ...
+
+@final
+class Header:
+    ver_dtd: str
+    ver_proto: str
+    session_id: str
+    msg_id: str
+    target: str | None
+    target_name: str | None
+    source: str | None
+    source_name: str | None
+    resp_uri: str | None
+    no_resp: bool
+    cred_meta: MetaDict | None
+    cred_data: str | None
+    meta: MetaDict | None
+    @property
+    def max_msg_size(self) -> int | None: ...
+    @property
+    def max_obj_size(self) -> int | None: ...
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        msg_id: str,
+        target: str | None,
+        source: str | None,
+        ver_dtd: str = "1.2",
+        ver_proto: str = "DM/1.2",
+        target_name: str | None = None,
+        source_name: str | None = None,
+        resp_uri: str | None = None,
+        no_resp: bool = False,
+        cred_meta: MetaDict | None = None,
+        cred_data: str | None = None,
+        meta: MetaDict | None = None,
+    ) -> None: ...
+
+@final
+class Message:
+    header: Header
+    commands: list[Command]
+    final: bool
+    def __init__(
+        self, header: Header, commands: Iterable[Command] | None = None, final: bool = True
+    ) -> None: ...
+    def encode(self, *, wbxml: bool = False) -> bytes: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class MessageBuilder:
+    def __init__(self, header: Header, max_size: int, *, wbxml: bool = False) -> None: ...
+    def push(self, command: Command) -> str | None: ...
+    @property
+    def remaining(self) -> int: ...
+    @property
+    def max_size(self) -> int: ...
+    def __len__(self) -> int: ...
+    def finish(self, *, final: bool = True) -> bytes: ...

@@ -46,3 +46,41 @@ class InvalidVersion(MdmgateError, ValueError):
 
 class DuplicateVersion(MdmgateError, ValueError):
     """An uploaded app version that orders equal to one the app already has."""
+
+
+class SyncMLDecodeError(MdmgateError, ValueError):
+    """A SyncML message (XML or WBXML) that was refused.
+
+    ``kind`` says why: ``syntax`` (not well-formed), ``encoding`` (not UTF-8), ``entity``
+    (DTD subsets, entity declarations or undefined entities), ``limit`` (a size, depth or
+    element-count cap) or ``structure`` (well-formed, but not SyncML). ``offset`` is the
+    byte offset in the input where the problem was found.
+    """
+
+    def __init__(self, message: str, offset: int, kind: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[type[SyncMLDecodeError], tuple[str, int, str]]:
+        return (type(self), (self.message, self.offset, self.kind))
+
+
+class SyncMLEncodeError(MdmgateError, ValueError):
+    """A message the encoder will not write; ``path`` names the field
+    (``SyncBody[2].Item[0].Data``)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[type[SyncMLEncodeError], tuple[str, str]]:
+        return (type(self), (self.message, self.path))

@@ -3,4 +3,5 @@
 //! Nothing here touches sockets, databases or protocol state; every function takes
 //! input it does not trust and answers with a typed error instead of panicking.
 
+pub mod syncml;
 pub mod versions;

@@ -6,6 +6,8 @@
 
 use std::cmp::Ordering;
 
+mod syncml;
+
 use mdmgate_core::versions::{
     self, IndexedError, InstallAction, Interned, Keys, Platform, VersionError, MISSING,
 };
@@ -330,6 +332,7 @@ fn version_plan_installs(
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_VERSION_LEN", versions::MAX_VERSION_LEN)?;
+    syncml::register(m)?;
     m.add_function(wrap_pyfunction!(version_platforms, m)?)?;
     m.add_function(wrap_pyfunction!(version_allows_downgrade, m)?)?;
     m.add_function(wrap_pyfunction!(version_compare, m)?)?;

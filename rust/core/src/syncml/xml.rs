@@ -1,0 +1,450 @@
+//! SyncML as XML: element events from quick-xml, with the hardening the gateway needs
+//! (no DTD subsets or entity declarations, UTF-8 only, caps on depth and element count).
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::reader::Reader;
+use quick_xml::XmlVersion;
+
+use super::decode::{Ev, Source};
+use super::{Attrs, DecodeError, ErrorKind, Limits, Value};
+
+/// The namespace Windows uses for its extra attributes on `Data` (`msft:originalerror`).
+pub const MSFT_NS: &str = "http://schemas.microsoft.com/MobileDevice/MDM";
+
+pub(crate) struct XmlSource<'a> {
+    input: &'a str,
+    reader: Reader<&'a [u8]>,
+    limits: Limits,
+    depth: usize,
+    elements: usize,
+    offset: usize,
+    root_seen: bool,
+    /// Start tag of the element last entered, for `attrs`.
+    current: Option<BytesStart<'a>>,
+    /// In-scope `xmlns:prefix` declarations: (prefix, uri, depth declared at).
+    prefixes: Vec<(String, String, usize)>,
+}
+
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+impl<'a> XmlSource<'a> {
+    pub(crate) fn new(data: &'a [u8], limits: &Limits) -> Result<XmlSource<'a>, DecodeError> {
+        let input = std::str::from_utf8(data).map_err(|e| {
+            DecodeError::new(
+                ErrorKind::Encoding,
+                e.valid_up_to(),
+                "input is not valid UTF-8",
+            )
+        })?;
+        let mut reader = Reader::from_str(input);
+        let config = reader.config_mut();
+        config.check_end_names = true;
+        config.check_comments = true;
+        config.expand_empty_elements = false;
+        config.trim_text(false);
+        Ok(XmlSource {
+            input,
+            reader,
+            limits: *limits,
+            depth: 0,
+            elements: 0,
+            offset: 0,
+            root_seen: false,
+            current: None,
+            prefixes: Vec::new(),
+        })
+    }
+
+    fn position(&self) -> usize {
+        usize::try_from(self.reader.buffer_position()).unwrap_or(usize::MAX)
+    }
+
+    fn read(&mut self) -> Result<Event<'a>, DecodeError> {
+        self.offset = self.position();
+        self.reader.read_event().map_err(|e| {
+            let at = usize::try_from(self.reader.error_position()).unwrap_or(self.offset);
+            DecodeError::new(ErrorKind::Syntax, at, format!("malformed XML: {e}"))
+        })
+    }
+
+    fn limit(&self, what: &str, cap: usize) -> DecodeError {
+        DecodeError::new(
+            ErrorKind::Limit,
+            self.offset,
+            format!("{what} exceeds the limit of {cap}"),
+        )
+    }
+
+    /// Bookkeeping for an element start: caps, namespace declarations, attribute syntax.
+    fn enter(&mut self, start: &BytesStart<'a>, empty: bool) -> Result<&'a str, DecodeError> {
+        self.elements += 1;
+        if self.elements > self.limits.max_elements {
+            return Err(self.limit("element count", self.limits.max_elements));
+        }
+        if self.depth + 1 > self.limits.max_depth {
+            return Err(self.limit("nesting depth", self.limits.max_depth));
+        }
+        if !empty {
+            self.depth += 1;
+        }
+        self.root_seen = true;
+        // The name is a prefix of the tag text right after '<'.
+        let qname_len = start.name().as_ref().len();
+        let qname = &self.input[self.offset + 1..self.offset + 1 + qname_len];
+        if !start.attributes_raw().iter().all(u8::is_ascii_whitespace) {
+            let declared_at = if empty { self.depth + 1 } else { self.depth };
+            for attr in start.attributes() {
+                let attr = attr.map_err(|e| {
+                    DecodeError::new(
+                        ErrorKind::Syntax,
+                        self.offset,
+                        format!("malformed attribute in <{qname}>: {e}"),
+                    )
+                })?;
+                let key = attr.key.as_ref();
+                if let Some(prefix) = key.strip_prefix(b"xmlns:") {
+                    let value = self.attr_value(&attr, qname)?;
+                    let prefix = String::from_utf8_lossy(prefix).into_owned();
+                    // A declaration's scope is the element's subtree; an empty element's ends at once.
+                    self.prefixes.push((prefix, value, declared_at));
+                }
+            }
+            if empty {
+                self.pop_prefixes(self.depth);
+            }
+        }
+        self.current = Some(start.clone());
+        Ok(qname.rsplit(':').next().unwrap_or(qname))
+    }
+
+    fn attr_value(
+        &self,
+        attr: &quick_xml::events::attributes::Attribute<'_>,
+        element: &str,
+    ) -> Result<String, DecodeError> {
+        let value = attr
+            .normalized_value(XmlVersion::Implicit1_0)
+            .map_err(|e| {
+                DecodeError::new(
+                    ErrorKind::Entity,
+                    self.offset,
+                    format!("attribute of <{element}>: {e}"),
+                )
+            })?;
+        if let Some(bad) = value.chars().find(|c| !is_xml_char(*c)) {
+            return Err(self.char_error(bad));
+        }
+        Ok(value.into_owned())
+    }
+
+    fn pop_prefixes(&mut self, depth: usize) {
+        while self.prefixes.last().is_some_and(|p| p.2 > depth) {
+            self.prefixes.pop();
+        }
+    }
+
+    fn leave(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+        self.pop_prefixes(self.depth);
+    }
+
+    fn char_error(&self, c: char) -> DecodeError {
+        DecodeError::new(
+            ErrorKind::Syntax,
+            self.offset,
+            format!("character U+{:04X} is not allowed in XML", u32::from(c)),
+        )
+    }
+
+    /// Appends text, reference or CDATA content to `out`; `false` if `event` is none of them.
+    fn append_text(&self, event: &Event<'a>, out: &mut String) -> Result<bool, DecodeError> {
+        let start = out.len();
+        match event {
+            Event::Text(t) => {
+                let s = t.xml10_content().map_err(|e| {
+                    DecodeError::new(ErrorKind::Encoding, self.offset, format!("{e}"))
+                })?;
+                out.push_str(&s);
+            }
+            Event::CData(t) => {
+                let s = t.xml10_content().map_err(|e| {
+                    DecodeError::new(ErrorKind::Encoding, self.offset, format!("{e}"))
+                })?;
+                out.push_str(&s);
+                return self.check_chars(out, start).map(|()| true);
+            }
+            Event::GeneralRef(r) => {
+                out.push(self.resolve(r)?);
+                return Ok(true);
+            }
+            _ => return Ok(false),
+        }
+        self.check_chars(out, start)?;
+        Ok(true)
+    }
+
+    fn check_chars(&self, out: &str, from: usize) -> Result<(), DecodeError> {
+        // Only C0 controls can be invalid in decoded UTF-8 text, so scan bytes first.
+        let tail = &out.as_bytes()[from..];
+        if tail
+            .iter()
+            .any(|b| *b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+            || out[from..].contains(['\u{FFFE}', '\u{FFFF}'])
+        {
+            if let Some(bad) = out[from..].chars().find(|c| !is_xml_char(*c)) {
+                return Err(self.char_error(bad));
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, r: &quick_xml::events::BytesRef<'a>) -> Result<char, DecodeError> {
+        let name = r.decode().unwrap_or_default();
+        let predefined = match name.as_ref() {
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "amp" => Some('&'),
+            "apos" => Some('\''),
+            "quot" => Some('"'),
+            _ => None,
+        };
+        if let Some(c) = predefined {
+            return Ok(c);
+        }
+        match r.resolve_char_ref() {
+            Ok(Some(c)) if is_xml_char(c) => Ok(c),
+            Ok(Some(c)) => Err(self.char_error(c)),
+            Ok(None) => Err(DecodeError::new(
+                ErrorKind::Entity,
+                self.offset,
+                format!("undefined entity &{name}; (entities are not expanded)"),
+            )),
+            Err(e) => Err(DecodeError::new(
+                ErrorKind::Syntax,
+                self.offset,
+                format!("bad character reference &{name};: {e}"),
+            )),
+        }
+    }
+
+    fn qualify(&self, key: &str) -> Result<Option<String>, DecodeError> {
+        if key == "xmlns" || key.starts_with("xmlns:") {
+            return Ok(None);
+        }
+        let Some((prefix, local)) = key.split_once(':') else {
+            return Ok(Some(key.to_owned()));
+        };
+        if prefix == "xml" {
+            return Ok(Some(key.to_owned()));
+        }
+        let uri = self
+            .prefixes
+            .iter()
+            .rev()
+            .find(|p| p.0 == prefix)
+            .map(|p| p.1.as_str());
+        match uri {
+            Some(MSFT_NS) => Ok(Some(format!("msft:{local}"))),
+            Some(uri) => Ok(Some(format!("{{{uri}}}{local}"))),
+            None => Err(DecodeError::new(
+                ErrorKind::Syntax,
+                self.offset,
+                format!("attribute {key} uses the undeclared namespace prefix {prefix}"),
+            )),
+        }
+    }
+}
+
+impl<'a> Source<'a> for XmlSource<'a> {
+    fn next(&mut self) -> Result<Ev<'a>, DecodeError> {
+        loop {
+            let event = self.read()?;
+            return Ok(match event {
+                Event::Start(s) => Ev::Start {
+                    name: self.enter(&s, false)?,
+                    empty: false,
+                },
+                Event::Empty(s) => Ev::Start {
+                    name: self.enter(&s, true)?,
+                    empty: true,
+                },
+                Event::End(_) => {
+                    self.leave();
+                    Ev::End
+                }
+                Event::Text(t) => Ev::Text {
+                    blank: t.iter().all(u8::is_ascii_whitespace),
+                },
+                Event::CData(_) | Event::GeneralRef(_) => Ev::Text { blank: false },
+                Event::Eof => Ev::Eof,
+                Event::Comment(_) | Event::PI(_) => continue,
+                Event::Decl(d) => {
+                    if self.offset > usize::from(self.input.starts_with('\u{feff}')) * 3 {
+                        return Err(DecodeError::new(
+                            ErrorKind::Syntax,
+                            self.offset,
+                            "XML declaration is not at the start",
+                        ));
+                    }
+                    if let Some(enc) = d.encoding() {
+                        let enc = enc.map_err(|e| {
+                            DecodeError::new(ErrorKind::Syntax, self.offset, format!("{e}"))
+                        })?;
+                        if !enc.eq_ignore_ascii_case(b"utf-8") && !enc.eq_ignore_ascii_case(b"utf8")
+                        {
+                            return Err(DecodeError::new(
+                                ErrorKind::Encoding,
+                                self.offset,
+                                format!(
+                                    "declared encoding {} is not supported; send UTF-8",
+                                    String::from_utf8_lossy(&enc)
+                                ),
+                            ));
+                        }
+                    }
+                    continue;
+                }
+                Event::DocType(t) => {
+                    if t.contains(&b'[') || t.windows(7).any(|w| w == b"ENTITY") {
+                        return Err(DecodeError::new(
+                            ErrorKind::Entity,
+                            self.offset,
+                            "DOCTYPE with an internal subset or entity declarations is not accepted",
+                        ));
+                    }
+                    if self.root_seen {
+                        return Err(DecodeError::new(
+                            ErrorKind::Syntax,
+                            self.offset,
+                            "DOCTYPE after the root element",
+                        ));
+                    }
+                    continue;
+                }
+            });
+        }
+    }
+
+    fn offset(&self) -> usize {
+        self.offset
+    }
+
+    fn text(&mut self, element: &str) -> Result<String, DecodeError> {
+        let mut out = String::new();
+        loop {
+            let event = self.read()?;
+            if self.append_text(&event, &mut out)? {
+                continue;
+            }
+            match event {
+                Event::End(_) => {
+                    self.leave();
+                    return Ok(out);
+                }
+                Event::Comment(_) | Event::PI(_) => {}
+                Event::Start(_) | Event::Empty(_) => {
+                    return Err(DecodeError::new(
+                        ErrorKind::Structure,
+                        self.offset,
+                        format!("<{element}> must hold text, not elements"),
+                    ))
+                }
+                _ => {
+                    return Err(DecodeError::new(
+                        ErrorKind::Syntax,
+                        self.offset,
+                        format!("input ends inside <{element}>"),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn data(&mut self) -> Result<Value, DecodeError> {
+        let content_start = self.position();
+        let mut out = String::new();
+        // Depth of inline markup below the element; `None` while the content is only text.
+        let mut markup: Option<usize> = None;
+        loop {
+            let event = self.read()?;
+            if self.append_text(&event, &mut out)? {
+                continue;
+            }
+            match event {
+                Event::Start(s) => {
+                    self.enter(&s, false)?;
+                    self.check_attrs(&s)?;
+                    markup = Some(markup.unwrap_or(0) + 1);
+                }
+                Event::Empty(s) => {
+                    self.enter(&s, true)?;
+                    self.check_attrs(&s)?;
+                    markup.get_or_insert(0);
+                }
+                Event::End(_) => {
+                    self.leave();
+                    match markup {
+                        Some(0) | None => {
+                            return Ok(Value::Text(match markup {
+                                // Markup inlined into Data is kept exactly as the device wrote it.
+                                Some(_) => self.input[content_start..self.offset].to_owned(),
+                                None => out,
+                            }));
+                        }
+                        Some(n) => markup = Some(n - 1),
+                    }
+                }
+                Event::Comment(_) | Event::PI(_) => {}
+                _ => {
+                    return Err(DecodeError::new(
+                        ErrorKind::Syntax,
+                        self.offset,
+                        "input ends inside <Data>",
+                    ))
+                }
+            }
+        }
+    }
+
+    fn attrs(&mut self) -> Result<Attrs, DecodeError> {
+        let Some(start) = self.current.take() else {
+            return Ok(Attrs::new());
+        };
+        let mut attrs = Attrs::new();
+        if start.attributes_raw().iter().all(u8::is_ascii_whitespace) {
+            return Ok(attrs);
+        }
+        let element = String::from_utf8_lossy(start.name().as_ref()).into_owned();
+        for attr in start.attributes() {
+            let attr =
+                attr.map_err(|e| DecodeError::new(ErrorKind::Syntax, self.offset, format!("{e}")))?;
+            let key = std::str::from_utf8(attr.key.as_ref()).unwrap_or_default();
+            if let Some(name) = self.qualify(key)? {
+                attrs.push((name, self.attr_value(&attr, &element)?));
+            }
+        }
+        Ok(attrs)
+    }
+}
+
+impl<'a> XmlSource<'a> {
+    /// Inline markup inside Data is kept verbatim, but it must still be well-formed.
+    fn check_attrs(&self, start: &BytesStart<'a>) -> Result<(), DecodeError> {
+        let element = String::from_utf8_lossy(start.name().as_ref()).into_owned();
+        for attr in start.attributes() {
+            let attr = attr.map_err(|e| {
+                DecodeError::new(
+                    ErrorKind::Syntax,
+                    self.offset,
+                    format!("malformed attribute in <{element}>: {e}"),
+                )
+            })?;
+            let key = std::str::from_utf8(attr.key.as_ref()).unwrap_or_default();
+            self.qualify(key)?;
+            self.attr_value(&attr, &element)?;
+        }
+        Ok(())
+    }
+}
