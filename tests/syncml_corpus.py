@@ -4,9 +4,13 @@ that lenient decoders must accept and hostile inputs every decoder must refuse.
 Every function is deterministic. Messages are ``(name, bytes)`` pairs; names are unique within
 a function and usable as pytest ids.
 
-The seed snippets are read from Microsoft's documentation pages stored in ``MDMGATE_SEED_DIR``
-(default ``/work/shared/seeds``); :func:`seed_messages`, :func:`malformed_seed_messages` and the
-seed part of :func:`lenient_messages` raise ``FileNotFoundError`` when the pages are missing.
+The seed snippets are extracted from two of Microsoft's documentation pages (seeds 003, Italian,
+and 004, Korean), looked up in ``$MDMGATE_SEED_DIR``, else ``tests/data/seeds`` in the
+repository, else ``../shared/seeds`` beside the checkout. :func:`seed_messages`,
+:func:`malformed_seed_messages` and :func:`lenient_messages` raise ``FileNotFoundError`` when
+the pages are missing; :func:`seeds_available` tells beforehand.
+
+Run ``python -m tests.syncml_corpus`` to print the sizes of the big messages.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "malformed_seed_messages",
     "response_commands",
     "seed_messages",
+    "seeds_available",
     "session_message",
     "shape_messages",
 ]
@@ -47,7 +52,18 @@ MSFT_NS = "http://schemas.microsoft.com/MobileDevice/MDM"
 SERVER_URL = "https://mdm.contoso.com/ManagementServer/MDM.svc"
 DEVICE_ID = "5E8C1A7B3D2F4C6E9A0B1C2D3E4F5A6B"
 
-SEED_DIR = Path(os.environ.get("MDMGATE_SEED_DIR", "/work/shared/seeds"))
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_seed_dir() -> Path:
+    """``$MDMGATE_SEED_DIR``, else ``tests/data/seeds``, else ``../shared/seeds``."""
+    if os.environ.get("MDMGATE_SEED_DIR"):
+        return Path(os.environ["MDMGATE_SEED_DIR"])
+    local = _REPO / "tests" / "data" / "seeds"
+    return local if local.is_dir() else _REPO.parent / "shared" / "seeds"
+
+
+SEED_DIR = _find_seed_dir()
 _SEED_FILES = {"003": "003_39da8e96fc96e26d.txt", "004": "004_3eb66e2f02bf5010.txt"}
 
 _SEED_COMMANDS = ("Get", "Replace", "Exec", "Add", "Delete", "Alert")
@@ -206,9 +222,9 @@ def _seed_groups() -> tuple[_SeedGroup, ...]:
     for seed, filename in _SEED_FILES.items():
         text = (SEED_DIR / filename).read_text(encoding="utf-8")
         runs: list[list[re.Match[str]]] = []
-        previous_end = None
+        previous_end: int | None = None
         for block in _BLOCK.finditer(text):
-            gap = text[previous_end : block.start()] if previous_end is not None else None
+            gap = None if previous_end is None else text[previous_end : block.start()]
             if gap is not None and not _COMMENT_LINE.sub("", gap).strip():
                 runs[-1].append(block)
             else:
@@ -217,7 +233,8 @@ def _seed_groups() -> tuple[_SeedGroup, ...]:
         for index, run in enumerate(runs, 1):
             commands = tuple(block[1] for block in run)
             body = "\n".join(textwrap.dedent(block[0]).strip("\n") for block in run)
-            span = text[run[0].start() : run[-1].end()]
+            lead = re.search(r"(?:^[ \t]*<!--[^\n]*-->[ \t]*\n)+\Z", text[: run[0].start()], re.M)
+            span = text[lead.start() if lead else run[0].start() : run[-1].end()]
             # Keep the comments that are real XML comments, for the lenient corpus.
             comments = textwrap.dedent(
                 re.sub(r"^[ \t]*<!(?:\u2014|-(?!-))[^\n]*$\n?", "", span, flags=re.M)
@@ -227,7 +244,7 @@ def _seed_groups() -> tuple[_SeedGroup, ...]:
     return tuple(groups)
 
 
-def _wrap_seed(body: str, commands: Sequence[str], *, prolog: str = "") -> bytes:
+def _wrap_seed(body: str, commands: Sequence[str]) -> bytes:
     # Alert 1226 (the only alerts in the seeds) travels device -> server; the rest server -> device.
     from_device = "Alert" in commands
     return _message(
@@ -235,7 +252,6 @@ def _wrap_seed(body: str, commands: Sequence[str], *, prolog: str = "") -> bytes
         from_device=from_device,
         session="4C" if from_device else "4B",
         msg_id="3" if from_device else "2",
-        prolog=prolog,
         sep="\n",
     )
 
@@ -297,6 +313,11 @@ def _well_formed(data: bytes) -> bool:
     except ET.ParseError:
         return False
     return True
+
+
+def seeds_available() -> bool:
+    """Whether the seed pages are where :data:`SEED_DIR` points."""
+    return all((SEED_DIR / name).is_file() for name in _SEED_FILES.values())
 
 
 def seed_messages() -> list[Message]:
@@ -1101,8 +1122,12 @@ def inventory_results(apps: int = 300) -> bytes:
     """What Windows answers to a Get of
     ``./Device/Vendor/MSFT/EnterpriseModernAppManagement/AppManagement?list=StructData``.
 
-    One Item per node, interior nodes with Format ``node``; for each app a PackageFamilyName
-    node, a PackageFullName node and its 14 leaves. About 1 MB for 300 apps.
+    One Item per node, interior nodes with Format ``node`` and no Data, leaves with Format
+    ``chr``/``int`` and Type ``text/plain``; for each app a PackageFamilyName node, a
+    PackageFullName node and its 14 leaves, spread over AppStore / nonStore / System.
+
+    Size: about 5.4 KB per app (the LocURIs alone are ~165 bytes per item), so 300 apps come
+    to about 1.6 MB and ``apps=190`` to about 1.0 MB.
     """
     rng = random.Random(0x5EED)
     root = "./Device/Vendor/MSFT/EnterpriseModernAppManagement/AppManagement"
@@ -1276,7 +1301,9 @@ def session_message() -> bytes:
                 _item(source=removed, meta={"Type": uninstall, "Format": "int"}, data="0"),
             )
         )
-        return _message(body, from_device=True, session="2F", msg_id="4")
+        return _message(
+            body, from_device=True, session="2F", msg_id="4", root_attrs=f' xmlns:msft="{MSFT_NS}"'
+        )
 
     blob = base64.b64encode(random.Random(23).randbytes(16_384)).decode()
     room = 23_000 - len(build(""))
@@ -1429,7 +1456,7 @@ def hostile_inputs() -> list[Message]:
     )
     out.append(
         (
-            "xxe_system_file",
+            "external_entity",
             _message(
                 [
                     _cmd(
@@ -1466,7 +1493,7 @@ def hostile_inputs() -> list[Message]:
     prefix = _message([], from_device=False, final=False).split(b"</SyncBody>")[0]
     out.append(
         (
-            "deep_atomic",
+            "deep_nesting",
             prefix
             + b"<Atomic><CmdID>2</CmdID>" * depth
             + b"</Atomic>" * depth
@@ -1475,7 +1502,7 @@ def hostile_inputs() -> list[Message]:
     )
     out.append(
         (
-            "deep_item",
+            "deep_nesting_item",
             prefix
             + b"<Replace><CmdID>2</CmdID>"
             + b"<Item>" * depth
@@ -1485,7 +1512,7 @@ def hostile_inputs() -> list[Message]:
     )
     out.append(
         (
-            "wbxml_strtbl_1gb",
+            "wbxml_1gb_string_table",
             _WBXML_HEADER + bytes([0x84, 0x80, 0x80, 0x80, 0x00]) + b"SyncML\x00",
         )
     )
@@ -1544,3 +1571,11 @@ def hostile_inputs() -> list[Message]:
     out.append(("two_roots", valid + valid))
     out.append(("empty", b""))
     return out
+
+
+if __name__ == "__main__":
+    for label, size in (
+        ("inventory_results()", len(inventory_results())),
+        ("session_message()", len(session_message())),
+    ):
+        print(f"{label}: {size:,} bytes")

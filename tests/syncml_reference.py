@@ -219,21 +219,21 @@ def _refuse_dtd_tricks(data: bytes) -> None:
 
 
 def _parse(data: bytes) -> ET.Element:
-    parser = ET.XMLPullParser(events=("start", "end"))
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
     root: ET.Element | None = None
     depth = 0
     try:
         for offset in range(0, max(len(data), 1), _FEED_CHUNK):
             parser.feed(data[offset : offset + _FEED_CHUNK])
-            for event, element in parser.read_events():
-                if event == "start":
-                    depth += 1
-                    if root is None:
-                        root = element
-                    if depth > MAX_DEPTH:
-                        raise ValueError(f"elements nested deeper than {MAX_DEPTH}")
-                else:
+            for event in parser.read_events():
+                if event[0] == "end":
                     depth -= 1
+                    continue
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ValueError(f"elements nested deeper than {MAX_DEPTH}")
+                if root is None and isinstance(event[1], ET.Element):
+                    root = event[1]
         parser.close()
     except ET.ParseError as exc:
         raise ValueError(f"not well-formed XML: {exc}") from exc

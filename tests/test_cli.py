@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from mdmgate import syncml
+from tests.syncml_corpus import shape_messages
 
 
 def mdmgate(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -95,3 +100,72 @@ def test_version_flag() -> None:
     r = mdmgate("--version")
     assert r.returncode == 0
     assert r.stdout.startswith(b"mdmgate ")
+
+
+def _device_message() -> bytes:
+    return dict(shape_messages())["device_package1"]
+
+
+def test_syncml_decode_encode_round_trip(tmp_path: Path) -> None:
+    xml = _device_message()
+    decoded = mdmgate("syncml", "decode", stdin=xml)
+    assert (decoded.returncode, decoded.stderr) == (0, b"")
+    assert json.loads(decoded.stdout) == syncml.to_dict(xml)
+    wbxml = mdmgate("syncml", "encode", "--wbxml", stdin=decoded.stdout)
+    assert (wbxml.returncode, wbxml.stderr) == (0, b"")
+    assert wbxml.stdout[:4] == b"\x03\xa4\x01\x6a"
+    path = tmp_path / "message.wbxml"
+    path.write_bytes(wbxml.stdout)
+    again = mdmgate("syncml", "decode", str(path))
+    assert json.loads(again.stdout) == json.loads(decoded.stdout)
+    back = mdmgate("syncml", "encode", stdin=again.stdout)
+    assert back.returncode == 0
+    assert syncml.to_dict(back.stdout) == syncml.to_dict(xml)
+
+
+def test_syncml_binary_data_as_base64() -> None:
+    message = {
+        "SyncHdr": {
+            "SessionID": "1",
+            "MsgID": "1",
+            "Target": {"LocURI": "d"},
+            "Source": {"LocURI": "s"},
+        },
+        "SyncBody": [{"Replace": {"CmdID": "1", "Item": [{"Data": b"\xff\x00"}]}}],
+        "Final": True,
+    }
+    r = mdmgate("syncml", "decode", stdin=syncml.from_dict(message, wbxml=True))
+    item = json.loads(r.stdout)["SyncBody"][0]["Replace"]["Item"][0]
+    assert item["Data"] == {"base64": "/wA="}
+    e = mdmgate("syncml", "encode", "--wbxml", stdin=r.stdout)
+    assert syncml.to_dict(e.stdout)["SyncBody"] == message["SyncBody"]
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "needle"),
+    [
+        (
+            ["syncml", "decode"],
+            b"<!DOCTYPE SyncML [<!ENTITY x SYSTEM 'file:///etc/passwd'>]>",
+            b"at byte 0",
+        ),
+        (["syncml", "decode"], b"<SyncML><SyncHdr>", b"input ends inside <SyncHdr> at byte"),
+        (["syncml", "decode"], b"\x02\xa4\x01\x6a\x84\x80\x80\x80\x00", b"claims 1073741824 bytes"),
+        (["syncml", "decode", "/nonexistent/x.xml"], b"", b"cannot read /nonexistent/x.xml"),
+        (["syncml", "encode"], b"{not json", b"input is not JSON"),
+        (["syncml", "encode"], b"[]", b"must be a JSON object"),
+        (["syncml", "encode"], b'{"SyncHdr": {"MsgID": "1"}}', b"SessionID is required"),
+    ],
+)
+def test_syncml_bad_input(args: list[str], stdin: bytes, needle: bytes) -> None:
+    r = mdmgate(*args, stdin=stdin)
+    assert r.returncode == 2
+    assert r.stdout == b""
+    assert needle in r.stderr
+    assert r.stderr.count(b"\n") == 1
+
+
+def test_syncml_help_has_examples() -> None:
+    r = mdmgate("syncml", "--help")
+    assert r.returncode == 0
+    assert b"mdmgate syncml decode request.xml" in r.stdout

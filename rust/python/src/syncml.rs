@@ -266,7 +266,7 @@ fn command_to_dict<'py>(py: Python<'py>, c: &CoreCommand) -> PyResult<Bound<'py,
     }
     data_into(py, &d, &c.data)?;
     set_opt(&d, "Correlator", &c.correlator)?;
-    if c.kind == CommandKind::Map {
+    if c.kind == CommandKind::Map && !c.items.is_empty() {
         let items = c
             .items
             .iter()
@@ -274,13 +274,14 @@ fn command_to_dict<'py>(py: Python<'py>, c: &CoreCommand) -> PyResult<Bound<'py,
             .collect::<PyResult<Vec<_>>>()?;
         d.set_item("MapItem", items)?;
     } else if c.kind.is_container() {
+        // Always present, like SyncBody, so an empty Atomic still reads as a container.
         let inner = c
             .commands
             .iter()
             .map(|x| command_to_dict(py, x))
             .collect::<PyResult<Vec<_>>>()?;
         d.set_item("Commands", inner)?;
-    } else if !c.items.is_empty() {
+    } else if !c.items.is_empty() && c.kind != CommandKind::Map {
         let items = c
             .items
             .iter()

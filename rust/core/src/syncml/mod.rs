@@ -266,7 +266,13 @@ pub fn decode_as(data: &[u8], encoding: Encoding, limits: &Limits) -> Result<Mes
         ));
     }
     match encoding {
-        Encoding::Xml => decode::message(xml::XmlSource::new(data, limits)?),
+        Encoding::Xml => {
+            let bom = if data.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+            decode::message(xml::XmlSource::new(data, limits)?).map_err(|mut e| {
+                e.offset += bom;
+                e
+            })
+        }
         Encoding::Wbxml => decode::message(wbxml::WbxmlSource::new(data, limits)?),
     }
 }

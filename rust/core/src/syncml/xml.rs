@@ -38,6 +38,8 @@ impl<'a> XmlSource<'a> {
                 "input is not valid UTF-8",
             )
         })?;
+        // Offsets are counted from after a byte-order mark; `decode_as` adds it back.
+        let input = input.strip_prefix('\u{feff}').unwrap_or(input);
         let mut reader = Reader::from_str(input);
         let config = reader.config_mut();
         config.check_end_names = true;
@@ -92,7 +94,11 @@ impl<'a> XmlSource<'a> {
         self.root_seen = true;
         // The name is a prefix of the tag text right after '<'.
         let qname_len = start.name().as_ref().len();
-        let qname = &self.input[self.offset + 1..self.offset + 1 + qname_len];
+        let qname = self
+            .input
+            .get(self.offset + 1..self.offset + 1 + qname_len)
+            .filter(|q| q.as_bytes() == start.name().as_ref())
+            .ok_or_else(|| DecodeError::new(ErrorKind::Syntax, self.offset, "tag name is not where the reader reported it"))?;
         if !start.attributes_raw().iter().all(u8::is_ascii_whitespace) {
             let declared_at = if empty { self.depth + 1 } else { self.depth };
             for attr in start.attributes() {
@@ -281,7 +287,7 @@ impl<'a> Source<'a> for XmlSource<'a> {
                 Event::Eof => Ev::Eof,
                 Event::Comment(_) | Event::PI(_) => continue,
                 Event::Decl(d) => {
-                    if self.offset > usize::from(self.input.starts_with('\u{feff}')) * 3 {
+                    if self.offset > 0 {
                         return Err(DecodeError::new(
                             ErrorKind::Syntax,
                             self.offset,
