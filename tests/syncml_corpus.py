@@ -56,11 +56,10 @@ _REPO = Path(__file__).resolve().parents[1]
 
 
 def _find_seed_dir() -> Path:
-    """``$MDMGATE_SEED_DIR``, else ``tests/data/seeds``, else ``../shared/seeds``."""
+    """``$MDMGATE_SEED_DIR``, else the copies kept in ``tests/data/seeds``."""
     if os.environ.get("MDMGATE_SEED_DIR"):
         return Path(os.environ["MDMGATE_SEED_DIR"])
-    local = _REPO / "tests" / "data" / "seeds"
-    return local if local.is_dir() else _REPO.parent / "shared" / "seeds"
+    return _REPO / "tests" / "data" / "seeds"
 
 
 SEED_DIR = _find_seed_dir()

@@ -226,14 +226,15 @@ def _parse(data: bytes) -> ET.Element:
         for offset in range(0, max(len(data), 1), _FEED_CHUNK):
             parser.feed(data[offset : offset + _FEED_CHUNK])
             for event in parser.read_events():
-                if event[0] == "end":
+                kind, element = event[0], event[-1]
+                if kind == "end":
                     depth -= 1
                     continue
                 depth += 1
                 if depth > MAX_DEPTH:
                     raise ValueError(f"elements nested deeper than {MAX_DEPTH}")
-                if root is None and isinstance(event[1], ET.Element):
-                    root = event[1]
+                if root is None and isinstance(element, ET.Element):
+                    root = element
         parser.close()
     except ET.ParseError as exc:
         raise ValueError(f"not well-formed XML: {exc}") from exc

@@ -25,14 +25,10 @@ from .syncml_reference import (
     reference_to_dict,
 )
 
-SEEDS = corpus.seeds_available()
-needs_seeds = pytest.mark.skipif(
-    not SEEDS, reason=f"seed pages 003/004 not found in {corpus.SEED_DIR} (MDMGATE_SEED_DIR)"
-)
-
-SEED_MESSAGES = corpus.seed_messages() if SEEDS else []
-MALFORMED_SEEDS = corpus.malformed_seed_messages() if SEEDS else []
-LENIENT = corpus.lenient_messages() if SEEDS else []
+# The seed pages are part of the repository (tests/data/seeds); a missing page is a failure.
+SEED_MESSAGES = corpus.seed_messages()
+MALFORMED_SEEDS = corpus.malformed_seed_messages()
+LENIENT = corpus.lenient_messages()
 SHAPES = corpus.shape_messages()
 HOSTILE = corpus.hostile_inputs()
 
@@ -104,7 +100,6 @@ def top_level_order(data: bytes) -> list[str]:
 # --- seeds -------------------------------------------------------------------------------
 
 
-@needs_seeds
 def test_seed_corpus_is_complete() -> None:
     assert len(SEED_MESSAGES) == 54
     commands = [name for _, data in SEED_MESSAGES for name in top_level_order(data)]
@@ -122,7 +117,6 @@ def test_seed_corpus_is_complete() -> None:
     assert {name.removesuffix("_raw") for name in ids(MALFORMED_SEEDS)} <= repaired
 
 
-@needs_seeds
 @pytest.mark.parametrize(("name", "data"), SEED_MESSAGES, ids=ids(SEED_MESSAGES))
 def test_seed_message(name: str, data: bytes) -> None:
     msg = reference_to_dict(data)
@@ -140,14 +134,12 @@ def test_seed_message(name: str, data: bytes) -> None:
     assert (msg["SyncHdr"]["Source"]["LocURI"] == corpus.DEVICE_ID) is from_device
 
 
-@needs_seeds
 @pytest.mark.parametrize(("name", "data"), MALFORMED_SEEDS, ids=ids(MALFORMED_SEEDS))
 def test_malformed_seed_is_refused(name: str, data: bytes) -> None:
     with pytest.raises(ValueError, match="well-formed"):
         reference_to_dict(data)
 
 
-@needs_seeds
 def test_repaired_seeds_carry_the_intended_xml_as_text() -> None:
     seeds = dict(SEED_MESSAGES)
     licence = reference_to_dict(seeds["seed003_08_exec_repaired"])
@@ -170,7 +162,6 @@ def test_repaired_seeds_carry_the_intended_xml_as_text() -> None:
                     assert "\u201d" not in value
 
 
-@needs_seeds
 def test_inline_markup_data_is_kept_as_markup() -> None:
     """Microsoft's examples put XML unescaped in Data: the decoder keeps the markup."""
     store = reference_to_dict(dict(SEED_MESSAGES)["seed003_07_exec"])
@@ -215,7 +206,6 @@ def test_data_values_match_the_bytes(name: str, data: bytes) -> None:
 # --- lenient inputs ----------------------------------------------------------------------
 
 
-@needs_seeds
 @pytest.mark.parametrize(("name", "data"), LENIENT, ids=ids(LENIENT))
 def test_lenient_message(name: str, data: bytes) -> None:
     msg = reference_to_dict(data)
@@ -223,7 +213,6 @@ def test_lenient_message(name: str, data: bytes) -> None:
     assert msg["SyncBody"]
 
 
-@needs_seeds
 def test_lenient_cmdids_as_microsoft_wrote_them() -> None:
     lenient = dict(LENIENT)
     add_exec = reference_to_dict(lenient["seed003_09_add_exec_cmdid_as_written"])
@@ -236,7 +225,6 @@ def test_lenient_cmdids_as_microsoft_wrote_them() -> None:
     assert any(name.endswith("_with_comments") for name in lenient)
 
 
-@needs_seeds
 def test_lenient_details() -> None:
     lenient = {name: reference_to_dict(data) for name, data in LENIENT}
 

@@ -4,9 +4,9 @@
 //! large inputs; only building Python objects needs it.
 
 use mdmgate_core::syncml::{
-    self, Attrs, Command as CoreCommand, CommandKind, Cred, Data, DecodeError, EncodeError,
-    Encoding, Header as CoreHeader, Item as CoreItem, Limits, Loc, Message as CoreMessage, Meta,
-    Value,
+    self, meta_key, Attrs, Command as CoreCommand, CommandKind, Cred, Data, DecodeError,
+    EncodeError, Encoding, Header as CoreHeader, Item as CoreItem, Limits, Loc,
+    Message as CoreMessage, Meta, Value,
 };
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -73,6 +73,7 @@ fn encode_message(py: Python<'_>, msg: &CoreMessage, wbxml: bool) -> PyResult<Ve
 fn meta_to_py<'py>(py: Python<'py>, meta: &Meta) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (name, value) in meta {
+        let name: &str = name;
         match dict.get_item(name)? {
             None => dict.set_item(name, value)?,
             Some(existing) => {
@@ -115,23 +116,31 @@ fn type_name(value: &Bound<'_, PyAny>) -> String {
         .unwrap_or_default()
 }
 
-fn meta_from_py(value: &Bound<'_, PyAny>, path: &str) -> PyResult<Meta> {
-    let dict = value.cast::<PyDict>().map_err(|_| {
-        field_error(
-            path,
-            format!("Meta must be an object, got {}", type_name(value)),
-        )
-    })?;
-    let mut meta = Meta::new();
+fn meta_from_py(value: &Bound<'_, PyAny>, parent: &str) -> PyResult<Meta> {
+    let Ok(dict) = value.cast::<PyDict>() else {
+        return Err(field_error(
+            &format!("{parent}.Meta"),
+            format!("expected an object, got {}", type_name(value)),
+        ));
+    };
+    let mut meta = Meta::with_capacity(dict.len());
     for (k, v) in dict.iter() {
-        let name = str_of(&k, path)?;
-        let here = format!("{path}.{name}");
-        if let Ok(list) = v.cast::<PyList>() {
+        let name = str_of(&k, &format!("{parent}.Meta"))?;
+        let key = meta_key(name);
+        if let Ok(s) = v.cast::<PyString>() {
+            meta.push((key, s.to_str()?.to_owned()));
+        } else if let Ok(list) = v.cast::<PyList>() {
             for x in list.iter() {
-                meta.push((name.clone(), str_of(&x, &here)?));
+                meta.push((key.clone(), str_of(&x, &format!("{parent}.Meta.{key}"))?));
             }
         } else {
-            meta.push((name, str_of(&v, &here)?));
+            return Err(field_error(
+                &format!("{parent}.Meta.{key}"),
+                format!(
+                    "expected a string or a list of strings, got {}",
+                    type_name(&v)
+                ),
+            ));
         }
     }
     Ok(meta)
@@ -335,26 +344,34 @@ fn message_to_dict<'py>(py: Python<'py>, m: &CoreMessage) -> PyResult<Bound<'py,
 }
 
 /// Reads an object's fields, refusing any key it does not know so typos are not dropped.
-struct Fields<'a, 'py> {
-    dict: &'a Bound<'py, PyDict>,
+/// The dict is walked once; paths for error messages are only built when there is an error.
+struct Fields<'py> {
+    found: Vec<(&'static str, Bound<'py, PyAny>)>,
     path: String,
 }
 
-impl<'py> Fields<'_, 'py> {
-    fn of<'a>(
-        value: &'a Bound<'py, PyAny>,
+impl<'py> Fields<'py> {
+    fn of(
+        value: &Bound<'py, PyAny>,
         path: String,
-        allowed: &[&str],
-    ) -> PyResult<Fields<'a, 'py>> {
-        let dict = value.cast::<PyDict>().map_err(|_| {
-            field_error(
+        allowed: &[&'static str],
+    ) -> PyResult<Fields<'py>> {
+        let Ok(dict) = value.cast::<PyDict>() else {
+            return Err(field_error(
                 &path,
                 format!("expected an object, got {}", type_name(value)),
-            )
-        })?;
-        for key in dict.keys() {
-            let key = str_of(&key, &path)?;
-            if !allowed.contains(&key.as_str()) {
+            ));
+        };
+        let mut found = Vec::with_capacity(dict.len());
+        for (key, v) in dict.iter() {
+            let Ok(key) = key.cast::<PyString>() else {
+                return Err(field_error(
+                    &path,
+                    format!("keys must be strings, got {}", type_name(&key)),
+                ));
+            };
+            let key = key.to_str()?;
+            let Some(known) = allowed.iter().find(|a| **a == key) else {
                 return Err(field_error(
                     &path,
                     format!(
@@ -362,13 +379,16 @@ impl<'py> Fields<'_, 'py> {
                         allowed.join(", ")
                     ),
                 ));
+            };
+            if !v.is_none() {
+                found.push((*known, v));
             }
         }
-        Ok(Fields { dict, path })
+        Ok(Fields { found, path })
     }
 
-    fn get(&self, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-        Ok(self.dict.get_item(key)?.filter(|v| !v.is_none()))
+    fn get(&self, key: &str) -> Option<&Bound<'py, PyAny>> {
+        self.found.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     fn here(&self, key: &str) -> String {
@@ -376,9 +396,16 @@ impl<'py> Fields<'_, 'py> {
     }
 
     fn string(&self, key: &str) -> PyResult<Option<String>> {
-        self.get(key)?
-            .map(|v| str_of(&v, &self.here(key)))
-            .transpose()
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match v.cast::<PyString>() {
+            Ok(s) => Ok(Some(s.to_str()?.to_owned())),
+            Err(_) => Err(field_error(
+                &self.here(key),
+                format!("expected a string, got {}", type_name(v)),
+            )),
+        }
     }
 
     fn required(&self, key: &str) -> PyResult<String> {
@@ -387,7 +414,7 @@ impl<'py> Fields<'_, 'py> {
     }
 
     fn flag(&self, key: &str) -> PyResult<bool> {
-        match self.get(key)? {
+        match self.get(key) {
             None => Ok(false),
             Some(v) => v
                 .extract::<bool>()
@@ -396,16 +423,16 @@ impl<'py> Fields<'_, 'py> {
     }
 
     fn meta(&self, key: &str) -> PyResult<Option<Meta>> {
-        self.get(key)?
-            .map(|v| meta_from_py(&v, &self.here(key)))
+        self.get(key)
+            .map(|v| meta_from_py(v, &self.path))
             .transpose()
     }
 
     fn loc(&self, key: &str) -> PyResult<Option<Loc>> {
-        let Some(v) = self.get(key)? else {
+        let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        let f = Fields::of(&v, self.here(key), &["LocURI", "LocName"])?;
+        let f = Fields::of(v, self.here(key), &["LocURI", "LocName"])?;
         Ok(Some(Loc {
             uri: f.required("LocURI")?,
             name: f.string("LocName")?,
@@ -413,32 +440,36 @@ impl<'py> Fields<'_, 'py> {
     }
 
     fn data(&self) -> PyResult<Option<Data>> {
-        let Some(v) = self.get("Data")? else {
-            if self.get("DataAttrs")?.is_some() {
+        let Some(v) = self.get("Data") else {
+            if self.get("DataAttrs").is_some() {
                 return Err(field_error(&self.path, "DataAttrs without Data"));
             }
             return Ok(None);
         };
-        let value = value_from_py(&v, &self.here("Data"))?;
-        let attrs = match self.get("DataAttrs")? {
-            Some(a) => attrs_from_py(&a, &self.here("DataAttrs"))?,
+        let value = if v.is_instance_of::<PyString>() || v.is_instance_of::<PyBytes>() {
+            value_from_py(v, &self.path)?
+        } else {
+            let got = type_name(v);
+            return Err(field_error(
+                &self.here("Data"),
+                format!("Data must be str or bytes, got {got}"),
+            ));
+        };
+        let attrs = match self.get("DataAttrs") {
+            Some(a) => attrs_from_py(a, &self.here("DataAttrs"))?,
             None => Attrs::new(),
         };
         Ok(Some(Data { value, attrs }))
     }
 
-    fn list(&self, key: &str) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
-        let Some(v) = self.get(key)? else {
+    fn list(&self, key: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let Some(v) = self.get(key) else {
             return Ok(Vec::new());
         };
         let list = v
             .cast::<PyList>()
             .map_err(|_| field_error(&self.here(key), "expected a list"))?;
-        Ok(list
-            .iter()
-            .enumerate()
-            .map(|(i, x)| (format!("{}.{key}[{i}]", self.path), x))
-            .collect())
+        Ok(list.iter().collect())
     }
 }
 
@@ -536,14 +567,14 @@ fn command_from_dict(value: &Bound<'_, PyAny>, path: String) -> PyResult<CoreCom
     c.correlator = f.string("Correlator")?;
     c.target = f.loc("Target")?;
     c.source = f.loc("Source")?;
-    if let Some(v) = f.get("TargetRef")? {
-        c.target_refs = str_list(&v, &f.here("TargetRef"))?;
+    if let Some(v) = f.get("TargetRef") {
+        c.target_refs = str_list(v, &f.here("TargetRef"))?;
     }
-    if let Some(v) = f.get("SourceRef")? {
-        c.source_refs = str_list(&v, &f.here("SourceRef"))?;
+    if let Some(v) = f.get("SourceRef") {
+        c.source_refs = str_list(v, &f.here("SourceRef"))?;
     }
-    if let Some(v) = f.get("Chal")? {
-        let chal = Fields::of(&v, f.here("Chal"), &["Meta"])?;
+    if let Some(v) = f.get("Chal") {
+        let chal = Fields::of(v, f.here("Chal"), &["Meta"])?;
         c.chal = Some(chal.meta("Meta")?.unwrap_or_default());
     }
     let (key, map_item) = if kind == CommandKind::Map {
@@ -551,11 +582,16 @@ fn command_from_dict(value: &Bound<'_, PyAny>, path: String) -> PyResult<CoreCom
     } else {
         ("Item", false)
     };
-    for (p, x) in f.list(key)? {
-        c.items.push(item_from_dict(&x, p, map_item)?);
+    for (i, x) in f.list(key)?.iter().enumerate() {
+        c.items.push(item_from_dict(
+            x,
+            format!("{}.{key}[{i}]", f.path),
+            map_item,
+        )?);
     }
-    for (p, x) in f.list("Commands")? {
-        c.commands.push(command_from_dict(&x, p)?);
+    for (i, x) in f.list("Commands")?.iter().enumerate() {
+        c.commands
+            .push(command_from_dict(x, format!("{}.Commands[{i}]", f.path))?);
     }
     Ok(c)
 }
@@ -563,10 +599,10 @@ fn command_from_dict(value: &Bound<'_, PyAny>, path: String) -> PyResult<CoreCom
 fn message_from_dict(value: &Bound<'_, PyAny>) -> PyResult<CoreMessage> {
     let top = Fields::of(value, "message".into(), &["SyncHdr", "SyncBody", "Final"])?;
     let hv = top
-        .get("SyncHdr")?
+        .get("SyncHdr")
         .ok_or_else(|| field_error("message", "SyncHdr is required"))?;
     let h = Fields::of(
-        &hv,
+        hv,
         "SyncHdr".into(),
         &[
             "VerDTD",
@@ -581,10 +617,10 @@ fn message_from_dict(value: &Bound<'_, PyAny>) -> PyResult<CoreMessage> {
             "Meta",
         ],
     )?;
-    let cred = match h.get("Cred")? {
+    let cred = match h.get("Cred") {
         None => None,
         Some(v) => {
-            let cf = Fields::of(&v, "SyncHdr.Cred".into(), &["Meta", "Data"])?;
+            let cf = Fields::of(v, "SyncHdr.Cred".into(), &["Meta", "Data"])?;
             Some(Cred {
                 meta: cf.meta("Meta")?,
                 data: cf.string("Data")?,
@@ -604,8 +640,8 @@ fn message_from_dict(value: &Bound<'_, PyAny>) -> PyResult<CoreMessage> {
         meta: h.meta("Meta")?,
     };
     let mut body = Vec::new();
-    for (i, (_, x)) in top.list("SyncBody")?.into_iter().enumerate() {
-        body.push(command_from_dict(&x, format!("SyncBody[{i}]"))?);
+    for (i, x) in top.list("SyncBody")?.iter().enumerate() {
+        body.push(command_from_dict(x, format!("SyncBody[{i}]"))?);
     }
     Ok(CoreMessage {
         header,

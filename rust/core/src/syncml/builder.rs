@@ -117,7 +117,7 @@ impl MessageBuilder {
             self.next_id += 1;
         }
         if let Some(id) = &command.cmd_id {
-            self.ids.insert(id.trim().to_owned());
+            self.ids.insert(id.trim_ascii().to_owned());
         }
         for inner in &mut command.commands {
             self.assign_ids(inner);
@@ -199,7 +199,7 @@ fn start<S: Sink>(sink: &mut S, header: &Header) -> Result<(), EncodeError> {
         ("SessionID", &header.session_id),
         ("MsgID", &header.msg_id),
     ] {
-        if value.trim().is_empty() {
+        if value.trim_ascii().is_empty() {
             return Err(EncodeError {
                 path: "SyncHdr".into(),
                 message: format!("{name} is required"),

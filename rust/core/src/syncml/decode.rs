@@ -1,7 +1,7 @@
 //! The SyncML structure, read from a stream of element events. XML and WBXML each provide a
 //! [`Source`]; everything about which element may appear where lives here, once.
 
-use super::tags::{metinf_name, CommandKind};
+use super::tags::CommandKind;
 use super::{
     Attrs, Command, Cred, Data, DecodeError, ErrorKind, Header, Item, Loc, Message, Meta, Value,
 };
@@ -343,7 +343,7 @@ fn read_meta<'a, S: Source<'a>>(src: &mut S, empty: bool) -> Result<Meta, Decode
         return Ok(meta);
     }
     while let Some((name, empty)) = child(src, "Meta")? {
-        let key = metinf_name(name).map_or_else(|| name.to_owned(), str::to_owned);
+        let key = super::meta_key(name);
         let value = if empty {
             String::new()
         } else {

@@ -5,7 +5,7 @@ use std::fmt;
 
 use base64::Engine as _;
 
-use super::tags::{metinf_name, token_of, CommandKind};
+use super::tags::{token_of, CommandKind};
 use super::wbxml::{write_mb_u32, END, LITERAL, OPAQUE, STR_I, SWITCH_PAGE};
 use super::xml::MSFT_NS;
 use super::{Command, Data, Header, Item, Loc, Message, Meta, Value};
@@ -396,7 +396,7 @@ fn write_meta<S: Sink>(
 ) -> Result<(), EncodeError> {
     sink.open_meta();
     for (name, value) in meta {
-        let name = metinf_name(name).unwrap_or(name);
+        let name: &str = name;
         at(sink.meta_leaf(name, value), &|| {
             format!("{}.Meta.{name}", path())
         })?;
@@ -584,7 +584,7 @@ pub fn encode_wbxml(msg: &Message) -> Result<Vec<u8>, EncodeError> {
 // ---------------------------------------------------------------- strict checks
 
 fn required(value: &str, path: &str, name: &str) -> Result<(), EncodeError> {
-    if value.trim().is_empty() {
+    if value.trim_ascii().is_empty() {
         return Err(EncodeError::new(path, format!("{name} is required")));
     }
     Ok(())
@@ -626,7 +626,7 @@ pub(crate) fn check_command<'m>(
             kind.name()
         ));
     }
-    match c.cmd_id.as_deref().map(str::trim) {
+    match c.cmd_id.as_deref().map(str::trim_ascii) {
         None if !require_ids => {}
         None | Some("") => return fail("CmdID is required".into()),
         Some("0") => return fail("CmdID \"0\" is reserved for the SyncHdr".into()),
@@ -676,7 +676,7 @@ pub(crate) fn check_command<'m>(
                 ("CmdRef", &c.cmd_ref),
                 ("Cmd", &c.cmd),
             ] {
-                if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                if value.as_deref().is_none_or(|v| v.trim_ascii().is_empty()) {
                     return fail(format!("Status needs {field}"));
                 }
             }

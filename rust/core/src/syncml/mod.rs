@@ -19,6 +19,7 @@ mod xml;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::fmt;
 
 pub use builder::{MessageBuilder, Overflow};
@@ -78,8 +79,17 @@ pub struct Loc {
 }
 
 /// `syncml:metinf` children in document order: (name, text). Names the codec knows are
-/// spelled as the specification spells them; unknown ones are kept as written.
-pub type Meta = Vec<(String, String)>;
+/// spelled as the specification spells them (and cost no allocation); unknown ones are kept
+/// as written.
+pub type Meta = Vec<(Cow<'static, str>, String)>;
+
+/// The key a Meta child is stored under.
+pub fn meta_key(name: impl AsRef<str> + Into<String>) -> Cow<'static, str> {
+    match tags::metinf_name(name.as_ref()) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name.into()),
+    }
+}
 
 /// Attributes on `Data`: (qualified name, value); see `docs/syncml.md` for the names.
 pub type Attrs = Vec<(String, String)>;
@@ -267,7 +277,11 @@ pub fn decode_as(data: &[u8], encoding: Encoding, limits: &Limits) -> Result<Mes
     }
     match encoding {
         Encoding::Xml => {
-            let bom = if data.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+            let bom = if data.starts_with(b"\xEF\xBB\xBF") {
+                3
+            } else {
+                0
+            };
             decode::message(xml::XmlSource::new(data, limits)?).map_err(|mut e| {
                 e.offset += bom;
                 e

@@ -365,7 +365,7 @@ fn meta() -> impl Strategy<Value = Meta> {
         Just("MaxObjSize".to_owned()),
         "[A-Z][a-zA-Z]{0,8}",
     ];
-    prop::collection::vec((name, leaf_text()), 0..4)
+    prop::collection::vec((name.prop_map(meta_key), leaf_text()), 0..4)
 }
 
 fn loc() -> impl Strategy<Value = Loc> {

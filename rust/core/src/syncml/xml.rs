@@ -98,7 +98,13 @@ impl<'a> XmlSource<'a> {
             .input
             .get(self.offset + 1..self.offset + 1 + qname_len)
             .filter(|q| q.as_bytes() == start.name().as_ref())
-            .ok_or_else(|| DecodeError::new(ErrorKind::Syntax, self.offset, "tag name is not where the reader reported it"))?;
+            .ok_or_else(|| {
+                DecodeError::new(
+                    ErrorKind::Syntax,
+                    self.offset,
+                    "tag name is not where the reader reported it",
+                )
+            })?;
         if !start.attributes_raw().iter().all(u8::is_ascii_whitespace) {
             let declared_at = if empty { self.depth + 1 } else { self.depth };
             for attr in start.attributes() {
@@ -122,7 +128,10 @@ impl<'a> XmlSource<'a> {
             }
         }
         self.current = Some(start.clone());
-        Ok(qname.rsplit(':').next().unwrap_or(qname))
+        Ok(match memchr::memchr(b':', qname.as_bytes()) {
+            Some(colon) => &qname[colon + 1..],
+            None => qname,
+        })
     }
 
     fn attr_value(
@@ -192,13 +201,13 @@ impl<'a> XmlSource<'a> {
     }
 
     fn check_chars(&self, out: &str, from: usize) -> Result<(), DecodeError> {
-        // Only C0 controls can be invalid in decoded UTF-8 text, so scan bytes first.
+        // Decoded UTF-8 can only be outside XML's character range as a C0 control or as
+        // U+FFFE/U+FFFF (EF BF BE/BF); both are rare, so look for them a block at a time.
         let tail = &out.as_bytes()[from..];
-        if tail
-            .iter()
-            .any(|b| *b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
-            || out[from..].contains(['\u{FFFE}', '\u{FFFF}'])
-        {
+        let control = tail
+            .chunks(32)
+            .any(|block| block.iter().fold(false, |seen, &b| seen | (b < 0x20)));
+        if control || memchr::memchr(0xEF, tail).is_some() {
             if let Some(bad) = out[from..].chars().find(|c| !is_xml_char(*c)) {
                 return Err(self.char_error(bad));
             }
