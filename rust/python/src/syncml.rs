@@ -116,26 +116,32 @@ fn type_name(value: &Bound<'_, PyAny>) -> String {
         .unwrap_or_default()
 }
 
-fn meta_from_py(value: &Bound<'_, PyAny>, parent: &str) -> PyResult<Meta> {
+fn meta_from_py(value: &Bound<'_, PyAny>, parent: &Path<'_>) -> PyResult<Meta> {
+    let parent = || parent.render();
     let Ok(dict) = value.cast::<PyDict>() else {
         return Err(field_error(
-            &format!("{parent}.Meta"),
+            &format!("{}.Meta", parent()),
             format!("expected an object, got {}", type_name(value)),
         ));
     };
     let mut meta = Meta::with_capacity(dict.len());
     for (k, v) in dict.iter() {
-        let name = str_of(&k, &format!("{parent}.Meta"))?;
-        let key = meta_key(name);
+        let Ok(name) = k.cast::<PyString>() else {
+            return Err(field_error(&format!("{}.Meta", parent()), format!("keys must be strings, got {}", type_name(&k))));
+        };
+        let key = meta_key(name.to_str()?);
         if let Ok(s) = v.cast::<PyString>() {
             meta.push((key, s.to_str()?.to_owned()));
         } else if let Ok(list) = v.cast::<PyList>() {
             for x in list.iter() {
-                meta.push((key.clone(), str_of(&x, &format!("{parent}.Meta.{key}"))?));
+                let Ok(x) = x.cast::<PyString>() else {
+                    return Err(field_error(&format!("{}.Meta.{key}", parent()), format!("expected a string, got {}", type_name(&x))));
+                };
+                meta.push((key.clone(), x.to_str()?.to_owned()));
             }
         } else {
             return Err(field_error(
-                &format!("{parent}.Meta.{key}"),
+                &format!("{}.Meta.{key}", parent()),
                 format!(
                     "expected a string or a list of strings, got {}",
                     type_name(&v)
@@ -343,22 +349,64 @@ fn message_to_dict<'py>(py: Python<'py>, m: &CoreMessage) -> PyResult<Bound<'py,
     Ok(d)
 }
 
-/// Reads an object's fields, refusing any key it does not know so typos are not dropped.
-/// The dict is walked once; paths for error messages are only built when there is an error.
-struct Fields<'py> {
-    found: Vec<(&'static str, Bound<'py, PyAny>)>,
-    path: String,
+/// Where a value sits in the message (`SyncBody[2].Get.Item[0]`), rendered only for errors.
+#[derive(Clone, Copy)]
+struct Path<'a> {
+    parent: Option<&'a Path<'a>>,
+    name: &'a str,
+    index: Option<usize>,
 }
 
-impl<'py> Fields<'py> {
+impl<'a> Path<'a> {
+    const fn root(name: &'a str) -> Path<'a> {
+        Path { parent: None, name, index: None }
+    }
+
+    fn name(&'a self, name: &'a str) -> Path<'a> {
+        Path { parent: Some(self), name, index: None }
+    }
+
+    fn at(&'a self, name: &'a str, index: usize) -> Path<'a> {
+        Path { parent: Some(self), name, index: Some(index) }
+    }
+
+    fn render(&self) -> String {
+        let mut parts = Vec::new();
+        let mut here = Some(self);
+        while let Some(p) = here {
+            parts.push(p);
+            here = p.parent;
+        }
+        let mut out = String::new();
+        for p in parts.iter().rev() {
+            if !out.is_empty() && !p.name.is_empty() {
+                out.push('.');
+            }
+            out.push_str(p.name);
+            if let Some(i) = p.index {
+                out.push_str(&format!("[{i}]"));
+            }
+        }
+        out
+    }
+}
+
+/// Reads an object's fields, refusing any key it does not know so typos are not dropped.
+/// The dict is walked once; paths for error messages are only built when there is an error.
+struct Fields<'py, 'p> {
+    found: Vec<(&'static str, Bound<'py, PyAny>)>,
+    path: Path<'p>,
+}
+
+impl<'py, 'p> Fields<'py, 'p> {
     fn of(
         value: &Bound<'py, PyAny>,
-        path: String,
+        path: Path<'p>,
         allowed: &[&'static str],
-    ) -> PyResult<Fields<'py>> {
+    ) -> PyResult<Fields<'py, 'p>> {
         let Ok(dict) = value.cast::<PyDict>() else {
             return Err(field_error(
-                &path,
+                &path.render(),
                 format!("expected an object, got {}", type_name(value)),
             ));
         };
@@ -366,14 +414,14 @@ impl<'py> Fields<'py> {
         for (key, v) in dict.iter() {
             let Ok(key) = key.cast::<PyString>() else {
                 return Err(field_error(
-                    &path,
+                    &path.render(),
                     format!("keys must be strings, got {}", type_name(&key)),
                 ));
             };
             let key = key.to_str()?;
             let Some(known) = allowed.iter().find(|a| **a == key) else {
                 return Err(field_error(
-                    &path,
+                    &path.render(),
                     format!(
                         "unknown field {key:?}; expected one of {}",
                         allowed.join(", ")
@@ -392,7 +440,7 @@ impl<'py> Fields<'py> {
     }
 
     fn here(&self, key: &str) -> String {
-        format!("{}.{key}", self.path)
+        format!("{}.{key}", self.path.render())
     }
 
     fn string(&self, key: &str) -> PyResult<Option<String>> {
@@ -410,7 +458,7 @@ impl<'py> Fields<'py> {
 
     fn required(&self, key: &str) -> PyResult<String> {
         self.string(key)?
-            .ok_or_else(|| field_error(&self.path, format!("{key} is required")))
+            .ok_or_else(|| field_error(&self.path.render(), format!("{key} is required")))
     }
 
     fn flag(&self, key: &str) -> PyResult<bool> {
@@ -432,7 +480,7 @@ impl<'py> Fields<'py> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        let f = Fields::of(v, self.here(key), &["LocURI", "LocName"])?;
+        let f = Fields::of(v, self.path.name(key), &["LocURI", "LocName"])?;
         Ok(Some(Loc {
             uri: f.required("LocURI")?,
             name: f.string("LocName")?,
@@ -442,12 +490,12 @@ impl<'py> Fields<'py> {
     fn data(&self) -> PyResult<Option<Data>> {
         let Some(v) = self.get("Data") else {
             if self.get("DataAttrs").is_some() {
-                return Err(field_error(&self.path, "DataAttrs without Data"));
+                return Err(field_error(&self.path.render(), "DataAttrs without Data"));
             }
             return Ok(None);
         };
         let value = if v.is_instance_of::<PyString>() || v.is_instance_of::<PyBytes>() {
-            value_from_py(v, &self.path)?
+            value_from_py(v, "Data")?
         } else {
             let got = type_name(v);
             return Err(field_error(
@@ -475,7 +523,7 @@ impl<'py> Fields<'py> {
 
 const ITEM_FIELDS: &[&str] = &["Target", "Source", "Meta", "Data", "DataAttrs", "MoreData"];
 
-fn item_from_dict(value: &Bound<'_, PyAny>, path: String, map_item: bool) -> PyResult<CoreItem> {
+fn item_from_dict(value: &Bound<'_, PyAny>, path: Path<'_>, map_item: bool) -> PyResult<CoreItem> {
     let allowed: &[&str] = if map_item {
         &["Target", "Source"]
     } else {
@@ -532,10 +580,10 @@ fn command_fields(kind: CommandKind) -> &'static [&'static str] {
     }
 }
 
-fn command_from_dict(value: &Bound<'_, PyAny>, path: String) -> PyResult<CoreCommand> {
+fn command_from_dict(value: &Bound<'_, PyAny>, path: Path<'_>) -> PyResult<CoreCommand> {
     let dict = value.cast::<PyDict>().map_err(|_| {
         field_error(
-            &path,
+            &path.render(),
             format!(
                 "a command is an object like {{\"Get\": {{...}}}}, got {}",
                 type_name(value)
@@ -544,18 +592,18 @@ fn command_from_dict(value: &Bound<'_, PyAny>, path: String) -> PyResult<CoreCom
     })?;
     if dict.len() != 1 {
         return Err(field_error(
-            &path,
+            &path.render(),
             "a command is an object with exactly one key, the command name",
         ));
     }
     let (name, body) = dict
         .iter()
         .next()
-        .ok_or_else(|| field_error(&path, "empty command"))?;
-    let name = str_of(&name, &path)?;
+        .ok_or_else(|| field_error(&path.render(), "empty command"))?;
+    let name = str_of(&name, &path.render())?;
     let kind = CommandKind::from_name(&name)
-        .ok_or_else(|| field_error(&path, format!("unknown command {name:?}")))?;
-    let f = Fields::of(&body, format!("{path}.{name}"), command_fields(kind))?;
+        .ok_or_else(|| field_error(&path.render(), format!("unknown command {name:?}")))?;
+    let f = Fields::of(&body, path.name(&name), command_fields(kind))?;
     let mut c = CoreCommand::new(kind);
     c.cmd_id = f.string("CmdID")?;
     c.no_resp = f.flag("NoResp")?;
@@ -574,7 +622,7 @@ fn command_from_dict(value: &Bound<'_, PyAny>, path: String) -> PyResult<CoreCom
         c.source_refs = str_list(v, &f.here("SourceRef"))?;
     }
     if let Some(v) = f.get("Chal") {
-        let chal = Fields::of(v, f.here("Chal"), &["Meta"])?;
+        let chal = Fields::of(v, f.path.name("Chal"), &["Meta"])?;
         c.chal = Some(chal.meta("Meta")?.unwrap_or_default());
     }
     let (key, map_item) = if kind == CommandKind::Map {
@@ -585,25 +633,25 @@ fn command_from_dict(value: &Bound<'_, PyAny>, path: String) -> PyResult<CoreCom
     for (i, x) in f.list(key)?.iter().enumerate() {
         c.items.push(item_from_dict(
             x,
-            format!("{}.{key}[{i}]", f.path),
+            f.path.at(key, i),
             map_item,
         )?);
     }
     for (i, x) in f.list("Commands")?.iter().enumerate() {
         c.commands
-            .push(command_from_dict(x, format!("{}.Commands[{i}]", f.path))?);
+            .push(command_from_dict(x, f.path.at("Commands", i))?);
     }
     Ok(c)
 }
 
 fn message_from_dict(value: &Bound<'_, PyAny>) -> PyResult<CoreMessage> {
-    let top = Fields::of(value, "message".into(), &["SyncHdr", "SyncBody", "Final"])?;
+    let top = Fields::of(value, Path::root("message"), &["SyncHdr", "SyncBody", "Final"])?;
     let hv = top
         .get("SyncHdr")
         .ok_or_else(|| field_error("message", "SyncHdr is required"))?;
     let h = Fields::of(
         hv,
-        "SyncHdr".into(),
+        Path::root("SyncHdr"),
         &[
             "VerDTD",
             "VerProto",
@@ -620,7 +668,7 @@ fn message_from_dict(value: &Bound<'_, PyAny>) -> PyResult<CoreMessage> {
     let cred = match h.get("Cred") {
         None => None,
         Some(v) => {
-            let cf = Fields::of(v, "SyncHdr.Cred".into(), &["Meta", "Data"])?;
+            let cf = Fields::of(v, h.path.name("Cred"), &["Meta", "Data"])?;
             Some(Cred {
                 meta: cf.meta("Meta")?,
                 data: cf.string("Data")?,
@@ -641,7 +689,7 @@ fn message_from_dict(value: &Bound<'_, PyAny>) -> PyResult<CoreMessage> {
     };
     let mut body = Vec::new();
     for (i, x) in top.list("SyncBody")?.iter().enumerate() {
-        body.push(command_from_dict(x, format!("SyncBody[{i}]"))?);
+        body.push(command_from_dict(x, Path { parent: None, name: "SyncBody", index: Some(i) })?);
     }
     Ok(CoreMessage {
         header,
@@ -726,7 +774,7 @@ fn meta_lookup<'a>(meta: &'a Option<Meta>, key: &str) -> Option<&'a str> {
 fn opt_meta(value: Option<&Bound<'_, PyAny>>, path: &str) -> PyResult<Option<Meta>> {
     value
         .filter(|v| !v.is_none())
-        .map(|v| meta_from_py(v, path))
+        .map(|v| meta_from_py(v, &Path::root(path)))
         .transpose()
 }
 
