@@ -127,7 +127,10 @@ fn meta_from_py(value: &Bound<'_, PyAny>, parent: &Path<'_>) -> PyResult<Meta> {
     let mut meta = Meta::with_capacity(dict.len());
     for (k, v) in dict.iter() {
         let Ok(name) = k.cast::<PyString>() else {
-            return Err(field_error(&format!("{}.Meta", parent()), format!("keys must be strings, got {}", type_name(&k))));
+            return Err(field_error(
+                &format!("{}.Meta", parent()),
+                format!("keys must be strings, got {}", type_name(&k)),
+            ));
         };
         let key = meta_key(name.to_str()?);
         if let Ok(s) = v.cast::<PyString>() {
@@ -135,7 +138,10 @@ fn meta_from_py(value: &Bound<'_, PyAny>, parent: &Path<'_>) -> PyResult<Meta> {
         } else if let Ok(list) = v.cast::<PyList>() {
             for x in list.iter() {
                 let Ok(x) = x.cast::<PyString>() else {
-                    return Err(field_error(&format!("{}.Meta.{key}", parent()), format!("expected a string, got {}", type_name(&x))));
+                    return Err(field_error(
+                        &format!("{}.Meta.{key}", parent()),
+                        format!("expected a string, got {}", type_name(&x)),
+                    ));
                 };
                 meta.push((key.clone(), x.to_str()?.to_owned()));
             }
@@ -359,15 +365,27 @@ struct Path<'a> {
 
 impl<'a> Path<'a> {
     const fn root(name: &'a str) -> Path<'a> {
-        Path { parent: None, name, index: None }
+        Path {
+            parent: None,
+            name,
+            index: None,
+        }
     }
 
     fn name(&'a self, name: &'a str) -> Path<'a> {
-        Path { parent: Some(self), name, index: None }
+        Path {
+            parent: Some(self),
+            name,
+            index: None,
+        }
     }
 
     fn at(&'a self, name: &'a str, index: usize) -> Path<'a> {
-        Path { parent: Some(self), name, index: Some(index) }
+        Path {
+            parent: Some(self),
+            name,
+            index: Some(index),
+        }
     }
 
     fn render(&self) -> String {
@@ -631,11 +649,8 @@ fn command_from_dict(value: &Bound<'_, PyAny>, path: Path<'_>) -> PyResult<CoreC
         ("Item", false)
     };
     for (i, x) in f.list(key)?.iter().enumerate() {
-        c.items.push(item_from_dict(
-            x,
-            f.path.at(key, i),
-            map_item,
-        )?);
+        c.items
+            .push(item_from_dict(x, f.path.at(key, i), map_item)?);
     }
     for (i, x) in f.list("Commands")?.iter().enumerate() {
         c.commands
@@ -645,7 +660,11 @@ fn command_from_dict(value: &Bound<'_, PyAny>, path: Path<'_>) -> PyResult<CoreC
 }
 
 fn message_from_dict(value: &Bound<'_, PyAny>) -> PyResult<CoreMessage> {
-    let top = Fields::of(value, Path::root("message"), &["SyncHdr", "SyncBody", "Final"])?;
+    let top = Fields::of(
+        value,
+        Path::root("message"),
+        &["SyncHdr", "SyncBody", "Final"],
+    )?;
     let hv = top
         .get("SyncHdr")
         .ok_or_else(|| field_error("message", "SyncHdr is required"))?;
@@ -689,7 +708,14 @@ fn message_from_dict(value: &Bound<'_, PyAny>) -> PyResult<CoreMessage> {
     };
     let mut body = Vec::new();
     for (i, x) in top.list("SyncBody")?.iter().enumerate() {
-        body.push(command_from_dict(x, Path { parent: None, name: "SyncBody", index: Some(i) })?);
+        body.push(command_from_dict(
+            x,
+            Path {
+                parent: None,
+                name: "SyncBody",
+                index: Some(i),
+            },
+        )?);
     }
     Ok(CoreMessage {
         header,

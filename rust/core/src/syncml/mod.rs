@@ -32,7 +32,7 @@ pub const DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// Default cap on element nesting: a SyncML message is about ten levels deep with nested
 /// Atomic/Sequence, and XML inlined into `Data` adds a few more.
 pub const DEFAULT_MAX_DEPTH: usize = 32;
-/// Default cap on elements: a 1 MB inventory has about 32,000, so this admits a full
+/// Default cap on elements: a 300-app inventory (1.6 MB) has about 32,500, so this admits a full
 /// 16 MB message of that density while bounding the memory one message can pin.
 pub const DEFAULT_MAX_ELEMENTS: usize = 500_000;
 
