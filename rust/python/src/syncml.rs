@@ -797,6 +797,19 @@ fn meta_lookup<'a>(meta: &'a Option<Meta>, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+fn opt_value(value: Option<&Bound<'_, PyAny>>, path: &str) -> PyResult<Option<Value>> {
+    value
+        .filter(|v| !v.is_none())
+        .map(|v| value_from_py(v, path))
+        .transpose()
+}
+
+fn opt_attrs(value: Option<&Bound<'_, PyAny>>, path: &str) -> PyResult<Attrs> {
+    value
+        .filter(|v| !v.is_none())
+        .map_or_else(|| Ok(Attrs::new()), |a| attrs_from_py(a, path))
+}
+
 fn opt_meta(value: Option<&Bound<'_, PyAny>>, path: &str) -> PyResult<Option<Meta>> {
     value
         .filter(|v| !v.is_none())
@@ -859,14 +872,8 @@ impl PyItem {
             source,
             source_name,
             meta: opt_meta(meta, "Item.meta")?,
-            data: data
-                .filter(|v| !v.is_none())
-                .map(|v| value_from_py(v, "Item.data"))
-                .transpose()?,
-            data_attrs: match data_attrs.filter(|v| !v.is_none()) {
-                Some(a) => attrs_from_py(a, "Item.data_attrs")?,
-                None => Attrs::new(),
-            },
+            data: opt_value(data, "Item.data")?,
+            data_attrs: opt_attrs(data_attrs, "Item.data_attrs")?,
             more_data,
         })
     }
@@ -902,10 +909,7 @@ impl PyItem {
 
     #[setter]
     fn set_data(&mut self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        self.data = value
-            .filter(|v| !v.is_none())
-            .map(|v| value_from_py(v, "Item.data"))
-            .transpose()?;
+        self.data = opt_value(value, "Item.data")?;
         Ok(())
     }
 
@@ -1097,14 +1101,8 @@ impl PyCommand {
             cmd_id,
             no_resp,
             meta: opt_meta(meta, "Command.meta")?,
-            data: data
-                .filter(|v| !v.is_none())
-                .map(|v| value_from_py(v, "Command.data"))
-                .transpose()?,
-            data_attrs: match data_attrs.filter(|v| !v.is_none()) {
-                Some(a) => attrs_from_py(a, "Command.data_attrs")?,
-                None => Attrs::new(),
-            },
+            data: opt_value(data, "Command.data")?,
+            data_attrs: opt_attrs(data_attrs, "Command.data_attrs")?,
             items: list_of(py, items)?,
             msg_ref,
             cmd_ref,
@@ -1155,10 +1153,7 @@ impl PyCommand {
 
     #[setter]
     fn set_data(&mut self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        self.data = value
-            .filter(|v| !v.is_none())
-            .map(|v| value_from_py(v, "Command.data"))
-            .transpose()?;
+        self.data = opt_value(value, "Command.data")?;
         Ok(())
     }
 
