@@ -177,3 +177,16 @@ class MessageBuilder:
     def max_size(self) -> int: ...
     def __len__(self) -> int: ...
     def finish(self, *, final: bool = True) -> bytes: ...
+
+PLIST_MAX_BYTES: int
+PLIST_MAX_DEPTH: int
+PLIST_MAX_NODES: int
+
+def plist_loads(
+    data: bytes,
+    *,
+    max_bytes: int | None = None,
+    max_depth: int | None = None,
+    max_nodes: int | None = None,
+) -> Any: ...
+def plist_dumps(value: Any, *, binary: bool = False, sort_keys: bool = True) -> bytes: ...

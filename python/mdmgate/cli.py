@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import json
+import plistlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from mdmgate import __version__, syncml, versions
+from mdmgate import __version__, plist, syncml, versions
 from mdmgate.errors import MdmgateError
 
 USAGE_ERROR = 2
@@ -26,6 +28,16 @@ examples:
   mdmgate syncml decode request.xml > request.json
   mdmgate syncml encode --wbxml request.json > request.wbxml
   mdmgate syncml decode request.wbxml | mdmgate syncml encode    (WBXML to XML)
+"""
+
+PLIST_EPILOG = """\
+In the JSON, data is {"base64": "..."}, dates are {"date": "2024-02-29T12:34:56Z"} (UTC),
+UIDs are {"uid": 5} and a binary null is null; everything else maps directly.
+
+examples:
+  mdmgate plist decode report.plist > report.json
+  mdmgate plist encode --binary report.json > report.bplist
+  mdmgate plist decode report.bplist | mdmgate plist encode    (binary to XML)
 """
 
 SYNCML_EPILOG = """\
@@ -127,6 +139,41 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     encode.add_argument("file", nargs="?", default="-", metavar="FILE", help="input, - for stdin")
     encode.add_argument("--wbxml", action="store_true", help="write WBXML instead of XML")
+
+    pl = commands.add_parser(
+        "plist",
+        help="convert property lists (XML, binary) to and from JSON",
+        description="Convert Apple property lists (XML or binary bplist00) to and from JSON.",
+        epilog=PLIST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pl_actions = pl.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    pl_actions.required = True
+    pl_decode = pl_actions.add_parser(
+        "decode",
+        help="plist (XML or binary, detected) to JSON on stdout",
+        description=(
+            "Read a property list (XML, or binary when it starts with bplist00) and print it as "
+            "JSON. Entity declarations, reference cycles and exponential shared references "
+            "are refused with the byte offset of the problem."
+        ),
+        epilog=PLIST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pl_decode.add_argument(
+        "file", nargs="?", default="-", metavar="FILE", help="input, - for stdin"
+    )
+    pl_encode = pl_actions.add_parser(
+        "encode",
+        help="JSON to a plist on stdout (XML unless --binary)",
+        description="Read JSON and write it as an XML property list, or binary with --binary.",
+        epilog=PLIST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pl_encode.add_argument(
+        "file", nargs="?", default="-", metavar="FILE", help="input, - for stdin"
+    )
+    pl_encode.add_argument("--binary", action="store_true", help="write bplist00 instead of XML")
     return parser
 
 
@@ -141,22 +188,42 @@ def _read_input(name: str) -> bytes:
 
 
 def _json_safe(value: Any) -> Any:
+    """Values JSON lacks become one-key objects: bytes, dates and UIDs."""
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     if isinstance(value, bytes):
         return {"base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, datetime.datetime):
+        fraction = f".{value.microsecond:06d}" if value.microsecond else ""
+        return {"date": value.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"}
+    if isinstance(value, plistlib.UID):
+        return {"uid": value.data}
     return value
+
+
+def _tagged(tag: str, inner: Any) -> Any:
+    if tag == "base64" and isinstance(inner, str):
+        try:
+            return base64.b64decode(inner, validate=True)
+        except ValueError:
+            raise _InputError('a {"base64": ...} value is not valid base64') from None
+    if tag == "date" and isinstance(inner, str):
+        try:
+            return datetime.datetime.fromisoformat(inner.removesuffix("Z"))
+        except ValueError:
+            raise _InputError(f'{{"date": {inner!r}}} is not an ISO 8601 date') from None
+    if tag == "uid" and isinstance(inner, int) and not isinstance(inner, bool):
+        return plistlib.UID(inner)
+    return {tag: _from_json(inner)}
 
 
 def _from_json(value: Any) -> Any:
     if isinstance(value, dict):
-        if set(value) == {"base64"} and isinstance(value["base64"], str):
-            try:
-                return base64.b64decode(value["base64"], validate=True)
-            except ValueError:
-                raise _InputError('a {"base64": ...} value is not valid base64') from None
+        if len(value) == 1:
+            ((tag, inner),) = value.items()
+            return _tagged(tag, inner)
         return {k: _from_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_from_json(v) for v in value]
@@ -168,8 +235,8 @@ def _syncml_decode(args: argparse.Namespace) -> str:
     return json.dumps(_json_safe(message), indent=2, ensure_ascii=False) + "\n"
 
 
-def _syncml_encode(args: argparse.Namespace) -> bytes:
-    data = _read_input(args.file)
+def _read_json(name: str) -> Any:
+    data = _read_input(name)
     try:
         message = json.loads(data)
     except json.JSONDecodeError as e:
@@ -177,9 +244,27 @@ def _syncml_encode(args: argparse.Namespace) -> bytes:
         raise _InputError(f"input is not JSON: {e.msg} ({where})") from None
     except UnicodeDecodeError as e:
         raise _InputError(f"input is not UTF-8 (at byte {e.start})") from None
+    return _from_json(message)
+
+
+def _syncml_encode(args: argparse.Namespace) -> bytes:
+    message = _read_json(args.file)
     if not isinstance(message, dict):
         raise _InputError("input must be a JSON object with SyncHdr and SyncBody")
-    return syncml.from_dict(_from_json(message), wbxml=args.wbxml)
+    return syncml.from_dict(message, wbxml=args.wbxml)
+
+
+def _plist_decode(args: argparse.Namespace) -> str:
+    value = plist.loads(_read_input(args.file))
+    return json.dumps(_json_safe(value), indent=2, ensure_ascii=False) + "\n"
+
+
+def _plist_encode(args: argparse.Namespace) -> bytes:
+    value = _read_json(args.file)
+    try:
+        return plist.dumps(value, binary=args.binary)
+    except (TypeError, OverflowError) as e:
+        raise _InputError(f"cannot write as a plist: {e}") from None
 
 
 def _version_compare(args: argparse.Namespace) -> str:
@@ -217,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("version", "sort"): _version_sort,
         ("syncml", "decode"): _syncml_decode,
         ("syncml", "encode"): _syncml_encode,
+        ("plist", "decode"): _plist_decode,
+        ("plist", "encode"): _plist_encode,
     }
     handler = handlers[(args.command, args.action)]
     try:

@@ -48,14 +48,11 @@ class DuplicateVersion(MdmgateError, ValueError):
     """An uploaded app version that orders equal to one the app already has."""
 
 
-class SyncMLDecodeError(MdmgateError, ValueError):
-    """A SyncML message (XML or WBXML) that was refused.
-
-    ``kind`` says why: ``syntax`` (not well-formed), ``encoding`` (not UTF-8), ``entity``
-    (DTD subsets, entity declarations or undefined entities), ``limit`` (a size, depth or
-    element-count cap) or ``structure`` (well-formed, but not SyncML). ``offset`` is the
-    byte offset in the input where the problem was found.
-    """
+class InputRefused(MdmgateError, ValueError):
+    """Bytes a decoder refused. ``kind`` says why: ``syntax`` (not well-formed),
+    ``encoding`` (not UTF-8), ``entity`` (DTD subsets, entity declarations or undefined
+    entities), ``limit`` (a size, depth or count cap) or ``structure`` (well-formed, but not
+    the expected format). ``offset`` is the byte offset where the problem was found."""
 
     def __init__(self, message: str, offset: int, kind: str) -> None:
         super().__init__(message)
@@ -66,13 +63,12 @@ class SyncMLDecodeError(MdmgateError, ValueError):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self) -> tuple[type[SyncMLDecodeError], tuple[str, int, str]]:
+    def __reduce__(self) -> tuple[type[InputRefused], tuple[str, int, str]]:
         return (type(self), (self.message, self.offset, self.kind))
 
 
-class SyncMLEncodeError(MdmgateError, ValueError):
-    """A message the encoder will not write; ``path`` names the field
-    (``SyncBody[2].Item[0].Data``)."""
+class OutputRefused(MdmgateError, ValueError):
+    """A value an encoder will not write; ``path`` names where it is in the message."""
 
     def __init__(self, message: str, path: str) -> None:
         super().__init__(message)
@@ -82,5 +78,24 @@ class SyncMLEncodeError(MdmgateError, ValueError):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self) -> tuple[type[SyncMLEncodeError], tuple[str, str]]:
+    def __reduce__(self) -> tuple[type[OutputRefused], tuple[str, str]]:
         return (type(self), (self.message, self.path))
+
+
+class SyncMLDecodeError(InputRefused):
+    """A SyncML message (XML or WBXML) that was refused."""
+
+
+class SyncMLEncodeError(OutputRefused):
+    """A SyncML message the encoder will not write (``path`` like
+    ``SyncBody[2].Item[0].Data``)."""
+
+
+class PlistDecodeError(InputRefused):
+    """A property list (XML or binary) that was refused."""
+
+
+class PlistEncodeError(OutputRefused):
+    """A value that cannot be written as a plist, such as a string with control characters
+    in XML (``path`` like ``Items[3].Name``). Unsupported types raise ``TypeError`` and
+    out-of-range integers ``OverflowError``, as ``plistlib`` does."""

@@ -6,6 +6,7 @@
 
 use std::cmp::Ordering;
 
+mod plist;
 mod syncml;
 
 use mdmgate_core::versions::{
@@ -333,6 +334,7 @@ fn version_plan_installs(
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_VERSION_LEN", versions::MAX_VERSION_LEN)?;
     syncml::register(m)?;
+    plist::register(m)?;
     m.add_function(wrap_pyfunction!(version_platforms, m)?)?;
     m.add_function(wrap_pyfunction!(version_allows_downgrade, m)?)?;
     m.add_function(wrap_pyfunction!(version_compare, m)?)?;

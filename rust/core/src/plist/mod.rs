@@ -1,0 +1,164 @@
+//! Property lists, XML and binary (`bplist00`), with the value model of Python's `plistlib`.
+//!
+//! Devices send these, so decoding trusts nothing: no DTD subsets or entity declarations in
+//! XML; in binary every offset, length and reference is checked against the bytes present,
+//! reference cycles are refused, and the number of decoded values is capped, so a small file
+//! whose shared references would expand exponentially is refused instead of expanded.
+
+mod binary;
+mod date;
+mod xml;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+pub use binary::encode_binary;
+pub use date::{civil_from_seconds, seconds_from_civil, Civil};
+pub use xml::encode_xml;
+
+/// Default cap on input bytes: a 1,000-app inventory report is about 1 MB in XML.
+pub const DEFAULT_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Default cap on nesting: MDM payloads are a handful of levels deep; profiles a few more.
+pub const DEFAULT_MAX_DEPTH: usize = 128;
+/// Default cap on decoded values, shared binary references counted each time they are used:
+/// a 1,000-app report has about 25,000.
+pub const DEFAULT_MAX_NODES: usize = 1_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub max_depth: usize,
+    pub max_nodes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_nodes: DEFAULT_MAX_NODES,
+        }
+    }
+}
+
+/// A plist value. Dictionaries keep their order; dates are seconds since
+/// 2001-01-01T00:00:00Z, as binary plists store them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Dict(Vec<(String, Value)>),
+    Array(Vec<Value>),
+    String(String),
+    Integer(i128),
+    Real(f64),
+    Boolean(bool),
+    Date(f64),
+    Data(Vec<u8>),
+    Uid(u64),
+    /// Binary plists can hold a null object; `plistlib` reads it as `None`.
+    Null,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    Syntax,
+    Encoding,
+    Entity,
+    Limit,
+    Structure,
+}
+
+impl ErrorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Syntax => "syntax",
+            ErrorKind::Encoding => "encoding",
+            ErrorKind::Entity => "entity",
+            ErrorKind::Limit => "limit",
+            ErrorKind::Structure => "structure",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    pub kind: ErrorKind,
+    pub offset: usize,
+    pub message: String,
+}
+
+impl DecodeError {
+    pub fn new(kind: ErrorKind, offset: usize, message: impl Into<String>) -> DecodeError {
+        DecodeError {
+            kind,
+            offset,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at byte {}", self.message, self.offset)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// A value the encoders cannot write, with where it is (`Items[3].Name`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodeError {
+    pub path: String,
+    pub message: String,
+    /// The integer is outside what plists hold (plistlib raises OverflowError for it).
+    pub overflow: bool,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Integers plists can be written with: plistlib's range, signed 64-bit up to unsigned 64-bit.
+pub const MIN_INTEGER: i128 = -(1 << 63);
+pub const MAX_INTEGER: i128 = (1 << 64) - 1;
+
+pub const BINARY_MAGIC: &[u8] = b"bplist00";
+
+/// Decodes a binary plist (starts with `bplist00`) or an XML one.
+pub fn decode(data: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
+    if data.len() > limits.max_bytes {
+        return Err(DecodeError::new(
+            ErrorKind::Limit,
+            limits.max_bytes,
+            format!(
+                "plist is {} bytes, over the limit of {}",
+                data.len(),
+                limits.max_bytes
+            ),
+        ));
+    }
+    if data.starts_with(b"bplist") {
+        binary::decode(data, limits)
+    } else {
+        xml::decode(data, limits)
+    }
+}
+
+/// Path segments for encode errors, built only when an error is reported.
+pub(crate) fn join_path(parent: &dyn Fn() -> String, segment: &str) -> String {
+    let p = parent();
+    if p.is_empty() {
+        segment.trim_start_matches('.').to_owned()
+    } else {
+        format!("{p}{segment}")
+    }
+}

@@ -1,0 +1,666 @@
+//! XML property lists: read with quick-xml (no DTD subsets, no entities), written the way
+//! `plistlib` writes them (Apple's DOCTYPE, tab indentation, keys sorted on request).
+
+use base64::Engine as _;
+use quick_xml::events::Event;
+use quick_xml::reader::Reader;
+
+use super::date::{civil_from_seconds, days_in_month, seconds_from_civil, Civil};
+use super::{
+    join_path, DecodeError, EncodeError, ErrorKind, Limits, Value, MAX_INTEGER, MIN_INTEGER,
+};
+
+struct Parser<'a> {
+    reader: Reader<&'a [u8]>,
+    limits: Limits,
+    nodes: usize,
+    offset: usize,
+    base: usize,
+}
+
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+enum Step<'a> {
+    Start(&'a str, bool),
+    End,
+    Eof,
+}
+
+impl<'a> Parser<'a> {
+    fn err(&self, kind: ErrorKind, message: impl Into<String>) -> DecodeError {
+        DecodeError::new(kind, self.base + self.offset, message)
+    }
+
+    fn read(&mut self) -> Result<Event<'a>, DecodeError> {
+        self.offset = usize::try_from(self.reader.buffer_position()).unwrap_or(usize::MAX);
+        self.reader.read_event().map_err(|e| {
+            let at = usize::try_from(self.reader.error_position()).unwrap_or(self.offset);
+            DecodeError::new(
+                ErrorKind::Syntax,
+                self.base + at,
+                format!("malformed XML: {e}"),
+            )
+        })
+    }
+
+    fn name(&self, start: &quick_xml::events::BytesStart<'a>) -> Result<&'a str, DecodeError> {
+        let name = start.name();
+        // The tag's bytes are borrowed from the input, which was checked to be UTF-8.
+        let name = std::str::from_utf8(name.as_ref())
+            .map_err(|_| self.err(ErrorKind::Encoding, "element name is not UTF-8"))?;
+        KNOWN.iter().copied().find(|k| *k == name).ok_or_else(|| {
+            self.err(
+                ErrorKind::Structure,
+                format!("<{name}> is not a plist element"),
+            )
+        })
+    }
+
+    /// The next element boundary, skipping comments, processing instructions and whitespace.
+    fn step(&mut self, inside: &str) -> Result<Step<'a>, DecodeError> {
+        loop {
+            match self.read()? {
+                Event::Start(s) => return Ok(Step::Start(self.name(&s)?, false)),
+                Event::Empty(s) => return Ok(Step::Start(self.name(&s)?, true)),
+                Event::End(_) => return Ok(Step::End),
+                Event::Eof => return Ok(Step::Eof),
+                Event::Text(t) if t.iter().all(u8::is_ascii_whitespace) => {}
+                Event::Comment(_) | Event::PI(_) => {}
+                Event::Decl(d) => {
+                    if let Some(enc) = d.encoding() {
+                        let enc = enc.map_err(|e| self.err(ErrorKind::Syntax, format!("{e}")))?;
+                        if !enc.eq_ignore_ascii_case(b"utf-8") && !enc.eq_ignore_ascii_case(b"utf8")
+                        {
+                            return Err(self.err(
+                                ErrorKind::Encoding,
+                                format!(
+                                    "declared encoding {} is not supported; use UTF-8",
+                                    String::from_utf8_lossy(&enc)
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Event::DocType(t) => {
+                    if t.contains(&b'[') || t.windows(6).any(|w| w == b"ENTITY") {
+                        return Err(self.err(
+                            ErrorKind::Entity,
+                            "DOCTYPE with an internal subset or entity declarations is not accepted",
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(self.err(
+                        ErrorKind::Structure,
+                        format!("unexpected text inside {inside}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn text(&mut self, element: &str) -> Result<String, DecodeError> {
+        let mut out = String::new();
+        loop {
+            match self.read()? {
+                Event::Text(t) => {
+                    let s = t
+                        .xml10_content()
+                        .map_err(|e| self.err(ErrorKind::Encoding, format!("{e}")))?;
+                    out.push_str(&s);
+                }
+                Event::CData(t) => {
+                    let s = t
+                        .xml10_content()
+                        .map_err(|e| self.err(ErrorKind::Encoding, format!("{e}")))?;
+                    out.push_str(&s);
+                }
+                Event::GeneralRef(r) => {
+                    let name = r.decode().unwrap_or_default();
+                    let c = match name.as_ref() {
+                        "lt" => '<',
+                        "gt" => '>',
+                        "amp" => '&',
+                        "apos" => '\'',
+                        "quot" => '"',
+                        _ => match r.resolve_char_ref() {
+                            Ok(Some(c)) if is_xml_char(c) => c,
+                            Ok(Some(c)) => {
+                                return Err(self.err(
+                                    ErrorKind::Syntax,
+                                    format!(
+                                        "character U+{:04X} is not allowed in XML",
+                                        u32::from(c)
+                                    ),
+                                ))
+                            }
+                            Ok(None) => {
+                                return Err(self.err(
+                                    ErrorKind::Entity,
+                                    format!(
+                                        "undefined entity &{name}; (entities are not expanded)"
+                                    ),
+                                ))
+                            }
+                            Err(e) => {
+                                return Err(self.err(
+                                    ErrorKind::Syntax,
+                                    format!("bad character reference: {e}"),
+                                ))
+                            }
+                        },
+                    };
+                    out.push(c);
+                }
+                Event::End(_) => break,
+                Event::Comment(_) | Event::PI(_) => {}
+                Event::Start(_) | Event::Empty(_) => {
+                    return Err(self.err(
+                        ErrorKind::Structure,
+                        format!("<{element}> must hold text, not elements"),
+                    ))
+                }
+                _ => {
+                    return Err(
+                        self.err(ErrorKind::Syntax, format!("input ends inside <{element}>"))
+                    )
+                }
+            }
+        }
+        let bytes = out.as_bytes();
+        if bytes
+            .iter()
+            .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+            || out.contains(['\u{FFFE}', '\u{FFFF}'])
+        {
+            if let Some(c) = out.chars().find(|c| !is_xml_char(*c)) {
+                return Err(self.err(
+                    ErrorKind::Syntax,
+                    format!("character U+{:04X} is not allowed in XML", u32::from(c)),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    fn count(&mut self) -> Result<(), DecodeError> {
+        self.nodes += 1;
+        if self.nodes > self.limits.max_nodes {
+            return Err(self.err(
+                ErrorKind::Limit,
+                format!(
+                    "more than {} values (the node limit)",
+                    self.limits.max_nodes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn value(&mut self, name: &str, empty: bool, depth: usize) -> Result<Value, DecodeError> {
+        self.count()?;
+        let at = self.offset;
+        let leaf = |p: &mut Parser<'a>, name: &str| {
+            if empty {
+                Ok(String::new())
+            } else {
+                p.text(name)
+            }
+        };
+        Ok(match name {
+            "dict" | "array" => {
+                if depth >= self.limits.max_depth {
+                    return Err(self.err(
+                        ErrorKind::Limit,
+                        format!(
+                            "nesting deeper than {} (the depth limit)",
+                            self.limits.max_depth
+                        ),
+                    ));
+                }
+                if empty {
+                    return Ok(if name == "dict" {
+                        Value::Dict(Vec::new())
+                    } else {
+                        Value::Array(Vec::new())
+                    });
+                }
+                if name == "array" {
+                    let mut items = Vec::new();
+                    loop {
+                        match self.step("<array>")? {
+                            Step::Start(child, e) => items.push(self.value(child, e, depth + 1)?),
+                            Step::End => return Ok(Value::Array(items)),
+                            Step::Eof => {
+                                return Err(self.err(ErrorKind::Syntax, "input ends inside <array>"))
+                            }
+                        }
+                    }
+                }
+                let mut entries = Vec::new();
+                loop {
+                    let key = match self.step("<dict>")? {
+                        Step::Start("key", true) => String::new(),
+                        Step::Start("key", false) => self.text("key")?,
+                        Step::Start(other, _) => {
+                            return Err(self.err(
+                                ErrorKind::Structure,
+                                format!("<{other}> in <dict> where a <key> belongs"),
+                            ))
+                        }
+                        Step::End => return Ok(Value::Dict(entries)),
+                        Step::Eof => {
+                            return Err(self.err(ErrorKind::Syntax, "input ends inside <dict>"))
+                        }
+                    };
+                    match self.step("<dict>")? {
+                        Step::Start("key", _) | Step::End => {
+                            return Err(self.err(
+                                ErrorKind::Structure,
+                                format!("missing value for key {key:?}"),
+                            ))
+                        }
+                        Step::Start(child, e) => {
+                            let v = self.value(child, e, depth + 1)?;
+                            entries.push((key, v));
+                        }
+                        Step::Eof => {
+                            return Err(self.err(ErrorKind::Syntax, "input ends inside <dict>"))
+                        }
+                    }
+                }
+            }
+            "key" => return Err(self.err(ErrorKind::Structure, "<key> outside a <dict>")),
+            "plist" => return Err(self.err(ErrorKind::Structure, "<plist> inside a plist")),
+            "string" => Value::String(leaf(self, name)?),
+            "true" | "false" => {
+                if !empty {
+                    let t = self.text(name)?;
+                    if !t.trim_ascii().is_empty() {
+                        return Err(
+                            self.err(ErrorKind::Structure, format!("<{name}> must be empty"))
+                        );
+                    }
+                }
+                Value::Boolean(name == "true")
+            }
+            "integer" => {
+                let t = leaf(self, name)?;
+                Value::Integer(parse_integer(&t).ok_or_else(|| {
+                    DecodeError::new(
+                        ErrorKind::Structure,
+                        self.base + at,
+                        format!("<integer> holds {t:?}, not an integer"),
+                    )
+                })?)
+            }
+            "real" => {
+                let t = leaf(self, name)?;
+                Value::Real(parse_real(&t).ok_or_else(|| {
+                    DecodeError::new(
+                        ErrorKind::Structure,
+                        self.base + at,
+                        format!("<real> holds {t:?}, not a number"),
+                    )
+                })?)
+            }
+            "date" => {
+                let t = leaf(self, name)?;
+                let c = parse_date(&t).ok_or_else(|| {
+                    DecodeError::new(
+                        ErrorKind::Structure,
+                        self.base + at,
+                        format!("<date> holds {t:?}, not YYYY-MM-DDTHH:MM:SSZ"),
+                    )
+                })?;
+                #[allow(clippy::cast_precision_loss)]
+                Value::Date(seconds_from_civil(&c) as f64)
+            }
+            "data" => {
+                let t = leaf(self, name)?;
+                let compact: Vec<u8> = t.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+                Value::Data(decode_base64(&compact).ok_or_else(|| {
+                    DecodeError::new(
+                        ErrorKind::Structure,
+                        self.base + at,
+                        "<data> is not valid base64",
+                    )
+                })?)
+            }
+            other => {
+                return Err(self.err(
+                    ErrorKind::Structure,
+                    format!("<{other}> is not a plist value"),
+                ))
+            }
+        })
+    }
+}
+
+const KNOWN: [&str; 11] = [
+    "plist", "dict", "key", "array", "string", "integer", "real", "true", "false", "date", "data",
+];
+
+fn decode_base64(compact: &[u8]) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    STANDARD
+        .decode(compact)
+        .ok()
+        .or_else(|| STANDARD_NO_PAD.decode(compact).ok())
+}
+
+/// Python's `int()` as plistlib uses it: optional sign, decimal or `0x` hexadecimal.
+fn parse_integer(text: &str) -> Option<i128> {
+    let t = text.trim_ascii();
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return i128::from_str_radix(hex, 16)
+            .ok()
+            .filter(|_| !hex.starts_with(['+', '-']));
+    }
+    let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse::<i128>().ok()
+}
+
+/// Python's `float()`: decimal or exponent notation, `nan`, `inf`, `infinity`, any case.
+fn parse_real(text: &str) -> Option<f64> {
+    let t = text.trim_ascii();
+    let unsigned = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let special = unsigned.to_ascii_lowercase();
+    if matches!(special.as_str(), "nan" | "inf" | "infinity") {
+        let v = if special == "nan" {
+            f64::NAN
+        } else {
+            f64::INFINITY
+        };
+        return Some(if t.starts_with('-') { -v } else { v });
+    }
+    if unsigned.is_empty()
+        || !unsigned
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+    {
+        return None;
+    }
+    t.parse::<f64>().ok()
+}
+
+/// `YYYY[-MM[-DD[THH[:MM[:SS]]]]]Z`, as plistlib reads it; missing parts are the start.
+fn parse_date(text: &str) -> Option<Civil> {
+    let b = text.as_bytes();
+    let num = |from: usize, len: usize| -> Option<u32> {
+        let part = b.get(from..from + len)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
+    };
+    let year = i64::from(num(0, 4)?);
+    let mut c = Civil {
+        year,
+        month: 1,
+        day: 1,
+        hour: 0,
+        minute: 0,
+        second: 0,
+    };
+    let mut at = 4;
+    for (sep, field) in [(b'-', 0), (b'-', 1), (b'T', 2), (b':', 3), (b':', 4)] {
+        if b.get(at) != Some(&sep) {
+            break;
+        }
+        let v = num(at + 1, 2)?;
+        match field {
+            0 => c.month = v,
+            1 => c.day = v,
+            2 => c.hour = v,
+            3 => c.minute = v,
+            _ => c.second = v,
+        }
+        at += 3;
+    }
+    if b.get(at) != Some(&b'Z') {
+        return None;
+    }
+    let valid = (1..=9999).contains(&c.year)
+        && (1..=12).contains(&c.month)
+        && c.day >= 1
+        && c.day <= days_in_month(c.year, c.month)
+        && c.hour < 24
+        && c.minute < 60
+        && c.second < 60;
+    valid.then_some(c)
+}
+
+pub(crate) fn decode(data: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
+    let text = std::str::from_utf8(data).map_err(|e| {
+        DecodeError::new(
+            ErrorKind::Encoding,
+            e.valid_up_to(),
+            "plist is not valid UTF-8",
+        )
+    })?;
+    let (text, base) = match text.strip_prefix('\u{feff}') {
+        Some(rest) => (rest, 3),
+        None => (text, 0),
+    };
+    let mut reader = Reader::from_str(text);
+    let config = reader.config_mut();
+    config.check_end_names = true;
+    config.check_comments = true;
+    config.trim_text(false);
+    let mut p = Parser {
+        reader,
+        limits: *limits,
+        nodes: 0,
+        offset: 0,
+        base,
+    };
+    let value = match p.step("the document")? {
+        Step::Start("plist", true) => return Err(p.err(ErrorKind::Structure, "empty <plist>")),
+        Step::Start("plist", false) => {
+            let v = match p.step("<plist>")? {
+                Step::Start(name, empty) => p.value(name, empty, 0)?,
+                _ => return Err(p.err(ErrorKind::Structure, "empty <plist>")),
+            };
+            match p.step("<plist>")? {
+                Step::End => v,
+                _ => return Err(p.err(ErrorKind::Structure, "<plist> holds more than one value")),
+            }
+        }
+        Step::Start(name, empty) => p.value(name, empty, 0)?,
+        Step::End | Step::Eof => return Err(p.err(ErrorKind::Syntax, "no plist in the input")),
+    };
+    match p.step("the document")? {
+        Step::Eof => Ok(value),
+        _ => Err(p.err(ErrorKind::Syntax, "content after the plist")),
+    }
+}
+
+// ---------------------------------------------------------------- writing
+
+const HEADER: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n<plist version=\"1.0\">\n";
+
+fn escape(out: &mut Vec<u8>, text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let rep: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            // Written as a reference so it survives XML line-end normalisation.
+            b'\r' => b"&#13;",
+            b'\t' | b'\n' => continue,
+            0..=0x1f => {
+                return Err("strings can't contain control characters; use bytes instead".into())
+            }
+            0xEF if bytes.get(i + 1) == Some(&0xBF)
+                && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) =>
+            {
+                return Err("strings can't contain U+FFFE or U+FFFF in XML".into())
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[from..i]);
+        out.extend_from_slice(rep);
+        from = i + 1;
+    }
+    out.extend_from_slice(&bytes[from..]);
+    Ok(())
+}
+
+struct Writer {
+    out: Vec<u8>,
+    sort_keys: bool,
+}
+
+impl Writer {
+    fn indent(&mut self, depth: usize) {
+        self.out.extend(std::iter::repeat_n(b'\t', depth));
+    }
+
+    fn leaf(&mut self, depth: usize, tag: &str, text: &str) {
+        self.indent(depth);
+        self.out.push(b'<');
+        self.out.extend_from_slice(tag.as_bytes());
+        self.out.push(b'>');
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"</");
+        self.out.extend_from_slice(tag.as_bytes());
+        self.out.extend_from_slice(b">\n");
+    }
+
+    fn string(&mut self, depth: usize, tag: &str, text: &str) -> Result<(), String> {
+        self.indent(depth);
+        self.out.push(b'<');
+        self.out.extend_from_slice(tag.as_bytes());
+        self.out.push(b'>');
+        escape(&mut self.out, text)?;
+        self.out.extend_from_slice(b"</");
+        self.out.extend_from_slice(tag.as_bytes());
+        self.out.extend_from_slice(b">\n");
+        Ok(())
+    }
+
+    fn value(
+        &mut self,
+        v: &Value,
+        depth: usize,
+        path: &dyn Fn() -> String,
+    ) -> Result<(), EncodeError> {
+        let fail = |message: String, overflow: bool| EncodeError {
+            path: path(),
+            message,
+            overflow,
+        };
+        match v {
+            Value::String(s) => self
+                .string(depth, "string", s)
+                .map_err(|m| fail(m, false))?,
+            Value::Boolean(b) => {
+                self.indent(depth);
+                self.out
+                    .extend_from_slice(if *b { b"<true/>\n" } else { b"<false/>\n" });
+            }
+            Value::Integer(i) => {
+                if !(MIN_INTEGER..=MAX_INTEGER).contains(i) {
+                    return Err(fail(
+                        format!("{i} is outside the integers a plist holds"),
+                        true,
+                    ));
+                }
+                self.leaf(depth, "integer", &i.to_string());
+            }
+            Value::Real(r) => self.leaf(depth, "real", &format_real(*r)),
+            Value::Date(secs) => {
+                let whole = secs.floor();
+                let c = civil_from_seconds(whole)
+                    .ok_or_else(|| fail("date is outside years 1-9999".into(), false))?;
+                let text = format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                    c.year, c.month, c.day, c.hour, c.minute, c.second
+                );
+                self.leaf(depth, "date", &text);
+            }
+            Value::Data(bytes) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+                self.leaf(depth, "data", &encoded);
+            }
+            Value::Uid(_) => {
+                return Err(fail(
+                    "UID values can only be written to binary plists".into(),
+                    false,
+                ))
+            }
+            Value::Null => return Err(fail("None cannot be written to a plist".into(), false)),
+            Value::Array(items) => {
+                self.indent(depth);
+                if items.is_empty() {
+                    self.out.extend_from_slice(b"<array/>\n");
+                    return Ok(());
+                }
+                self.out.extend_from_slice(b"<array>\n");
+                for (i, item) in items.iter().enumerate() {
+                    self.value(item, depth + 1, &|| join_path(path, &format!("[{i}]")))?;
+                }
+                self.indent(depth);
+                self.out.extend_from_slice(b"</array>\n");
+            }
+            Value::Dict(entries) => {
+                self.indent(depth);
+                if entries.is_empty() {
+                    self.out.extend_from_slice(b"<dict/>\n");
+                    return Ok(());
+                }
+                self.out.extend_from_slice(b"<dict>\n");
+                let mut order: Vec<&(String, Value)> = entries.iter().collect();
+                if self.sort_keys {
+                    order.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                for (key, item) in order {
+                    let here = || join_path(path, &format!(".{key}"));
+                    self.string(depth + 1, "key", key)
+                        .map_err(|m| EncodeError {
+                            path: here(),
+                            message: m,
+                            overflow: false,
+                        })?;
+                    self.value(item, depth + 1, &here)?;
+                }
+                self.indent(depth);
+                self.out.extend_from_slice(b"</dict>\n");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Python's `repr(float)` spelling, so the text reads back to the same value everywhere.
+pub(crate) fn format_real(r: f64) -> String {
+    if r.is_nan() {
+        "nan".into()
+    } else if r.is_infinite() {
+        if r > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
+    } else {
+        format!("{r:?}")
+    }
+}
+
+pub fn encode_xml(value: &Value, sort_keys: bool) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer {
+        out: Vec::with_capacity(4096),
+        sort_keys,
+    };
+    w.out.extend_from_slice(HEADER);
+    w.value(value, 0, &String::new)?;
+    w.out.extend_from_slice(b"</plist>\n");
+    Ok(w.out)
+}
