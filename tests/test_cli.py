@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import plistlib
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +171,41 @@ def test_syncml_help_has_examples() -> None:
     r = mdmgate("syncml", "--help")
     assert r.returncode == 0
     assert b"mdmgate syncml decode request.xml" in r.stdout
+
+
+def test_plist_json_round_trip() -> None:
+    value = {
+        "MessageType": "TokenUpdate",
+        "Token": b"\x00\x01\xff",
+        "When": datetime.datetime(2024, 2, 29, 12, 34, 56),
+        "Count": 3,
+        "Ratio": 0.5,
+        "Items": [True, "a & b"],
+    }
+    for source in (plistlib.dumps(value), plistlib.dumps(value, fmt=plistlib.FMT_BINARY)):
+        decoded = mdmgate("plist", "decode", stdin=source)
+        assert (decoded.returncode, decoded.stderr) == (0, b"")
+        assert json.loads(decoded.stdout)["Token"] == {"base64": "AAH/"}
+        for flag in ([], ["--binary"]):
+            encoded = mdmgate("plist", "encode", *flag, stdin=decoded.stdout)
+            assert encoded.returncode == 0
+            assert plistlib.loads(encoded.stdout) == value
+            assert encoded.stdout.startswith(b"bplist00") == bool(flag)
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "needle"),
+    [
+        (["plist", "decode"], b'<!DOCTYPE plist [<!ENTITY a "b">]><plist/>', b"at byte"),
+        (["plist", "decode"], b"bplist00\x09", b"too short for its 32-byte trailer"),
+        (["plist", "decode"], b"<plist><array>", b"input ends inside <array>"),
+        (["plist", "encode"], b'{"a": 18446744073709551616}', b"cannot write as a plist"),
+        (["plist", "encode"], b'{"a": null}', b"unsupported type"),
+        (["plist", "encode"], b'{"a": {"date": "yesterday"}}', b"is not an ISO 8601 date"),
+    ],
+)
+def test_plist_bad_input(args: list[str], stdin: bytes, needle: bytes) -> None:
+    r = mdmgate(*args, stdin=stdin)
+    assert (r.returncode, r.stdout) == (2, b"")
+    assert needle in r.stderr
+    assert r.stderr.count(b"\n") == 1
