@@ -6,3 +6,4 @@
 pub mod plist;
 pub mod syncml;
 pub mod versions;
+mod xmltext;

@@ -1,18 +1,24 @@
 //! Property lists for Python, with `plistlib`'s value mapping: dict, list, str, int, float,
 //! bool, bytes, naive `datetime` (UTC), `plistlib.UID`, and `None` for a binary null.
 
-use mdmgate_core::plist::{self, civil_from_seconds, DecodeError, EncodeError, Limits, Value};
+use mdmgate_core::plist::{
+    self, civil_from_seconds, Builder, DecodeError, EncodeError, Limits, Value,
+};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyDateTime, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
 };
 use pyo3::types::{PyDateAccess, PyTimeAccess, PyTzInfoAccess};
+use rustc_hash::FxHashMap;
 
 pyo3::import_exception!(mdmgate.errors, PlistDecodeError);
 pyo3::import_exception!(mdmgate.errors, PlistEncodeError);
 
-const DETACH_AT: usize = 64 * 1024;
+/// From this size on, the plist is decoded detached from the interpreter into a Rust tree
+/// and converted afterwards; smaller ones are built into Python objects directly, which is
+/// faster when holding the interpreter for that long does not matter.
+const DETACH_AT: usize = 1024 * 1024;
 /// Python containers nested deeper than this are refused rather than recursed into (a list
 /// that contains itself would otherwise never end).
 const MAX_PY_DEPTH: usize = 512;
@@ -29,10 +35,105 @@ fn encode_error(e: EncodeError) -> PyErr {
     }
 }
 
+/// Builds Python objects straight from the decoder. Errors from Python (a date outside
+/// what datetime holds) are kept and reported after decoding.
+struct PyBuilder<'py> {
+    py: Python<'py>,
+    error: Option<PyErr>,
+    uid: Option<Bound<'py, PyAny>>,
+    /// One string object per distinct key: reports repeat the same keys for every app, and a
+    /// reused key object also carries its hash.
+    keys: FxHashMap<Box<str>, Bound<'py, PyAny>>,
+}
+
+impl<'py> PyBuilder<'py> {
+    fn keep(&mut self, result: PyResult<Bound<'py, PyAny>>) -> Bound<'py, PyAny> {
+        result.unwrap_or_else(|e| {
+            self.error.get_or_insert(e);
+            self.py.None().into_bound(self.py)
+        })
+    }
+}
+
+impl<'py> Builder for PyBuilder<'py> {
+    type Node = Bound<'py, PyAny>;
+    fn string(&mut self, s: &str) -> Self::Node {
+        PyString::new(self.py, s).into_any()
+    }
+    fn key(&mut self, s: &str) -> Self::Node {
+        if let Some(k) = self.keys.get(s) {
+            return k.clone();
+        }
+        let k = PyString::new(self.py, s).into_any();
+        self.keys.insert(s.into(), k.clone());
+        k
+    }
+    fn integer(&mut self, i: i128) -> Self::Node {
+        int_to_py(self.py, i)
+    }
+    fn real(&mut self, r: f64) -> Self::Node {
+        PyFloat::new(self.py, r).into_any()
+    }
+    fn boolean(&mut self, b: bool) -> Self::Node {
+        PyBool::new(self.py, b).to_owned().into_any()
+    }
+    fn date(&mut self, secs: f64) -> Self::Node {
+        let r = date_to_py(self.py, secs);
+        self.keep(r)
+    }
+    fn data(&mut self, d: &[u8]) -> Self::Node {
+        PyBytes::new(self.py, d).into_any()
+    }
+    fn uid(&mut self, u: u64) -> Self::Node {
+        let class = match &self.uid {
+            Some(c) => Ok(c.clone()),
+            None => self.py.import("plistlib").and_then(|m| m.getattr("UID")),
+        };
+        let r = class.and_then(|c| {
+            self.uid = Some(c.clone());
+            c.call1((u,))
+        });
+        self.keep(r)
+    }
+    fn null(&mut self) -> Self::Node {
+        self.py.None().into_bound(self.py)
+    }
+    fn array(&mut self, items: Vec<Self::Node>) -> Self::Node {
+        let r = PyList::new(self.py, items).map(Bound::into_any);
+        self.keep(r)
+    }
+    fn dict(&mut self, entries: Vec<(Self::Node, Self::Node)>) -> Self::Node {
+        let dict = PyDict::new(self.py);
+        for (k, v) in &entries {
+            // SAFETY: both pointers are live objects owned by `entries`; PyDict_SetItem takes
+            // its own references and does not steal ours. Called with the interpreter attached.
+            let status =
+                unsafe { pyo3::ffi::PyDict_SetItem(dict.as_ptr(), k.as_ptr(), v.as_ptr()) };
+            if status != 0 {
+                let e = PyErr::fetch(self.py);
+                self.error.get_or_insert(e);
+            }
+        }
+        dict.into_any()
+    }
+}
+
+/// Plist integers nearly always fit 64 bits, which Python converts without a byte detour.
+fn int_to_py(py: Python<'_>, i: i128) -> Bound<'_, PyAny> {
+    let n = match i64::try_from(i) {
+        Ok(small) => small.into_pyobject(py),
+        Err(_) => i.into_pyobject(py),
+    };
+    match n {
+        Ok(n) => n.into_any(),
+        Err(never) => match never {},
+    }
+}
+
 fn to_py<'py>(py: Python<'py>, v: Value) -> PyResult<Bound<'py, PyAny>> {
     Ok(match v {
         Value::String(s) => PyString::new(py, &s).into_any(),
-        Value::Integer(i) => i.into_pyobject(py)?.into_any(),
+        Value::Integer(i) => int_to_py(py, i),
         Value::Real(r) => PyFloat::new(py, r).into_any(),
         Value::Boolean(b) => PyBool::new(py, b).to_owned().into_any(),
         Value::Data(d) => PyBytes::new(py, &d).into_any(),
@@ -220,12 +321,23 @@ fn plist_loads<'py>(
         max_depth: max_depth.unwrap_or(d.max_depth),
         max_nodes: max_nodes.unwrap_or(d.max_nodes),
     };
-    let result = if data.len() >= DETACH_AT {
-        py.detach(|| plist::decode(data, &limits))
-    } else {
-        plist::decode(data, &limits)
+    if data.len() >= DETACH_AT {
+        let value = py
+            .detach(|| plist::decode(data, &limits))
+            .map_err(decode_error)?;
+        return to_py(py, value);
+    }
+    let mut builder = PyBuilder {
+        py,
+        error: None,
+        uid: None,
+        keys: FxHashMap::default(),
     };
-    to_py(py, result.map_err(decode_error)?)
+    let node = plist::decode_with(data, &limits, &mut builder).map_err(decode_error)?;
+    match builder.error {
+        Some(e) => Err(e),
+        None => Ok(node),
+    }
 }
 
 #[pyfunction]

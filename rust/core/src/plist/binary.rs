@@ -4,11 +4,11 @@
 //! each time they are used and counted against the node limit, so they cannot multiply a
 //! small file into an exponential amount of work.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{
-    join_path, DecodeError, EncodeError, ErrorKind, Limits, Value, BINARY_MAGIC, MAX_INTEGER,
-    MIN_INTEGER,
+    join_path, Builder, DecodeError, EncodeError, ErrorKind, Limits, Value, BINARY_MAGIC,
+    MAX_INTEGER, MIN_INTEGER,
 };
 
 const TRAILER: usize = 32;
@@ -22,8 +22,8 @@ struct Reader<'a> {
     ref_size: usize,
     count: usize,
     limits: Limits,
-    nodes: usize,
-    in_progress: Vec<bool>,
+    state: Vec<Visit>,
+    nodes: Vec<Option<Node>>,
 }
 
 fn be(bytes: &[u8]) -> u64 {
@@ -105,59 +105,89 @@ impl<'a> Reader<'a> {
             .collect())
     }
 
-    fn object(&mut self, index: usize, depth: usize, at: usize) -> Result<Value, DecodeError> {
-        self.nodes += 1;
-        if self.nodes > self.limits.max_nodes {
+    /// Reads object `index` (once) and everything it refers to, returning how many values it
+    /// stands for when shared references are expanded, and how deep it nests.
+    fn visit(
+        &mut self,
+        index: usize,
+        depth: usize,
+        at: usize,
+    ) -> Result<(u64, usize), DecodeError> {
+        let limit = |what: String| Self::err(ErrorKind::Limit, at, what);
+        if index >= self.count {
             return Err(Self::err(
-                ErrorKind::Limit,
+                ErrorKind::Structure,
                 at,
-                format!("more than {} values (the node limit; shared references count each time they are used)", self.limits.max_nodes),
+                format!(
+                    "reference to object {index}, but the table has {}",
+                    self.count
+                ),
             ));
+        }
+        match self.state[index] {
+            Visit::Done { weight, height } => {
+                if depth + height > self.limits.max_depth {
+                    return Err(limit(format!(
+                        "nesting deeper than {} (the depth limit)",
+                        self.limits.max_depth
+                    )));
+                }
+                return Ok((weight, height));
+            }
+            Visit::Active => {
+                return Err(Self::err(
+                    ErrorKind::Structure,
+                    at,
+                    format!("object {index} contains itself (a reference cycle)"),
+                ))
+            }
+            Visit::New => {}
         }
         let offset = self.object_offset(index, at)?;
         let marker = self.data[offset];
         let (high, low) = (marker & 0xF0, marker & 0x0F);
         let fixed = |r: &Self, len: usize, what: &str| r.bytes(offset + 1, len, what);
-        Ok(match marker {
-            0x00 => Value::Null,
-            0x08 => Value::Boolean(false),
-            0x09 => Value::Boolean(true),
-            0x0F => Value::Data(Vec::new()),
+        let scalar = |v: Value| Node::Scalar(v);
+        let node = match marker {
+            0x00 => scalar(Value::Null),
+            0x08 => scalar(Value::Boolean(false)),
+            0x09 => scalar(Value::Boolean(true)),
+            0x0F => Node::Data(offset, offset),
             0x10..=0x14 => {
                 let size = 1usize << low;
                 let raw = fixed(self, size, "integer")?;
                 let mut buf = [0u8; 16];
                 buf[16 - size..].copy_from_slice(raw);
                 let unsigned = u128::from_be_bytes(buf);
-                Value::Integer(match size {
+                scalar(Value::Integer(match size {
                     1..=4 => i128::try_from(unsigned).unwrap_or(0),
                     8 => i128::from(i64::from_be_bytes(raw.try_into().unwrap_or([0; 8]))),
                     _ => i128::from_be_bytes(buf),
-                })
+                }))
             }
-            0x22 => Value::Real(f64::from(f32::from_be_bytes(
+            0x22 => scalar(Value::Real(f64::from(f32::from_be_bytes(
                 fixed(self, 4, "real")?.try_into().unwrap_or([0; 4]),
-            ))),
-            0x23 => Value::Real(f64::from_be_bytes(
+            )))),
+            0x23 => scalar(Value::Real(f64::from_be_bytes(
                 fixed(self, 8, "real")?.try_into().unwrap_or([0; 8]),
-            )),
-            0x33 => Value::Date(f64::from_be_bytes(
+            ))),
+            0x33 => scalar(Value::Date(f64::from_be_bytes(
                 fixed(self, 8, "date")?.try_into().unwrap_or([0; 8]),
-            )),
+            ))),
             _ if high == 0x80 => {
                 let raw = fixed(self, usize::from(low) + 1, "UID")?;
-                let v = u128::from_be_bytes({
-                    let mut buf = [0u8; 16];
-                    buf[16 - raw.len()..].copy_from_slice(raw);
-                    buf
-                });
-                Value::Uid(u64::try_from(v).map_err(|_| {
-                    Self::err(ErrorKind::Structure, offset, "UID does not fit in 64 bits")
-                })?)
+                let mut buf = [0u8; 16];
+                buf[16 - raw.len()..].copy_from_slice(raw);
+                scalar(Value::Uid(
+                    u64::try_from(u128::from_be_bytes(buf)).map_err(|_| {
+                        Self::err(ErrorKind::Structure, offset, "UID does not fit in 64 bits")
+                    })?,
+                ))
             }
             _ if high == 0x40 => {
                 let (len, start) = self.length(offset, low)?;
-                Value::Data(self.bytes(start, len, "data")?.to_vec())
+                self.bytes(start, len, "data")?;
+                Node::Data(start, start + len)
             }
             _ if high == 0x50 => {
                 let (len, start) = self.length(offset, low)?;
@@ -169,7 +199,7 @@ impl<'a> Reader<'a> {
                         "byte in an ASCII string is not ASCII",
                     ));
                 }
-                Value::String(String::from_utf8(raw.to_vec()).unwrap_or_default())
+                Node::Ascii(start, start + len)
             }
             _ if high == 0x60 => {
                 let (len, start) = self.length(offset, low)?;
@@ -178,7 +208,7 @@ impl<'a> Reader<'a> {
                     .chunks_exact(2)
                     .map(|c| u16::from_be_bytes([c[0], c[1]]));
                 let text: Result<String, _> = char::decode_utf16(units).collect();
-                Value::String(text.map_err(|_| {
+                Node::Text(text.map_err(|_| {
                     Self::err(
                         ErrorKind::Encoding,
                         start,
@@ -187,7 +217,7 @@ impl<'a> Reader<'a> {
                 })?)
             }
             _ if high == 0xA0 || high == 0xD0 => {
-                if depth >= self.limits.max_depth {
+                if depth + 1 > self.limits.max_depth {
                     return Err(Self::err(
                         ErrorKind::Limit,
                         offset,
@@ -197,45 +227,42 @@ impl<'a> Reader<'a> {
                         ),
                     ));
                 }
-                if self.in_progress[index] {
-                    return Err(Self::err(
-                        ErrorKind::Structure,
-                        offset,
-                        format!("object {index} contains itself (a reference cycle)"),
-                    ));
-                }
                 let (n, start) = self.length(offset, low)?;
-                self.in_progress[index] = true;
-                let result = if high == 0xA0 {
-                    let refs = self.refs(start, n)?;
-                    let mut items = Vec::with_capacity(refs.len());
-                    for r in refs {
-                        items.push(self.object(r, depth + 1, start)?);
+                let refs = self.refs(start, if high == 0xA0 { n } else { n.saturating_mul(2) })?;
+                self.state[index] = Visit::Active;
+                let mut weight: u64 = 1;
+                let mut height = 0;
+                for (i, r) in refs.iter().enumerate() {
+                    let (w, h) = self.visit(*r, depth + 1, start)?;
+                    if high == 0xD0
+                        && i < n
+                        && !matches!(self.table_node(*r), Some(Node::Ascii(..) | Node::Text(_)))
+                    {
+                        return Err(Self::err(
+                            ErrorKind::Structure,
+                            start,
+                            "dict key is not a string",
+                        ));
                     }
-                    Value::Array(items)
+                    weight = weight.saturating_add(w);
+                    height = height.max(h);
+                    if weight > self.limits.max_nodes as u64 {
+                        return Err(limit(format!(
+                            "more than {} values (the node limit; shared references count each time they are used)",
+                            self.limits.max_nodes
+                        )));
+                    }
+                }
+                self.nodes[index] = Some(if high == 0xA0 {
+                    Node::Array(refs)
                 } else {
-                    let keys = self.refs(start, n)?;
-                    let values =
-                        self.refs(start.saturating_add(n.saturating_mul(self.ref_size)), n)?;
-                    let mut entries = Vec::with_capacity(n);
-                    for (k, v) in keys.into_iter().zip(values) {
-                        let key = match self.object(k, depth + 1, start)? {
-                            Value::String(s) => s,
-                            _ => {
-                                return Err(Self::err(
-                                    ErrorKind::Structure,
-                                    start,
-                                    "dict key is not a string",
-                                ))
-                            }
-                        };
-                        let value = self.object(v, depth + 1, start)?;
-                        entries.push((key, value));
-                    }
-                    Value::Dict(entries)
+                    Node::Dict(refs)
+                });
+                self.state[index] = Visit::Done {
+                    weight,
+                    height: height + 1,
                 };
-                self.in_progress[index] = false;
-                result
+                return Ok((weight, height + 1));
             }
             _ => {
                 return Err(Self::err(
@@ -244,11 +271,94 @@ impl<'a> Reader<'a> {
                     format!("object marker 0x{marker:02X} is not a plist type"),
                 ))
             }
-        })
+        };
+        self.nodes[index] = Some(node);
+        self.state[index] = Visit::Done {
+            weight: 1,
+            height: 0,
+        };
+        Ok((1, 0))
+    }
+
+    fn table_node(&self, index: usize) -> Option<&Node> {
+        self.nodes.get(index).and_then(Option::as_ref)
+    }
+
+    /// Builds object `index` once; later references get a clone of the built node.
+    fn build<B: Builder>(
+        &self,
+        index: usize,
+        builder: &mut B,
+        built: &mut Vec<Option<B::Node>>,
+    ) -> B::Node {
+        if let Some(node) = &built[index] {
+            return node.clone();
+        }
+        let node = match self.table_node(index) {
+            Some(Node::Scalar(v)) => match v {
+                Value::Integer(i) => builder.integer(*i),
+                Value::Real(r) => builder.real(*r),
+                Value::Boolean(b) => builder.boolean(*b),
+                Value::Date(d) => builder.date(*d),
+                Value::Uid(u) => builder.uid(*u),
+                _ => builder.null(),
+            },
+            Some(Node::Ascii(a, b)) => {
+                builder.string(std::str::from_utf8(&self.data[*a..*b]).unwrap_or_default())
+            }
+            Some(Node::Text(t)) => builder.string(t),
+            Some(Node::Data(a, b)) => builder.data(&self.data[*a..*b]),
+            Some(Node::Array(refs)) => {
+                let items = refs
+                    .iter()
+                    .map(|r| self.build(*r, builder, built))
+                    .collect();
+                builder.array(items)
+            }
+            Some(Node::Dict(refs)) => {
+                let (keys, values) = refs.split_at(refs.len() / 2);
+                let entries = keys
+                    .iter()
+                    .zip(values)
+                    .map(|(k, v)| {
+                        (
+                            self.build(*k, builder, built),
+                            self.build(*v, builder, built),
+                        )
+                    })
+                    .collect();
+                builder.dict(entries)
+            }
+            None => builder.null(),
+        };
+        built[index] = Some(node.clone());
+        node
     }
 }
 
-pub(crate) fn decode(data: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
+#[derive(Clone, Copy)]
+enum Visit {
+    New,
+    Active,
+    Done { weight: u64, height: usize },
+}
+
+/// One decoded object; strings and data point into the input.
+enum Node {
+    Scalar(Value),
+    Ascii(usize, usize),
+    Text(String),
+    Data(usize, usize),
+    Array(Vec<usize>),
+    /// Key references, then value references.
+    Dict(Vec<usize>),
+}
+
+pub(crate) fn decode<B: Builder>(
+    data: &[u8],
+    limits: &Limits,
+    builder: &mut B,
+) -> Result<B::Node, DecodeError> {
     if !data.starts_with(BINARY_MAGIC) {
         return Err(DecodeError::new(
             ErrorKind::Structure,
@@ -313,10 +423,12 @@ pub(crate) fn decode(data: &[u8], limits: &Limits) -> Result<Value, DecodeError>
         ref_size,
         count,
         limits: *limits,
-        nodes: 0,
-        in_progress: vec![false; count],
+        state: vec![Visit::New; count],
+        nodes: std::iter::repeat_with(|| None).take(count).collect(),
     };
-    reader.object(top, 0, trailer_at)
+    reader.visit(top, 0, trailer_at)?;
+    let mut built = std::iter::repeat_with(|| None).take(count).collect();
+    Ok(reader.build(top, builder, &mut built))
 }
 
 // ---------------------------------------------------------------- writing
@@ -467,7 +579,7 @@ fn write_int(out: &mut Vec<u8>, i: i128) {
 pub fn encode_binary(value: &Value, sort_keys: bool) -> Result<Vec<u8>, EncodeError> {
     let mut flat = Flattener {
         objects: Vec::new(),
-        seen: HashMap::new(),
+        seen: HashMap::default(),
         sort_keys,
     };
     flat.add(value, &String::new)?;

@@ -133,8 +133,85 @@ pub const MAX_INTEGER: i128 = (1 << 64) - 1;
 
 pub const BINARY_MAGIC: &[u8] = b"bplist00";
 
-/// Decodes a binary plist (starts with `bplist00`) or an XML one.
+/// Receives decoded values and builds the caller's representation of them, so a binding can
+/// build its own objects straight from the bytes without an intermediate tree. For binary
+/// plists, each object is built once and the node is cloned where it is referenced again.
+pub trait Builder {
+    type Node: Clone;
+    fn string(&mut self, s: &str) -> Self::Node;
+    /// A dictionary key; builders may reuse one node for keys that repeat.
+    fn key(&mut self, s: &str) -> Self::Node {
+        self.string(s)
+    }
+    fn integer(&mut self, i: i128) -> Self::Node;
+    fn real(&mut self, r: f64) -> Self::Node;
+    fn boolean(&mut self, b: bool) -> Self::Node;
+    /// Seconds since 2001-01-01T00:00:00Z.
+    fn date(&mut self, secs: f64) -> Self::Node;
+    fn data(&mut self, d: &[u8]) -> Self::Node;
+    fn uid(&mut self, u: u64) -> Self::Node;
+    fn null(&mut self) -> Self::Node;
+    fn array(&mut self, items: Vec<Self::Node>) -> Self::Node;
+    /// Keys are nodes built by `string`.
+    fn dict(&mut self, entries: Vec<(Self::Node, Self::Node)>) -> Self::Node;
+}
+
+/// Builds [`Value`] trees.
+pub struct ValueBuilder;
+
+impl Builder for ValueBuilder {
+    type Node = Value;
+    fn string(&mut self, s: &str) -> Value {
+        Value::String(s.to_owned())
+    }
+    fn integer(&mut self, i: i128) -> Value {
+        Value::Integer(i)
+    }
+    fn real(&mut self, r: f64) -> Value {
+        Value::Real(r)
+    }
+    fn boolean(&mut self, b: bool) -> Value {
+        Value::Boolean(b)
+    }
+    fn date(&mut self, secs: f64) -> Value {
+        Value::Date(secs)
+    }
+    fn data(&mut self, d: &[u8]) -> Value {
+        Value::Data(d.to_vec())
+    }
+    fn uid(&mut self, u: u64) -> Value {
+        Value::Uid(u)
+    }
+    fn null(&mut self) -> Value {
+        Value::Null
+    }
+    fn array(&mut self, items: Vec<Value>) -> Value {
+        Value::Array(items)
+    }
+    fn dict(&mut self, entries: Vec<(Value, Value)>) -> Value {
+        Value::Dict(
+            entries
+                .into_iter()
+                .map(|(k, v)| match k {
+                    Value::String(k) => (k, v),
+                    other => (format!("{other:?}"), v),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Decodes a binary plist (starts with `bplist00`) or an XML one into a [`Value`].
 pub fn decode(data: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
+    decode_with(data, limits, &mut ValueBuilder)
+}
+
+/// Decodes a binary or XML plist, building nodes with `builder`.
+pub fn decode_with<B: Builder>(
+    data: &[u8],
+    limits: &Limits,
+    builder: &mut B,
+) -> Result<B::Node, DecodeError> {
     if data.len() > limits.max_bytes {
         return Err(DecodeError::new(
             ErrorKind::Limit,
@@ -147,9 +224,9 @@ pub fn decode(data: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
         ));
     }
     if data.starts_with(b"bplist") {
-        binary::decode(data, limits)
+        binary::decode(data, limits, builder)
     } else {
-        xml::decode(data, limits)
+        xml::decode(data, limits, builder)
     }
 }
 

@@ -2,24 +2,26 @@
 //! `plistlib` writes them (Apple's DOCTYPE, tab indentation, keys sorted on request).
 
 use base64::Engine as _;
+use std::borrow::Cow;
+
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
 
+use crate::xmltext::{first_invalid_char, is_xml_char};
+
 use super::date::{civil_from_seconds, days_in_month, seconds_from_civil, Civil};
 use super::{
-    join_path, DecodeError, EncodeError, ErrorKind, Limits, Value, MAX_INTEGER, MIN_INTEGER,
+    join_path, Builder, DecodeError, EncodeError, ErrorKind, Limits, Value, MAX_INTEGER,
+    MIN_INTEGER,
 };
 
-struct Parser<'a> {
+struct Parser<'a, 'b, B: Builder> {
+    builder: &'b mut B,
     reader: Reader<&'a [u8]>,
     limits: Limits,
     nodes: usize,
     offset: usize,
     base: usize,
-}
-
-fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
 enum Step<'a> {
@@ -28,7 +30,7 @@ enum Step<'a> {
     Eof,
 }
 
-impl<'a> Parser<'a> {
+impl<'a, B: Builder> Parser<'a, '_, B> {
     fn err(&self, kind: ErrorKind, message: impl Into<String>) -> DecodeError {
         DecodeError::new(kind, self.base + self.offset, message)
     }
@@ -45,17 +47,19 @@ impl<'a> Parser<'a> {
         })
     }
 
-    fn name(&self, start: &quick_xml::events::BytesStart<'a>) -> Result<&'a str, DecodeError> {
+    fn name(&self, start: &quick_xml::events::BytesStart<'a>) -> Result<&'static str, DecodeError> {
         let name = start.name();
-        // The tag's bytes are borrowed from the input, which was checked to be UTF-8.
-        let name = std::str::from_utf8(name.as_ref())
-            .map_err(|_| self.err(ErrorKind::Encoding, "element name is not UTF-8"))?;
-        KNOWN.iter().copied().find(|k| *k == name).ok_or_else(|| {
-            self.err(
-                ErrorKind::Structure,
-                format!("<{name}> is not a plist element"),
-            )
-        })
+        KNOWN
+            .iter()
+            .copied()
+            .find(|k| k.as_bytes() == name.as_ref())
+            .ok_or_else(|| {
+                let shown = String::from_utf8_lossy(name.as_ref());
+                self.err(
+                    ErrorKind::Structure,
+                    format!("<{shown}> is not a plist element"),
+                )
+            })
     }
 
     /// The next element boundary, skipping comments, processing instructions and whitespace.
@@ -101,21 +105,34 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn text(&mut self, element: &str) -> Result<String, DecodeError> {
+    /// Text content up to the element's end. A single run of text without references is
+    /// borrowed from the input rather than copied.
+    fn text(&mut self, element: &str) -> Result<Cow<'a, str>, DecodeError> {
+        let mut first: Option<Cow<'a, str>> = None;
         let mut out = String::new();
+        let push = |piece: Cow<'a, str>, first: &mut Option<Cow<'a, str>>, out: &mut String| {
+            if let Some(f) = first.take() {
+                out.push_str(&f);
+            }
+            if out.is_empty() {
+                *first = Some(piece);
+            } else {
+                out.push_str(&piece);
+            }
+        };
         loop {
             match self.read()? {
                 Event::Text(t) => {
                     let s = t
                         .xml10_content()
                         .map_err(|e| self.err(ErrorKind::Encoding, format!("{e}")))?;
-                    out.push_str(&s);
+                    push(s, &mut first, &mut out);
                 }
                 Event::CData(t) => {
                     let s = t
                         .xml10_content()
                         .map_err(|e| self.err(ErrorKind::Encoding, format!("{e}")))?;
-                    out.push_str(&s);
+                    push(s, &mut first, &mut out);
                 }
                 Event::GeneralRef(r) => {
                     let name = r.decode().unwrap_or_default();
@@ -152,7 +169,7 @@ impl<'a> Parser<'a> {
                             }
                         },
                     };
-                    out.push(c);
+                    push(Cow::Owned(c.to_string()), &mut first, &mut out);
                 }
                 Event::End(_) => break,
                 Event::Comment(_) | Event::PI(_) => {}
@@ -169,20 +186,21 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        let bytes = out.as_bytes();
-        if bytes
-            .iter()
-            .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
-            || out.contains(['\u{FFFE}', '\u{FFFF}'])
-        {
-            if let Some(c) = out.chars().find(|c| !is_xml_char(*c)) {
-                return Err(self.err(
-                    ErrorKind::Syntax,
-                    format!("character U+{:04X} is not allowed in XML", u32::from(c)),
-                ));
+        let text = match first {
+            Some(f) if out.is_empty() => f,
+            Some(f) => {
+                out.insert_str(0, &f);
+                Cow::Owned(out)
             }
+            None => Cow::Owned(out),
+        };
+        if let Some(c) = first_invalid_char(&text) {
+            return Err(self.err(
+                ErrorKind::Syntax,
+                format!("character U+{:04X} is not allowed in XML", u32::from(c)),
+            ));
         }
-        Ok(out)
+        Ok(text)
     }
 
     fn count(&mut self) -> Result<(), DecodeError> {
@@ -199,12 +217,12 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    fn value(&mut self, name: &str, empty: bool, depth: usize) -> Result<Value, DecodeError> {
+    fn value(&mut self, name: &str, empty: bool, depth: usize) -> Result<B::Node, DecodeError> {
         self.count()?;
         let at = self.offset;
-        let leaf = |p: &mut Parser<'a>, name: &str| {
+        let leaf = |p: &mut Self, name: &str| {
             if empty {
-                Ok(String::new())
+                Ok(Cow::Borrowed(""))
             } else {
                 p.text(name)
             }
@@ -222,9 +240,9 @@ impl<'a> Parser<'a> {
                 }
                 if empty {
                     return Ok(if name == "dict" {
-                        Value::Dict(Vec::new())
+                        self.builder.dict(Vec::new())
                     } else {
-                        Value::Array(Vec::new())
+                        self.builder.array(Vec::new())
                     });
                 }
                 if name == "array" {
@@ -232,7 +250,7 @@ impl<'a> Parser<'a> {
                     loop {
                         match self.step("<array>")? {
                             Step::Start(child, e) => items.push(self.value(child, e, depth + 1)?),
-                            Step::End => return Ok(Value::Array(items)),
+                            Step::End => return Ok(self.builder.array(items)),
                             Step::Eof => {
                                 return Err(self.err(ErrorKind::Syntax, "input ends inside <array>"))
                             }
@@ -242,7 +260,7 @@ impl<'a> Parser<'a> {
                 let mut entries = Vec::new();
                 loop {
                     let key = match self.step("<dict>")? {
-                        Step::Start("key", true) => String::new(),
+                        Step::Start("key", true) => Cow::Borrowed(""),
                         Step::Start("key", false) => self.text("key")?,
                         Step::Start(other, _) => {
                             return Err(self.err(
@@ -250,7 +268,7 @@ impl<'a> Parser<'a> {
                                 format!("<{other}> in <dict> where a <key> belongs"),
                             ))
                         }
-                        Step::End => return Ok(Value::Dict(entries)),
+                        Step::End => return Ok(self.builder.dict(entries)),
                         Step::Eof => {
                             return Err(self.err(ErrorKind::Syntax, "input ends inside <dict>"))
                         }
@@ -263,8 +281,9 @@ impl<'a> Parser<'a> {
                             ))
                         }
                         Step::Start(child, e) => {
+                            let k = self.builder.key(&key);
                             let v = self.value(child, e, depth + 1)?;
-                            entries.push((key, v));
+                            entries.push((k, v));
                         }
                         Step::Eof => {
                             return Err(self.err(ErrorKind::Syntax, "input ends inside <dict>"))
@@ -274,7 +293,10 @@ impl<'a> Parser<'a> {
             }
             "key" => return Err(self.err(ErrorKind::Structure, "<key> outside a <dict>")),
             "plist" => return Err(self.err(ErrorKind::Structure, "<plist> inside a plist")),
-            "string" => Value::String(leaf(self, name)?),
+            "string" => {
+                let t = leaf(self, name)?;
+                self.builder.string(&t)
+            }
             "true" | "false" => {
                 if !empty {
                     let t = self.text(name)?;
@@ -284,27 +306,29 @@ impl<'a> Parser<'a> {
                         );
                     }
                 }
-                Value::Boolean(name == "true")
+                self.builder.boolean(name == "true")
             }
             "integer" => {
                 let t = leaf(self, name)?;
-                Value::Integer(parse_integer(&t).ok_or_else(|| {
+                let i = parse_integer(&t).ok_or_else(|| {
                     DecodeError::new(
                         ErrorKind::Structure,
                         self.base + at,
                         format!("<integer> holds {t:?}, not an integer"),
                     )
-                })?)
+                })?;
+                self.builder.integer(i)
             }
             "real" => {
                 let t = leaf(self, name)?;
-                Value::Real(parse_real(&t).ok_or_else(|| {
+                let r = parse_real(&t).ok_or_else(|| {
                     DecodeError::new(
                         ErrorKind::Structure,
                         self.base + at,
                         format!("<real> holds {t:?}, not a number"),
                     )
-                })?)
+                })?;
+                self.builder.real(r)
             }
             "date" => {
                 let t = leaf(self, name)?;
@@ -316,18 +340,19 @@ impl<'a> Parser<'a> {
                     )
                 })?;
                 #[allow(clippy::cast_precision_loss)]
-                Value::Date(seconds_from_civil(&c) as f64)
+                self.builder.date(seconds_from_civil(&c) as f64)
             }
             "data" => {
                 let t = leaf(self, name)?;
                 let compact: Vec<u8> = t.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-                Value::Data(decode_base64(&compact).ok_or_else(|| {
+                let d = decode_base64(&compact).ok_or_else(|| {
                     DecodeError::new(
                         ErrorKind::Structure,
                         self.base + at,
                         "<data> is not valid base64",
                     )
-                })?)
+                })?;
+                self.builder.data(&d)
             }
             other => {
                 return Err(self.err(
@@ -435,7 +460,11 @@ fn parse_date(text: &str) -> Option<Civil> {
     valid.then_some(c)
 }
 
-pub(crate) fn decode(data: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
+pub(crate) fn decode<B: Builder>(
+    data: &[u8],
+    limits: &Limits,
+    builder: &mut B,
+) -> Result<B::Node, DecodeError> {
     let text = std::str::from_utf8(data).map_err(|e| {
         DecodeError::new(
             ErrorKind::Encoding,
@@ -453,6 +482,7 @@ pub(crate) fn decode(data: &[u8], limits: &Limits) -> Result<Value, DecodeError>
     config.check_comments = true;
     config.trim_text(false);
     let mut p = Parser {
+        builder,
         reader,
         limits: *limits,
         nodes: 0,
@@ -485,32 +515,13 @@ pub(crate) fn decode(data: &[u8], limits: &Limits) -> Result<Value, DecodeError>
 const HEADER: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n<plist version=\"1.0\">\n";
 
 fn escape(out: &mut Vec<u8>, text: &str) -> Result<(), String> {
-    let bytes = text.as_bytes();
-    let mut from = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let rep: &[u8] = match b {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            // Written as a reference so it survives XML line-end normalisation.
-            b'\r' => b"&#13;",
-            b'\t' | b'\n' => continue,
-            0..=0x1f => {
-                return Err("strings can't contain control characters; use bytes instead".into())
-            }
-            0xEF if bytes.get(i + 1) == Some(&0xBF)
-                && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) =>
-            {
-                return Err("strings can't contain U+FFFE or U+FFFF in XML".into())
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[from..i]);
-        out.extend_from_slice(rep);
-        from = i + 1;
-    }
-    out.extend_from_slice(&bytes[from..]);
-    Ok(())
+    crate::xmltext::escape_into(out, text, false).map_err(|c| {
+        if c < ' ' {
+            "strings can't contain control characters; use bytes instead".to_owned()
+        } else {
+            format!("strings can't contain U+{:04X} in XML", u32::from(c))
+        }
+    })
 }
 
 struct Writer {

@@ -59,39 +59,8 @@ fn xml_char_error(c: char) -> String {
     format!("character U+{:04X} cannot be written in XML", u32::from(c))
 }
 
-/// Escapes text content exactly once. `\r` is written as a reference because a parser would
-/// otherwise fold it into `\n`.
 pub(crate) fn escape_into(out: &mut Vec<u8>, text: &str, attribute: bool) -> Result<(), String> {
-    let bytes = text.as_bytes();
-    let mut from = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let rep: &[u8] = match b {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            b'\r' => b"&#13;",
-            b'"' if attribute => b"&quot;",
-            b'\n' if attribute => b"&#10;",
-            b'\t' if attribute => b"&#9;",
-            b'\t' | b'\n' => continue,
-            0..=0x1f => return Err(xml_char_error(char::from(b))),
-            0xEF if bytes.get(i + 1) == Some(&0xBF)
-                && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) =>
-            {
-                return Err(xml_char_error(if bytes[i + 2] == 0xBE {
-                    '\u{FFFE}'
-                } else {
-                    '\u{FFFF}'
-                }))
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[from..i]);
-        out.extend_from_slice(rep);
-        from = i + 1;
-    }
-    out.extend_from_slice(&bytes[from..]);
-    Ok(())
+    crate::xmltext::escape_into(out, text, attribute).map_err(xml_char_error)
 }
 
 fn check_attr_name(name: &str) -> Result<(), String> {

@@ -7,6 +7,7 @@ use quick_xml::XmlVersion;
 
 use super::decode::{Ev, Source};
 use super::{Attrs, DecodeError, ErrorKind, Limits, Value};
+use crate::xmltext::{first_invalid_char, is_xml_char};
 
 /// The namespace Windows uses for its extra attributes on `Data` (`msft:originalerror`).
 pub const MSFT_NS: &str = "http://schemas.microsoft.com/MobileDevice/MDM";
@@ -23,10 +24,6 @@ pub(crate) struct XmlSource<'a> {
     current: Option<BytesStart<'a>>,
     /// In-scope `xmlns:prefix` declarations: (prefix, uri, depth declared at).
     prefixes: Vec<(String, String, usize)>,
-}
-
-fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
 impl<'a> XmlSource<'a> {
@@ -201,18 +198,10 @@ impl<'a> XmlSource<'a> {
     }
 
     fn check_chars(&self, out: &str, from: usize) -> Result<(), DecodeError> {
-        // Decoded UTF-8 can only be outside XML's character range as a C0 control or as
-        // U+FFFE/U+FFFF (EF BF BE/BF); both are rare, so look for them a block at a time.
-        let tail = &out.as_bytes()[from..];
-        let control = tail
-            .chunks(32)
-            .any(|block| block.iter().fold(false, |seen, &b| seen | (b < 0x20)));
-        if control || memchr::memchr(0xEF, tail).is_some() {
-            if let Some(bad) = out[from..].chars().find(|c| !is_xml_char(*c)) {
-                return Err(self.char_error(bad));
-            }
+        match first_invalid_char(&out[from..]) {
+            Some(bad) => Err(self.char_error(bad)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn resolve(&self, r: &quick_xml::events::BytesRef<'a>) -> Result<char, DecodeError> {
