@@ -24,6 +24,8 @@ struct Reader<'a> {
     limits: Limits,
     state: Vec<Visit>,
     nodes: Vec<Option<Node>>,
+    /// How many references lead to each object.
+    uses: Vec<u32>,
 }
 
 fn be(bytes: &[u8]) -> u64 {
@@ -124,6 +126,7 @@ impl<'a> Reader<'a> {
                 ),
             ));
         }
+        self.uses[index] = self.uses[index].saturating_add(1);
         match self.state[index] {
             Visit::Done { weight, height } => {
                 if depth + height > self.limits.max_depth {
@@ -331,7 +334,10 @@ impl<'a> Reader<'a> {
             }
             None => builder.null(),
         };
-        built[index] = Some(node.clone());
+        // Only objects referenced more than once are kept: cloning a node may copy it.
+        if self.uses[index] > 1 {
+            built[index] = Some(node.clone());
+        }
         node
     }
 }
@@ -424,6 +430,7 @@ pub(crate) fn decode<B: Builder>(
         count,
         limits: *limits,
         state: vec![Visit::New; count],
+        uses: vec![0; count],
         nodes: std::iter::repeat_with(|| None).take(count).collect(),
     };
     reader.visit(top, 0, trailer_at)?;
