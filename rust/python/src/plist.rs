@@ -57,6 +57,9 @@ impl<'py> PyBuilder<'py> {
 
 impl<'py> Builder for PyBuilder<'py> {
     type Node = Bound<'py, PyAny>;
+    type Array = Vec<Bound<'py, PyAny>>;
+    type Dict = Bound<'py, PyDict>;
+    const SHARES_NODES: bool = true;
     fn string(&mut self, s: &str) -> Self::Node {
         PyString::new(self.py, s).into_any()
     }
@@ -98,22 +101,30 @@ impl<'py> Builder for PyBuilder<'py> {
     fn null(&mut self) -> Self::Node {
         self.py.None().into_bound(self.py)
     }
-    fn array(&mut self, items: Vec<Self::Node>) -> Self::Node {
-        let r = PyList::new(self.py, items).map(Bound::into_any);
+    fn array_start(&mut self, len: usize) -> Self::Array {
+        Vec::with_capacity(len.min(1024))
+    }
+    fn array_push(&mut self, array: &mut Self::Array, item: Self::Node) {
+        array.push(item);
+    }
+    fn array_end(&mut self, array: Self::Array) -> Self::Node {
+        let r = PyList::new(self.py, array).map(Bound::into_any);
         self.keep(r)
     }
-    fn dict(&mut self, entries: Vec<(Self::Node, Self::Node)>) -> Self::Node {
-        let dict = PyDict::new(self.py);
-        for (k, v) in &entries {
-            // SAFETY: both pointers are live objects owned by `entries`; PyDict_SetItem takes
-            // its own references and does not steal ours. Called with the interpreter attached.
-            let status =
-                unsafe { pyo3::ffi::PyDict_SetItem(dict.as_ptr(), k.as_ptr(), v.as_ptr()) };
-            if status != 0 {
-                let e = PyErr::fetch(self.py);
-                self.error.get_or_insert(e);
-            }
+    fn dict_start(&mut self, _len: usize) -> Self::Dict {
+        PyDict::new(self.py)
+    }
+    fn dict_insert(&mut self, dict: &mut Self::Dict, key: Self::Node, value: Self::Node) {
+        // SAFETY: all three are live objects; PyDict_SetItem takes its own references and
+        // steals none. Called with the interpreter attached.
+        let status =
+            unsafe { pyo3::ffi::PyDict_SetItem(dict.as_ptr(), key.as_ptr(), value.as_ptr()) };
+        if status != 0 {
+            let e = PyErr::fetch(self.py);
+            self.error.get_or_insert(e);
         }
+    }
+    fn dict_end(&mut self, dict: Self::Dict) -> Self::Node {
         dict.into_any()
     }
 }
@@ -175,12 +186,15 @@ fn date_to_py<'py>(py: Python<'py>, secs: f64) -> PyResult<Bound<'py, PyAny>> {
         return Ok(dt.into_any());
     }
     // Fractional seconds: let datetime round exactly as plistlib's reader does.
-    let datetime = py.import("datetime")?;
-    let epoch = datetime.getattr("datetime")?.call1((2001, 1, 1))?;
-    let delta = datetime
-        .getattr("timedelta")?
-        .call((), Some(&[("seconds", secs)].into_py_dict(py)?))?;
-    epoch.add(delta).map_err(|e| {
+    let exact = || -> PyResult<Bound<'py, PyAny>> {
+        let datetime = py.import("datetime")?;
+        let epoch = datetime.getattr("datetime")?.call1((2001, 1, 1))?;
+        let delta = datetime
+            .getattr("timedelta")?
+            .call((), Some(&[("seconds", secs)].into_py_dict(py)?))?;
+        epoch.add(delta)
+    };
+    exact().map_err(|e| {
         PlistDecodeError::new_err((
             format!("date {secs} seconds from 2001 is outside what datetime holds: {e}"),
             0,

@@ -1,8 +1,9 @@
 //! Binary property lists (`bplist00`): a header, the objects, an offset table and a 32-byte
 //! trailer. Every offset, length and reference read from the file is checked against the
-//! bytes present before it is followed; cycles are refused; shared references are decoded
-//! each time they are used and counted against the node limit, so they cannot multiply a
-//! small file into an exponential amount of work.
+//! bytes present before it is followed; cycles are refused. An object referenced more than
+//! once is built once when the builder's nodes are cheap to share (Python objects, as
+//! `plistlib` shares them), but every use still counts against the node limit, so a small
+//! file cannot stand for an exponential number of values.
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -22,10 +23,16 @@ struct Reader<'a> {
     ref_size: usize,
     count: usize,
     limits: Limits,
-    state: Vec<Visit>,
-    nodes: Vec<Option<Node>>,
-    /// How many references lead to each object.
-    uses: Vec<u32>,
+    /// Objects being read right now, to refuse cycles.
+    active: Vec<bool>,
+}
+
+/// What an object stands for: its built node (kept when nodes are cheap to share), the
+/// number of values it expands to and how deep it nests.
+struct Built<N> {
+    node: N,
+    weight: u64,
+    height: usize,
 }
 
 fn be(bytes: &[u8]) -> u64 {
@@ -98,24 +105,14 @@ impl<'a> Reader<'a> {
         Ok((len, int_at + 1 + size))
     }
 
-    fn refs(&self, at: usize, n: usize) -> Result<Vec<usize>, DecodeError> {
-        let total = n.saturating_mul(self.ref_size);
-        let raw = self.bytes(at, total, "reference list")?;
-        Ok(raw
-            .chunks(self.ref_size)
-            .map(|c| usize::try_from(be(c)).unwrap_or(usize::MAX))
-            .collect())
-    }
-
-    /// Reads object `index` (once) and everything it refers to, returning how many values it
-    /// stands for when shared references are expanded, and how deep it nests.
-    fn visit(
+    fn object<B: Builder>(
         &mut self,
         index: usize,
         depth: usize,
         at: usize,
-    ) -> Result<(u64, usize), DecodeError> {
-        let limit = |what: String| Self::err(ErrorKind::Limit, at, what);
+        builder: &mut B,
+        memo: &mut [Option<Built<B::Node>>],
+    ) -> Result<Built<B::Node>, DecodeError> {
         if index >= self.count {
             return Err(Self::err(
                 ErrorKind::Structure,
@@ -126,146 +123,141 @@ impl<'a> Reader<'a> {
                 ),
             ));
         }
-        self.uses[index] = self.uses[index].saturating_add(1);
-        match self.state[index] {
-            Visit::Done { weight, height } => {
-                if depth + height > self.limits.max_depth {
-                    return Err(limit(format!(
-                        "nesting deeper than {} (the depth limit)",
-                        self.limits.max_depth
-                    )));
-                }
-                return Ok((weight, height));
+        let deeper = |limits: &Limits, at: usize| {
+            Self::err(
+                ErrorKind::Limit,
+                at,
+                format!("nesting deeper than {} (the depth limit)", limits.max_depth),
+            )
+        };
+        if let Some(b) = &memo[index] {
+            if depth + b.height > self.limits.max_depth {
+                return Err(deeper(&self.limits, at));
             }
-            Visit::Active => {
-                return Err(Self::err(
-                    ErrorKind::Structure,
-                    at,
-                    format!("object {index} contains itself (a reference cycle)"),
-                ))
-            }
-            Visit::New => {}
+            return Ok(Built {
+                node: b.node.clone(),
+                weight: b.weight,
+                height: b.height,
+            });
+        }
+        if self.active[index] {
+            return Err(Self::err(
+                ErrorKind::Structure,
+                at,
+                format!("object {index} contains itself (a reference cycle)"),
+            ));
         }
         let offset = self.object_offset(index, at)?;
         let marker = self.data[offset];
         let (high, low) = (marker & 0xF0, marker & 0x0F);
         let fixed = |r: &Self, len: usize, what: &str| r.bytes(offset + 1, len, what);
-        let scalar = |v: Value| Node::Scalar(v);
-        let node = match marker {
-            0x00 => scalar(Value::Null),
-            0x08 => scalar(Value::Boolean(false)),
-            0x09 => scalar(Value::Boolean(true)),
-            0x0F => Node::Data(offset, offset),
+        let f64_at = |r: &Self, what: &str| -> Result<f64, DecodeError> {
+            Ok(f64::from_be_bytes(
+                fixed(r, 8, what)?.try_into().unwrap_or([0; 8]),
+            ))
+        };
+        let leaf = |node| Built {
+            node,
+            weight: 1,
+            height: 0,
+        };
+        let built = match marker {
+            0x00 => leaf(builder.null()),
+            0x08 => leaf(builder.boolean(false)),
+            0x09 => leaf(builder.boolean(true)),
+            0x0F => leaf(builder.data(&[])),
             0x10..=0x14 => {
                 let size = 1usize << low;
                 let raw = fixed(self, size, "integer")?;
                 let mut buf = [0u8; 16];
                 buf[16 - size..].copy_from_slice(raw);
                 let unsigned = u128::from_be_bytes(buf);
-                scalar(Value::Integer(match size {
+                leaf(builder.integer(match size {
                     1..=4 => i128::try_from(unsigned).unwrap_or(0),
                     8 => i128::from(i64::from_be_bytes(raw.try_into().unwrap_or([0; 8]))),
                     _ => i128::from_be_bytes(buf),
                 }))
             }
-            0x22 => scalar(Value::Real(f64::from(f32::from_be_bytes(
+            0x22 => leaf(builder.real(f64::from(f32::from_be_bytes(
                 fixed(self, 4, "real")?.try_into().unwrap_or([0; 4]),
             )))),
-            0x23 => scalar(Value::Real(f64::from_be_bytes(
-                fixed(self, 8, "real")?.try_into().unwrap_or([0; 8]),
-            ))),
-            0x33 => scalar(Value::Date(f64::from_be_bytes(
-                fixed(self, 8, "date")?.try_into().unwrap_or([0; 8]),
-            ))),
+            0x23 => leaf(builder.real(f64_at(self, "real")?)),
+            0x33 => leaf(builder.date(f64_at(self, "date")?)),
             _ if high == 0x80 => {
                 let raw = fixed(self, usize::from(low) + 1, "UID")?;
                 let mut buf = [0u8; 16];
                 buf[16 - raw.len()..].copy_from_slice(raw);
-                scalar(Value::Uid(
-                    u64::try_from(u128::from_be_bytes(buf)).map_err(|_| {
-                        Self::err(ErrorKind::Structure, offset, "UID does not fit in 64 bits")
-                    })?,
-                ))
+                let uid = u64::try_from(u128::from_be_bytes(buf)).map_err(|_| {
+                    Self::err(ErrorKind::Structure, offset, "UID does not fit in 64 bits")
+                })?;
+                leaf(builder.uid(uid))
             }
             _ if high == 0x40 => {
                 let (len, start) = self.length(offset, low)?;
-                self.bytes(start, len, "data")?;
-                Node::Data(start, start + len)
+                leaf(builder.data(self.bytes(start, len, "data")?))
             }
-            _ if high == 0x50 => {
-                let (len, start) = self.length(offset, low)?;
-                let raw = self.bytes(start, len, "ASCII string")?;
-                if let Some(bad) = raw.iter().position(|b| !b.is_ascii()) {
-                    return Err(Self::err(
-                        ErrorKind::Encoding,
-                        start + bad,
-                        "byte in an ASCII string is not ASCII",
-                    ));
-                }
-                Node::Ascii(start, start + len)
-            }
-            _ if high == 0x60 => {
-                let (len, start) = self.length(offset, low)?;
-                let raw = self.bytes(start, len.saturating_mul(2), "UTF-16 string")?;
-                let units = raw
-                    .chunks_exact(2)
-                    .map(|c| u16::from_be_bytes([c[0], c[1]]));
-                let text: Result<String, _> = char::decode_utf16(units).collect();
-                Node::Text(text.map_err(|_| {
-                    Self::err(
-                        ErrorKind::Encoding,
-                        start,
-                        "UTF-16 string has an unpaired surrogate",
-                    )
-                })?)
+            _ if high == 0x50 || high == 0x60 => {
+                leaf(builder.string(&self.string(offset, high, low)?))
             }
             _ if high == 0xA0 || high == 0xD0 => {
                 if depth + 1 > self.limits.max_depth {
-                    return Err(Self::err(
-                        ErrorKind::Limit,
-                        offset,
-                        format!(
-                            "nesting deeper than {} (the depth limit)",
-                            self.limits.max_depth
-                        ),
-                    ));
+                    return Err(deeper(&self.limits, offset));
                 }
                 let (n, start) = self.length(offset, low)?;
-                let refs = self.refs(start, if high == 0xA0 { n } else { n.saturating_mul(2) })?;
-                self.state[index] = Visit::Active;
+                let total = if high == 0xA0 { n } else { n.saturating_mul(2) };
+                let refs =
+                    self.bytes(start, total.saturating_mul(self.ref_size), "reference list")?;
+                let ref_size = self.ref_size;
+                let reference = |i: usize| {
+                    usize::try_from(be(&refs[i * ref_size..(i + 1) * ref_size]))
+                        .unwrap_or(usize::MAX)
+                };
+                self.active[index] = true;
                 let mut weight: u64 = 1;
                 let mut height = 0;
-                for (i, r) in refs.iter().enumerate() {
-                    let (w, h) = self.visit(*r, depth + 1, start)?;
-                    if high == 0xD0
-                        && i < n
-                        && !matches!(self.table_node(*r), Some(Node::Ascii(..) | Node::Text(_)))
-                    {
-                        return Err(Self::err(
-                            ErrorKind::Structure,
+                let mut add = |b: &Built<B::Node>, limits: &Limits| {
+                    weight = weight.saturating_add(b.weight);
+                    height = height.max(b.height);
+                    if weight > limits.max_nodes as u64 {
+                        Err(Self::err(
+                            ErrorKind::Limit,
                             start,
-                            "dict key is not a string",
-                        ));
+                            format!(
+                                "more than {} values (the node limit; shared references count each time they are used)",
+                                limits.max_nodes
+                            ),
+                        ))
+                    } else {
+                        Ok(())
                     }
-                    weight = weight.saturating_add(w);
-                    height = height.max(h);
-                    if weight > self.limits.max_nodes as u64 {
-                        return Err(limit(format!(
-                            "more than {} values (the node limit; shared references count each time they are used)",
-                            self.limits.max_nodes
-                        )));
+                };
+                let node = if high == 0xA0 {
+                    let mut array = builder.array_start(n);
+                    for i in 0..n {
+                        let item = self.object(reference(i), depth + 1, start, builder, memo)?;
+                        add(&item, &self.limits)?;
+                        builder.array_push(&mut array, item.node);
                     }
-                }
-                self.nodes[index] = Some(if high == 0xA0 {
-                    Node::Array(refs)
+                    builder.array_end(array)
                 } else {
-                    Node::Dict(refs)
-                });
-                self.state[index] = Visit::Done {
+                    let mut dict = builder.dict_start(n);
+                    for i in 0..n {
+                        let k = reference(i);
+                        let key = self.key(k, start, builder, memo)?;
+                        let value =
+                            self.object(reference(n + i), depth + 1, start, builder, memo)?;
+                        add(&key, &self.limits)?;
+                        add(&value, &self.limits)?;
+                        builder.dict_insert(&mut dict, key.node, value.node);
+                    }
+                    builder.dict_end(dict)
+                };
+                self.active[index] = false;
+                Built {
+                    node,
                     weight,
                     height: height + 1,
-                };
-                return Ok((weight, height + 1));
+                }
             }
             _ => {
                 return Err(Self::err(
@@ -275,89 +267,92 @@ impl<'a> Reader<'a> {
                 ))
             }
         };
-        self.nodes[index] = Some(node);
-        self.state[index] = Visit::Done {
+        if B::SHARES_NODES || built.height == 0 {
+            memo[index] = Some(Built {
+                node: built.node.clone(),
+                weight: built.weight,
+                height: built.height,
+            });
+        }
+        Ok(built)
+    }
+
+    /// A dictionary key: a string object, built with the builder's key cache.
+    fn key<B: Builder>(
+        &mut self,
+        index: usize,
+        at: usize,
+        builder: &mut B,
+        memo: &mut [Option<Built<B::Node>>],
+    ) -> Result<Built<B::Node>, DecodeError> {
+        // The index and the marker are checked before the memo is looked at: the memo may
+        // hold the same object built as a value.
+        let offset = self.object_offset(index, at)?;
+        let marker = self.data[offset];
+        let (high, low) = (marker & 0xF0, marker & 0x0F);
+        if high != 0x50 && high != 0x60 {
+            return Err(Self::err(
+                ErrorKind::Structure,
+                at,
+                "dict key is not a string",
+            ));
+        }
+        if let Some(b) = &memo[index] {
+            return Ok(Built {
+                node: b.node.clone(),
+                weight: 1,
+                height: 0,
+            });
+        }
+        let node = builder.key(&self.string(offset, high, low)?);
+        memo[index] = Some(Built {
+            node: node.clone(),
             weight: 1,
             height: 0,
-        };
-        Ok((1, 0))
+        });
+        Ok(Built {
+            node,
+            weight: 1,
+            height: 0,
+        })
     }
 
-    fn table_node(&self, index: usize) -> Option<&Node> {
-        self.nodes.get(index).and_then(Option::as_ref)
-    }
-
-    /// Builds object `index` once; later references get a clone of the built node.
-    fn build<B: Builder>(
+    fn string(
         &self,
-        index: usize,
-        builder: &mut B,
-        built: &mut Vec<Option<B::Node>>,
-    ) -> B::Node {
-        if let Some(node) = &built[index] {
-            return node.clone();
+        offset: usize,
+        high: u8,
+        low: u8,
+    ) -> Result<std::borrow::Cow<'a, str>, DecodeError> {
+        let (len, start) = self.length(offset, low)?;
+        if high == 0x50 {
+            let raw = self.bytes(start, len, "ASCII string")?;
+            return match std::str::from_utf8(raw) {
+                Ok(text) if raw.is_ascii() => Ok(std::borrow::Cow::Borrowed(text)),
+                _ => {
+                    let bad = raw.iter().position(|b| !b.is_ascii()).unwrap_or(0);
+                    Err(Self::err(
+                        ErrorKind::Encoding,
+                        start + bad,
+                        "byte in an ASCII string is not ASCII",
+                    ))
+                }
+            };
         }
-        let node = match self.table_node(index) {
-            Some(Node::Scalar(v)) => match v {
-                Value::Integer(i) => builder.integer(*i),
-                Value::Real(r) => builder.real(*r),
-                Value::Boolean(b) => builder.boolean(*b),
-                Value::Date(d) => builder.date(*d),
-                Value::Uid(u) => builder.uid(*u),
-                _ => builder.null(),
-            },
-            Some(Node::Ascii(a, b)) => {
-                builder.string(std::str::from_utf8(&self.data[*a..*b]).unwrap_or_default())
-            }
-            Some(Node::Text(t)) => builder.string(t),
-            Some(Node::Data(a, b)) => builder.data(&self.data[*a..*b]),
-            Some(Node::Array(refs)) => {
-                let items = refs
-                    .iter()
-                    .map(|r| self.build(*r, builder, built))
-                    .collect();
-                builder.array(items)
-            }
-            Some(Node::Dict(refs)) => {
-                let (keys, values) = refs.split_at(refs.len() / 2);
-                let entries = keys
-                    .iter()
-                    .zip(values)
-                    .map(|(k, v)| {
-                        (
-                            self.build(*k, builder, built),
-                            self.build(*v, builder, built),
-                        )
-                    })
-                    .collect();
-                builder.dict(entries)
-            }
-            None => builder.null(),
-        };
-        // Only objects referenced more than once are kept: cloning a node may copy it.
-        if self.uses[index] > 1 {
-            built[index] = Some(node.clone());
-        }
-        node
+        let raw = self.bytes(start, len.saturating_mul(2), "UTF-16 string")?;
+        let units = raw
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]));
+        char::decode_utf16(units)
+            .collect::<Result<String, _>>()
+            .map(std::borrow::Cow::Owned)
+            .map_err(|_| {
+                Self::err(
+                    ErrorKind::Encoding,
+                    start,
+                    "UTF-16 string has an unpaired surrogate",
+                )
+            })
     }
-}
-
-#[derive(Clone, Copy)]
-enum Visit {
-    New,
-    Active,
-    Done { weight: u64, height: usize },
-}
-
-/// One decoded object; strings and data point into the input.
-enum Node {
-    Scalar(Value),
-    Ascii(usize, usize),
-    Text(String),
-    Data(usize, usize),
-    Array(Vec<usize>),
-    /// Key references, then value references.
-    Dict(Vec<usize>),
 }
 
 pub(crate) fn decode<B: Builder>(
@@ -429,13 +424,11 @@ pub(crate) fn decode<B: Builder>(
         ref_size,
         count,
         limits: *limits,
-        state: vec![Visit::New; count],
-        uses: vec![0; count],
-        nodes: std::iter::repeat_with(|| None).take(count).collect(),
+        active: vec![false; count],
     };
-    reader.visit(top, 0, trailer_at)?;
-    let mut built = std::iter::repeat_with(|| None).take(count).collect();
-    Ok(reader.build(top, builder, &mut built))
+    let mut memo: Vec<Option<Built<B::Node>>> =
+        std::iter::repeat_with(|| None).take(count).collect();
+    Ok(reader.object(top, 0, trailer_at, builder, &mut memo)?.node)
 }
 
 // ---------------------------------------------------------------- writing

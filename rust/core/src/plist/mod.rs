@@ -138,6 +138,12 @@ pub const BINARY_MAGIC: &[u8] = b"bplist00";
 /// plists, each object is built once and the node is cloned where it is referenced again.
 pub trait Builder {
     type Node: Clone;
+    type Array;
+    type Dict;
+    /// Whether cloning a node is cheap and shares it (reference-counted objects). Then an
+    /// object a binary plist references many times is built once and shared, as `plistlib`
+    /// does; otherwise only scalars are reused and containers are built at each use.
+    const SHARES_NODES: bool;
     fn string(&mut self, s: &str) -> Self::Node;
     /// A dictionary key; builders may reuse one node for keys that repeat.
     fn key(&mut self, s: &str) -> Self::Node {
@@ -151,9 +157,14 @@ pub trait Builder {
     fn data(&mut self, d: &[u8]) -> Self::Node;
     fn uid(&mut self, u: u64) -> Self::Node;
     fn null(&mut self) -> Self::Node;
-    fn array(&mut self, items: Vec<Self::Node>) -> Self::Node;
-    /// Keys are nodes built by `string`.
-    fn dict(&mut self, entries: Vec<(Self::Node, Self::Node)>) -> Self::Node;
+    /// `len` is a hint: XML does not say how many items follow.
+    fn array_start(&mut self, len: usize) -> Self::Array;
+    fn array_push(&mut self, array: &mut Self::Array, item: Self::Node);
+    fn array_end(&mut self, array: Self::Array) -> Self::Node;
+    fn dict_start(&mut self, len: usize) -> Self::Dict;
+    /// `key` is a node made by `key`.
+    fn dict_insert(&mut self, dict: &mut Self::Dict, key: Self::Node, value: Self::Node);
+    fn dict_end(&mut self, dict: Self::Dict) -> Self::Node;
 }
 
 /// Builds [`Value`] trees.
@@ -161,6 +172,9 @@ pub struct ValueBuilder;
 
 impl Builder for ValueBuilder {
     type Node = Value;
+    type Array = Vec<Value>;
+    type Dict = Vec<(String, Value)>;
+    const SHARES_NODES: bool = false;
     fn string(&mut self, s: &str) -> Value {
         Value::String(s.to_owned())
     }
@@ -185,19 +199,27 @@ impl Builder for ValueBuilder {
     fn null(&mut self) -> Value {
         Value::Null
     }
-    fn array(&mut self, items: Vec<Value>) -> Value {
-        Value::Array(items)
+    fn array_start(&mut self, len: usize) -> Vec<Value> {
+        Vec::with_capacity(len.min(1024))
     }
-    fn dict(&mut self, entries: Vec<(Value, Value)>) -> Value {
-        Value::Dict(
-            entries
-                .into_iter()
-                .map(|(k, v)| match k {
-                    Value::String(k) => (k, v),
-                    other => (format!("{other:?}"), v),
-                })
-                .collect(),
-        )
+    fn array_push(&mut self, array: &mut Vec<Value>, item: Value) {
+        array.push(item);
+    }
+    fn array_end(&mut self, array: Vec<Value>) -> Value {
+        Value::Array(array)
+    }
+    fn dict_start(&mut self, len: usize) -> Vec<(String, Value)> {
+        Vec::with_capacity(len.min(1024))
+    }
+    fn dict_insert(&mut self, dict: &mut Vec<(String, Value)>, key: Value, value: Value) {
+        let key = match key {
+            Value::String(k) => k,
+            other => format!("{other:?}"),
+        };
+        dict.push((key, value));
+    }
+    fn dict_end(&mut self, dict: Vec<(String, Value)>) -> Value {
+        Value::Dict(dict)
     }
 }
 

@@ -240,24 +240,29 @@ impl<'a, B: Builder> Parser<'a, '_, B> {
                 }
                 if empty {
                     return Ok(if name == "dict" {
-                        self.builder.dict(Vec::new())
+                        let d = self.builder.dict_start(0);
+                        self.builder.dict_end(d)
                     } else {
-                        self.builder.array(Vec::new())
+                        let a = self.builder.array_start(0);
+                        self.builder.array_end(a)
                     });
                 }
                 if name == "array" {
-                    let mut items = Vec::new();
+                    let mut items = self.builder.array_start(8);
                     loop {
                         match self.step("<array>")? {
-                            Step::Start(child, e) => items.push(self.value(child, e, depth + 1)?),
-                            Step::End => return Ok(self.builder.array(items)),
+                            Step::Start(child, e) => {
+                                let item = self.value(child, e, depth + 1)?;
+                                self.builder.array_push(&mut items, item);
+                            }
+                            Step::End => return Ok(self.builder.array_end(items)),
                             Step::Eof => {
                                 return Err(self.err(ErrorKind::Syntax, "input ends inside <array>"))
                             }
                         }
                     }
                 }
-                let mut entries = Vec::new();
+                let mut entries = self.builder.dict_start(8);
                 loop {
                     let key = match self.step("<dict>")? {
                         Step::Start("key", true) => Cow::Borrowed(""),
@@ -268,7 +273,7 @@ impl<'a, B: Builder> Parser<'a, '_, B> {
                                 format!("<{other}> in <dict> where a <key> belongs"),
                             ))
                         }
-                        Step::End => return Ok(self.builder.dict(entries)),
+                        Step::End => return Ok(self.builder.dict_end(entries)),
                         Step::Eof => {
                             return Err(self.err(ErrorKind::Syntax, "input ends inside <dict>"))
                         }
@@ -283,7 +288,7 @@ impl<'a, B: Builder> Parser<'a, '_, B> {
                         Step::Start(child, e) => {
                             let k = self.builder.key(&key);
                             let v = self.value(child, e, depth + 1)?;
-                            entries.push((k, v));
+                            self.builder.dict_insert(&mut entries, k, v);
                         }
                         Step::Eof => {
                             return Err(self.err(ErrorKind::Syntax, "input ends inside <dict>"))
