@@ -36,7 +36,12 @@ struct Built<N> {
 }
 
 fn be(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0, |n, b| (n << 8) | u64::from(*b))
+    match *bytes {
+        [a] => u64::from(a),
+        [a, b] => u64::from(u16::from_be_bytes([a, b])),
+        [a, b, c, d] => u64::from(u32::from_be_bytes([a, b, c, d])),
+        _ => bytes.iter().fold(0, |n, b| (n << 8) | u64::from(*b)),
+    }
 }
 
 impl<'a> Reader<'a> {
@@ -267,6 +272,8 @@ impl<'a> Reader<'a> {
                 ))
             }
         };
+        // Reports reference the same scalars (false, 0, common strings) many times, and
+        // containers are kept for sharing, as plistlib shares them.
         if B::SHARES_NODES || built.height == 0 {
             memo[index] = Some(Built {
                 node: built.node.clone(),
@@ -326,8 +333,8 @@ impl<'a> Reader<'a> {
         let (len, start) = self.length(offset, low)?;
         if high == 0x50 {
             let raw = self.bytes(start, len, "ASCII string")?;
-            return match std::str::from_utf8(raw) {
-                Ok(text) if raw.is_ascii() => Ok(std::borrow::Cow::Borrowed(text)),
+            return match raw.is_ascii().then(|| std::str::from_utf8(raw)) {
+                Some(Ok(text)) => Ok(std::borrow::Cow::Borrowed(text)),
                 _ => {
                     let bad = raw.iter().position(|b| !b.is_ascii()).unwrap_or(0);
                     Err(Self::err(
