@@ -13,6 +13,9 @@ use super::{
 };
 
 const TRAILER: usize = 32;
+/// Seconds from 2001-01-01 to 0001-01-01 and to 10000-01-01: the years a datetime holds.
+const FIRST_DATE: f64 = -63_113_904_000.0;
+const LAST_DATE: f64 = 252_423_993_600.0;
 
 struct Reader<'a> {
     data: &'a [u8],
@@ -170,24 +173,41 @@ impl<'a> Reader<'a> {
             0x00 => leaf(builder.null()),
             0x08 => leaf(builder.boolean(false)),
             0x09 => leaf(builder.boolean(true)),
-            0x0F => leaf(builder.data(&[])),
             0x10..=0x14 => {
                 let size = 1usize << low;
                 let raw = fixed(self, size, "integer")?;
                 let mut buf = [0u8; 16];
                 buf[16 - size..].copy_from_slice(raw);
                 let unsigned = u128::from_be_bytes(buf);
-                leaf(builder.integer(match size {
+                let value = match size {
                     1..=4 => i128::try_from(unsigned).unwrap_or(0),
                     8 => i128::from(i64::from_be_bytes(raw.try_into().unwrap_or([0; 8]))),
                     _ => i128::from_be_bytes(buf),
-                }))
+                };
+                if !(MIN_INTEGER..=MAX_INTEGER).contains(&value) {
+                    return Err(Self::err(
+                        ErrorKind::Structure,
+                        offset,
+                        format!("integer {value} is outside -2^63 to 2^64-1"),
+                    ));
+                }
+                leaf(builder.integer(value))
             }
             0x22 => leaf(builder.real(f64::from(f32::from_be_bytes(
                 fixed(self, 4, "real")?.try_into().unwrap_or([0; 4]),
             )))),
             0x23 => leaf(builder.real(f64_at(self, "real")?)),
-            0x33 => leaf(builder.date(f64_at(self, "date")?)),
+            0x33 => {
+                let secs = f64_at(self, "date")?;
+                if !(FIRST_DATE..LAST_DATE).contains(&secs) {
+                    return Err(Self::err(
+                        ErrorKind::Structure,
+                        offset,
+                        format!("date {secs} seconds from 2001 is outside years 1-9999"),
+                    ));
+                }
+                leaf(builder.date(secs))
+            }
             _ if high == 0x80 => {
                 let raw = fixed(self, usize::from(low) + 1, "UID")?;
                 let mut buf = [0u8; 16];

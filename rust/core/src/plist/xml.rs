@@ -7,7 +7,10 @@ use std::borrow::Cow;
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
 
-use crate::xmltext::{first_invalid_char, is_xml_char};
+use crate::xmltext::{
+    check_attributes, check_misc, check_pi, first_invalid_char, is_blank, is_xml_char, Problem,
+    Prolog,
+};
 
 use super::date::{civil_from_seconds, days_in_month, seconds_from_civil, Civil};
 use super::{
@@ -17,6 +20,8 @@ use super::{
 
 struct Parser<'a, 'b, B: Builder> {
     builder: &'b mut B,
+    input: &'a str,
+    prolog: Prolog,
     reader: Reader<&'a [u8]>,
     limits: Limits,
     nodes: usize,
@@ -63,37 +68,46 @@ impl<'a, B: Builder> Parser<'a, '_, B> {
     }
 
     /// The next element boundary, skipping comments, processing instructions and whitespace.
+    fn problem(&self, p: Problem) -> DecodeError {
+        match p {
+            Problem::Syntax(m) => self.err(ErrorKind::Syntax, m),
+            Problem::Encoding(m) => self.err(ErrorKind::Encoding, m),
+            Problem::Entity(m) => self.err(ErrorKind::Entity, m),
+        }
+    }
+
+    fn start(
+        &mut self,
+        s: &quick_xml::events::BytesStart<'a>,
+        empty: bool,
+    ) -> Result<Step<'a>, DecodeError> {
+        self.prolog.root();
+        check_attributes(s).map_err(|p| self.problem(p))?;
+        Ok(Step::Start(self.name(s)?, empty))
+    }
+
     fn step(&mut self, inside: &str) -> Result<Step<'a>, DecodeError> {
         loop {
             match self.read()? {
-                Event::Start(s) => return Ok(Step::Start(self.name(&s)?, false)),
-                Event::Empty(s) => return Ok(Step::Start(self.name(&s)?, true)),
+                Event::Start(s) => return self.start(&s, false),
+                Event::Empty(s) => return self.start(&s, true),
                 Event::End(_) => return Ok(Step::End),
                 Event::Eof => return Ok(Step::Eof),
-                Event::Text(t) if t.iter().all(u8::is_ascii_whitespace) => {}
-                Event::Comment(_) | Event::PI(_) => {}
-                Event::Decl(d) => {
-                    if let Some(enc) = d.encoding() {
-                        let enc = enc.map_err(|e| self.err(ErrorKind::Syntax, format!("{e}")))?;
-                        if !enc.eq_ignore_ascii_case(b"utf-8") && !enc.eq_ignore_ascii_case(b"utf8")
-                        {
-                            return Err(self.err(
-                                ErrorKind::Encoding,
-                                format!(
-                                    "declared encoding {} is not supported; use UTF-8",
-                                    String::from_utf8_lossy(&enc)
-                                ),
-                            ));
-                        }
-                    }
-                }
+                Event::Text(t) if is_blank(&t) => {}
+                Event::Comment(t) => check_misc(&t).map_err(|p| self.problem(p))?,
+                Event::PI(t) => check_pi(&t).map_err(|p| self.problem(p))?,
+                Event::Decl(d) => self
+                    .prolog
+                    .decl(
+                        self.offset,
+                        self.input.as_bytes().get(self.offset..).unwrap_or_default(),
+                        &d,
+                    )
+                    .map_err(|p| self.problem(p))?,
                 Event::DocType(t) => {
-                    if t.contains(&b'[') || t.windows(6).any(|w| w == b"ENTITY") {
-                        return Err(self.err(
-                            ErrorKind::Entity,
-                            "DOCTYPE with an internal subset or entity declarations is not accepted",
-                        ));
-                    }
+                    let raw = self.input.as_bytes().get(self.offset..).unwrap_or_default();
+                    let result = self.prolog.doctype(raw, &t);
+                    result.map_err(|p| self.problem(p))?;
                 }
                 _ => {
                     return Err(self.err(
@@ -172,7 +186,8 @@ impl<'a, B: Builder> Parser<'a, '_, B> {
                     push(Cow::Owned(c.to_string()), &mut first, &mut out);
                 }
                 Event::End(_) => break,
-                Event::Comment(_) | Event::PI(_) => {}
+                Event::Comment(t) => check_misc(&t).map_err(|p| self.problem(p))?,
+                Event::PI(t) => check_pi(&t).map_err(|p| self.problem(p))?,
                 Event::Start(_) | Event::Empty(_) => {
                     return Err(self.err(
                         ErrorKind::Structure,
@@ -265,8 +280,14 @@ impl<'a, B: Builder> Parser<'a, '_, B> {
                 let mut entries = self.builder.dict_start(8);
                 loop {
                     let key = match self.step("<dict>")? {
-                        Step::Start("key", true) => Cow::Borrowed(""),
-                        Step::Start("key", false) => self.text("key")?,
+                        Step::Start("key", true) => {
+                            self.count()?;
+                            Cow::Borrowed("")
+                        }
+                        Step::Start("key", false) => {
+                            self.count()?;
+                            self.text("key")?
+                        }
                         Step::Start(other, _) => {
                             return Err(self.err(
                                 ErrorKind::Structure,
@@ -319,7 +340,7 @@ impl<'a, B: Builder> Parser<'a, '_, B> {
                     DecodeError::new(
                         ErrorKind::Structure,
                         self.base + at,
-                        format!("<integer> holds {t:?}, not an integer"),
+                        format!("<integer> holds {t:?}, not an integer from -2^63 to 2^64-1"),
                     )
                 })?;
                 self.builder.integer(i)
@@ -373,12 +394,11 @@ const KNOWN: [&str; 11] = [
     "plist", "dict", "key", "array", "string", "integer", "real", "true", "false", "date", "data",
 ];
 
+/// Padded standard base64, as plistlib requires.
 fn decode_base64(compact: &[u8]) -> Option<Vec<u8>> {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
-    STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(compact)
         .ok()
-        .or_else(|| STANDARD_NO_PAD.decode(compact).ok())
 }
 
 /// Python's `int()` as plistlib uses it: optional sign, decimal or `0x` hexadecimal.
@@ -393,7 +413,9 @@ fn parse_integer(text: &str) -> Option<i128> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    t.parse::<i128>().ok()
+    t.parse::<i128>()
+        .ok()
+        .filter(|i| (MIN_INTEGER..=MAX_INTEGER).contains(i))
 }
 
 /// Python's `float()`: decimal or exponent notation, `nan`, `inf`, `infinity`, any case.
@@ -419,7 +441,8 @@ fn parse_real(text: &str) -> Option<f64> {
     t.parse::<f64>().ok()
 }
 
-/// `YYYY[-MM[-DD[THH[:MM[:SS]]]]]Z`, as plistlib reads it; missing parts are the start.
+/// `YYYY-MM-DD[THH[:MM[:SS]]]Z`: plistlib's reader without the forms it cannot turn into a
+/// datetime (year or month alone) and without text after the `Z`.
 fn parse_date(text: &str) -> Option<Civil> {
     let b = text.as_bytes();
     let num = |from: usize, len: usize| -> Option<u32> {
@@ -429,30 +452,31 @@ fn parse_date(text: &str) -> Option<Civil> {
             .then(|| part.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
     };
     let year = i64::from(num(0, 4)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
     let mut c = Civil {
         year,
-        month: 1,
-        day: 1,
+        month: num(5, 2)?,
+        day: num(8, 2)?,
         hour: 0,
         minute: 0,
         second: 0,
     };
-    let mut at = 4;
-    for (sep, field) in [(b'-', 0), (b'-', 1), (b'T', 2), (b':', 3), (b':', 4)] {
+    let mut at = 10;
+    for (sep, field) in [(b'T', 0), (b':', 1), (b':', 2)] {
         if b.get(at) != Some(&sep) {
             break;
         }
         let v = num(at + 1, 2)?;
         match field {
-            0 => c.month = v,
-            1 => c.day = v,
-            2 => c.hour = v,
-            3 => c.minute = v,
+            0 => c.hour = v,
+            1 => c.minute = v,
             _ => c.second = v,
         }
         at += 3;
     }
-    if b.get(at) != Some(&b'Z') {
+    if b.get(at) != Some(&b'Z') || at + 1 != b.len() {
         return None;
     }
     let valid = (1..=9999).contains(&c.year)
@@ -481,6 +505,15 @@ pub(crate) fn decode<B: Builder>(
         Some(rest) => (rest, 3),
         None => (text, 0),
     };
+    // plistlib only reads XML that starts with a declaration or the plist element; a leading
+    // DOCTYPE or comment is let through so that its own problems are named.
+    if !(text.starts_with("<?xml") || text.starts_with("<plist") || text.starts_with("<!")) {
+        return Err(DecodeError::new(
+            ErrorKind::Structure,
+            base,
+            "not a plist: XML plists start with <?xml or <plist, binary ones with bplist00",
+        ));
+    }
     let mut reader = Reader::from_str(text);
     let config = reader.config_mut();
     config.check_end_names = true;
@@ -488,6 +521,8 @@ pub(crate) fn decode<B: Builder>(
     config.trim_text(false);
     let mut p = Parser {
         builder,
+        input: text,
+        prolog: Prolog::default(),
         reader,
         limits: *limits,
         nodes: 0,

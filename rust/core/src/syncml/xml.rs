@@ -7,7 +7,10 @@ use quick_xml::XmlVersion;
 
 use super::decode::{Ev, Source};
 use super::{Attrs, DecodeError, ErrorKind, Limits, Value};
-use crate::xmltext::{first_invalid_char, is_xml_char};
+use crate::xmltext::{
+    check_attributes, check_misc, check_pi, first_invalid_char, is_blank, is_xml_char, Problem,
+    Prolog,
+};
 
 /// The namespace Windows uses for its extra attributes on `Data` (`msft:originalerror`).
 pub const MSFT_NS: &str = "http://schemas.microsoft.com/MobileDevice/MDM";
@@ -19,7 +22,7 @@ pub(crate) struct XmlSource<'a> {
     depth: usize,
     elements: usize,
     offset: usize,
-    root_seen: bool,
+    prolog: Prolog,
     /// Start tag of the element last entered, for `attrs`.
     current: Option<BytesStart<'a>>,
     /// In-scope `xmlns:prefix` declarations: (prefix, uri, depth declared at).
@@ -50,7 +53,7 @@ impl<'a> XmlSource<'a> {
             depth: 0,
             elements: 0,
             offset: 0,
-            root_seen: false,
+            prolog: Prolog::default(),
             current: None,
             prefixes: Vec::new(),
         })
@@ -66,6 +69,14 @@ impl<'a> XmlSource<'a> {
             let at = usize::try_from(self.reader.error_position()).unwrap_or(self.offset);
             DecodeError::new(ErrorKind::Syntax, at, format!("malformed XML: {e}"))
         })
+    }
+
+    fn problem(&self, p: Problem) -> DecodeError {
+        match p {
+            Problem::Syntax(m) => DecodeError::new(ErrorKind::Syntax, self.offset, m),
+            Problem::Encoding(m) => DecodeError::new(ErrorKind::Encoding, self.offset, m),
+            Problem::Entity(m) => DecodeError::new(ErrorKind::Entity, self.offset, m),
+        }
     }
 
     fn limit(&self, what: &str, cap: usize) -> DecodeError {
@@ -88,7 +99,7 @@ impl<'a> XmlSource<'a> {
         if !empty {
             self.depth += 1;
         }
-        self.root_seen = true;
+        self.prolog.root();
         // The name is a prefix of the tag text right after '<'.
         let qname_len = start.name().as_ref().len();
         let qname = self
@@ -102,7 +113,8 @@ impl<'a> XmlSource<'a> {
                     "tag name is not where the reader reported it",
                 )
             })?;
-        if !start.attributes_raw().iter().all(u8::is_ascii_whitespace) {
+        if !is_blank(start.attributes_raw()) {
+            check_attributes(start).map_err(|p| self.problem(p))?;
             let declared_at = if empty { self.depth + 1 } else { self.depth };
             for attr in start.attributes() {
                 let attr = attr.map_err(|e| {
@@ -279,52 +291,32 @@ impl<'a> Source<'a> for XmlSource<'a> {
                     Ev::End
                 }
                 Event::Text(t) => Ev::Text {
-                    blank: t.iter().all(u8::is_ascii_whitespace),
+                    blank: is_blank(&t),
                 },
                 Event::CData(_) | Event::GeneralRef(_) => Ev::Text { blank: false },
                 Event::Eof => Ev::Eof,
-                Event::Comment(_) | Event::PI(_) => continue,
+                Event::Comment(t) => {
+                    check_misc(&t).map_err(|p| self.problem(p))?;
+                    continue;
+                }
+                Event::PI(t) => {
+                    check_pi(&t).map_err(|p| self.problem(p))?;
+                    continue;
+                }
                 Event::Decl(d) => {
-                    if self.offset > 0 {
-                        return Err(DecodeError::new(
-                            ErrorKind::Syntax,
+                    self.prolog
+                        .decl(
                             self.offset,
-                            "XML declaration is not at the start",
-                        ));
-                    }
-                    if let Some(enc) = d.encoding() {
-                        let enc = enc.map_err(|e| {
-                            DecodeError::new(ErrorKind::Syntax, self.offset, format!("{e}"))
-                        })?;
-                        if !enc.eq_ignore_ascii_case(b"utf-8") && !enc.eq_ignore_ascii_case(b"utf8")
-                        {
-                            return Err(DecodeError::new(
-                                ErrorKind::Encoding,
-                                self.offset,
-                                format!(
-                                    "declared encoding {} is not supported; send UTF-8",
-                                    String::from_utf8_lossy(&enc)
-                                ),
-                            ));
-                        }
-                    }
+                            self.input.as_bytes().get(self.offset..).unwrap_or_default(),
+                            &d,
+                        )
+                        .map_err(|p| self.problem(p))?;
                     continue;
                 }
                 Event::DocType(t) => {
-                    if t.contains(&b'[') || t.windows(7).any(|w| w == b"ENTITY") {
-                        return Err(DecodeError::new(
-                            ErrorKind::Entity,
-                            self.offset,
-                            "DOCTYPE with an internal subset or entity declarations is not accepted",
-                        ));
-                    }
-                    if self.root_seen {
-                        return Err(DecodeError::new(
-                            ErrorKind::Syntax,
-                            self.offset,
-                            "DOCTYPE after the root element",
-                        ));
-                    }
+                    let raw = self.input.as_bytes().get(self.offset..).unwrap_or_default();
+                    let result = self.prolog.doctype(raw, &t);
+                    result.map_err(|p| self.problem(p))?;
                     continue;
                 }
             });
@@ -347,7 +339,8 @@ impl<'a> Source<'a> for XmlSource<'a> {
                     self.leave();
                     return Ok(out);
                 }
-                Event::Comment(_) | Event::PI(_) => {}
+                Event::Comment(t) => check_misc(&t).map_err(|p| self.problem(p))?,
+                Event::PI(t) => check_pi(&t).map_err(|p| self.problem(p))?,
                 Event::Start(_) | Event::Empty(_) => {
                     return Err(DecodeError::new(
                         ErrorKind::Structure,
@@ -400,7 +393,8 @@ impl<'a> Source<'a> for XmlSource<'a> {
                         Some(n) => markup = Some(n - 1),
                     }
                 }
-                Event::Comment(_) | Event::PI(_) => {}
+                Event::Comment(t) => check_misc(&t).map_err(|p| self.problem(p))?,
+                Event::PI(t) => check_pi(&t).map_err(|p| self.problem(p))?,
                 _ => {
                     return Err(DecodeError::new(
                         ErrorKind::Syntax,
@@ -417,7 +411,7 @@ impl<'a> Source<'a> for XmlSource<'a> {
             return Ok(Attrs::new());
         };
         let mut attrs = Attrs::new();
-        if start.attributes_raw().iter().all(u8::is_ascii_whitespace) {
+        if is_blank(start.attributes_raw()) {
             return Ok(attrs);
         }
         let element = String::from_utf8_lossy(start.name().as_ref()).into_owned();
