@@ -123,9 +123,13 @@ pub fn check_attributes(start: &quick_xml::events::BytesStart<'_>) -> Result<(),
         if attr.value.contains(&b'<') {
             return Err(Problem::Syntax("'<' in an attribute value".into()));
         }
-        let value = attr
-            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-            .map_err(|e| Problem::Entity(format!("attribute value: {e}")))?;
+        // Only values with references need resolving; the rest are checked as they stand.
+        let value = if attr.value.contains(&b'&') {
+            attr.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|e| Problem::Entity(format!("attribute value: {e}")))?
+        } else {
+            String::from_utf8_lossy(&attr.value)
+        };
         if let Some(c) = first_invalid_char(&value) {
             return Err(Problem::Syntax(format!(
                 "character U+{:04X} is not allowed in XML",

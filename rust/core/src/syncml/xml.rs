@@ -113,7 +113,10 @@ impl<'a> XmlSource<'a> {
                     "tag name is not where the reader reported it",
                 )
             })?;
-        if !is_blank(start.attributes_raw()) {
+        // Every Meta child of a real message carries exactly this declaration; it is
+        // well-formed and declares no prefix, so it needs no further reading.
+        let raw = start.attributes_raw();
+        if !is_blank(raw) && raw != b" xmlns=\"syncml:metinf\"" {
             check_attributes(start).map_err(|p| self.problem(p))?;
             let declared_at = if empty { self.depth + 1 } else { self.depth };
             for attr in start.attributes() {
