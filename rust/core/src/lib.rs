@@ -3,6 +3,7 @@
 //! Nothing here touches sockets, databases or protocol state; every function takes
 //! input it does not trust and answers with a typed error instead of panicking.
 
+pub mod error;
 pub mod plist;
 pub mod syncml;
 pub mod versions;

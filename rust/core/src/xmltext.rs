@@ -56,11 +56,22 @@ pub fn escape_into(out: &mut Vec<u8>, text: &str, attribute: bool) -> Result<(),
     Ok(())
 }
 
-/// Problems found by the checks below, mapped by each codec to its own error kinds.
+/// Problems found by the checks below; the caller knows the offset.
 pub enum Problem {
     Syntax(String),
     Encoding(String),
     Entity(String),
+}
+
+impl Problem {
+    pub fn at(self, offset: usize) -> crate::error::DecodeError {
+        use crate::error::{DecodeError, ErrorKind};
+        match self {
+            Problem::Syntax(m) => DecodeError::new(ErrorKind::Syntax, offset, m),
+            Problem::Encoding(m) => DecodeError::new(ErrorKind::Encoding, offset, m),
+            Problem::Entity(m) => DecodeError::new(ErrorKind::Entity, offset, m),
+        }
+    }
 }
 
 /// XML's own whitespace: space, tab, carriage return and newline (not form feed).

@@ -9,6 +9,15 @@ use std::cmp::Ordering;
 mod plist;
 mod syncml;
 
+/// The name of a Python value's type, for error messages.
+pub(crate) fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default()
+}
+
 use mdmgate_core::versions::{
     self, IndexedError, InstallAction, Interned, Keys, Platform, VersionError, MISSING,
 };

@@ -6,6 +6,8 @@ use mdmgate_core::plist::{
 };
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
+
+use crate::type_name;
 use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyDateTime, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
 };
@@ -204,14 +206,6 @@ fn date_to_py<'py>(py: Python<'py>, secs: f64) -> PyResult<Bound<'py, PyAny>> {
 }
 
 use pyo3::types::IntoPyDict;
-
-fn type_name(value: &Bound<'_, PyAny>) -> String {
-    value
-        .get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_default()
-}
 
 fn unsupported(value: &Bound<'_, PyAny>) -> PyErr {
     PyTypeError::new_err(format!("unsupported type: {}", type_name(value)))

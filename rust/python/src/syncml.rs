@@ -10,6 +10,8 @@ use mdmgate_core::syncml::{
 };
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+
+use crate::type_name;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 pyo3::import_exception!(mdmgate.errors, SyncMLDecodeError);
@@ -106,14 +108,6 @@ fn py_repr(value: &Option<String>) -> String {
         || "None".to_owned(),
         |v| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'")),
     )
-}
-
-fn type_name(value: &Bound<'_, PyAny>) -> String {
-    value
-        .get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_default()
 }
 
 fn meta_from_py(value: &Bound<'_, PyAny>, parent: &Path<'_>) -> PyResult<Meta> {

@@ -60,51 +60,7 @@ pub enum Value {
     Null,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    Syntax,
-    Encoding,
-    Entity,
-    Limit,
-    Structure,
-}
-
-impl ErrorKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorKind::Syntax => "syntax",
-            ErrorKind::Encoding => "encoding",
-            ErrorKind::Entity => "entity",
-            ErrorKind::Limit => "limit",
-            ErrorKind::Structure => "structure",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DecodeError {
-    pub kind: ErrorKind,
-    pub offset: usize,
-    pub message: String,
-}
-
-impl DecodeError {
-    pub fn new(kind: ErrorKind, offset: usize, message: impl Into<String>) -> DecodeError {
-        DecodeError {
-            kind,
-            offset,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at byte {}", self.message, self.offset)
-    }
-}
-
-impl std::error::Error for DecodeError {}
+pub use crate::error::{DecodeError, ErrorKind};
 
 /// A value the encoders cannot write, with where it is (`Items[3].Name`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -69,11 +69,7 @@ impl<'a, B: Builder> Parser<'a, '_, B> {
 
     /// The next element boundary, skipping comments, processing instructions and whitespace.
     fn problem(&self, p: Problem) -> DecodeError {
-        match p {
-            Problem::Syntax(m) => self.err(ErrorKind::Syntax, m),
-            Problem::Encoding(m) => self.err(ErrorKind::Encoding, m),
-            Problem::Entity(m) => self.err(ErrorKind::Entity, m),
-        }
+        p.at(self.base + self.offset)
     }
 
     fn start(

@@ -20,7 +20,6 @@ mod xml;
 mod tests;
 
 use std::borrow::Cow;
-use std::fmt;
 
 pub use builder::{MessageBuilder, Overflow};
 pub use encode::{check_message, encode_wbxml, encode_xml, EncodeError};
@@ -206,57 +205,7 @@ pub struct Message {
 }
 
 /// Why a message was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// Not well-formed XML, or a WBXML token stream that does not parse.
-    Syntax,
-    /// Bytes that are not UTF-8, or a declared encoding other than UTF-8.
-    Encoding,
-    /// A DTD internal subset, an entity declaration or an undefined entity reference.
-    Entity,
-    /// A configured cap (size, depth, element count) was exceeded.
-    Limit,
-    /// Well-formed, but not a SyncML message: unknown or misplaced elements.
-    Structure,
-}
-
-impl ErrorKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorKind::Syntax => "syntax",
-            ErrorKind::Encoding => "encoding",
-            ErrorKind::Entity => "entity",
-            ErrorKind::Limit => "limit",
-            ErrorKind::Structure => "structure",
-        }
-    }
-}
-
-/// A refused input: what was wrong and the byte offset where it was found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DecodeError {
-    pub kind: ErrorKind,
-    pub offset: usize,
-    pub message: String,
-}
-
-impl DecodeError {
-    pub fn new(kind: ErrorKind, offset: usize, message: impl Into<String>) -> DecodeError {
-        DecodeError {
-            kind,
-            offset,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at byte {}", self.message, self.offset)
-    }
-}
-
-impl std::error::Error for DecodeError {}
+pub use crate::error::{DecodeError, ErrorKind};
 
 /// Decodes XML or WBXML, chosen by the first byte.
 pub fn decode(data: &[u8], limits: &Limits) -> Result<Message, DecodeError> {

@@ -72,11 +72,7 @@ impl<'a> XmlSource<'a> {
     }
 
     fn problem(&self, p: Problem) -> DecodeError {
-        match p {
-            Problem::Syntax(m) => DecodeError::new(ErrorKind::Syntax, self.offset, m),
-            Problem::Encoding(m) => DecodeError::new(ErrorKind::Encoding, self.offset, m),
-            Problem::Entity(m) => DecodeError::new(ErrorKind::Entity, self.offset, m),
-        }
+        p.at(self.offset)
     }
 
     fn limit(&self, what: &str, cap: usize) -> DecodeError {
