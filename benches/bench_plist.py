@@ -25,13 +25,10 @@ own output bytes for dumps. The ratio is plistlib's time divided by mdmgate's. T
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import platform
 import plistlib
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +37,8 @@ from mdmgate import plist
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.apple_samples import installed_application_list_report
+
+from _timing import best_time, fmt_rate, fmt_time
 
 TARGET = 10.0
 
@@ -82,28 +81,6 @@ def verify(inputs: dict[str, bytes], value: Any) -> dict[str, dict[str, bytes]]:
         "and mdmgate read mdmgate's XML and binary output back as the same value"
     )
     return outputs
-
-
-def best_time(fn: Callable[[], object], number: int, repeat: int) -> float:
-    """Seconds per call: the best of `repeat` rounds of `number` calls."""
-    best = float("inf")
-    for _ in range(repeat):
-        gc.collect()
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - start) / number)
-    return best
-
-
-def fmt_time(seconds: float) -> str:
-    ms = seconds * 1e3
-    return f"{ms:.3f} ms" if ms < 10 else f"{ms:.1f} ms"
-
-
-def fmt_rate(size: int, seconds: float) -> str:
-    rate = size / seconds / 1e6
-    return f"{rate:.0f} MB/s" if rate >= 100 else f"{rate:.1f} MB/s"
 
 
 def main() -> int:

@@ -30,10 +30,8 @@ when a check of the outputs fails.
 from __future__ import annotations
 
 import argparse
-import gc
 import platform
 import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +46,8 @@ from tests.syncml_corpus import (
     response_commands,
     session_message,
 )
+
+from _timing import best_time, fmt_rate, fmt_time
 
 TARGET = 10.0
 
@@ -267,28 +267,6 @@ def dict_inventory(data: bytes) -> list[Row]:
 
 
 # --- timing and reporting ----------------------------------------------------------------
-
-
-def best_time(fn: Callable[[], object], number: int, repeat: int) -> float:
-    """Seconds per call: the best of `repeat` rounds of `number` calls."""
-    best = float("inf")
-    for _ in range(repeat):
-        gc.collect()
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - start) / number)
-    return best
-
-
-def fmt_time(seconds: float) -> str:
-    ms = seconds * 1e3
-    return f"{ms:.3f} ms" if ms < 10 else f"{ms:.1f} ms"
-
-
-def fmt_rate(size: int, seconds: float) -> str:
-    rate = size / seconds / 1e6
-    return f"{rate:.0f} MB/s" if rate >= 100 else f"{rate:.1f} MB/s"
 
 
 def fmt_size(size: int) -> str:
