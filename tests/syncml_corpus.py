@@ -5,8 +5,9 @@ Every function is deterministic. Messages are ``(name, bytes)`` pairs; names are
 a function and usable as pytest ids.
 
 The seed snippets are extracted from two of Microsoft's documentation pages (seeds 003, Italian,
-and 004, Korean), read from ``tests/data/seeds`` in the repository (or ``$MDMGATE_SEED_DIR``). :func:`seed_messages`,
-:func:`malformed_seed_messages` and :func:`lenient_messages` raise ``FileNotFoundError`` when
+and 004, Korean), read from ``tests/data/seeds`` in the repository (or
+``$MDMGATE_SEED_DIR``). :func:`seed_messages`, :func:`malformed_seed_messages` and
+:func:`lenient_messages` raise ``FileNotFoundError`` when
 the pages are missing; :func:`seeds_available` tells beforehand.
 
 Run ``python -m tests.syncml_corpus`` to print the sizes of the big messages.
