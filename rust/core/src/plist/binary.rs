@@ -30,6 +30,12 @@ struct Reader<'a> {
     active: Vec<bool>,
 }
 
+/// Objects already built: values (see `Builder::SHARES_NODES`) and dict keys.
+struct Memo<N> {
+    values: Vec<Option<Built<N>>>,
+    keys: Vec<Option<N>>,
+}
+
 /// What an object stands for: its built node (kept when nodes are cheap to share), the
 /// number of values it expands to and how deep it nests.
 struct Built<N> {
@@ -119,7 +125,7 @@ impl<'a> Reader<'a> {
         depth: usize,
         at: usize,
         builder: &mut B,
-        memo: &mut [Option<Built<B::Node>>],
+        memo: &mut Memo<B::Node>,
     ) -> Result<Built<B::Node>, DecodeError> {
         if index >= self.count {
             return Err(Self::err(
@@ -138,7 +144,7 @@ impl<'a> Reader<'a> {
                 format!("nesting deeper than {} (the depth limit)", limits.max_depth),
             )
         };
-        if let Some(b) = &memo[index] {
+        if let Some(b) = &memo.values[index] {
             if depth + b.height > self.limits.max_depth {
                 return Err(deeper(&self.limits, at));
             }
@@ -240,9 +246,9 @@ impl<'a> Reader<'a> {
                 self.active[index] = true;
                 let mut weight: u64 = 1;
                 let mut height = 0;
-                let mut add = |b: &Built<B::Node>, limits: &Limits| {
-                    weight = weight.saturating_add(b.weight);
-                    height = height.max(b.height);
+                let mut add = |w: u64, h: usize, limits: &Limits| {
+                    weight = weight.saturating_add(w);
+                    height = height.max(h);
                     if weight > limits.max_nodes as u64 {
                         Err(Self::err(
                             ErrorKind::Limit,
@@ -260,7 +266,7 @@ impl<'a> Reader<'a> {
                     let mut array = builder.array_start(n);
                     for i in 0..n {
                         let item = self.object(reference(i), depth + 1, start, builder, memo)?;
-                        add(&item, &self.limits)?;
+                        add(item.weight, item.height, &self.limits)?;
                         builder.array_push(&mut array, item.node);
                     }
                     builder.array_end(array)
@@ -268,12 +274,12 @@ impl<'a> Reader<'a> {
                     let mut dict = builder.dict_start(n);
                     for i in 0..n {
                         let k = reference(i);
-                        let key = self.key(k, start, builder, memo)?;
+                        let key = self.key(k, start, builder, &mut memo.keys)?;
                         let value =
                             self.object(reference(n + i), depth + 1, start, builder, memo)?;
-                        add(&key, &self.limits)?;
-                        add(&value, &self.limits)?;
-                        builder.dict_insert(&mut dict, key.node, value.node);
+                        add(1, 0, &self.limits)?;
+                        add(value.weight, value.height, &self.limits)?;
+                        builder.dict_insert(&mut dict, key, value.node);
                     }
                     builder.dict_end(dict)
                 };
@@ -295,7 +301,7 @@ impl<'a> Reader<'a> {
         // Reports reference the same scalars (false, 0, common strings) many times, and
         // containers are kept for sharing, as plistlib shares them.
         if B::SHARES_NODES || built.height == 0 {
-            memo[index] = Some(Built {
+            memo.values[index] = Some(Built {
                 node: built.node.clone(),
                 weight: built.weight,
                 height: built.height,
@@ -304,16 +310,18 @@ impl<'a> Reader<'a> {
         Ok(built)
     }
 
-    /// A dictionary key: a string object, built with the builder's key cache.
+    /// A dictionary key: a string object. Keys repeat in every dict of a report, so each
+    /// key object is checked and built once, then reused.
     fn key<B: Builder>(
         &mut self,
         index: usize,
         at: usize,
         builder: &mut B,
-        memo: &mut [Option<Built<B::Node>>],
-    ) -> Result<Built<B::Node>, DecodeError> {
-        // The index and the marker are checked before the memo is looked at: the memo may
-        // hold the same object built as a value.
+        keys: &mut [Option<B::Node>],
+    ) -> Result<B::Node, DecodeError> {
+        if let Some(Some(k)) = keys.get(index) {
+            return Ok(k.clone());
+        }
         let offset = self.object_offset(index, at)?;
         let marker = self.data[offset];
         let (high, low) = (marker & 0xF0, marker & 0x0F);
@@ -324,24 +332,9 @@ impl<'a> Reader<'a> {
                 "dict key is not a string",
             ));
         }
-        if let Some(b) = &memo[index] {
-            return Ok(Built {
-                node: b.node.clone(),
-                weight: 1,
-                height: 0,
-            });
-        }
         let node = builder.key(&self.string(offset, high, low)?);
-        memo[index] = Some(Built {
-            node: node.clone(),
-            weight: 1,
-            height: 0,
-        });
-        Ok(Built {
-            node,
-            weight: 1,
-            height: 0,
-        })
+        keys[index] = Some(node.clone());
+        Ok(node)
     }
 
     fn string(
@@ -353,9 +346,12 @@ impl<'a> Reader<'a> {
         let (len, start) = self.length(offset, low)?;
         if high == 0x50 {
             let raw = self.bytes(start, len, "ASCII string")?;
-            return match raw.is_ascii().then(|| std::str::from_utf8(raw)) {
-                Some(Ok(text)) => Ok(std::borrow::Cow::Borrowed(text)),
-                _ => {
+            return match raw.is_ascii() {
+                // SAFETY: ASCII bytes are valid UTF-8.
+                true => Ok(std::borrow::Cow::Borrowed(unsafe {
+                    std::str::from_utf8_unchecked(raw)
+                })),
+                false => {
                     let bad = raw.iter().position(|b| !b.is_ascii()).unwrap_or(0);
                     Err(Self::err(
                         ErrorKind::Encoding,
@@ -453,8 +449,10 @@ pub(crate) fn decode<B: Builder>(
         limits: *limits,
         active: vec![false; count],
     };
-    let mut memo: Vec<Option<Built<B::Node>>> =
-        std::iter::repeat_with(|| None).take(count).collect();
+    let mut memo = Memo {
+        values: std::iter::repeat_with(|| None).take(count).collect(),
+        keys: std::iter::repeat_with(|| None).take(count).collect(),
+    };
     Ok(reader.object(top, 0, trailer_at, builder, &mut memo)?.node)
 }
 
