@@ -1,0 +1,140 @@
+"""Storage for devices and their command queues, behind one interface.
+
+Every backend passes the same conformance suite (``tests/test_storage.py``). The interface
+speaks in domain terms (devices, commands, per-device deliveries) and promises what the
+protocol layers rely on:
+
+* a command body is stored once, however many devices it is queued for, and queuing it for
+  many devices is one atomic, set-based operation;
+* once :meth:`Store.enqueue` has returned, the command survives a crash (durable backends);
+* each device sees its queue in enqueue order; a delivery moves ``queued`` -> ``sent`` (in a
+  session) -> ``acknowledged`` / ``error``, or ``not_now`` (offered again later);
+* deliveries sent in a session whose result never came are offered again (at-least-once);
+* results are stored once per (command, device): a repeated report changes nothing.
+
+Nothing here assumes SQLite: the PostgreSQL backend for multi-node deployments implements the
+same protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "CommandStatus",
+    "Delivery",
+    "DeliveryState",
+    "Device",
+    "Store",
+    "StoreError",
+    "UnknownDevices",
+]
+
+
+class DeliveryState(enum.StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    ACKNOWLEDGED = "acknowledged"
+    ERROR = "error"
+    NOT_NOW = "not_now"
+
+    @property
+    def final(self) -> bool:
+        """Whether the device has answered for good."""
+        return self in (DeliveryState.ACKNOWLEDGED, DeliveryState.ERROR)
+
+
+class StoreError(Exception):
+    """A storage operation that cannot be carried out as asked."""
+
+
+class UnknownDevices(StoreError, LookupError):
+    """Devices named in an operation that the store does not know."""
+
+    def __init__(self, device_ids: Sequence[str]) -> None:
+        shown = ", ".join(device_ids[:5]) + (" ..." if len(device_ids) > 5 else "")
+        super().__init__(f"{len(device_ids)} unknown device(s): {shown}")
+        self.device_ids = list(device_ids)
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    platform: str
+    org: str = "/"
+    os_version: str | None = None
+    supervised: bool | None = None
+    auth: dict[str, Any] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One command on one device's queue."""
+
+    command_id: str
+    device_id: str
+    kind: str
+    body: bytes
+    state: DeliveryState
+    session: str | None = None
+    result: bytes | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class CommandStatus:
+    command_id: str
+    kind: str
+    deliveries: tuple[Delivery, ...]
+
+
+class Store(Protocol):
+    """What every backend provides. All methods are async; blocking work runs off the Trio
+    thread."""
+
+    async def upsert_devices(self, devices: Sequence[Device]) -> int:
+        """Registers or replaces devices; returns how many were written."""
+        ...
+
+    async def get_device(self, device_id: str) -> Device | None: ...
+
+    async def enqueue(
+        self, command_id: str, kind: str, body: bytes, device_ids: Sequence[str]
+    ) -> int:
+        """Stores the body once and queues it for every device, atomically: either all are
+        queued or none (unknown devices raise :class:`UnknownDevices`). Returns the number of
+        deliveries. Queuing the same command id again for a device already holding it is a
+        no-op for that device."""
+        ...
+
+    async def take(self, device_id: str, session: str, limit: int) -> list[Delivery]:
+        """Marks up to ``limit`` deliveries as sent in ``session`` and returns them, in
+        enqueue order: queued ones, and ``sent``/``not_now`` ones from an earlier session
+        (sent without a result, or deferred by the device). What this session was already
+        given, or what the device deferred in it, is not handed out again."""
+        ...
+
+    async def record_result(
+        self,
+        device_id: str,
+        command_id: str,
+        state: DeliveryState,
+        status: str | None,
+        result: bytes | None,
+    ) -> bool:
+        """Stores the device's answer. ``state`` is ACKNOWLEDGED, ERROR or NOT_NOW. Returns
+        False (and changes nothing) when a final result was already stored, or the delivery
+        does not exist."""
+        ...
+
+    async def command_status(self, command_id: str) -> CommandStatus | None: ...
+
+    async def queue_depth(self) -> int:
+        """Deliveries not yet answered for good, across all devices."""
+        ...
+
+    async def aclose(self) -> None: ...

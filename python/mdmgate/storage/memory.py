@@ -1,0 +1,100 @@
+"""An in-memory store: for tests, ``--dev`` and benchmarks. Nothing survives the process."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from mdmgate.storage import CommandStatus, Delivery, DeliveryState, Device, UnknownDevices
+
+__all__ = ["MemoryStore"]
+
+_OPEN = (DeliveryState.QUEUED, DeliveryState.SENT, DeliveryState.NOT_NOW)
+
+
+@dataclass
+class _Entry:
+    seq: int
+    delivery: Delivery
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._devices: dict[str, Device] = {}
+        self._commands: dict[str, tuple[str, bytes]] = {}
+        self._queues: dict[str, dict[str, _Entry]] = {}
+        self._seq = itertools.count(1)
+
+    async def upsert_devices(self, devices: Sequence[Device]) -> int:
+        for d in devices:
+            self._devices[d.id] = d
+        return len(devices)
+
+    async def get_device(self, device_id: str) -> Device | None:
+        return self._devices.get(device_id)
+
+    async def enqueue(
+        self, command_id: str, kind: str, body: bytes, device_ids: Sequence[str]
+    ) -> int:
+        unknown = [d for d in dict.fromkeys(device_ids) if d not in self._devices]
+        if unknown:
+            raise UnknownDevices(unknown)
+        self._commands.setdefault(command_id, (kind, body))
+        kind, body = self._commands[command_id]
+        added = 0
+        for device_id in dict.fromkeys(device_ids):
+            queue = self._queues.setdefault(device_id, {})
+            if command_id in queue:
+                continue
+            delivery = Delivery(command_id, device_id, kind, body, DeliveryState.QUEUED)
+            queue[command_id] = _Entry(next(self._seq), delivery)
+            added += 1
+        return added
+
+    async def take(self, device_id: str, session: str, limit: int) -> list[Delivery]:
+        entries = sorted(self._queues.get(device_id, {}).values(), key=lambda e: e.seq)
+        taken: list[Delivery] = []
+        for entry in entries:
+            if len(taken) >= limit:
+                break
+            d = entry.delivery
+            in_session = d.session == session and d.state is not DeliveryState.QUEUED
+            if d.state not in _OPEN or in_session:
+                continue
+            entry.delivery = replace(d, state=DeliveryState.SENT, session=session)
+            taken.append(entry.delivery)
+        return taken
+
+    async def record_result(
+        self,
+        device_id: str,
+        command_id: str,
+        state: DeliveryState,
+        status: str | None,
+        result: bytes | None,
+    ) -> bool:
+        entry = self._queues.get(device_id, {}).get(command_id)
+        if entry is None or entry.delivery.state.final:
+            return False
+        entry.delivery = replace(entry.delivery, state=state, status=status, result=result)
+        return True
+
+    async def command_status(self, command_id: str) -> CommandStatus | None:
+        if command_id not in self._commands:
+            return None
+        kind = self._commands[command_id][0]
+        found = [
+            (q[command_id].seq, q[command_id].delivery)
+            for q in self._queues.values()
+            if command_id in q
+        ]
+        return CommandStatus(command_id, kind, tuple(d for _, d in sorted(found)))
+
+    async def queue_depth(self) -> int:
+        return sum(
+            1 for q in self._queues.values() for e in q.values() if e.delivery.state in _OPEN
+        )
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,282 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+Durability is ``full`` by default: a transaction is on disk before :meth:`SQLiteStore.enqueue`
+returns, so a command the admin API acknowledged survives a power cut. ``normal`` trades the
+last transactions before a power cut (not a process crash) for fewer fsyncs.
+
+SQLite calls block, so they run in a worker thread (``trio.to_thread``), one at a time on one
+connection: SQLite serialises writers anyway, and a single connection keeps the queue's
+read-modify-write steps (take, record) atomic without retry loops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import trio
+
+from mdmgate.storage import CommandStatus, Delivery, DeliveryState, Device, UnknownDevices
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+Durability = Literal["full", "normal"]
+
+# Each entry moves the schema one version up; applied in order inside one transaction.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        platform TEXT NOT NULL,
+        org TEXT NOT NULL,
+        os_version TEXT,
+        supervised INTEGER,
+        auth TEXT NOT NULL,
+        facts TEXT NOT NULL
+    );
+    CREATE TABLE commands (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        body BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        command_id TEXT NOT NULL REFERENCES commands(id),
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        state TEXT NOT NULL,
+        session TEXT,
+        status TEXT,
+        result BLOB,
+        updated REAL NOT NULL,
+        UNIQUE (command_id, device_id)
+    );
+    CREATE INDEX deliveries_open ON deliveries (device_id, seq)
+        WHERE state IN ('queued', 'sent', 'not_now');
+    """,
+)
+
+_OPEN = "('queued', 'sent', 'not_now')"
+_FINAL = "('acknowledged', 'error')"
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    # The connection is in autocommit mode, so transactions are explicit; IMMEDIATE takes the
+    # write lock up front instead of failing halfway through.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = db.execute("SELECT version FROM schema_version").fetchone()
+    current = row[0] if row else 0
+    if current > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {current} is newer than this mdmgate ({len(MIGRATIONS)})"
+        )
+    with _transaction(db):
+        for script in MIGRATIONS[current:]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        if row is None:
+            db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+        else:
+            db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+
+
+class SQLiteStore:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._lock = trio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path, *, durability: Durability = "full") -> SQLiteStore:
+        def connect() -> sqlite3.Connection:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA busy_timeout = 5000")
+            _migrate(db)
+            return db
+
+        return cls(await trio.to_thread.run_sync(connect))
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, self._db)
+
+    async def upsert_devices(self, devices: Sequence[Device]) -> int:
+        rows = [
+            (
+                d.id,
+                d.platform,
+                d.org,
+                d.os_version,
+                None if d.supervised is None else int(d.supervised),
+                json.dumps(d.auth),
+                json.dumps(d.facts),
+            )
+            for d in devices
+        ]
+
+        def write(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                db.executemany(
+                    "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                    " SET platform = excluded.platform, org = excluded.org,"
+                    " os_version = excluded.os_version, supervised = excluded.supervised,"
+                    " auth = excluded.auth, facts = excluded.facts",
+                    rows,
+                )
+            return len(rows)
+
+        return await self._run(write)
+
+    async def get_device(self, device_id: str) -> Device | None:
+        def read(db: sqlite3.Connection) -> Device | None:
+            row = db.execute(
+                "SELECT id, platform, org, os_version, supervised, auth, facts"
+                " FROM devices WHERE id = ?",
+                (device_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            supervised = None if row[4] is None else bool(row[4])
+            return Device(
+                row[0], row[1], row[2], row[3], supervised, json.loads(row[5]), json.loads(row[6])
+            )
+
+        return await self._run(read)
+
+    async def enqueue(
+        self, command_id: str, kind: str, body: bytes, device_ids: Sequence[str]
+    ) -> int:
+        ids = json.dumps(list(dict.fromkeys(device_ids)))
+
+        def write(db: sqlite3.Connection) -> int:
+            now = time.time()
+            with _transaction(db):
+                # One set-based statement per step, whatever the number of devices.
+                unknown = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT value FROM json_each(?)"
+                        " WHERE value NOT IN (SELECT id FROM devices)",
+                        (ids,),
+                    )
+                ]
+                if unknown:
+                    raise UnknownDevices(unknown)
+                db.execute(
+                    "INSERT INTO commands VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    (command_id, kind, body, now),
+                )
+                cursor = db.execute(
+                    "INSERT INTO deliveries (command_id, device_id, state, updated)"
+                    " SELECT ?, value, 'queued', ? FROM json_each(?) WHERE true"
+                    " ON CONFLICT (command_id, device_id) DO NOTHING",
+                    (command_id, now, ids),
+                )
+                return cursor.rowcount
+
+        return await self._run(write)
+
+    async def take(self, device_id: str, session: str, limit: int) -> list[Delivery]:
+        def write(db: sqlite3.Connection) -> list[Delivery]:
+            with _transaction(db):
+                rows = db.execute(
+                    "SELECT d.seq, d.command_id, c.kind, c.body FROM deliveries d"
+                    " JOIN commands c ON c.id = d.command_id"
+                    f" WHERE d.device_id = ? AND d.state IN {_OPEN}"
+                    # Neither what this session was already given nor what the device
+                    # deferred (NotNow) in it: offering that again would spin.
+                    " AND NOT (d.state IN ('sent', 'not_now') AND d.session IS ?)"
+                    " ORDER BY d.seq LIMIT ?",
+                    (device_id, session, limit),
+                ).fetchall()
+                db.executemany(
+                    "UPDATE deliveries SET state = 'sent', session = ?, updated = ? WHERE seq = ?",
+                    [(session, time.time(), r[0]) for r in rows],
+                )
+            return [
+                Delivery(r[1], device_id, r[2], bytes(r[3]), DeliveryState.SENT, session)
+                for r in rows
+            ]
+
+        return await self._run(write)
+
+    async def record_result(
+        self,
+        device_id: str,
+        command_id: str,
+        state: DeliveryState,
+        status: str | None,
+        result: bytes | None,
+    ) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                cursor = db.execute(
+                    "UPDATE deliveries SET state = ?, status = ?, result = ?, updated = ?"
+                    f" WHERE command_id = ? AND device_id = ? AND state NOT IN {_FINAL}",
+                    (state.value, status, result, time.time(), command_id, device_id),
+                )
+            return cursor.rowcount > 0
+
+        return await self._run(write)
+
+    async def command_status(self, command_id: str) -> CommandStatus | None:
+        def read(db: sqlite3.Connection) -> CommandStatus | None:
+            command = db.execute(
+                "SELECT kind, body FROM commands WHERE id = ?", (command_id,)
+            ).fetchone()
+            if command is None:
+                return None
+            kind, body = command[0], bytes(command[1])
+            rows = db.execute(
+                "SELECT device_id, state, session, status, result FROM deliveries"
+                " WHERE command_id = ? ORDER BY seq",
+                (command_id,),
+            ).fetchall()
+            deliveries = tuple(
+                Delivery(
+                    command_id,
+                    r[0],
+                    kind,
+                    body,
+                    DeliveryState(r[1]),
+                    r[2],
+                    None if r[4] is None else bytes(r[4]),
+                    r[3],
+                )
+                for r in rows
+            )
+            return CommandStatus(command_id, kind, deliveries)
+
+        return await self._run(read)
+
+    async def queue_depth(self) -> int:
+        def read(db: sqlite3.Connection) -> int:
+            row = db.execute(f"SELECT count(*) FROM deliveries WHERE state IN {_OPEN}").fetchone()
+            return int(row[0])
+
+        return await self._run(read)
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            await trio.to_thread.run_sync(self._db.close)

@@ -1,0 +1,171 @@
+"""The storage conformance suite: every backend runs every test here."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from mdmgate.storage import DeliveryState, Device, Store, UnknownDevices
+from mdmgate.storage.memory import MemoryStore
+from mdmgate.storage.sqlite import SQLiteStore
+
+BACKENDS = ["memory", "sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore()
+    else:
+        s = await SQLiteStore.open(tmp_path / "mdmgate.db")
+    await s.upsert_devices([Device(f"dev-{i}", "windows", "/acme") for i in range(5)])
+    yield s
+    await s.aclose()
+
+
+async def test_devices_round_trip(store: Store) -> None:
+    d = Device("mac-1", "macos", "/acme/sales", "15.1", True, {"cert": "abc"}, {"model": "Mac"})
+    assert await store.upsert_devices([d]) == 1
+    assert await store.get_device("mac-1") == d
+    changed = Device("mac-1", "macos", "/acme/tokyo")
+    await store.upsert_devices([changed])
+    assert await store.get_device("mac-1") == changed
+    assert await store.get_device("nope") is None
+
+
+async def test_enqueue_is_set_based_and_atomic(store: Store) -> None:
+    devices = [f"dev-{i}" for i in range(5)]
+    assert await store.enqueue("c1", "syncml", b"<Get/>", devices) == 5
+    # Unknown devices refuse the whole operation: nothing is queued for the known ones.
+    with pytest.raises(UnknownDevices) as info:
+        await store.enqueue("c2", "syncml", b"x", ["dev-0", "ghost-1", "ghost-2"])
+    assert info.value.device_ids == ["ghost-1", "ghost-2"]
+    assert await store.command_status("c2") is None
+    assert await store.queue_depth() == 5
+    # Queuing the same command again for a device that has it changes nothing.
+    assert await store.enqueue("c1", "syncml", b"<Get/>", ["dev-0", "dev-0"]) == 0
+    status = await store.command_status("c1")
+    assert status is not None
+    assert [d.device_id for d in status.deliveries] == devices
+    assert {d.body for d in status.deliveries} == {b"<Get/>"}
+
+
+async def test_take_hands_out_in_order_once_per_session(store: Store) -> None:
+    for i in range(4):
+        await store.enqueue(f"c{i}", "apple", f"body{i}".encode(), ["dev-1"])
+    first = await store.take("dev-1", "s1", 3)
+    assert [d.command_id for d in first] == ["c0", "c1", "c2"]
+    assert all(d.state is DeliveryState.SENT and d.session == "s1" for d in first)
+    # The same session is not handed the same commands again.
+    assert [d.command_id for d in await store.take("dev-1", "s1", 10)] == ["c3"]
+    assert await store.take("dev-1", "s1", 10) == []
+    assert await store.take("dev-2", "s1", 10) == []
+
+
+async def test_at_least_once_across_sessions(store: Store) -> None:
+    await store.enqueue("c1", "syncml", b"a", ["dev-1"])
+    await store.enqueue("c2", "syncml", b"b", ["dev-1"])
+    await store.take("dev-1", "s1", 10)
+    assert await store.record_result("dev-1", "c1", DeliveryState.ACKNOWLEDGED, "200", b"ok")
+    # c2's status never came back in s1: the next session gets it again.
+    again = await store.take("dev-1", "s2", 10)
+    assert [d.command_id for d in again] == ["c2"]
+
+
+async def test_results_are_stored_once(store: Store) -> None:
+    await store.enqueue("c1", "apple", b"a", ["dev-1", "dev-2"])
+    await store.take("dev-1", "s1", 10)
+    assert await store.record_result("dev-1", "c1", DeliveryState.ERROR, "Error", b"first")
+    assert not await store.record_result("dev-1", "c1", DeliveryState.ACKNOWLEDGED, "200", b"2nd")
+    assert not await store.record_result("dev-9", "c1", DeliveryState.ACKNOWLEDGED, None, None)
+    status = await store.command_status("c1")
+    assert status is not None
+    by_device = {d.device_id: d for d in status.deliveries}
+    assert by_device["dev-1"].state is DeliveryState.ERROR
+    assert (by_device["dev-1"].status, by_device["dev-1"].result) == ("Error", b"first")
+    assert by_device["dev-2"].state is DeliveryState.QUEUED
+    assert await store.queue_depth() == 1
+
+
+async def test_not_now_is_offered_again_later(store: Store) -> None:
+    await store.enqueue("c1", "apple", b"a", ["dev-1"])
+    await store.enqueue("c2", "apple", b"b", ["dev-1"])
+    [c1] = await store.take("dev-1", "s1", 1)
+    assert await store.record_result("dev-1", "c1", DeliveryState.NOT_NOW, "NotNow", None)
+    # In the same exchange the device gets the next command, not the one it deferred.
+    assert [d.command_id for d in await store.take("dev-1", "s1", 1)] == ["c2"]
+    # On the next wake-up the deferred one comes back first, in enqueue order, followed by c2,
+    # whose answer never came (at-least-once).
+    assert [d.command_id for d in await store.take("dev-1", "s2", 5)] == ["c1", "c2"]
+    assert c1.command_id == "c1"
+    assert await store.record_result("dev-1", "c1", DeliveryState.ACKNOWLEDGED, "200", None)
+
+
+async def test_large_fan_out(store: Store) -> None:
+    devices = [Device(f"fleet-{i}", "ios", "/acme") for i in range(20_000)]
+    await store.upsert_devices(devices)
+    assert await store.enqueue("big", "apple", b"x" * 100, [d.id for d in devices]) == 20_000
+    assert await store.queue_depth() == 20_000
+    status = await store.command_status("big")
+    assert status is not None
+    assert len(status.deliveries) == 20_000
+
+
+_ENQUEUE_THEN_WAIT = textwrap.dedent(
+    """
+    import sys, trio
+    from mdmgate.storage import Device
+    from mdmgate.storage.sqlite import SQLiteStore
+
+    async def main():
+        store = await SQLiteStore.open(sys.argv[1])
+        await store.upsert_devices([Device("dev-1", "windows")])
+        await store.enqueue("c-acked", "syncml", b"<Exec/>", ["dev-1"])
+        print("acknowledged", flush=True)
+        await trio.sleep_forever()
+
+    trio.run(main)
+    """
+)
+
+
+async def test_acknowledged_enqueue_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "durable.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ENQUEUE_THEN_WAIT, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "acknowledged"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    store = await SQLiteStore.open(path)
+    try:
+        [delivery] = await store.take("dev-1", "after-restart", 10)
+        assert (delivery.command_id, delivery.body) == ("c-acked", b"<Exec/>")
+    finally:
+        await store.aclose()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    store = await SQLiteStore.open(path)
+    await store.aclose()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE schema_version SET version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match="newer than this mdmgate"):
+        await SQLiteStore.open(path)
