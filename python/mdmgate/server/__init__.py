@@ -1,0 +1,2 @@
+"""The gateway process: HTTP/1.1 and HTTP/2 on one port (``http``), the admin API
+(``admin``), and ``mdmgate serve`` (``app``)."""
