@@ -40,6 +40,19 @@ examples:
   mdmgate plist decode report.bplist | mdmgate plist encode    (binary to XML)
 """
 
+SERVE_EPILOG = """\
+examples:
+  MDMGATE_API_TOKEN=s3cret mdmgate serve
+  mdmgate serve --listen 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem --client-ca ca.pem
+  mdmgate serve --dev --db memory:
+  curl -H 'Authorization: Bearer s3cret' http://127.0.0.1:8080/api/v1/openapi.json
+
+config file (TOML), every key optional:
+  listen = ["0.0.0.0:8080"]    db = "sqlite:///var/lib/mdmgate/mdmgate.db"
+  workers = 2    durability = "full"    api_token = "..."    dev = false
+  [limits]  max_body_bytes = 16777216  read_timeout = 10.0  max_in_flight = 256  ...
+"""
+
 SYNCML_EPILOG = """\
 The JSON uses SyncML's element names as keys and keeps command order; docs/syncml.md
 describes it. Binary WBXML data that is not UTF-8 appears as {"base64": "..."}.
@@ -174,6 +187,43 @@ def _build_parser() -> argparse.ArgumentParser:
         "file", nargs="?", default="-", metavar="FILE", help="input, - for stdin"
     )
     pl_encode.add_argument("--binary", action="store_true", help="write bplist00 instead of XML")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description=(
+            "Run the gateway: device endpoints and the admin API on one port, HTTP/1.1 and "
+            "HTTP/2 (cleartext by prior knowledge, ALPN under TLS). SIGINT or SIGTERM stop "
+            "accepting, let requests in flight finish, and exit. The admin API's bearer token "
+            "comes from MDMGATE_API_TOKEN or the config file."
+        ),
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="address to listen on, repeatable (default 127.0.0.1:8080)",
+    )
+    serve.add_argument(
+        "--db",
+        metavar="URL",
+        help="sqlite:///PATH (default sqlite:///./mdmgate.db) or memory: (nothing is kept)",
+    )
+    serve.add_argument("--workers", type=int, metavar="N", help="processes sharing the port")
+    serve.add_argument("--tls-cert", metavar="F", help="server certificate chain (PEM)")
+    serve.add_argument("--tls-key", metavar="F", help="server private key (PEM)")
+    serve.add_argument(
+        "--client-ca", metavar="F", help="CA whose device certificates are accepted (PEM)"
+    )
+    serve.add_argument("--config", metavar="F", help="TOML configuration file")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        default=None,
+        help="development mode: no registration or credentials needed (never in production)",
+    )
     return parser
 
 
@@ -295,8 +345,34 @@ def _version_sort(args: argparse.Namespace) -> str:
     return "".join(f"{v}\n" for v in ordered)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from mdmgate.server import app  # noqa: PLC0415 - the server stack is loaded only to serve
+
+    overrides = {
+        "listen": args.listen,
+        "db": args.db,
+        "workers": args.workers,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "client_ca": args.client_ca,
+        "dev": args.dev,
+    }
+    try:
+        config = app.load_config(args.config, overrides)
+    except app.ConfigError as e:
+        print(f"mdmgate: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        return app.run(config)
+    except OSError as e:
+        print(f"mdmgate: error: {e}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
     handlers: dict[tuple[str, str], Callable[[argparse.Namespace], str | bytes]] = {
         ("version", "compare"): _version_compare,
         ("version", "sort"): _version_sort,

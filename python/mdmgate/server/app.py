@@ -1,0 +1,243 @@
+"""``mdmgate serve``: wires storage, the admin API and the HTTP layer into one process (or
+several sharing the port), and drains cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import ssl
+import sys
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from mdmgate.server.admin import AdminApi
+from mdmgate.server.http import Limits, Listener, Server, server_ssl_context
+from mdmgate.server.metrics import Metrics
+from mdmgate.server.types import Handler, Request, Response
+from mdmgate.storage import Store
+from mdmgate.storage.memory import MemoryStore
+from mdmgate.storage.sqlite import SQLiteStore
+
+__all__ = ["Config", "ConfigError", "build_handler", "load_config", "open_store", "run"]
+
+log = logging.getLogger("mdmgate.server")
+
+#: Device-facing paths whose protocol handlers arrive with the Windows and Apple issues.
+DEVICE_PATHS = ("/ManagementServer/MDM.svc", "/mdm/apple/checkin", "/mdm/apple/connect")
+#: How often the queue-depth gauge is refreshed (a scrape must not wait for the database).
+GAUGE_REFRESH_SECONDS = 5.0
+
+
+class ConfigError(ValueError):
+    """A configuration value or command-line option that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 8080),)
+    db: str = "sqlite:///./mdmgate.db"
+    workers: int = 1
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
+    api_token: str | None = None
+    dev: bool = False
+    durability: str = "full"
+    limits: Limits = field(default_factory=Limits)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address {value!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path} is not valid TOML: {e}") from None
+
+
+def _limits(raw: object) -> Limits:
+    if not isinstance(raw, dict):
+        raise ConfigError("limits must be a table")
+    bad = sorted(set(raw) - {f.name for f in fields(Limits)})
+    if bad:
+        raise ConfigError(f"unknown limits: {', '.join(bad)}")
+    try:
+        return replace(Limits(), **raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"limits: {e}") from None
+
+
+def _check(config: Config) -> Config:
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if config.client_ca is not None and config.tls_cert is None:
+        raise ConfigError("--client-ca needs --tls-cert and --tls-key")
+    if not 1 <= config.workers <= 64:
+        raise ConfigError("--workers must be from 1 to 64")
+    if config.durability not in ("full", "normal"):
+        raise ConfigError("durability must be 'full' or 'normal'")
+    if config.db not in ("memory:", "memory://") and not config.db.startswith("sqlite:///"):
+        raise ConfigError(f"unsupported database URL {config.db!r}; use sqlite:///PATH or memory:")
+    if config.workers > 1 and not config.db.startswith("sqlite:"):
+        raise ConfigError("several workers need a shared database (sqlite:///PATH)")
+    return config
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
+    """The config file (TOML), then command-line overrides, then ``MDMGATE_API_TOKEN``."""
+    values = _read_toml(path) if path is not None else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if os.environ.get("MDMGATE_API_TOKEN"):
+        values.setdefault("api_token", os.environ["MDMGATE_API_TOKEN"])
+    unknown = sorted(set(values) - {f.name for f in fields(Config)})
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+    limits = _limits(values.pop("limits")) if "limits" in values else Limits()
+    if "listen" in values:
+        listen = values["listen"]
+        items = [listen] if isinstance(listen, str) else list(listen)
+        values["listen"] = tuple(parse_listen(str(v)) for v in items)
+    try:
+        config = Config(**values, limits=limits)
+    except TypeError as e:
+        raise ConfigError(f"configuration: {e}") from None
+    return _check(config)
+
+
+async def open_store(url: str, durability: str = "full") -> Store:
+    """``sqlite:///relative/path``, ``sqlite:////absolute/path`` or ``memory:``."""
+    if url in ("memory:", "memory://"):
+        return MemoryStore()
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return await SQLiteStore.open(
+            path, durability="normal" if durability == "normal" else "full"
+        )
+    raise ConfigError(f"unsupported database URL {url!r}; use sqlite:///PATH or memory:")
+
+
+def _text(status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
+    return Response(status, (("content-type", content_type),), text.encode())
+
+
+def build_handler(store: Store, admin: AdminApi, metrics: Metrics) -> Handler:
+    async def handle(request: Request) -> Response:
+        if request.path == "/healthz":
+            return _text(200, "ok\n")
+        if request.path == "/metrics":
+            return Response(
+                200,
+                (("content-type", "text/plain; version=0.0.4; charset=utf-8"),),
+                metrics.render(),
+            )
+        if request.path.startswith("/api/"):
+            return await admin(request)
+        if request.path in DEVICE_PATHS:
+            # Said plainly rather than answered with a half protocol a device could misread.
+            return _text(501, "this device protocol is not served by this version of mdmgate\n")
+        return _text(404, "not found\n")
+
+    return handle
+
+
+def _listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        # Workers each bind the same port; the kernel spreads connections over them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
+    store = await open_store(config.db, config.durability)
+    metrics = Metrics()
+    depth = [0.0]
+    metrics.register_gauge(
+        "mdmgate_queue_depth", "Deliveries waiting for a device's answer.", lambda: depth[0]
+    )
+    admin = AdminApi(store, config.api_token, dev=config.dev)
+    server = Server(build_handler(store, admin, metrics), config.limits, metrics=metrics)
+    context: ssl.SSLContext | None = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        context = server_ssl_context(config.tls_cert, config.tls_key, config.client_ca)
+    listeners: list[Listener] = []
+    for host, port in config.listen:
+        sock = _listen_socket(host, port, reuse_port)
+        tcp = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        listeners.append(tcp if context is None else trio.SSLListener(tcp, context))
+        if announce:
+            bound = sock.getsockname()[1]
+            scheme = "https" if context else "http"
+            print(f"mdmgate listening on {scheme}://{host}:{bound}", flush=True)
+
+    async def refresh_gauges() -> None:
+        while True:
+            depth[0] = float(await store.queue_depth())
+            await trio.sleep(GAUGE_REFRESH_SECONDS)
+
+    async def on_signals(nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for sig in signals:
+                log.info("draining on %s", signal.Signals(sig).name)
+                server.drain()
+                return
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(on_signals, nursery)
+            nursery.start_soon(refresh_gauges)
+            await server.run(listeners)
+            nursery.cancel_scope.cancel()
+    finally:
+        await store.aclose()
+
+
+def _worker(config: Config, index: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    trio.run(_serve, config, True, index == 0)
+
+
+def run(config: Config) -> int:
+    """Runs the gateway until SIGINT/SIGTERM; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if config.dev:
+        log.warning("development mode: devices are accepted without registration or credentials")
+    if config.workers == 1:
+        trio.run(_serve, config, False, True)
+        return 0
+    # One process per worker, each with its own listening socket on the shared port.
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(config, i)) for i in range(config.workers)]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.pid is not None:
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for p in procs:
+        p.join()
+    return max((p.exitcode or 0) for p in procs)

@@ -1,0 +1,1402 @@
+"""HTTP/1.1 and HTTP/2 on one port, in cleartext or under TLS, for Trio.
+
+One listener speaks both protocols. Under TLS the ALPN choice decides (``h2`` or
+``http/1.1``); in cleartext a connection that opens with the HTTP/2 client preface
+(``PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n``, "prior knowledge") is HTTP/2 and anything else is
+HTTP/1.1. HTTP/1.1 is parsed by h11, HTTP/2 by h2; both turn into the protocol-neutral
+:class:`~mdmgate.server.types.Request` and :class:`~mdmgate.server.types.Response`.
+
+Everything a client can make the server hold is bounded by :class:`Limits`: request bodies and
+header blocks, the time to send a request, idle keep-alive, HTTP/2 streams per connection,
+queued response bytes per connection, connections and requests in flight across the server.
+Past the last two the server answers at once (503 or 429, with ``Retry-After``) instead of
+queueing. HTTP/2 clients that reset streams or send PING/SETTINGS frames faster than their
+budget (the "rapid reset" and control-frame floods) get ``GOAWAY ENHANCE_YOUR_CALM`` and lose
+their connection; nobody else notices.
+
+Choices worth knowing:
+
+* An HTTP/1.1 request whose body exceeds ``max_body_bytes`` is answered ``413`` and the
+  connection closed. The server reads on (discarding) up to another ``max_body_bytes`` (at least
+  1 MiB) first, so an ordinary client that writes its whole body before reading sees the 413
+  rather than a reset; a bigger body is cut off.
+* On HTTP/2 a too-large body gets a complete ``413`` response on its stream followed by
+  ``RST_STREAM NO_ERROR`` (RFC 9113 section 8.1: "stop sending, the response is complete"). The
+  connection and its other streams carry on. A header block over ``max_header_bytes`` gets
+  ``431`` the same way; one over twice that is not even decoded: the connection is closed with
+  ``ENHANCE_YOUR_CALM`` (HPACK state cannot survive an abandoned block).
+* Requests are handed to the handler only once complete (the handler receives ``bytes``).
+* Graceful drain (:meth:`Server.drain`): listeners close, idle connections close, HTTP/2
+  connections get ``GOAWAY`` (new streams are refused with ``REFUSED_STREAM``, safe to retry),
+  in-flight requests finish and HTTP/1.1 responses carry ``Connection: close``; after
+  ``Limits.drain_grace`` seconds whatever is left is cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import http
+import logging
+import math
+import os
+import re
+import ssl
+import time
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import h11
+import msgspec
+import trio
+
+from .metrics import Metrics
+from .types import Handler, Request, Response
+
+__all__ = [
+    "Limits",
+    "Listener",
+    "Server",
+    "listener_port",
+    "open_listeners",
+    "serve",
+    "server_ssl_context",
+]
+
+_log = logging.getLogger("mdmgate.server")
+_access_log = logging.getLogger("mdmgate.access")
+
+#: What :func:`serve` listens on: plain TCP, or TLS over TCP.
+Listener = trio.SocketListener | trio.SSLListener[trio.SocketStream]
+_Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_READ_CHUNK = 65536
+_WRITE_CHUNK = 65536
+_MIN_DISCARD = 1024 * 1024
+_LINGER_SECONDS = 1.0
+_MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one client (or all of them) can make the server hold or wait for."""
+
+    max_body_bytes: int = 16 * _MiB
+    """16 MiB: a 1.6 MB SyncML inventory (reassembled) fits ten times over; Apple reports are
+    smaller. Larger bodies get 413."""
+
+    max_header_bytes: int = 16 * 1024
+    """16 KiB for the request line and headers (HTTP/2: the decoded header list, counted as
+    RFC 9113 does, 32 bytes per field extra). Device requests carry a few hundred bytes;
+    larger blocks get 431."""
+
+    header_timeout: float = 10.0
+    """10 s to deliver the TLS handshake and the request head once the connection (or the
+    request) starts. A client trickling bytes is dropped (408) rather than holding a slot."""
+
+    read_timeout: float = 10.0
+    """10 s to receive the whole request, head and body, once it starts: enough for a 1.6 MB
+    body at 160 KB/s. HTTP/2 applies it per stream."""
+
+    idle_timeout: float = 60.0
+    """60 s of keep-alive with no request in progress before the server closes the
+    connection; devices poll far less often, so they reconnect either way."""
+
+    write_timeout: float = 30.0
+    """30 s for the client to accept the next 64 KiB of response; a client that stops
+    reading is dropped."""
+
+    max_concurrent_streams: int = 100
+    """100 HTTP/2 streams per connection, advertised in SETTINGS (the RFC's suggested
+    minimum); each stream's request is handled in its own task."""
+
+    max_resets: int = 100
+    """100 client RST_STREAMs per connection per ``abuse_window``. Honest clients reset
+    rarely; past the budget ("rapid reset", CVE-2023-44487) the connection gets GOAWAY
+    ENHANCE_YOUR_CALM and is closed."""
+
+    max_control_frames: int = 500
+    """500 PING, SETTINGS, PRIORITY, unknown or empty DATA frames per connection per
+    ``abuse_window``: each costs work (and PING/SETTINGS an answer) without a request. Past
+    the budget: GOAWAY ENHANCE_YOUR_CALM."""
+
+    abuse_window: float = 10.0
+    """10 s: the window over which ``max_resets`` and ``max_control_frames`` are counted."""
+
+    max_outbound_bytes: int = 1 * _MiB
+    """1 MiB of response bytes queued but not yet taken by the socket, per connection.
+    Response bodies wait below half of it; a client that makes the server queue more (by
+    never reading while asking for PING answers, say) is dropped."""
+
+    max_connection_body_bytes: int = 64 * _MiB
+    """64 MiB of request bodies buffered at once across the streams of one HTTP/2
+    connection; a stream that would exceed it is refused (RST_STREAM REFUSED_STREAM, safe to
+    retry)."""
+
+    max_connections: int = 1000
+    """1000 open client connections; more get 503 with Retry-After (a few at a time; the
+    rest are closed at once) instead of queueing."""
+
+    max_in_flight: int = 256
+    """256 requests being handled at once across the server; more get 429 with
+    Retry-After at once. Enough to saturate storage while keeping latency bounded."""
+
+    retry_after: int = 1
+    """1 s: the Retry-After sent with 429 and 503."""
+
+    drain_grace: float = 30.0
+    """30 s for in-flight requests to finish after :meth:`Server.drain` before they are
+    cancelled."""
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not value > 0 or (isinstance(value, float) and math.isnan(value)):
+                raise ValueError(f"Limits.{name} must be positive, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS and listeners
+
+
+def server_ssl_context(
+    cert_file: str | os.PathLike[str],
+    key_file: str | os.PathLike[str],
+    client_ca_file: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
+    """A server TLS context offering ALPN ``h2`` and ``http/1.1``.
+
+    TLS 1.2 or later with AEAD ciphers only (RFC 9113 section 9.2), no compression and no
+    renegotiation. With ``client_ca_file``, clients may present a certificate issued by that
+    CA (``CERT_OPTIONAL``: devices without one can still reach e.g. ``/healthz``); a verified
+    certificate reaches handlers as ``Request.client_cert`` (DER).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    context.load_cert_chain(cert_file, key_file)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    if client_ca_file is not None:
+        context.load_verify_locations(cafile=client_ca_file)
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+async def open_listeners(
+    host: str | None, port: int, ssl_context: ssl.SSLContext | None = None
+) -> list[Listener]:
+    """TCP listeners on ``host``:``port`` (``port`` 0 picks a free one), under TLS when
+    ``ssl_context`` is given."""
+    listeners: list[Listener] = []
+    for tcp in await trio.open_tcp_listeners(port, host=host):
+        if ssl_context is None:
+            listeners.append(tcp)
+        else:
+            listeners.append(trio.SSLListener(tcp, ssl_context, https_compatible=True))
+    return listeners
+
+
+def listener_port(listener: Listener) -> int:
+    """The local port ``listener`` is bound to."""
+    tcp = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+    assert isinstance(tcp, trio.SocketListener)
+    port: int = tcp.socket.getsockname()[1]
+    return port
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"}
+)
+_REASONS = {int(status): status.phrase.encode() for status in http.HTTPStatus}
+
+
+class _DateHeader:
+    """The ``Date`` header value, formatted at most once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = email.utils.formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+_date = _DateHeader()
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """A validated response: lower-case header names, no framing or hop-by-hop headers."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    log: dict[str, str] = field(default_factory=dict)
+
+
+def _encode_reply(response: Response) -> _Reply:
+    """Check a handler's response; ``ValueError``/``TypeError`` when it cannot be sent."""
+    if not isinstance(response, Response):
+        raise TypeError(f"handler returned {type(response).__name__}, not Response")
+    if not 200 <= response.status <= 599:
+        raise ValueError(f"status {response.status} is not a final status")
+    if not isinstance(response.body, bytes):
+        raise TypeError("Response.body must be bytes")
+    headers: list[tuple[bytes, bytes]] = []
+    has_date = False
+    for name, value in response.headers:
+        lower = name.lower()
+        if not _TOKEN.match(lower):
+            raise ValueError(f"invalid header name {name!r}")
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"invalid value for header {name!r}")
+        if lower in _HOP_BY_HOP or lower == "content-length":
+            continue
+        has_date = has_date or lower == "date"
+        headers.append((lower.encode("ascii"), value.strip().encode("latin-1")))
+    if not has_date:
+        headers.append((b"date", _date()))
+    return _Reply(response.status, headers, response.body, response.log)
+
+
+def _text_reply(status: int, message: str, retry_after: int | None = None) -> _Reply:
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"date", _date())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    return _Reply(status, headers, message.encode() + b"\n")
+
+
+def _raw_h1_response(reply: _Reply) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection, independent of h11's state."""
+    lines = [b"HTTP/1.1 %d %s" % (reply.status, _REASONS.get(reply.status, b""))]
+    lines.extend(name + b": " + value for name, value in reply.headers)
+    lines.append(b"content-length: %d" % len(reply.body))
+    lines.append(b"connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + reply.body
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """``(path, query)`` of an origin-form (``/a?b``) or absolute-form request target."""
+    if target.startswith("/") or target == "*":
+        path, _, query = target.partition("?")
+        return path, query
+    parts = urllib.parse.urlsplit(target)
+    return parts.path or "/", parts.query
+
+
+def _peer_name(stream: _Stream) -> str:
+    tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    try:
+        address = tcp.socket.getpeername()
+    except OSError:
+        return "unknown"
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)
+
+
+async def _linger_close(stream: _Stream) -> None:
+    """Half-close and read until the client closes (briefly), so that unread request bytes
+    do not make the kernel reset the connection before the client has read our response."""
+    with trio.move_on_after(_LINGER_SECONDS):
+        try:
+            if isinstance(stream, trio.SocketStream):
+                await stream.send_eof()
+            discarded = 0
+            while discarded < _MIN_DISCARD:
+                data = await stream.receive_some(_READ_CHUNK)
+                if not data:
+                    return
+                discarded += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+
+class _Close(Exception):
+    """Stop serving this connection now (no response is possible or worth it)."""
+
+
+class _Timeout(Exception):
+    """The client did not send the request in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ConnectionInfo:
+    peer: str
+    client_cert: bytes | None
+    #: When the connection was accepted (Trio clock).
+    connected: float
+    #: Over the connection limit: answer 503 and close.
+    reject: bool
+
+
+class _Failure(Exception):
+    """Answer ``reply`` and close the connection."""
+
+    def __init__(self, reply: _Reply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
+
+
+class _Pending:
+    """A connection still in its TLS handshake or first bytes: drain() just cancels it."""
+
+    def __init__(self) -> None:
+        self.scope: trio.CancelScope | None = None
+
+    def drain(self) -> None:
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class Server:
+    """Serves ``handler`` on listeners until cancelled, or until :meth:`drain` has done its work.
+
+    Usage::
+
+        server = Server(handler, Limits(), metrics=metrics)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run, listeners)
+            ...
+            server.drain()   # run() returns once in-flight requests are done
+    """
+
+    def __init__(
+        self, handler: Handler, limits: Limits | None = None, *, metrics: Metrics | None = None
+    ) -> None:
+        self.handler = handler
+        self.limits = limits if limits is not None else Limits()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._drain_requested = trio.Event()
+        self._connections: set[_Pending | _H1Connection | _H2Connection] = set()
+        self._open = 0
+        self._rejecting = 0
+        self._in_flight = 0
+        self._max_rejecting = max(8, self.limits.max_connections // 10)
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections currently open (including those being turned away)."""
+        return self._open + self._rejecting
+
+    @property
+    def in_flight(self) -> int:
+        """Requests currently in the handler."""
+        return self._in_flight
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_requested.is_set()
+
+    def drain(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``Limits.drain_grace``), then
+        make :meth:`run` return. Safe to call more than once, and before :meth:`run`."""
+        if self._drain_requested.is_set():
+            return
+        self._drain_requested.set()
+        for connection in list(self._connections):
+            connection.drain()
+
+    async def run(
+        self,
+        listeners: Sequence[Listener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept and serve connections on ``listeners`` (closing them when done) until
+        cancelled or drained. ``task_status.started()`` is called once accepting."""
+        try:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(self._accept_loop, listener, connections)
+                    task_status.started()
+                    await self._drain_requested.wait()
+                    acceptors.cancel_scope.cancel()
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+                for connection in list(self._connections):
+                    connection.drain()
+                connections.cancel_scope.deadline = trio.current_time() + self.limits.drain_grace
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    async def _accept_loop(self, listener: Listener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return
+            except OSError as exc:
+                # Out of file descriptors or similar: wait for connections to close.
+                _log.error("accept failed: %s", exc)
+                self.metrics.error("accept")
+                await trio.sleep(0.1)
+                continue
+            if self._open < self.limits.max_connections:
+                self._open += 1
+                self.metrics.open_connections += 1
+                self.metrics.connections.inc("accepted")
+                nursery.start_soon(self._handle, stream, False)
+            elif self._rejecting < self._max_rejecting:
+                self._rejecting += 1
+                self.metrics.connections.inc("rejected")
+                nursery.start_soon(self._handle, stream, True)
+            else:
+                self.metrics.connections.inc("dropped")
+                await trio.aclose_forcefully(stream)
+
+    async def _handle(self, stream: _Stream, reject: bool) -> None:
+        try:
+            if reject:
+                # Turned away: answer one request with 503, within a hard deadline.
+                with trio.move_on_after(self.limits.header_timeout + _LINGER_SECONDS):
+                    await self._serve_stream(stream, reject=True)
+            else:
+                await self._serve_stream(stream, reject=False)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, _Close):
+            pass
+        except Exception:
+            _log.exception("connection failed")
+            self.metrics.error("connection")
+        finally:
+            if reject:
+                self._rejecting -= 1
+            else:
+                self._open -= 1
+                self.metrics.open_connections -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_stream(self, stream: _Stream, *, reject: bool) -> None:
+        connected = trio.current_time()
+        pending = _Pending()
+        self._connections.add(pending)
+        try:
+            opening = await self._opening(stream, connected, pending)
+        finally:
+            self._connections.discard(pending)
+        if opening is None:
+            return
+        alpn, client_cert, initial = opening
+        info = _ConnectionInfo(_peer_name(stream), client_cert, connected, reject)
+        connection: _H1Connection | _H2Connection
+        if alpn == "h2" or initial.startswith(_PREFACE):
+            connection = _H2Connection(self, stream, info, initial)
+        else:
+            connection = _H1Connection(self, stream, info, initial)
+        self._connections.add(connection)
+        if self.draining:
+            connection.drain()
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)
+
+    async def _opening(
+        self, stream: _Stream, connected: float, pending: _Pending
+    ) -> tuple[str | None, bytes | None, bytes] | None:
+        """TLS handshake and the first bytes, within ``header_timeout``: the ALPN protocol,
+        the client certificate and the bytes read; ``None`` when the connection is done."""
+        with trio.CancelScope(deadline=connected + self.limits.header_timeout) as scope:
+            pending.scope = scope
+            if self.draining:
+                return None
+            alpn: str | None = None
+            client_cert: bytes | None = None
+            if isinstance(stream, trio.SSLStream):
+                try:
+                    await stream.do_handshake()
+                except trio.BrokenResourceError:
+                    self.metrics.error("tls_handshake")
+                    return None
+                alpn = stream.selected_alpn_protocol()
+                client_cert = stream.getpeercert(binary_form=True) or None
+            initial = b""
+            if alpn != "h2":
+                # Read until the bytes are, or cannot be, the HTTP/2 client preface.
+                while len(initial) < len(_PREFACE) and _PREFACE.startswith(initial):
+                    data = await stream.receive_some(_READ_CHUNK)
+                    if not data:
+                        return None
+                    initial += data
+            return alpn, client_cert, initial
+        if not self.draining:
+            self.metrics.error("header_timeout")
+        return None
+
+    async def _dispatch(self, request: Request) -> _Reply:
+        """Run the handler within the in-flight budget; never raises (except Cancelled)."""
+        if self._in_flight >= self.limits.max_in_flight:
+            self.metrics.error("overloaded")
+            return _text_reply(429, "Too many requests in flight", self.limits.retry_after)
+        self._in_flight += 1
+        self.metrics.in_flight += 1
+        try:
+            return _encode_reply(await self.handler(request))
+        except Exception:
+            _log.exception("handler failed on %s %s", request.method, request.path)
+            self.metrics.error("handler")
+            return _text_reply(500, "Internal Server Error")
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight -= 1
+
+    def _record(
+        self,
+        *,
+        method: str,
+        path: str,
+        status: int,
+        protocol: str,
+        started: float,
+        peer: str,
+        bytes_in: int,
+        bytes_out: int,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """Metrics and one access-log line for an answered (or abandoned) request."""
+        seconds = max(0.0, trio.current_time() - started)
+        self.metrics.observe_request(method, status, protocol, seconds)
+        if _access_log.isEnabledFor(logging.INFO):
+            entry: dict[str, object] = {
+                "method": method,
+                "path": path,
+                "status": status,
+                "protocol": protocol,
+                "duration_ms": round(seconds * 1000, 3),
+                "peer": peer,
+                "bytes": bytes_out,
+                "bytes_in": bytes_in,
+            }
+            for key, value in (extra or {}).items():
+                entry.setdefault(key, value)
+            _access_log.info(msgspec.json.encode(entry).decode())
+
+
+async def serve(
+    handler: Handler,
+    listeners: Sequence[Listener],
+    limits: Limits,
+    *,
+    metrics: Metrics | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``handler`` on ``listeners`` until cancelled (see :class:`Server` for draining)."""
+    await Server(handler, limits, metrics=metrics).run(listeners, task_status=task_status)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP/1.1
+
+
+class _H1Connection:
+    def __init__(
+        self, server: Server, stream: _Stream, info: _ConnectionInfo, initial: bytes
+    ) -> None:
+        self._server = server
+        self._limits = server.limits
+        self._stream = stream
+        self._peer = info.peer
+        self._client_cert = info.client_cert
+        self._reject = info.reject
+        self._h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=server.limits.max_header_bytes
+        )
+        self._h11.receive_data(bytes(initial))
+        #: When the first request started: the connection opened with its bytes.
+        self._first_started: float | None = info.connected
+        #: Method and path of the request being read, for the log if it fails.
+        self._method = self._path = "-"
+        self._eof = False
+        #: Close without lingering (the client is too slow to deserve it).
+        self._abrupt = False
+        self._draining = False
+        self._idle_scope: trio.CancelScope | None = None
+
+    def drain(self) -> None:
+        self._draining = True
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    async def run(self) -> None:
+        try:
+            while await self._one_request():
+                self._h11.start_next_cycle()
+        except _Close:
+            return
+        if not (self._eof or self._abrupt):
+            await _linger_close(self._stream)
+
+    async def _receive(self, deadline: float) -> bytes:
+        """The next bytes (``b""`` at end of stream); ``_Timeout`` past ``deadline``."""
+        with trio.move_on_at(deadline):
+            try:
+                data = await self._stream.receive_some(_READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            self._eof = not data
+            return bytes(data)
+        raise _Timeout
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), _WRITE_CHUNK):
+            with trio.move_on_after(self._limits.write_timeout) as scope:
+                await self._stream.send_all(view[start : start + _WRITE_CHUNK])
+            if scope.cancelled_caught:
+                self._server.metrics.error("write_timeout")
+                raise _Close
+
+    async def _next_event(self, deadline: float) -> h11.Event:
+        while True:
+            event = self._h11.next_event()
+            if event is h11.NEED_DATA:
+                self._h11.receive_data(await self._receive(deadline))
+            elif event is h11.PAUSED:
+                raise _Close
+            else:
+                assert isinstance(event, h11.Event)
+                return event
+
+    async def _wait_for_request(self) -> float | None:
+        """When the next request started, or ``None`` when the connection should close."""
+        if self._first_started is not None:
+            started, self._first_started = self._first_started, None
+            return started
+        if self._h11.trailing_data[0]:
+            return trio.current_time()  # pipelined
+        if self._draining:
+            return None
+        with trio.CancelScope(deadline=trio.current_time() + self._limits.idle_timeout) as scope:
+            self._idle_scope = scope
+            try:
+                data = await self._stream.receive_some(_READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+        self._idle_scope = None
+        if scope.cancelled_caught:
+            return None
+        if not data:
+            self._eof = True
+            return None
+        self._h11.receive_data(bytes(data))
+        return trio.current_time()
+
+    async def _one_request(self) -> bool:
+        """Serve one request; whether the connection stays open for another."""
+        started = await self._wait_for_request()
+        if started is None:
+            return False
+        self._method = self._path = "-"
+        try:
+            request = await self._read_request(started)
+        except _Failure as failure:
+            await self._fail(failure.reply, started)
+            return False
+        reply = await self._server._dispatch(request)
+        return await self._respond(reply, request, started)
+
+    async def _read_request(self, started: float) -> Request:
+        limits = self._limits
+        metrics = self._server.metrics
+        try:
+            event = await self._next_event(started + limits.header_timeout)
+            if not isinstance(event, h11.Request):
+                raise _Close  # ConnectionClosed between requests
+            self._method = event.method.decode("ascii", "replace")
+            # h11 bounds only heads that arrive in pieces; a head that came in one read is
+            # measured here.
+            head_size = len(event.method) + len(event.target) + 12
+            head_size += sum(len(name) + len(value) + 4 for name, value in event.headers)
+            if head_size > limits.max_header_bytes:
+                metrics.error("header_too_large")
+                raise _Failure(_text_reply(431, "Request header fields too large"))
+            self._path, query = _split_target(event.target.decode("latin-1"))
+            if self._reject:
+                raise _Failure(
+                    _text_reply(503, "Server at its connection limit", limits.retry_after)
+                )
+            body = await self._read_body(event, started + limits.read_timeout)
+        except _Timeout as exc:
+            metrics.error("read_timeout")
+            self._abrupt = True
+            raise _Failure(_text_reply(408, "Request not received in time")) from exc
+        except h11.RemoteProtocolError as exc:
+            if self._eof:
+                raise _Close from exc  # the client went away mid-request
+            if exc.error_status_hint == 431:
+                metrics.error("header_too_large")
+                raise _Failure(_text_reply(431, "Request header fields too large")) from exc
+            metrics.error("bad_request")
+            status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
+            raise _Failure(_text_reply(status, f"Bad request: {exc}")) from exc
+        return Request(
+            method=self._method,
+            path=self._path,
+            query=query,
+            headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers),
+            body=body,
+            http_version=event.http_version.decode("ascii"),
+            peer=self._peer,
+            client_cert=self._client_cert,
+        )
+
+    async def _read_body(self, request: h11.Request, deadline: float) -> bytes:
+        """The request body; ``_Failure`` (413) when it is over the limit."""
+        limit = self._limits.max_body_bytes
+        declared: int | None = None
+        for name, value in request.headers:
+            if name == b"content-length":
+                declared = int(value)  # h11 has checked it
+        too_large = declared is not None and declared > limit
+        if self._h11.they_are_waiting_for_100_continue and not too_large:
+            # (When too large, the client has not sent it: we do not ask for it.)
+            interim = self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+            if interim:
+                await self._write(interim)
+        body = bytearray()
+        seen = 0
+        while not (too_large and self._h11.they_are_waiting_for_100_continue):
+            event = await self._next_event(deadline)
+            if isinstance(event, h11.Data):
+                seen += len(event.data)
+                if too_large or seen > limit:
+                    too_large = True
+                    body.clear()
+                    if seen > limit + max(limit, _MIN_DISCARD):
+                        break  # read enough of it: cut it off
+                else:
+                    body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise _Close
+        if too_large:
+            self._server.metrics.error("body_too_large")
+            raise _Failure(_text_reply(413, f"Request body exceeds {limit} bytes"))
+        return bytes(body)
+
+    async def _fail(self, reply: _Reply, started: float) -> None:
+        """Answer with ``reply`` outside h11's state machine; the connection then closes."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._write(_raw_h1_response(reply))
+        self._server._record(
+            method=self._method,
+            path=self._path,
+            status=reply.status,
+            protocol="HTTP/1.1",
+            started=started,
+            peer=self._peer,
+            bytes_in=0,
+            bytes_out=len(reply.body),
+        )
+
+    async def _respond(self, reply: _Reply, request: Request, started: float) -> bool:
+        no_body = request.method == "HEAD" or reply.status in (204, 304)
+        headers = list(reply.headers)
+        if reply.status not in (204, 304):
+            headers.append((b"content-length", b"%d" % len(reply.body)))
+        if self._draining:
+            headers.append((b"connection", b"close"))
+        head = self._h11.send(
+            h11.Response(
+                status_code=reply.status, headers=headers, reason=_REASONS.get(reply.status, b"")
+            )
+        )
+        if head:
+            await self._write(head)
+        sent = 0
+        if not no_body and reply.body:
+            for piece in self._h11.send_with_data_passthrough(h11.Data(data=reply.body)) or ():
+                await self._write(piece)
+            sent = len(reply.body)
+        end = self._h11.send(h11.EndOfMessage())
+        if end:
+            await self._write(end)
+        self._server._record(
+            method=request.method,
+            path=request.path,
+            status=reply.status,
+            protocol=f"HTTP/{request.http_version}",
+            started=started,
+            peer=self._peer,
+            bytes_in=len(request.body),
+            bytes_out=sent,
+            extra=reply.log,
+        )
+        return self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP/2
+
+
+class _Budget:
+    """Events allowed per fixed window."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self._limit = limit
+        self._window = window
+        self._start = -math.inf
+        self._used = 0
+
+    def spend(self, now: float) -> bool:
+        if now - self._start >= self._window:
+            self._start = now
+            self._used = 0
+        self._used += 1
+        return self._used <= self._limit
+
+
+@dataclass(eq=False)
+class _H2Stream:
+    stream_id: int
+    method: str
+    path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    started: float
+    deadline: float
+    body: bytearray = field(default_factory=bytearray)
+    #: The client has sent END_STREAM: the request is complete.
+    ended: bool = False
+    #: The client reset the stream.
+    reset: bool = False
+    scope: trio.CancelScope | None = None
+    window: trio.Event = field(default_factory=trio.Event)
+
+
+def _h2_request_head(
+    raw: Sequence[tuple[bytes, bytes]],
+) -> tuple[str, str, str, list[tuple[str, str]], int, int | None]:
+    """``(method, path, authority, headers, size, content_length)`` of a decoded HTTP/2
+    header block; ``size`` counted as for SETTINGS_MAX_HEADER_LIST_SIZE."""
+    method = path = authority = ""
+    headers: list[tuple[str, str]] = []
+    size = 0
+    content_length: int | None = None
+    for raw_name, raw_value in raw:
+        name = bytes(raw_name).decode("latin-1")
+        value = bytes(raw_value).decode("latin-1")
+        size += len(name) + len(value) + 32
+        if name == ":method":
+            method = value
+        elif name == ":path":
+            path = value
+        elif name == ":authority":
+            authority = value
+        elif not name.startswith(":"):
+            headers.append((name, value))
+            if name == "content-length" and value.isdigit():
+                content_length = int(value)
+    return method, path, authority, headers, size, content_length
+
+
+def _goaway_frame(last_stream_id: int, error_code: int) -> bytes:
+    """A GOAWAY frame built by hand: h2 considers the connection closed once it sends one, but
+    a graceful drain must keep answering the streams it already has."""
+    payload = last_stream_id.to_bytes(4, "big") + error_code.to_bytes(4, "big")
+    return len(payload).to_bytes(3, "big") + b"\x07\x00" + b"\x00\x00\x00\x00" + payload
+
+
+class _H2Connection:
+    def __init__(
+        self, server: Server, stream: _Stream, info: _ConnectionInfo, initial: bytes
+    ) -> None:
+        self._server = server
+        self._limits = limits = server.limits
+        self._metrics = server.metrics
+        self._stream = stream
+        self._peer = info.peer
+        self._client_cert = info.client_cert
+        self._initial = initial
+        self._reject = info.reject
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self._h2 = h2.connection.H2Connection(config)
+        self._h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
+            },
+        )
+        # Blocks up to twice the advertised size are decoded (and answered 431); beyond that
+        # h2 refuses to decode and the connection ends with ENHANCE_YOUR_CALM.
+        self._h2.decoder.max_header_list_size = 2 * limits.max_header_bytes
+        self._streams: dict[int, _H2Stream] = {}
+        self._buffered_body = 0
+        self._resets = _Budget(limits.max_resets, limits.abuse_window)
+        self._control = _Budget(limits.max_control_frames, limits.abuse_window)
+        self._outbuf = bytearray()
+        self._sending = 0
+        self._wake_writer = trio.Event()
+        self._progress = trio.Event()
+        self._low_water = limits.max_outbound_bytes // 2
+        self._nursery: trio.Nursery | None = None
+        self._read_scope: trio.CancelScope | None = None
+        self._started = info.connected
+        self._last_activity = self._started
+        self._settings_received = False
+        #: No more reading: the connection is being closed.
+        self._closing = False
+        #: h2 has sent or received GOAWAY and will not send anything more.
+        self._terminated = False
+        self._draining = False
+        self._goaway_last: int | None = None
+        #: The client closed its side.
+        self._eof = False
+        #: Torn down without ceremony (write timeout, queue overflow).
+        self._aborted = False
+
+    # -- life cycle
+
+    def drain(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        if self._nursery is not None:  # else run() sends GOAWAY after the SETTINGS preface
+            self._announce_goaway()
+        self._poke()
+
+    def _announce_goaway(self) -> None:
+        """The first, graceful GOAWAY: no new streams; the ones we have still get answers."""
+        if not self._terminated:
+            self._flush()
+            self._goaway_last = self._h2.highest_inbound_stream_id
+            self._queue(_goaway_frame(self._goaway_last, h2.errors.ErrorCodes.NO_ERROR))
+
+    async def run(self) -> None:
+        self._h2.initiate_connection()
+        self._flush()
+        if self._draining:
+            self._announce_goaway()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._writer)
+            if self._initial:
+                self._process(self._initial)
+            await self._read_loop()
+            with trio.move_on_after(min(self._limits.write_timeout, _LINGER_SECONDS)):
+                while self._outbuf or self._sending:
+                    await self._progress.wait()
+            nursery.cancel_scope.cancel()
+        if not self._eof and not self._aborted:
+            # Let the final GOAWAY reach the client before the socket closes.
+            await _linger_close(self._stream)
+
+    def _abort(self) -> None:
+        self._closing = True
+        self._aborted = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _close(self, error_code: int) -> None:
+        """Send the final GOAWAY and stop reading."""
+        if not self._terminated:
+            self._terminated = True
+            last = self._h2.highest_inbound_stream_id
+            if self._goaway_last is not None:
+                last = min(last, self._goaway_last)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.close_connection(error_code=error_code, last_stream_id=last)
+            self._flush()
+        self._closing = True
+        self._poke()
+
+    # -- reading
+
+    def _next_deadline(self) -> float:
+        if self._closing or (self._draining and not self._streams):
+            return -math.inf
+        if not self._settings_received:
+            return self._started + self._limits.header_timeout
+        receiving = [s.deadline for s in self._streams.values() if not s.ended]
+        if receiving:
+            return min(receiving)
+        if self._streams:
+            return math.inf  # handlers at work: their own business
+        return self._last_activity + self._limits.idle_timeout
+
+    def _poke(self) -> None:
+        """Make the reader re-evaluate its deadline (state changed under it)."""
+        if self._read_scope is not None:
+            self._read_scope.deadline = self._next_deadline()
+
+    async def _read_loop(self) -> None:
+        while True:
+            if self._draining and not self._streams:
+                self._close(h2.errors.ErrorCodes.NO_ERROR)
+            if self._closing:
+                return
+            with trio.CancelScope(deadline=self._next_deadline()) as scope:
+                self._read_scope = scope
+                try:
+                    data = await self._stream.receive_some(_READ_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+            self._read_scope = None
+            if scope.cancelled_caught:
+                self._on_deadline()
+            elif not data:
+                self._eof = self._closing = True  # client gone: in-flight handlers are cancelled
+            else:
+                self._process(bytes(data))
+
+    def _on_deadline(self) -> None:
+        now = trio.current_time()
+        if self._closing or (self._draining and not self._streams):
+            return
+        if not self._settings_received:
+            self._metrics.error("header_timeout")
+            self._close(h2.errors.ErrorCodes.NO_ERROR)
+            return
+        for s in list(self._streams.values()):
+            if not s.ended and s.deadline <= now:
+                self._metrics.error("read_timeout")
+                self._drop(s)
+                self._refuse(s.stream_id, 408, "Request not received in time", s, client_done=False)
+        if not self._streams and self._last_activity + self._limits.idle_timeout <= now:
+            self._close(h2.errors.ErrorCodes.NO_ERROR)
+        self._flush()
+
+    def _process(self, data: bytes) -> None:
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued GOAWAY with the right error code.
+            kind = (
+                "h2_calm" if isinstance(exc, h2.exceptions.DenialOfServiceError) else "h2_protocol"
+            )
+            self._metrics.error(kind)
+            _log.debug("HTTP/2 protocol error from %s: %s", self._peer, exc)
+            self._terminated = True
+            self._closing = True
+            self._flush()
+            return
+        if events:
+            self._last_activity = trio.current_time()
+        for event in events:
+            if self._closing:
+                break
+            self._on_event(event)
+        self._flush()
+
+    def _on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._on_request(event)
+        elif isinstance(event, h2.events.DataReceived):
+            self._on_data(event)
+        elif isinstance(event, h2.events.StreamEnded):
+            self._on_stream_ended(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            self._on_reset(event)
+        elif isinstance(event, h2.events.WindowUpdated):
+            self._wake_senders(event.stream_id)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._settings_received = True
+            self._spend_control()
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                self._wake_senders(0)
+        elif isinstance(
+            event,
+            h2.events.PingReceived | h2.events.PriorityUpdated | h2.events.UnknownFrameReceived,
+        ):
+            self._spend_control()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            # The client's GOAWAY: h2 will not send anything after it.
+            self._terminated = True
+            self._closing = True
+
+    def _spend_control(self) -> None:
+        if not self._control.spend(trio.current_time()):
+            self._metrics.error("control_flood")
+            _log.warning("HTTP/2 control frame flood from %s: closing", self._peer)
+            self._close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        limits = self._limits
+        now = trio.current_time()
+        if self._goaway_last is not None and stream_id > self._goaway_last:
+            self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self._streams) >= limits.max_concurrent_streams:
+            self._metrics.error("too_many_streams")
+            self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        method, path, authority, headers, size, content_length = _h2_request_head(event.headers)
+        client_done = event.stream_ended is not None
+        probe = _H2Stream(stream_id, method or "-", path or "-", "", (), now, now)
+        if size > limits.max_header_bytes:
+            self._metrics.error("header_too_large")
+            self._refuse(stream_id, 431, "Request header fields too large", probe, client_done)
+            return
+        if not method or not path:
+            self._metrics.error("bad_request")
+            self._refuse(stream_id, 400, "Bad request: no :method or :path", probe, client_done)
+            return
+        if content_length is not None and content_length > limits.max_body_bytes:
+            self._metrics.error("body_too_large")
+            message = f"Request body exceeds {limits.max_body_bytes} bytes"
+            self._refuse(stream_id, 413, message, probe, client_done)
+            return
+        if self._reject:
+            reply = _text_reply(503, "Server at its connection limit", limits.retry_after)
+            self._send_reply_now(stream_id, reply, probe, client_done)
+            self.drain()
+            return
+        if authority and not any(name == "host" for name, _ in headers):
+            headers.insert(0, ("host", authority))
+        path, query = _split_target(path)
+        self._streams[stream_id] = _H2Stream(
+            stream_id, method, path, query, tuple(headers), now, now + limits.read_timeout
+        )
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        stream_id = event.stream_id
+        if event.flow_controlled_length:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+        data = event.data
+        if not data and event.stream_ended is None:
+            self._spend_control()  # empty DATA frames are free to send and cost us work
+        s = self._streams.get(stream_id)
+        if s is None or s.ended:
+            return
+        limits = self._limits
+        if len(s.body) + len(data) > limits.max_body_bytes:
+            self._metrics.error("body_too_large")
+            self._drop(s)
+            message = f"Request body exceeds {limits.max_body_bytes} bytes"
+            self._refuse(stream_id, 413, message, s, client_done=event.stream_ended is not None)
+            return
+        if self._buffered_body + len(data) > limits.max_connection_body_bytes:
+            self._metrics.error("connection_body_limit")
+            self._drop(s)
+            self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        s.body += data
+        self._buffered_body += len(data)
+
+    def _on_stream_ended(self, stream_id: int) -> None:
+        s = self._streams.get(stream_id)
+        if s is None or s.ended:
+            return
+        s.ended = True
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_stream, s)
+
+    def _on_reset(self, event: h2.events.StreamReset) -> None:
+        if event.remote_reset and not self._resets.spend(trio.current_time()):
+            self._metrics.error("rapid_reset")
+            _log.warning("HTTP/2 rapid reset from %s: closing", self._peer)
+            self._close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        s = self._streams.get(event.stream_id)
+        if s is not None:
+            s.reset = True
+            self._drop(s)
+            if s.scope is not None:
+                s.scope.cancel()
+            s.window.set()
+
+    def _drop(self, s: _H2Stream) -> None:
+        """Forget a stream's buffered request and stop tracking it."""
+        self._buffered_body -= len(s.body)
+        s.body = bytearray()
+        self._streams.pop(s.stream_id, None)
+        self._poke()
+
+    def _wake_senders(self, stream_id: int) -> None:
+        if stream_id == 0:
+            for s in self._streams.values():
+                s.window.set()
+        else:
+            waiting = self._streams.get(stream_id)
+            if waiting is not None:
+                waiting.window.set()
+
+    # -- answering
+
+    def _reset(self, stream_id: int, error_code: int) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.reset_stream(stream_id, error_code)
+
+    def _refuse(
+        self, stream_id: int, status: int, message: str, s: _H2Stream, client_done: bool
+    ) -> None:
+        self._send_reply_now(stream_id, _text_reply(status, message), s, client_done)
+
+    def _send_reply_now(
+        self, stream_id: int, reply: _Reply, s: _H2Stream, client_done: bool
+    ) -> None:
+        """Answer a stream at once with a small reply (no waiting on flow control: the body
+        goes only if the window allows it). When the client is still sending, the stream is
+        then reset with NO_ERROR: the response is complete, the rest of the request unwanted."""
+        headers = [(b":status", b"%d" % reply.status), *reply.headers]
+        sent = 0
+        try:
+            self._h2.send_headers(stream_id, headers)
+            window = self._h2.local_flow_control_window(stream_id)
+            if len(reply.body) <= min(window, self._h2.max_outbound_frame_size):
+                self._h2.send_data(stream_id, reply.body, end_stream=True)
+                sent = len(reply.body)
+            else:
+                self._h2.end_stream(stream_id)
+            if not client_done:
+                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        except h2.exceptions.ProtocolError:
+            pass
+        self._flush()
+        self._server._record(
+            method=s.method,
+            path=s.path,
+            status=reply.status,
+            protocol="HTTP/2",
+            started=s.started,
+            peer=self._peer,
+            bytes_in=0,
+            bytes_out=sent,
+        )
+
+    async def _run_stream(self, s: _H2Stream) -> None:
+        request = Request(
+            method=s.method,
+            path=s.path,
+            query=s.query,
+            headers=s.headers,
+            body=bytes(s.body),
+            http_version="2",
+            peer=self._peer,
+            client_cert=self._client_cert,
+        )
+        self._buffered_body -= len(s.body)
+        s.body = bytearray()
+        status = 499  # the client reset the stream before the response was complete
+        sent = 0
+        extra: dict[str, str] | None = None
+        with trio.CancelScope() as scope:
+            s.scope = scope
+            if s.reset:
+                scope.cancel()
+            reply = await self._server._dispatch(request)
+            extra = reply.log
+            try:
+                sent = await self._send_reply(s, reply)
+            except Exception:  # a bug here must cost one stream, not the connection
+                _log.exception("sending the response on stream %d failed", s.stream_id)
+                self._metrics.error("h2_send")
+                self._reset(s.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                self._flush()
+                sent = -1
+            if sent >= 0:
+                status = reply.status
+        self._streams.pop(s.stream_id, None)
+        self._last_activity = trio.current_time()
+        self._poke()
+        self._server._record(
+            method=s.method,
+            path=s.path,
+            status=status,
+            protocol="HTTP/2",
+            started=s.started,
+            peer=self._peer,
+            bytes_in=len(request.body),
+            bytes_out=max(sent, 0),
+            extra=extra,
+        )
+
+    async def _send_reply(self, s: _H2Stream, reply: _Reply) -> int:
+        """Send ``reply`` as flow control allows; body bytes sent, or -1 if the stream died."""
+        stream_id = s.stream_id
+        no_body = s.method == "HEAD" or reply.status in (204, 304) or not reply.body
+        headers = [(b":status", b"%d" % reply.status), *reply.headers]
+        if reply.status not in (204, 304):
+            headers.append((b"content-length", b"%d" % len(reply.body)))
+        body = memoryview(reply.body)
+        sent = 0
+        try:
+            await self._writable()
+            self._h2.send_headers(stream_id, headers, end_stream=no_body)
+            self._flush()
+            while not no_body and sent < len(body):
+                await self._writable()
+                window = self._h2.local_flow_control_window(stream_id)
+                if window <= 0:
+                    s.window = trio.Event()
+                    await s.window.wait()
+                    continue
+                size = min(window, self._h2.max_outbound_frame_size, _WRITE_CHUNK, len(body) - sent)
+                end = sent + size == len(body)
+                self._h2.send_data(stream_id, body[sent : sent + size], end_stream=end)
+                sent += size
+                self._flush()
+        except h2.exceptions.ProtocolError:
+            return -1  # reset by the client, or the connection is closing
+        return sent
+
+    # -- writing
+
+    def _queue(self, data: bytes) -> None:
+        self._outbuf += data
+        self._wake_writer.set()
+        if len(self._outbuf) + self._sending > self._limits.max_outbound_bytes:
+            self._metrics.error("outbound_overflow")
+            _log.warning("%s is not reading its responses: closing", self._peer)
+            self._abort()
+
+    def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data:
+            self._queue(data)
+
+    async def _writable(self) -> None:
+        """Wait until the unsent bytes are below the low-water mark."""
+        while len(self._outbuf) + self._sending > self._low_water:
+            await self._progress.wait()
+
+    async def _writer(self) -> None:
+        while True:
+            if not self._outbuf:
+                self._wake_writer = trio.Event()
+                await self._wake_writer.wait()
+                continue
+            chunk = bytes(self._outbuf[:_WRITE_CHUNK])
+            del self._outbuf[: len(chunk)]
+            self._sending = len(chunk)
+            with trio.move_on_after(self._limits.write_timeout) as scope:
+                try:
+                    await self._stream.send_all(chunk)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._abort()
+                    return
+            self._sending = 0
+            if scope.cancelled_caught:
+                self._metrics.error("write_timeout")
+                self._abort()
+                return
+            self._progress.set()
+            self._progress = trio.Event()
