@@ -13,6 +13,7 @@ import json
 import plistlib
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from mdmgate import __version__, plist, syncml, versions
@@ -74,6 +75,88 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
 
+@dataclass(frozen=True)
+class _Codec:
+    """The decode/encode command pair of one wire format."""
+
+    name: str
+    help: str
+    description: str
+    epilog: str
+    decode_help: str
+    decode_description: str
+    encode_help: str
+    encode_description: str
+    #: The encode option choosing the other encoding, and its help.
+    flag: str
+    flag_help: str
+
+
+SYNCML_CLI = _Codec(
+    name="syncml",
+    help="convert OMA-DM SyncML messages (XML, WBXML) to and from JSON",
+    description="Convert OMA-DM SyncML 1.2 messages between XML/WBXML and JSON.",
+    epilog=SYNCML_EPILOG,
+    decode_help="SyncML (XML or WBXML, detected) to JSON on stdout",
+    decode_description=(
+        "Read a SyncML message (XML or WBXML, detected from its first byte) and print it "
+        "as JSON. Hostile input (DTD subsets, entity tricks, oversized or deeply nested "
+        "messages) is refused with the byte offset of the problem."
+    ),
+    encode_help="JSON to SyncML bytes on stdout (XML unless --wbxml)",
+    encode_description=(
+        "Read the JSON form of a message and write SyncML XML (or WBXML with --wbxml). "
+        'Every command needs a unique CmdID other than "0".'
+    ),
+    flag="--wbxml",
+    flag_help="write WBXML instead of XML",
+)
+
+PLIST_CLI = _Codec(
+    name="plist",
+    help="convert property lists (XML, binary) to and from JSON",
+    description="Convert Apple property lists (XML or binary bplist00) to and from JSON.",
+    epilog=PLIST_EPILOG,
+    decode_help="plist (XML or binary, detected) to JSON on stdout",
+    decode_description=(
+        "Read a property list (XML, or binary when it starts with bplist00) and print it as "
+        "JSON. Entity declarations, reference cycles and exponential shared references "
+        "are refused with the byte offset of the problem."
+    ),
+    encode_help="JSON to a plist on stdout (XML unless --binary)",
+    encode_description="Read JSON and write it as an XML property list, or binary with --binary.",
+    flag="--binary",
+    flag_help="write bplist00 instead of XML",
+)
+
+
+def _add_codec(commands: Any, codec: _Codec) -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = commands.add_parser(
+        codec.name,
+        help=codec.help,
+        description=codec.description,
+        epilog=codec.epilog,
+        formatter_class=formatter,
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    for action, help_, description in (
+        ("decode", codec.decode_help, codec.decode_description),
+        ("encode", codec.encode_help, codec.encode_description),
+    ):
+        sub = actions.add_parser(
+            action,
+            help=help_,
+            description=description,
+            epilog=codec.epilog,
+            formatter_class=formatter,
+        )
+        sub.add_argument("file", nargs="?", default="-", metavar="FILE", help="input, - for stdin")
+        if action == "encode":
+            sub.add_argument(codec.flag, action="store_true", help=codec.flag_help)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mdmgate",
@@ -119,74 +202,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sort.add_argument("--platform", required=True, metavar="P", help="version rule to use")
     sort.add_argument("--reverse", action="store_true", help="print the highest first")
 
-    sync = commands.add_parser(
-        "syncml",
-        help="convert OMA-DM SyncML messages (XML, WBXML) to and from JSON",
-        description="Convert OMA-DM SyncML 1.2 messages between XML/WBXML and JSON.",
-        epilog=SYNCML_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sync_actions = sync.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    sync_actions.required = True
-    decode = sync_actions.add_parser(
-        "decode",
-        help="SyncML (XML or WBXML, detected) to JSON on stdout",
-        description=(
-            "Read a SyncML message (XML or WBXML, detected from its first byte) and print it "
-            "as JSON. Hostile input (DTD subsets, entity tricks, oversized or deeply nested "
-            "messages) is refused with the byte offset of the problem."
-        ),
-        epilog=SYNCML_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    decode.add_argument("file", nargs="?", default="-", metavar="FILE", help="input, - for stdin")
-    encode = sync_actions.add_parser(
-        "encode",
-        help="JSON to SyncML bytes on stdout (XML unless --wbxml)",
-        description=(
-            "Read the JSON form of a message and write SyncML XML (or WBXML with --wbxml). "
-            'Every command needs a unique CmdID other than "0".'
-        ),
-        epilog=SYNCML_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    encode.add_argument("file", nargs="?", default="-", metavar="FILE", help="input, - for stdin")
-    encode.add_argument("--wbxml", action="store_true", help="write WBXML instead of XML")
-
-    pl = commands.add_parser(
-        "plist",
-        help="convert property lists (XML, binary) to and from JSON",
-        description="Convert Apple property lists (XML or binary bplist00) to and from JSON.",
-        epilog=PLIST_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    pl_actions = pl.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    pl_actions.required = True
-    pl_decode = pl_actions.add_parser(
-        "decode",
-        help="plist (XML or binary, detected) to JSON on stdout",
-        description=(
-            "Read a property list (XML, or binary when it starts with bplist00) and print it as "
-            "JSON. Entity declarations, reference cycles and exponential shared references "
-            "are refused with the byte offset of the problem."
-        ),
-        epilog=PLIST_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    pl_decode.add_argument(
-        "file", nargs="?", default="-", metavar="FILE", help="input, - for stdin"
-    )
-    pl_encode = pl_actions.add_parser(
-        "encode",
-        help="JSON to a plist on stdout (XML unless --binary)",
-        description="Read JSON and write it as an XML property list, or binary with --binary.",
-        epilog=PLIST_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    pl_encode.add_argument(
-        "file", nargs="?", default="-", metavar="FILE", help="input, - for stdin"
-    )
-    pl_encode.add_argument("--binary", action="store_true", help="write bplist00 instead of XML")
+    _add_codec(commands, SYNCML_CLI)
+    _add_codec(commands, PLIST_CLI)
 
     serve = commands.add_parser(
         "serve",
