@@ -8,7 +8,7 @@ The seed snippets are extracted from two of Microsoft's documentation pages (see
 and 004, Korean), read from ``tests/data/seeds`` in the repository (or
 ``$MDMGATE_SEED_DIR``). :func:`seed_messages`, :func:`malformed_seed_messages` and
 :func:`lenient_messages` raise ``FileNotFoundError`` when
-the pages are missing; :func:`seeds_available` tells beforehand.
+the pages are missing.
 
 Run ``python -m tests.syncml_corpus`` to print the sizes of the big messages.
 """
@@ -39,7 +39,6 @@ __all__ = [
     "malformed_seed_messages",
     "response_commands",
     "seed_messages",
-    "seeds_available",
     "session_message",
     "shape_messages",
 ]
@@ -312,11 +311,6 @@ def _well_formed(data: bytes) -> bool:
     except ET.ParseError:
         return False
     return True
-
-
-def seeds_available() -> bool:
-    """Whether the seed pages are where :data:`SEED_DIR` points."""
-    return all((SEED_DIR / name).is_file() for name in _SEED_FILES.values())
 
 
 def seed_messages() -> list[Message]:
