@@ -947,6 +947,11 @@ async def test_metrics_escaping_and_failing_gauge() -> None:
     assert b"mdmgate_broken" not in metrics.render()
 
 
+async def test_timeouts_are_swept_at_a_tenth_of_the_shortest() -> None:
+    assert Server(echo, Limits()).sweep_interval == 1.0
+    assert Server(echo, Limits(idle_timeout=0.3)).sweep_interval == pytest.approx(0.03)
+
+
 async def test_limits_validation() -> None:
     assert Limits().max_body_bytes == 16 * 1024 * 1024
     with pytest.raises(ValueError, match="max_in_flight"):

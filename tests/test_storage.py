@@ -42,6 +42,30 @@ async def test_devices_round_trip(store: Store) -> None:
     assert await store.get_device("nope") is None
 
 
+async def test_bulk_device_read(store: Store) -> None:
+    assert await store.get_devices([]) == {}
+    found = await store.get_devices(["dev-3", "ghost", "dev-1", "dev-3"])
+    assert sorted(found) == ["dev-1", "dev-3"]
+    assert found["dev-3"] == await store.get_device("dev-3")
+    # More ids than a backend may read in one go on the event loop (see INLINE_READ_MAX).
+    many = [Device(f"bulk-{i}", "ios", facts={"n": i}) for i in range(300)]
+    await store.upsert_devices(many)
+    wanted = [f"bulk-{i}" for i in range(0, 300, 2)] + ["ghost"]
+    found = await store.get_devices(wanted)
+    assert len(found) == 150
+    assert found["bulk-298"].facts == {"n": 298}
+
+
+async def test_reads_see_every_acknowledged_write(store: Store) -> None:
+    # A device read right after a write returns the write, whichever connection serves it.
+    for i in range(20):
+        await store.upsert_devices([Device("flip", "windows", f"/org/{i}")])
+        device = await store.get_device("flip")
+        assert device is not None
+        assert device.org == f"/org/{i}"
+        assert (await store.get_devices(["flip"]))["flip"].org == f"/org/{i}"
+
+
 async def test_enqueue_is_set_based_and_atomic(store: Store) -> None:
     devices = [f"dev-{i}" for i in range(5)]
     assert await store.enqueue("c1", "syncml", b"<Get/>", devices) == 5
@@ -169,3 +193,39 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="newer than this mdmgate"):
         await SQLiteStore.open(path)
+
+
+class _BusyReader:
+    """Stands in for the store's read connection while SQLite reports it busy (a WAL
+    recovery by another process, which cannot be staged portably)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.calls = 0
+
+    def execute(self, *args: object) -> sqlite3.Cursor:
+        self.calls += 1
+        exc = sqlite3.OperationalError("database is locked")
+        exc.sqlite_errorcode = self.code
+        raise exc
+
+
+async def test_sqlite_read_falls_back_when_the_database_is_busy(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "busy.db")
+    await store.upsert_devices([Device("w1", "windows", "/acme"), Device("w2", "ios")])
+    reader, busy = store._reader, _BusyReader(sqlite3.SQLITE_BUSY)
+    store._reader = busy  # type: ignore[assignment]
+    try:
+        # Retried on the writer's connection, on the worker thread: same answers.
+        device = await store.get_device("w1")
+        assert device is not None
+        assert device.org == "/acme"
+        assert sorted(await store.get_devices(["w1", "w2", "x"])) == ["w1", "w2"]
+        assert busy.calls == 2
+        # Any other error is a real failure and is not papered over.
+        store._reader = _BusyReader(sqlite3.SQLITE_IOERR)  # type: ignore[assignment]
+        with pytest.raises(sqlite3.OperationalError):
+            await store.get_device("w1")
+    finally:
+        store._reader = reader
+        await store.aclose()

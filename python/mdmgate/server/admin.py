@@ -857,7 +857,8 @@ class AdminApi:
             if isinstance(item.org, str) and item.org.endswith("\n"):
                 # The pattern's "$" also matches before a final newline.
                 raise _refuse(422, "an org path has no line breaks", f"$[{index}].org")
-        devices = [self._merge(item, await self.store.get_device(item.id)) for item in given]
+        stored = await self.store.get_devices([item.id for item in given])
+        devices = [self._merge(item, stored.get(item.id)) for item in given]
         written = await self.store.upsert_devices(devices) if devices else 0
         return _json(200, DevicesWritten(written))
 
@@ -911,14 +912,9 @@ class AdminApi:
         self, command: DeviceCommandIn, device_ids: Sequence[str], field: str | None
     ) -> Response:
         wanted = list(dict.fromkeys(device_ids))
-        devices: list[Device] = []
-        unknown: list[str] = []
-        for device_id in wanted:
-            device = await self.store.get_device(device_id)
-            if device is None:
-                unknown.append(device_id)
-            else:
-                devices.append(device)
+        stored = await self.store.get_devices(wanted)
+        devices = [stored[i] for i in wanted if i in stored]
+        unknown = [i for i in wanted if i not in stored]
         if unknown:
             raise _unknown(unknown, field)
         prepared = _prepare(command, devices, field)

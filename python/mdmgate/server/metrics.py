@@ -7,6 +7,7 @@ reduced to their class), so the number of series stays bounded whatever clients 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import re
@@ -131,12 +132,9 @@ class Histogram:
             raise ValueError(f"{self.name} takes labels {self.labelnames}")
         series = self._series.get(labelvalues)
         if series is None:
-            series = self._series[labelvalues] = _HistogramSeries([0] * len(self.buckets))
-        # Non-cumulative counts here; render() accumulates.
-        for index, bound in enumerate(self.buckets):
-            if value <= bound:
-                series.counts[index] += 1
-                break
+            series = self._series[labelvalues] = _HistogramSeries([0] * (len(self.buckets) + 1))
+        # Non-cumulative counts here; render() accumulates. The last slot is +Inf.
+        series.counts[bisect.bisect_left(self.buckets, value)] += 1
         series.total += value
         series.count += 1
 
@@ -150,7 +148,7 @@ class Histogram:
         names = self.labelnames
         for labelvalues, series in sorted(self._series.items()):
             running = 0
-            for bound, count in zip(self.buckets, series.counts, strict=True):
+            for bound, count in zip(self.buckets, series.counts[:-1], strict=True):
                 running += count
                 le = f'le="{float(bound)!r}"'
                 yield f"{self.name}_bucket{_labels(names, labelvalues, le)} {running}"

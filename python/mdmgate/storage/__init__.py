@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+import msgspec
 
 __all__ = [
     "CommandStatus",
@@ -60,15 +62,15 @@ class UnknownDevices(StoreError, LookupError):
         self.device_ids = list(device_ids)
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(msgspec.Struct, frozen=True):
+    # A Struct: built in C on every device read, several times faster than a dataclass.
     id: str
     platform: str
     org: str = "/"
     os_version: str | None = None
     supervised: bool | None = None
-    auth: dict[str, Any] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)
+    auth: dict[str, Any] = msgspec.field(default_factory=dict)
+    facts: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,20 @@ class CommandStatus:
 
 
 class Store(Protocol):
-    """What every backend provides. All methods are async; blocking work runs off the Trio
-    thread."""
+    """What every backend provides. All methods are async. Blocking work runs off the Trio
+    thread; a backend may answer bounded point reads (a device by id) on it when that is
+    cheaper than a thread round trip, as long as they never wait for a lock."""
 
     async def upsert_devices(self, devices: Sequence[Device]) -> int:
         """Registers or replaces devices; returns how many were written."""
         ...
 
     async def get_device(self, device_id: str) -> Device | None: ...
+
+    async def get_devices(self, device_ids: Sequence[str]) -> dict[str, Device]:
+        """The known devices among ``device_ids``, by id, in one round trip (unknown ids are
+        left out)."""
+        ...
 
     async def enqueue(
         self, command_id: str, kind: str, body: bytes, device_ids: Sequence[str]

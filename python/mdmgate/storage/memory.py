@@ -34,6 +34,9 @@ class MemoryStore:
     async def get_device(self, device_id: str) -> Device | None:
         return self._devices.get(device_id)
 
+    async def get_devices(self, device_ids: Sequence[str]) -> dict[str, Device]:
+        return {i: self._devices[i] for i in device_ids if i in self._devices}
+
     async def enqueue(
         self, command_id: str, kind: str, body: bytes, device_ids: Sequence[str]
     ) -> int:
