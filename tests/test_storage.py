@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
 
-from mdmgate.storage import DeliveryState, Device, Store, UnknownDevices
+from mdmgate.storage import CommandExists, DeliveryState, Device, Store, UnknownDevices
 from mdmgate.storage.memory import MemoryStore
 from mdmgate.storage.sqlite import SQLiteStore
 
@@ -81,6 +82,29 @@ async def test_enqueue_is_set_based_and_atomic(store: Store) -> None:
     assert status is not None
     assert [d.device_id for d in status.deliveries] == devices
     assert {d.body for d in status.deliveries} == {b"<Get/>"}
+
+
+async def test_a_new_command_id_is_taken_once(store: Store) -> None:
+    outcomes: list[str] = []
+
+    async def attempt(body: bytes) -> None:
+        try:
+            await store.enqueue("chosen-1", "apple", body, ["dev-0"], new=True)
+            outcomes.append(body.decode())
+        except CommandExists as exc:
+            assert exc.command_id == "chosen-1"
+            outcomes.append("taken")
+
+    # Two callers choose the same id at once: one wins, whole; the other is told.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(attempt, b"first")
+        nursery.start_soon(attempt, b"second")
+    assert sorted(outcomes) in (["first", "taken"], ["second", "taken"])
+    status = await store.command_status("chosen-1")
+    assert status is not None
+    assert [d.body.decode() for d in status.deliveries] == [o for o in outcomes if o != "taken"]
+    # Without new=True the same id adds devices to the stored command, as before.
+    assert await store.enqueue("chosen-1", "apple", b"ignored", ["dev-1"]) == 1
 
 
 async def test_take_hands_out_in_order_once_per_session(store: Store) -> None:

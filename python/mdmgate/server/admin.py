@@ -55,7 +55,15 @@ from mdmgate.errors import (
     SyncMLEncodeError,
 )
 from mdmgate.server.types import Request, Response
-from mdmgate.storage import CommandStatus, Delivery, DeliveryState, Device, Store, UnknownDevices
+from mdmgate.storage import (
+    CommandExists,
+    CommandStatus,
+    Delivery,
+    DeliveryState,
+    Device,
+    Store,
+    UnknownDevices,
+)
 
 __all__ = [
     "API_PREFIX",
@@ -918,15 +926,15 @@ class AdminApi:
         if unknown:
             raise _unknown(unknown, field)
         prepared = _prepare(command, devices, field)
-        if prepared.chosen and await self.store.command_status(prepared.command_id) is not None:
-            where = "$.raw" if command.raw is not None else "$.apple.command_uuid"
-            raise _refuse(409, f"command id {prepared.command_id!r} is taken", where)
         try:
             queued = await self.store.enqueue(
-                prepared.command_id, prepared.kind, prepared.body, wanted
+                prepared.command_id, prepared.kind, prepared.body, wanted, new=prepared.chosen
             )
         except UnknownDevices as exc:
             raise _unknown(exc.device_ids, field) from None
+        except CommandExists:
+            where = "$.raw" if command.raw is not None else "$.apple.command_uuid"
+            raise _refuse(409, f"command id {prepared.command_id!r} is taken", where) from None
         return _json(202, CommandAccepted(prepared.command_id, prepared.kind, queued))
 
     async def _command_status(self, command_id: str) -> Response:

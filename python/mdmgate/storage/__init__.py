@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import msgspec
 
 __all__ = [
+    "CommandExists",
     "CommandStatus",
     "Delivery",
     "DeliveryState",
@@ -51,6 +52,14 @@ class DeliveryState(enum.StrEnum):
 
 class StoreError(Exception):
     """A storage operation that cannot be carried out as asked."""
+
+
+class CommandExists(StoreError):
+    """``enqueue(..., new=True)`` for a command id the store already holds."""
+
+    def __init__(self, command_id: str) -> None:
+        super().__init__(f"command id {command_id!r} is taken")
+        self.command_id = command_id
 
 
 class UnknownDevices(StoreError, LookupError):
@@ -111,12 +120,20 @@ class Store(Protocol):
         ...
 
     async def enqueue(
-        self, command_id: str, kind: str, body: bytes, device_ids: Sequence[str]
+        self,
+        command_id: str,
+        kind: str,
+        body: bytes,
+        device_ids: Sequence[str],
+        *,
+        new: bool = False,
     ) -> int:
         """Stores the body once and queues it for every device, atomically: either all are
         queued or none (unknown devices raise :class:`UnknownDevices`). Returns the number of
         deliveries. Queuing the same command id again for a device already holding it is a
-        no-op for that device."""
+        no-op for that device. With ``new``, a command id the store already holds raises
+        :class:`CommandExists` instead (checked in the same atomic step, so two callers
+        choosing the same id cannot both succeed)."""
         ...
 
     async def take(self, device_id: str, session: str, limit: int) -> list[Delivery]:

@@ -6,7 +6,14 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from mdmgate.storage import CommandStatus, Delivery, DeliveryState, Device, UnknownDevices
+from mdmgate.storage import (
+    CommandExists,
+    CommandStatus,
+    Delivery,
+    DeliveryState,
+    Device,
+    UnknownDevices,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -38,8 +45,16 @@ class MemoryStore:
         return {i: self._devices[i] for i in device_ids if i in self._devices}
 
     async def enqueue(
-        self, command_id: str, kind: str, body: bytes, device_ids: Sequence[str]
+        self,
+        command_id: str,
+        kind: str,
+        body: bytes,
+        device_ids: Sequence[str],
+        *,
+        new: bool = False,
     ) -> int:
+        if new and command_id in self._commands:
+            raise CommandExists(command_id)
         unknown = [d for d in dict.fromkeys(device_ids) if d not in self._devices]
         if unknown:
             raise UnknownDevices(unknown)

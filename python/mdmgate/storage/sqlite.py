@@ -29,7 +29,14 @@ from typing import Any, Literal, TypeVar
 
 import trio
 
-from mdmgate.storage import CommandStatus, Delivery, DeliveryState, Device, UnknownDevices
+from mdmgate.storage import (
+    CommandExists,
+    CommandStatus,
+    Delivery,
+    DeliveryState,
+    Device,
+    UnknownDevices,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -216,7 +223,13 @@ class SQLiteStore:
         return await self._read_inline(lambda db: _read_devices(db, ids))
 
     async def enqueue(
-        self, command_id: str, kind: str, body: bytes, device_ids: Sequence[str]
+        self,
+        command_id: str,
+        kind: str,
+        body: bytes,
+        device_ids: Sequence[str],
+        *,
+        new: bool = False,
     ) -> int:
         ids = json.dumps(list(dict.fromkeys(device_ids)))
 
@@ -234,6 +247,11 @@ class SQLiteStore:
                 ]
                 if unknown:
                     raise UnknownDevices(unknown)
+                if (
+                    new
+                    and db.execute("SELECT 1 FROM commands WHERE id = ?", (command_id,)).fetchone()
+                ):
+                    raise CommandExists(command_id)
                 db.execute(
                     "INSERT INTO commands VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                     (command_id, kind, body, now),
