@@ -60,7 +60,10 @@ def test_serves_both_protocols_and_drains_on_sigterm(tmp_path: Path) -> None:
             assert "mdmgate_http_requests_total" in metrics
             assert "mdmgate_queue_depth" in metrics
             r = client.post("/ManagementServer/MDM.svc", content=b"<SyncML/>")
-            assert r.status_code == 501
+            assert r.status_code == 415
+            assert "application/vnd.syncml.dm+xml" in r.text
+            assert "mdmgate_omadm_sessions" in metrics
+            assert client.put("/mdm/apple/checkin", content=b"x").status_code == 501
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
 

@@ -107,6 +107,35 @@ async def test_a_new_command_id_is_taken_once(store: Store) -> None:
     assert await store.enqueue("chosen-1", "apple", b"ignored", ["dev-1"]) == 1
 
 
+async def test_accepted_waits_for_the_device_and_is_not_offered_again(store: Store) -> None:
+    await store.enqueue("install", "syncml", b"<Exec/>", ["dev-0"])
+    await store.enqueue("get", "syncml", b"<Get/>", ["dev-0"])
+    assert [d.command_id for d in await store.take("dev-0", "s1", 10)] == ["install", "get"]
+    assert await store.record_result("dev-0", "install", DeliveryState.ACCEPTED, "202", None)
+    # A later session gets the unanswered Get again, never the accepted install.
+    assert [d.command_id for d in await store.take("dev-0", "s2", 10)] == ["get"]
+    assert await store.queue_depth() == 2
+    accepted = await store.deliveries("dev-0", [DeliveryState.ACCEPTED])
+    assert [(d.command_id, d.body, d.status) for d in accepted] == [("install", b"<Exec/>", "202")]
+    # The asynchronous result completes it.
+    assert await store.record_result("dev-0", "install", DeliveryState.ACKNOWLEDGED, "0", b"ok")
+    assert await store.deliveries("dev-0", [DeliveryState.ACCEPTED]) == []
+    done = await store.deliveries("dev-0", [DeliveryState.ACKNOWLEDGED, DeliveryState.SENT])
+    assert [(d.command_id, d.state) for d in done] == [
+        ("install", DeliveryState.ACKNOWLEDGED),
+        ("get", DeliveryState.SENT),
+    ]
+
+
+async def test_merge_facts(store: Store) -> None:
+    assert await store.merge_facts("dev-1", {"model": "Surface", "apps": [{"identifier": "a"}]})
+    assert await store.merge_facts("dev-1", {"lang": "it-IT", "model": None})
+    device = await store.get_device("dev-1")
+    assert device is not None
+    assert device.facts == {"apps": [{"identifier": "a"}], "lang": "it-IT"}
+    assert not await store.merge_facts("ghost", {"x": 1})
+
+
 async def test_take_hands_out_in_order_once_per_session(store: Store) -> None:
     for i in range(4):
         await store.enqueue(f"c{i}", "apple", f"body{i}".encode(), ["dev-1"])

@@ -64,6 +64,7 @@ from mdmgate.storage import (
     Store,
     UnknownDevices,
 )
+from mdmgate.windows import apps
 
 __all__ = [
     "API_PREFIX",
@@ -195,7 +196,7 @@ class AppleCommandIn(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class DeviceCommandIn(Struct, kw_only=True, forbid_unknown_fields=True):
-    """One command; exactly one of ``raw``, ``apple`` and ``syncml``.
+    """One command; exactly one of ``raw``, ``apple``, ``syncml`` and ``windows_app``.
 
     ``raw`` is, for Windows devices, the XML of one SyncML command (``<Get>...</Get>``) and,
     for Apple devices, a command plist ``{CommandUUID?, Command: {RequestType, ...}}`` as
@@ -206,6 +207,13 @@ class DeviceCommandIn(Struct, kw_only=True, forbid_unknown_fields=True):
     raw: Annotated[str, Meta(min_length=1)] | None = None
     apple: AppleCommandIn | None = None
     syncml: dict[str, Any] | None = None
+    windows_app: Annotated[
+        apps.AppCommand | None,
+        Meta(
+            description="A Windows app lifecycle command (EnterpriseModernAppManagement and"
+            " the ApplicationManagement policies), expanded into the manual's SyncML."
+        ),
+    ] = None
 
 
 class CommandIn(DeviceCommandIn, kw_only=True, forbid_unknown_fields=True):
@@ -486,6 +494,24 @@ def _syncml_from_dict(command: dict[str, Any]) -> bytes:
     return fragment
 
 
+def _windows_app(command: apps.AppCommand, devices: Sequence[Device]) -> bytes:
+    """The SyncML of a typed app command; refused when any device's inventory forbids it
+    (e.g. removing a provisioned app the inventory does not show as provisioned)."""
+    body = b""
+    for device in devices:
+        records = [
+            msgspec.convert(r, apps.AppRecord)
+            for r in device.facts.get("windows_apps", [])
+            if isinstance(r, dict)
+        ]
+        try:
+            body = apps.expand(command, inventory=records)
+        except apps.AppCommandRefused as exc:
+            where = f" on device {device.id!r}" if len(devices) > 1 else ""
+            raise _refuse(422, f"{exc.message}{where}", exc.field) from None
+    return body
+
+
 def _apple_from_raw(raw: str) -> tuple[str, bytes, bool]:
     """The command id, plist body and whether the client chose the id."""
     try:
@@ -557,12 +583,13 @@ def _prepare(
             ("raw", command.raw),
             ("apple", command.apple),
             ("syncml", command.syncml),
+            ("windows_app", command.windows_app),
         )
         if value is not None
     ]
     if len(given) != 1:
         got = f" (got {', '.join(given)})" if given else ""
-        raise _refuse(422, f"give exactly one of raw, apple, syncml{got}", "$")
+        raise _refuse(422, f"give exactly one of raw, apple, syncml, windows_app{got}", "$")
     platforms = sorted({d.platform for d in devices})
     kinds = {_KINDS.get(p) for p in platforms}
     if None in kinds:
@@ -589,6 +616,10 @@ def _prepare(
             raise _refuse(422, "apple commands are for iOS, iPadOS and macOS devices", "$.apple")
         command_id, body, chosen = _apple_typed(command.apple, platforms)
         return _Prepared("apple", command_id, body, chosen)
+    if command.windows_app is not None:
+        if kind != "syncml":
+            raise _refuse(422, "windows_app commands are for Windows devices", "$.windows_app")
+        return _Prepared("syncml", uuid.uuid4().hex, _windows_app(command.windows_app, devices))
     assert command.syncml is not None
     if kind != "syncml":
         raise _refuse(422, "syncml commands are for Windows devices", "$.syncml")

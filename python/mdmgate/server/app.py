@@ -24,13 +24,16 @@ from mdmgate.server.types import Handler, Request, Response
 from mdmgate.storage import Store
 from mdmgate.storage.memory import MemoryStore
 from mdmgate.storage.sqlite import SQLiteStore
+from mdmgate.windows.service import WindowsService
 
 __all__ = ["Config", "ConfigError", "build_handler", "load_config", "open_store", "run"]
 
 log = logging.getLogger("mdmgate.server")
 
-#: Device-facing paths whose protocol handlers arrive with the Windows and Apple issues.
-DEVICE_PATHS = ("/ManagementServer/MDM.svc", "/mdm/apple/checkin", "/mdm/apple/connect")
+#: The Windows (OMA-DM) endpoint.
+WINDOWS_PATH = "/ManagementServer/MDM.svc"
+#: Device-facing paths; the Apple ones answer 501 until their handlers arrive.
+DEVICE_PATHS = (WINDOWS_PATH, "/mdm/apple/checkin", "/mdm/apple/connect")
 #: How often the queue-depth gauge is refreshed (a scrape must not wait for the database).
 GAUGE_REFRESH_SECONDS = 5.0
 
@@ -136,7 +139,11 @@ def _text(status: int, text: str, content_type: str = "text/plain; charset=utf-8
     return Response(status, (("content-type", content_type),), text.encode())
 
 
-def build_handler(store: Store, admin: AdminApi, metrics: Metrics) -> Handler:
+def build_handler(
+    store: Store, admin: AdminApi, metrics: Metrics, windows: Handler | None = None
+) -> Handler:
+    """Routes a request: health and metrics, the admin API, the device endpoints."""
+
     async def handle(request: Request) -> Response:
         if request.path == "/healthz":
             return _text(200, "ok\n")
@@ -148,6 +155,8 @@ def build_handler(store: Store, admin: AdminApi, metrics: Metrics) -> Handler:
             )
         if request.path.startswith("/api/"):
             return await admin(request)
+        if request.path == WINDOWS_PATH and windows is not None:
+            return await windows(request)
         if request.path in DEVICE_PATHS:
             # Said plainly rather than answered with a half protocol a device could misread.
             return _text(501, "this device protocol is not served by this version of mdmgate\n")
@@ -176,7 +185,12 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
         "mdmgate_queue_depth", "Deliveries waiting for a device's answer.", lambda: depth[0]
     )
     admin = AdminApi(store, config.api_token, dev=config.dev)
-    server = Server(build_handler(store, admin, metrics), config.limits, metrics=metrics)
+    windows = WindowsService(store, dev=config.dev)
+    metrics.register_gauge(
+        "mdmgate_omadm_sessions", "Open OMA-DM sessions.", lambda: windows.open_sessions
+    )
+    handler = build_handler(store, admin, metrics, windows)
+    server = Server(handler, config.limits, metrics=metrics)
     context: ssl.SSLContext | None = None
     if config.tls_cert is not None and config.tls_key is not None:
         context = server_ssl_context(config.tls_cert, config.tls_key, config.client_ca)

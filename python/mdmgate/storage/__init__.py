@@ -8,7 +8,8 @@ protocol layers rely on:
   many devices is one atomic, set-based operation;
 * once :meth:`Store.enqueue` has returned, the command survives a crash (durable backends);
 * each device sees its queue in enqueue order; a delivery moves ``queued`` -> ``sent`` (in a
-  session) -> ``acknowledged`` / ``error``, or ``not_now`` (offered again later);
+  session) -> ``acknowledged`` / ``error``, or ``not_now`` (offered again later), or
+  ``accepted`` (the device will report the outcome later; not offered again);
 * deliveries sent in a session whose result never came are offered again (at-least-once);
 * results are stored once per (command, device): a repeated report changes nothing.
 
@@ -19,7 +20,7 @@ same protocol.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +41,9 @@ __all__ = [
 class DeliveryState(enum.StrEnum):
     QUEUED = "queued"
     SENT = "sent"
+    #: The device took the command and will report its outcome later (OMA-DM Status 202,
+    #: e.g. an app install finishing with Alert 1226): not offered again, still open.
+    ACCEPTED = "accepted"
     ACKNOWLEDGED = "acknowledged"
     ERROR = "error"
     NOT_NOW = "not_now"
@@ -157,6 +161,16 @@ class Store(Protocol):
         ...
 
     async def command_status(self, command_id: str) -> CommandStatus | None: ...
+
+    async def deliveries(self, device_id: str, states: Collection[DeliveryState]) -> list[Delivery]:
+        """The device's deliveries in ``states``, in enqueue order (e.g. the installs a
+        device accepted, to match the result it reports later)."""
+        ...
+
+    async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
+        """Sets the given facts of a device in one atomic step (a key set to ``None`` is
+        removed; other facts are kept). False when the device is unknown."""
+        ...
 
     async def queue_depth(self) -> int:
         """Deliveries not yet answered for good, across all devices."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
+
+import msgspec
 
 from mdmgate.storage import (
     CommandExists,
@@ -17,7 +20,9 @@ from mdmgate.storage import (
 
 __all__ = ["MemoryStore"]
 
-_OPEN = (DeliveryState.QUEUED, DeliveryState.SENT, DeliveryState.NOT_NOW)
+#: What take() hands out; ACCEPTED is open too but waits for the device.
+_OFFERED = (DeliveryState.QUEUED, DeliveryState.SENT, DeliveryState.NOT_NOW)
+_OPEN = (*_OFFERED, DeliveryState.ACCEPTED)
 
 
 @dataclass
@@ -78,7 +83,7 @@ class MemoryStore:
                 break
             d = entry.delivery
             in_session = d.session == session and d.state is not DeliveryState.QUEUED
-            if d.state not in _OPEN or in_session:
+            if d.state not in _OFFERED or in_session:
                 continue
             entry.delivery = replace(d, state=DeliveryState.SENT, session=session)
             taken.append(entry.delivery)
@@ -108,6 +113,19 @@ class MemoryStore:
             if command_id in q
         ]
         return CommandStatus(command_id, kind, tuple(d for _, d in sorted(found)))
+
+    async def deliveries(self, device_id: str, states: Collection[DeliveryState]) -> list[Delivery]:
+        entries = sorted(self._queues.get(device_id, {}).values(), key=lambda e: e.seq)
+        return [e.delivery for e in entries if e.delivery.state in states]
+
+    async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
+        device = self._devices.get(device_id)
+        if device is None:
+            return False
+        merged = {**device.facts, **facts}
+        merged = {k: v for k, v in merged.items() if v is not None}
+        self._devices[device_id] = msgspec.structs.replace(device, facts=merged)
+        return True
 
     async def queue_depth(self) -> int:
         return sum(

@@ -23,7 +23,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -78,7 +78,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_OPEN = "('queued', 'sent', 'not_now')"
+#: What take() hands out (the partial index deliveries_open covers these).
+_OFFERED = "('queued', 'sent', 'not_now')"
+#: Not yet answered for good: also what the device accepted and will report on later.
+_OPEN = "('queued', 'sent', 'not_now', 'accepted')"
 _FINAL = "('acknowledged', 'error')"
 
 
@@ -272,7 +275,7 @@ class SQLiteStore:
                 rows = db.execute(
                     "SELECT d.seq, d.command_id, c.kind, c.body FROM deliveries d"
                     " JOIN commands c ON c.id = d.command_id"
-                    f" WHERE d.device_id = ? AND d.state IN {_OPEN}"
+                    f" WHERE d.device_id = ? AND d.state IN {_OFFERED}"
                     # Neither what this session was already given nor what the device
                     # deferred (NotNow) in it: offering that again would spin.
                     " AND NOT (d.state IN ('sent', 'not_now') AND d.session IS ?)"
@@ -338,6 +341,55 @@ class SQLiteStore:
             return CommandStatus(command_id, kind, deliveries)
 
         return await self._run(read)
+
+    async def deliveries(self, device_id: str, states: Collection[DeliveryState]) -> list[Delivery]:
+        wanted = json.dumps(sorted(DeliveryState(s).value for s in states))
+
+        def read(db: sqlite3.Connection) -> list[Delivery]:
+            rows = db.execute(
+                "SELECT d.command_id, c.kind, c.body, d.state, d.session, d.result, d.status"
+                " FROM deliveries d JOIN commands c ON c.id = d.command_id"
+                " WHERE d.device_id = ? AND d.state IN (SELECT value FROM json_each(?))"
+                " ORDER BY d.seq",
+                (device_id, wanted),
+            ).fetchall()
+            return [
+                Delivery(
+                    r[0],
+                    device_id,
+                    r[1],
+                    bytes(r[2]),
+                    DeliveryState(r[3]),
+                    r[4],
+                    None if r[5] is None else bytes(r[5]),
+                    r[6],
+                )
+                for r in rows
+            ]
+
+        return await self._run(read)
+
+    async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
+        changes = dict(facts)
+        json.dumps(changes)  # refuse what cannot be stored before taking the write lock
+
+        def write(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                row = db.execute("SELECT facts FROM devices WHERE id = ?", (device_id,)).fetchone()
+                if row is None:
+                    return False
+                merged = json.loads(row[0])
+                for key, value in changes.items():
+                    if value is None:
+                        merged.pop(key, None)
+                    else:
+                        merged[key] = value
+                db.execute(
+                    "UPDATE devices SET facts = ? WHERE id = ?", (json.dumps(merged), device_id)
+                )
+            return True
+
+        return await self._run(write)
 
     async def queue_depth(self) -> int:
         def read(db: sqlite3.Connection) -> int:

@@ -1,0 +1,1 @@
+"""Windows devices over OMA-DM (SyncML 1.2)."""

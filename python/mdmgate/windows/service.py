@@ -1,0 +1,431 @@
+"""The Windows endpoint: ``POST /ManagementServer/MDM.svc``.
+
+Drives one :class:`~mdmgate.windows.session.Session` per device session: decodes the message,
+authenticates the device, turns the session's events into stored state (results, app
+inventory, install outcomes) and hands the device its queued commands. The session object
+holds the protocol; this module holds the I/O and the policy.
+
+Sessions live in this process's memory. A session cut short (restart, expiry, another worker)
+loses nothing: what it handed out without an answer is offered again in the next session.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import hmac
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import trio
+
+from mdmgate import syncml
+from mdmgate.errors import SyncMLDecodeError
+from mdmgate.server.types import Request, Response
+from mdmgate.storage import DeliveryState, Device, Store
+from mdmgate.syncml import Message
+from mdmgate.windows import apps, auth
+from mdmgate.windows.session import (
+    CommandAnswered,
+    DeviceAlert,
+    DeviceInfo,
+    Outgoing,
+    Session,
+    SessionError,
+)
+
+__all__ = ["CONTENT_TYPES", "WindowsService"]
+
+_log = logging.getLogger("mdmgate.windows")
+
+#: Accepted request types, and whether each is WBXML. The reply uses the request's type.
+CONTENT_TYPES = {
+    "application/vnd.syncml.dm+xml": False,
+    "application/vnd.syncml.dm+wbxml": True,
+    "application/vnd.syncml+xml": False,
+    "application/vnd.syncml+wbxml": True,
+}
+
+#: Facts keys this module writes.
+FACT_DEVINFO = "devinfo"
+FACT_APPS = "apps"
+FACT_WINDOWS_APPS = "windows_apps"
+FACT_INSTALLS = "app_installs"
+#: The nonce the device must use in its next MD5 credentials (base64).
+FACT_NONCE = "syncml_nonce"
+
+
+@dataclass
+class _Live:
+    session: Session
+    #: The store's name for this session: device SessionIDs repeat across sessions.
+    key: str
+    authenticated: bool = False
+    #: The stored bodies of the commands handed out, by command id, until answered.
+    bodies: dict[str, bytes] = field(default_factory=dict)
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    last_used: float = 0.0
+
+
+class WindowsService:
+    """The OMA-DM handler. ``dev`` accepts unknown and credential-less devices (registering
+    them under org ``/``), as ``mdmgate serve --dev`` promises; never the default."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        dev: bool = False,
+        server_uri: str = "https://mdmgate/ManagementServer/MDM.svc",
+        batch: int = 50,
+        session_ttl: float = 600.0,
+        max_sessions: int = 100_000,
+    ) -> None:
+        self.store = store
+        self.dev = dev
+        self.server_uri = server_uri
+        self.batch = batch
+        self.session_ttl = session_ttl
+        self.max_sessions = max_sessions
+        self._sessions: collections.OrderedDict[tuple[str, str], _Live] = collections.OrderedDict()
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._sessions)
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            message, wbxml, content_type = _read(request)
+        except _Refused as refused:
+            return refused.response
+        device_id = message.header.source or ""
+        self._expire(trio.current_time())
+        live = self._sessions.get((device_id, message.header.session_id))
+        if live is None:
+            if len(self._sessions) >= self.max_sessions:
+                return _text(503, "too many open sessions", (("retry-after", "5"),))
+            live = _Live(self._new_session(message), uuid.uuid4().hex)
+        async with live.lock:
+            return await self._exchange(live, message, request, wbxml, content_type)
+
+    def _new_session(self, message: Message) -> Session:
+        return Session(
+            device_id=message.header.source or "",
+            session_id=message.header.session_id,
+            server_uri=self.server_uri,
+        )
+
+    def _expire(self, now: float) -> None:
+        while self._sessions:
+            key, live = next(iter(self._sessions.items()))
+            if now - live.last_used < self.session_ttl:
+                return
+            del self._sessions[key]
+
+    async def _exchange(
+        self, live: _Live, message: Message, request: Request, wbxml: bool, content_type: str
+    ) -> Response:
+        device_id = message.header.source or ""
+        session = live.session
+        key = (device_id, message.header.session_id)
+
+        def answer(data: bytes, *, keep: bool) -> Response:
+            if keep:
+                live.last_used = trio.current_time()
+                self._sessions[key] = live
+                self._sessions.move_to_end(key)
+            else:
+                self._sessions.pop(key, None)
+            return Response(200, (("content-type", content_type),), data)
+
+        device = await self.store.get_device(device_id)
+        if device is None:
+            if not self.dev:
+                _log.info("unknown Windows device %r refused", device_id)
+                reply = session.reply(header_status=403, wbxml=wbxml, to=message)
+                return answer(reply.data, keep=False)
+            device = Device(device_id, "windows")
+            await self.store.upsert_devices([device])
+        if not live.authenticated:
+            verdict = await self._authenticate(device, message, request)
+            if verdict.status >= 300:
+                reply = session.reply(
+                    header_status=verdict.status, chal=verdict.chal, wbxml=wbxml, to=message
+                )
+                return answer(reply.data, keep=False)
+            live.authenticated = True
+            header_status, chal = verdict.status, verdict.chal
+        else:
+            header_status, chal = 200, None
+        try:
+            events = session.receive(message)
+        except SessionError as exc:
+            return _text(400, f"SyncML session error: {exc}")
+        for event in events:
+            await self._apply(device, event, live)
+        more = False
+        if message.final and session.pending < self.batch:
+            taken = await self.store.take(device_id, live.key, self.batch)
+            for delivery in taken:
+                live.bodies[delivery.command_id] = delivery.body
+            session.offer(Outgoing(d.command_id, d.body) for d in taken)
+            # A full batch: the queue may hold more, so the package must not end yet.
+            more = len(taken) == self.batch
+        reply = session.reply(header_status=header_status, chal=chal, wbxml=wbxml, more=more)
+        for dropped in reply.dropped:
+            await self.store.record_result(
+                device_id,
+                dropped.command_id,
+                DeliveryState.ERROR,
+                "413",
+                b"the command does not fit the device's MaxMsgSize",
+            )
+        return answer(reply.data, keep=not reply.ended)
+
+    # -- authentication
+
+    async def _authenticate(self, device: Device, message: Message, request: Request) -> _Verdict:
+        method = device.auth.get("method") if device.auth else None
+        if method is None:
+            if self.dev:
+                return _Verdict(200)
+            # The SyncHdr Source alone proves nothing.
+            _log.warning("Windows device %r has no credentials configured: refused", device.id)
+            return _Verdict(403)
+        if method == "certificate":
+            expected = str(device.auth.get("sha256", "")).lower()
+            cert = request.client_cert
+            given = hashlib.sha256(cert).hexdigest() if cert else ""
+            ok = bool(cert) and hmac.compare_digest(given, expected)
+            return _Verdict(212 if ok else 403)
+        if method in ("md5", "basic"):
+            username = str(device.auth.get("username", ""))
+            secret = str(device.auth.get("secret", ""))
+            stored = device.facts.get(FACT_NONCE)
+            nonce = base64.b64decode(stored) if isinstance(stored, str) else None
+            outcome = auth.check_credentials(
+                message.header.cred_meta,
+                message.header.cred_data,
+                username=username,
+                secret=secret,
+                nonce=nonce,
+            )
+            # A fresh nonce with every answer: a digest is never accepted twice.
+            next_nonce = auth.new_nonce()
+            await self.store.merge_facts(
+                device.id, {FACT_NONCE: base64.b64encode(next_nonce).decode()}
+            )
+            challenge = auth.challenge(next_nonce, method="md5" if method == "md5" else "basic")
+            if outcome == "ok":
+                return _Verdict(212, challenge if method == "md5" else None)
+            return _Verdict(407 if outcome == "missing" else 401, challenge)
+        _log.warning("Windows device %r has unknown auth method %r", device.id, method)
+        return _Verdict(403)
+
+    # -- state
+
+    async def _apply(self, device: Device, event: object, live: _Live) -> None:
+        if isinstance(event, DeviceInfo):
+            await self.store.merge_facts(device.id, {FACT_DEVINFO: dict(event.values)})
+        elif isinstance(event, DeviceAlert):
+            result = apps.parse_app_alert(event.code, event.items)
+            if result is not None:
+                await self._complete_from_alert(device, result)
+        elif isinstance(event, CommandAnswered):
+            await self._record_answer(device, event, live.bodies.pop(event.command_id, b""))
+
+    async def _record_answer(self, device: Device, event: CommandAnswered, body: bytes) -> None:
+        codes = [s.code for s in event.statuses]
+        failed = [s for s in event.statuses if s.code >= 300 and s.code != 418]
+        if failed:
+            state, status = DeliveryState.ERROR, str(failed[0].code)
+        elif 202 in codes:
+            state, status = DeliveryState.ACCEPTED, "202"
+        else:
+            state, status = DeliveryState.ACKNOWLEDGED, str(codes[-1] if codes else 200)
+        result = _result_json(event) if event.results else None
+        installs = apps.parse_install_status(event.results) if event.results else []
+        await self.store.record_result(device.id, event.command_id, state, status, result)
+        if state is not DeliveryState.ERROR:
+            for target in apps.command_targets(body):
+                covered = _inventory_scope(target)
+                if covered is not None:
+                    records = apps.parse_inventory(
+                        [
+                            i
+                            for i in event.results
+                            if (i.source or "").startswith(target.split("?")[0])
+                        ]
+                    )
+                    await self._store_inventory(device.id, covered, records)
+        for install in installs:
+            await self._complete_from_status(device, install)
+
+    async def _store_inventory(
+        self, device_id: str, covered: _Coverage, records: list[apps.AppRecord]
+    ) -> None:
+        """Replaces the records the inventory query covered (a scope, maybe one
+        classification, maybe one family) and keeps the rest."""
+        device = await self.store.get_device(device_id)
+        if device is None:
+            return
+        old = [
+            msgspec.convert(r, apps.AppRecord)
+            for r in device.facts.get(FACT_WINDOWS_APPS, [])
+            if isinstance(r, dict)
+        ]
+        merged = [r for r in old if not covered.covers(r)] + records
+        summary = [
+            {
+                "identifier": r.package_family,
+                "version": r.version,
+                "name": r.name,
+                "source": r.classification,
+            }
+            for r in merged
+        ]
+        await self.store.merge_facts(
+            device_id,
+            {FACT_WINDOWS_APPS: msgspec.to_builtins(merged), FACT_APPS: summary},
+        )
+
+    async def _complete_from_alert(self, device: Device, result: apps.AppResult) -> None:
+        """An install or uninstall result (Alert 1226/1224) completes the accepted command
+        that targeted the same node."""
+        for delivery in await self.store.deliveries(
+            device.id, [DeliveryState.ACCEPTED, DeliveryState.SENT]
+        ):
+            if not apps.result_matches(result, apps.command_targets(delivery.body)):
+                continue
+            state = DeliveryState.ACKNOWLEDGED if result.success else DeliveryState.ERROR
+            await self.store.record_result(
+                device.id,
+                delivery.command_id,
+                state,
+                str(result.code),
+                msgspec.json.encode(result),
+            )
+            return
+        _log.info("app result from %s matches no open command: %s", device.id, result)
+
+    async def _complete_from_status(self, device: Device, install: apps.InstallState) -> None:
+        """An AppInstallation status of 2 (failed) or 3 (installed) completes the accepted
+        install of that package family; any status is kept as a fact."""
+        current = await self.store.get_device(device.id)
+        facts = current.facts if current is not None else device.facts
+        installs = dict(facts.get(FACT_INSTALLS, {}) or {})
+        installs[install.package_family] = msgspec.to_builtins(install)
+        await self.store.merge_facts(device.id, {FACT_INSTALLS: installs})
+        if install.status not in ("failed", "installed"):
+            return
+        for delivery in await self.store.deliveries(device.id, [DeliveryState.ACCEPTED]):
+            targets = apps.command_targets(delivery.body)
+            if not any(f"/AppInstallation/{install.package_family}" in t for t in targets):
+                continue
+            ok = install.status == "installed"
+            code = "0" if ok else str(install.last_error if install.last_error is not None else 2)
+            await self.store.record_result(
+                device.id,
+                delivery.command_id,
+                DeliveryState.ACKNOWLEDGED if ok else DeliveryState.ERROR,
+                code,
+                msgspec.json.encode(install),
+            )
+
+
+class _Refused(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _read(request: Request) -> tuple[Message, bool, str]:
+    """The message, whether it is WBXML, and its content type; ``_Refused`` with the HTTP
+    answer when the request cannot be a SyncML message (no header: no session to answer)."""
+    if request.method != "POST":
+        raise _Refused(_text(405, "POST a SyncML message here", (("allow", "POST"),)))
+    content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+    if content_type not in CONTENT_TYPES:
+        allowed = ", ".join(CONTENT_TYPES)
+        shown = content_type or "(none)"
+        raise _Refused(_text(415, f"content type {shown!r} is not one of {allowed}"))
+    wbxml = CONTENT_TYPES[content_type]
+    if not request.body:
+        raise _Refused(_text(400, "empty body: expected a SyncML message"))
+    if (syncml.detect(request.body) == "wbxml") != wbxml:
+        what = "WBXML" if wbxml else "XML"
+        raise _Refused(_text(400, f"the body is not {what} as {content_type} says"))
+    try:
+        message = syncml.decode(request.body)
+    except SyncMLDecodeError as exc:
+        raise _Refused(_text(400, f"malformed SyncML: {exc}")) from None
+    if not message.header.source:
+        raise _Refused(_text(400, "the SyncHdr has no Source LocURI (the device id)"))
+    return message, wbxml, content_type
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    status: int
+    chal: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class _Coverage:
+    """What an inventory query asked for: the records it replaces."""
+
+    scope: str
+    classification: str | None
+    family: str | None
+
+    def covers(self, record: apps.AppRecord) -> bool:
+        return (
+            record.scope == self.scope
+            and self.classification in (None, record.classification)
+            and self.family in (None, record.package_family)
+        )
+
+
+_EMM_APPS = "/Vendor/MSFT/EnterpriseModernAppManagement/AppManagement"
+
+
+def _inventory_scope(target: str) -> _Coverage | None:
+    """The coverage of a ``Get .../AppManagement[/{class}[/{family}]]?list=StructData``."""
+    path, _, query = target.partition("?")
+    if query != "list=StructData":
+        return None
+    for prefix, scope in (("./Device", "device"), ("./User", "user"), (".", "device")):
+        if path.startswith(prefix + _EMM_APPS):
+            rest = [p for p in path[len(prefix + _EMM_APPS) :].split("/") if p]
+            if len(rest) > 2:
+                return None
+            padded: list[str | None] = [*rest, None, None]
+            return _Coverage(scope, padded[0], padded[1])
+    return None
+
+
+def _result_json(event: CommandAnswered) -> bytes:
+    items: list[dict[str, Any]] = []
+    for item in event.results:
+        data = item.data
+        items.append(
+            {
+                "source": item.source,
+                "format": item.format,
+                "type": item.type,
+                "data": base64.b64encode(data).decode() if isinstance(data, bytes) else data,
+            }
+        )
+    return msgspec.json.encode(items)
+
+
+def _text(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(
+        status,
+        (("content-type", "text/plain; charset=utf-8"), *headers),
+        message.encode() + b"\n",
+    )

@@ -1,0 +1,288 @@
+"""A Windows (OMA-DM) device for the tests: it runs whole sessions against a real server.
+
+It answers what a Windows MDM client answers: Status for the SyncHdr and every command in
+order, Results after the Status of each Get (its configuration tree is a dict of LocURI ->
+(format, data)), 202 for a hosted install whose outcome it reports in the next session with
+Alert 1226, and large Results in chunks (MoreData) when they exceed ``chunk_size``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+
+from mdmgate import syncml
+from mdmgate.syncml import Command, Header, Item, Message
+
+XML = "application/vnd.syncml.dm+xml"
+WBXML = "application/vnd.syncml.dm+wbxml"
+PATH = "/ManagementServer/MDM.svc?mode=Maintenance&Platform=WoA"
+EMM = "./Device/Vendor/MSFT/EnterpriseModernAppManagement"
+
+
+def md5_credentials(username: str, secret: str, nonce: bytes) -> str:
+    """The OMA-DM MD5 digest, written here independently of the gateway's own."""
+    inner = base64.b64encode(hashlib.md5(f"{username}:{secret}".encode()).digest())
+    return base64.b64encode(hashlib.md5(inner + b":" + nonce).digest()).decode()
+
+
+@dataclass
+class Exchange:
+    """One HTTP round trip of a session, as the device saw it."""
+
+    sent: Message
+    status: int
+    reply: Message | None
+    size: int
+    text: str = ""
+
+
+@dataclass
+class WindowsDevice:
+    device_id: str
+    tree: dict[str, tuple[str, str]] = field(default_factory=dict)
+    wbxml: bool = False
+    max_msg_size: int | None = None
+    #: Results bigger than this go in chunks (MoreData), one per message.
+    chunk_size: int = 64 * 1024
+    username: str | None = None
+    secret: str | None = None
+    nonce: bytes = b""
+    #: Exit code each hosted install reports (package family -> code; 0 by default).
+    install_outcome: dict[str, int] = field(default_factory=dict)
+    #: Alerts to send at the start of the next session: (code, Item).
+    pending_alerts: list[tuple[int, Item]] = field(default_factory=list)
+    #: Commands the device received, by name and target, in order, across sessions.
+    received: list[tuple[str, str | None]] = field(default_factory=list)
+    session_count: int = 0
+
+    # -- one session
+
+    async def session(self, client: httpx.AsyncClient, *, limit: int = 100) -> list[Exchange]:
+        """Runs one session to its end (or ``limit`` round trips)."""
+        self.session_count += 1
+        session_id = format(self.session_count, "X")
+        msg_id = 0
+        log: list[Exchange] = []
+        commands: list[Command] = [
+            Command("Alert", data="1201"),
+            Command(
+                "Alert",
+                data="1224",
+                items=[Item(meta={"Type": "com.microsoft/MDM/LoginStatus"}, data="user")],
+            ),
+        ]
+        for code, item in self.pending_alerts:
+            commands.append(Command("Alert", data=str(code), items=[item]))
+        self.pending_alerts = []
+        commands.append(
+            Command(
+                "Replace",
+                items=[
+                    Item(source=f"./DevInfo/{name}", data=value)
+                    for name, value in (
+                        ("DevId", self.device_id),
+                        ("Man", "Contoso"),
+                        ("Mod", "Surface Laptop"),
+                        ("DmV", "1.3"),
+                        ("Lang", "it-IT"),
+                    )
+                ],
+            )
+        )
+        #: Device messages still to send: (commands, final).
+        queue: list[tuple[list[Command], bool]] = [(commands, True)]
+        for _ in range(limit):
+            body, final = queue.pop(0)
+            msg_id += 1
+            message = Message(self._header(session_id, str(msg_id)), _number(body), final)
+            exchange = await self._post(client, message)
+            log.append(exchange)
+            reply = exchange.reply
+            if reply is None:
+                return log
+            if queue:
+                continue  # more chunks of a large object: the server asked for them (1222)
+            if reply.final and self._only_statuses(reply):
+                return log  # the server had nothing more to say: the session is over
+            answers, chunks = self._answer(reply)
+            if not reply.final:
+                # The server's package goes on: ask for its next message.
+                answers.append(Command("Alert", data="1222"))
+            if chunks:
+                # One chunk per message; only the last closes the package.
+                for i, chunk in enumerate(chunks):
+                    queue.append(((answers if i == 0 else []) + [chunk], i == len(chunks) - 1))
+            else:
+                queue.append((answers, True))
+        raise AssertionError(f"session did not end within {limit} messages")
+
+    def _header(self, session_id: str, msg_id: str) -> Header:
+        meta = {"MaxMsgSize": str(self.max_msg_size)} if self.max_msg_size else None
+        cred_meta = cred_data = None
+        if self.username is not None and self.secret is not None:
+            cred_meta = {"Type": "syncml:auth-md5", "Format": "b64"}
+            cred_data = md5_credentials(self.username, self.secret, self.nonce)
+        return Header(
+            session_id=session_id,
+            msg_id=msg_id,
+            target="https://mdm.example/ManagementServer/MDM.svc",
+            source=self.device_id,
+            meta=meta,
+            cred_meta=cred_meta,
+            cred_data=cred_data,
+        )
+
+    async def _post(self, client: httpx.AsyncClient, message: Message) -> Exchange:
+        kind = WBXML if self.wbxml else XML
+        data = message.encode(wbxml=self.wbxml)
+        response = await client.post(PATH, content=data, headers={"content-type": kind})
+        if response.status_code != 200:
+            return Exchange(message, response.status_code, None, 0, response.text)
+        assert response.headers["content-type"] == kind, response.headers
+        reply = syncml.decode(response.content)
+        for command in reply.commands:
+            if command.name == "Status" and command.cmd == "SyncHdr" and command.chal:
+                nonce = command.chal.get("NextNonce")
+                if isinstance(nonce, str):
+                    self.nonce = base64.b64decode(nonce)
+        return Exchange(message, 200, reply, len(response.content))
+
+    @staticmethod
+    def _only_statuses(reply: Message) -> bool:
+        return all(c.name in ("Status", "Results") for c in reply.commands)
+
+    # -- answering the server
+
+    def _answer(self, reply: Message) -> tuple[list[Command], list[Command]]:
+        """Statuses (and Results) for the server's message, and the chunks of a large
+        Results when one is too big for one message."""
+        msg_ref = reply.header.msg_id
+        answers: list[Command] = [
+            Command(
+                "Status",
+                msg_ref=msg_ref,
+                cmd_ref="0",
+                cmd="SyncHdr",
+                data="200",
+                target_refs=[reply.header.target or ""],
+                source_refs=[reply.header.source or ""],
+            )
+        ]
+        chunks: list[Command] = []
+        for command in reply.commands:
+            if command.name in ("Status", "Results"):
+                continue
+            target = command.items[0].target if command.items else None
+            self.received.append((command.name, target))
+            code, results = self._run(command)
+            status = Command(
+                "Status", msg_ref=msg_ref, cmd_ref=command.cmd_id, cmd=command.name, data=str(code)
+            )
+            if command.name == "Alert":
+                status = Command(
+                    "Status", msg_ref=msg_ref, cmd_ref=command.cmd_id, cmd="Alert", data="200"
+                )
+            answers.append(status)
+            if results is None:
+                continue
+            size = sum(len(i.data or "") for i in results)
+            if size > self.chunk_size and len(results) == 1:
+                chunks = list(self._chunks(msg_ref, command.cmd_id or "", results[0]))
+            else:
+                answers.append(
+                    Command("Results", msg_ref=msg_ref, cmd_ref=command.cmd_id, items=results)
+                )
+        return answers, chunks
+
+    def _chunks(self, msg_ref: str, cmd_ref: str, item: Item) -> Iterator[Command]:
+        data = item.data if isinstance(item.data, str) else ""
+        total = len(data.encode())
+        for start in range(0, len(data), self.chunk_size):
+            piece = data[start : start + self.chunk_size]
+            last = start + self.chunk_size >= len(data)
+            meta = dict(item.meta or {})
+            if start == 0:
+                meta["Size"] = str(total)
+            yield Command(
+                "Results",
+                msg_ref=msg_ref,
+                cmd_ref=cmd_ref,
+                items=[Item(source=item.source, meta=meta, data=piece, more_data=not last)],
+            )
+
+    def _run(self, command: Command) -> tuple[int, list[Item] | None]:  # noqa: PLR0912
+        if command.name == "Alert":
+            return 200, None
+        if not command.items:
+            return 400, None
+        target = command.items[0].target or ""
+        if command.name == "Get":
+            base, _, query = target.partition("?")
+            if query == "list=StructData":
+                found = [
+                    Item(source=uri, meta={"Format": fmt}, data=data)
+                    for uri, (fmt, data) in self.tree.items()
+                    if uri == base or uri.startswith(base + "/")
+                ]
+                return (200, found) if found else (404, None)
+            if target in self.tree:
+                fmt, data = self.tree[target]
+                return 200, [Item(source=target, meta={"Format": fmt}, data=data)]
+            return 404, None
+        if command.name == "Add":
+            if target in self.tree:
+                return 418, None
+            self.tree[target] = ("node", "")
+            return 200, None
+        if command.name == "Replace":
+            for item in command.items:
+                data = item.data if isinstance(item.data, str) else ""
+                self.tree[item.target or ""] = (item.format or "chr", data)
+            return 200, None
+        if command.name == "Delete":
+            gone = [u for u in self.tree if u == target or u.startswith(target + "/")]
+            for uri in gone:
+                del self.tree[uri]
+            return (200, None) if gone else (404, None)
+        if command.name == "Exec":
+            if target.endswith("/HostedInstall"):
+                family = target.split("/AppInstallation/")[1].split("/")[0]
+                code = self.install_outcome.get(family, 0)
+                item = Item(
+                    source=target,
+                    meta={
+                        "Type": "com.microsoft.mdm.EnterpriseHostedAppInstall.result",
+                        "Format": "int",
+                    },
+                    data=str(code),
+                )
+                self.pending_alerts.append((1226, item))
+                return 202, None
+            return 200, None
+        return 406, None
+
+
+def _number(commands: list[Command]) -> list[Command]:
+    """The same commands with CmdIDs 1, 2, 3 ... (the device's own numbering)."""
+    numbered = []
+    for index, c in enumerate(commands, 1):
+        numbered.append(
+            Command(
+                c.name,
+                cmd_id=str(index),
+                items=c.items,
+                meta=c.meta,
+                data=c.data,
+                msg_ref=c.msg_ref,
+                cmd_ref=c.cmd_ref,
+                cmd=c.cmd,
+                target_refs=c.target_refs,
+                source_refs=c.source_refs,
+            )
+        )
+    return numbered
