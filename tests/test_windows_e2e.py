@@ -399,6 +399,28 @@ async def test_one_megabyte_result_in_chunks(tmp_path: Path) -> None:
         assert big in delivery["result"]
 
 
+async def test_one_megabyte_inventory_over_several_messages(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw, gw.client(http2=True) as client:
+        tree = inventory_tree(600)
+        device = WindowsDevice("win-fleet", tree=tree)
+        await gw.enroll(device)
+        command_id = await gw.command(
+            client, "win-fleet", {"windows_app": {"action": "inventory", "scope": "device"}}
+        )
+        log = await device.session(client, limit=200)
+        sent = sum(len(e.sent.encode()) for e in log)
+        assert sent > 1024 * 1024
+        assert len(log) > 16  # the Results came in many messages of one package
+        assert all(not e.sent.final for e in log[1:-2])
+        assert await gw.state(client, command_id) == ("acknowledged", "200")
+        r = await client.get("/api/v1/devices/win-fleet", headers=AUTH)
+        apps = r.json()["apps"]
+        assert len(apps) == 600
+        assert {a["identifier"] for a in apps} == {
+            f"Contoso.App{i}_8wekyb3d8bbwe" for i in range(600)
+        }
+
+
 async def test_wbxml_session(tmp_path: Path) -> None:
     async with gateway(tmp_path) as gw, gw.client(http2=True) as client:
         device = WindowsDevice("win-wbxml", wbxml=True, tree=inventory_tree(2))

@@ -354,6 +354,30 @@ def test_get_waits_for_results_in_a_later_message_of_the_package() -> None:
     assert [i.data for i in done.results] == ["value of ./A"]
 
 
+def test_results_over_several_messages_of_the_package_are_joined() -> None:
+    # A big StructData inventory: Status and the first Results, then more Results for the
+    # same Get in the next messages of the device's package.
+    session = new_session()
+    session.offer([Outgoing("c1", get_body("./A"))])
+    _, reply = start(session)
+    status, results = answers(reply)[1:]
+    more = [
+        Command(
+            "Results",
+            msg_ref=results.msg_ref,
+            cmd_ref=results.cmd_ref,
+            items=[Item(source=f"./A/{n}", data=n)],
+        )
+        for n in ("x", "y")
+    ]
+    assert answered(session.receive(device_message(2, [status, results], final=False))) == {}
+    session.reply()
+    assert answered(session.receive(device_message(3, [more[0]], final=False))) == {}
+    session.reply()
+    done = answered(session.receive(device_message(4, [more[1]])))["c1"]
+    assert [i.data for i in done.results] == ["value of ./A", "x", "y"]
+
+
 def test_get_without_results_is_answered_when_the_package_ends() -> None:
     session = new_session()
     session.offer([Outgoing("c1", get_body("./A"))])

@@ -190,14 +190,29 @@ class WindowsDevice:
             answers.append(status)
             if results is None:
                 continue
-            size = sum(len(i.data or "") for i in results)
+            size = sum(len(i.data or "") + len(i.source or "") for i in results)
             if size > self.chunk_size and len(results) == 1:
                 chunks = list(self._chunks(msg_ref, command.cmd_id or "", results[0]))
+            elif size > self.chunk_size:
+                chunks = list(self._split(msg_ref, command.cmd_id or "", results))
             else:
                 answers.append(
                     Command("Results", msg_ref=msg_ref, cmd_ref=command.cmd_id, items=results)
                 )
         return answers, chunks
+
+    def _split(self, msg_ref: str, cmd_ref: str, items: list[Item]) -> Iterator[Command]:
+        """Many Items (a big StructData inventory) over several messages of one package."""
+        group: list[Item] = []
+        size = 0
+        for item in items:
+            length = len(item.data or "") + len(item.source or "") + 64
+            if group and size + length > self.chunk_size:
+                yield Command("Results", msg_ref=msg_ref, cmd_ref=cmd_ref, items=group)
+                group, size = [], 0
+            group.append(item)
+            size += length
+        yield Command("Results", msg_ref=msg_ref, cmd_ref=cmd_ref, items=group)
 
     def _chunks(self, msg_ref: str, cmd_ref: str, item: Item) -> Iterator[Command]:
         data = item.data if isinstance(item.data, str) else ""

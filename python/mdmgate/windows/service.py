@@ -107,7 +107,8 @@ class WindowsService:
         live = self._sessions.get((device_id, message.header.session_id))
         if live is None:
             if len(self._sessions) >= self.max_sessions:
-                return _text(503, "too many open sessions", (("retry-after", "5"),))
+                # Windows honours 429 + Retry-After and comes back later.
+                return _text(429, "too many open OMA-DM sessions", (("retry-after", "5"),))
             live = _Live(self._new_session(message), uuid.uuid4().hex)
         async with live.lock:
             return await self._exchange(live, message, request, wbxml, content_type)

@@ -792,8 +792,13 @@ class Session:
                 continue
             if not all(self._part_done(ref) for ref in answer.required):
                 continue
-            # A successful Get waits for its Results while the device's package goes on.
-            if not final and any(p.parts[r].awaiting_results for r in answer.refs):
+            # A successful Get waits for the end of the device's package: its Results may
+            # go on over several messages (a big StructData inventory does).
+            if not final and any(
+                p.parts[r].awaiting_results
+                or (p.parts[r].command.name == "Get" and p.parts[r].has_results)
+                for r in answer.refs
+            ):
                 continue
             del p.answers[command_id]
             failures = [part.failure for r in answer.refs if (part := p.parts.pop(r)).failure]
