@@ -1,0 +1,182 @@
+"""The Windows endpoint's policy, called directly: certificate auth, refusals, overload,
+and a bad message in the middle of a session."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from mdmgate import syncml
+from mdmgate.server.admin import AdminApi
+from mdmgate.server.types import Request, Response
+from mdmgate.storage import Device
+from mdmgate.storage.memory import MemoryStore
+from mdmgate.syncml import Command, Header, Item, Message
+from mdmgate.windows.service import WindowsService
+
+XML = "application/vnd.syncml.dm+xml"
+CERT = b"0\x82\x01\x0a fake DER certificate of win-cert"
+
+
+def package(device_id: str, msg_id: str = "1", session_id: str = "1A") -> bytes:
+    header = Header(session_id=session_id, msg_id=msg_id, target="https://gw", source=device_id)
+    commands = [
+        Command("Alert", cmd_id="1", data="1201"),
+        Command("Replace", cmd_id="2", items=[Item(source="./DevInfo/Mod", data="Surface")]),
+    ]
+    return Message(header, commands, True).encode()
+
+
+def post(body: bytes, *, cert: bytes | None = None, kind: str = XML) -> Request:
+    return Request(
+        "POST",
+        "/ManagementServer/MDM.svc",
+        "",
+        (("content-type", kind),),
+        body,
+        "1.1",
+        "127.0.0.1:5000",
+        cert,
+    )
+
+
+def header_status(response: Response) -> str:
+    assert response.status == 200, response.body
+    first = syncml.decode(response.body).commands[0]
+    assert first.cmd == "SyncHdr"
+    return str(first.data)
+
+
+@pytest.fixture
+async def store() -> MemoryStore:
+    s = MemoryStore()
+    fingerprint = hashlib.sha256(CERT).hexdigest()
+    await s.upsert_devices(
+        [
+            Device("win-cert", "windows", auth={"method": "certificate", "sha256": fingerprint}),
+            Device("win-bare", "windows"),
+        ]
+    )
+    return s
+
+
+async def test_certificate_bound_to_the_device(store: MemoryStore) -> None:
+    service = WindowsService(store)
+    assert header_status(await service(post(package("win-cert"), cert=CERT))) == "212"
+    assert (
+        header_status(await service(post(package("win-cert", session_id="2"), cert=b"x"))) == "403"
+    )
+    assert header_status(await service(post(package("win-cert", session_id="3")))) == "403"
+
+
+async def test_no_credentials_configured_is_refused_outside_dev(store: MemoryStore) -> None:
+    assert header_status(await WindowsService(store)(post(package("win-bare")))) == "403"
+    assert header_status(await WindowsService(store, dev=True)(post(package("win-bare")))) == "200"
+
+
+async def test_replayed_message_is_400_and_the_session_goes_on(store: MemoryStore) -> None:
+    service = WindowsService(store)
+    await store.enqueue(
+        "c1",
+        "syncml",
+        b"<Get><CmdID>1</CmdID><Item><Target><LocURI>./DevDetail/SwV</LocURI></Target></Item></Get>",
+        ["win-cert"],
+    )
+    first = await service(post(package("win-cert"), cert=CERT))
+    reply = syncml.decode(first.body)
+    get = next(c for c in reply.commands if c.name == "Get")
+    replay = await service(post(package("win-cert"), cert=CERT))
+    assert replay.status == 400
+    assert b"MsgID" in replay.body
+    # The session is intact: the device answers the Get in message 2 and the session ends.
+    header = Header(session_id="1A", msg_id="2", target="https://gw", source="win-cert")
+    answer = Message(
+        header,
+        [
+            Command("Status", cmd_id="1", msg_ref="1", cmd_ref="0", cmd="SyncHdr", data="200"),
+            Command("Status", cmd_id="2", msg_ref="1", cmd_ref=get.cmd_id, cmd="Get", data="200"),
+            Command(
+                "Results",
+                cmd_id="3",
+                msg_ref="1",
+                cmd_ref=get.cmd_id,
+                items=[Item(source="./DevDetail/SwV", data="10.0.26100")],
+            ),
+        ],
+        True,
+    )
+    last = await service(post(answer.encode(), cert=CERT))
+    assert header_status(last) == "200"
+    assert service.open_sessions == 0
+    status = await store.command_status("c1")
+    assert status is not None
+    (delivery,) = status.deliveries
+    assert delivery.state == "acknowledged"
+    assert delivery.result is not None
+    assert json.loads(delivery.result)[0]["data"] == "10.0.26100"
+
+
+async def test_too_many_sessions_is_429_with_retry_after(store: MemoryStore) -> None:
+    await store.enqueue(
+        "c1",
+        "syncml",
+        b"<Get><CmdID>1</CmdID><Item><Target><LocURI>./A</LocURI></Target></Item></Get>",
+        ["win-cert"],
+    )
+    service = WindowsService(store, max_sessions=1)
+    assert header_status(await service(post(package("win-cert"), cert=CERT))) == "212"
+    assert service.open_sessions == 1  # waiting for the Get's status
+    busy = await service(post(package("win-cert", session_id="other"), cert=CERT))
+    assert busy.status == 429
+    assert dict(busy.headers)["retry-after"] == "5"
+
+
+async def test_windows_app_refusals_name_the_field(store: MemoryStore) -> None:
+    api = AdminApi(store, "t")
+
+    async def enqueue(device: str, body: object) -> tuple[int, dict[str, object]]:
+        request = Request(
+            "POST",
+            f"/api/v1/devices/{device}/commands",
+            "",
+            (("authorization", "Bearer t"), ("content-type", "application/json")),
+            json.dumps(body).encode(),
+            "1.1",
+            "127.0.0.1:5000",
+        )
+        response = await api(request)
+        return response.status, json.loads(response.body)
+
+    status, error = await enqueue(
+        "win-cert",
+        {
+            "windows_app": {
+                "action": "store_install",
+                "scope": "device",
+                "package_family": "Contoso.Tasks_8wekyb3d8bbwe",
+                "product_id": "9WZDNCRFJ3TJ",
+                "skuid": "0016",
+            }
+        },
+    )
+    assert status == 422
+    assert error["field"] == "$.windows_app.scope"
+    status, error = await enqueue(
+        "win-cert",
+        {
+            "windows_app": {
+                "action": "remove_provisioned",
+                "package_family": "Contoso.Tasks_8wekyb3d8bbwe",
+            }
+        },
+    )
+    assert status == 422
+    assert "IsProvisioned" in str(error["error"])
+    await store.upsert_devices([Device("mac-1", "macos")])
+    status, error = await enqueue(
+        "mac-1", {"windows_app": {"action": "update_scan", "scope": "device"}}
+    )
+    assert status == 422
+    assert error["field"] == "$.windows_app"
