@@ -136,6 +136,43 @@ async def test_merge_facts(store: Store) -> None:
     assert not await store.merge_facts("ghost", {"x": 1})
 
 
+async def test_concurrent_writes_succeed_or_fail_alone(store: Store) -> None:
+    outcomes: dict[int, object] = {}
+
+    async def enqueue(i: int) -> None:
+        devices = ["dev-0", "ghost"] if i % 5 == 0 else [f"dev-{i % 5}"]
+        try:
+            outcomes[i] = await store.enqueue(f"c{i}", "syncml", b"<Get/>", devices)
+        except UnknownDevices as exc:
+            outcomes[i] = exc.device_ids
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(enqueue, i)
+    assert outcomes == {i: ["ghost"] if i % 5 == 0 else 1 for i in range(40)}
+    for i in range(40):
+        status = await store.command_status(f"c{i}")
+        assert (status is None) == (i % 5 == 0)
+    assert await store.queue_depth() == 32
+
+
+async def test_sqlite_groups_concurrent_writes_into_one_commit(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "group.db")
+    await store.upsert_devices([Device(f"d{i}", "windows") for i in range(30)])
+    commits: list[str] = []
+    store._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    async with trio.open_nursery() as nursery:
+        for i in range(30):
+            nursery.start_soon(store.merge_facts, f"d{i}", {"n": i})
+    store._db.set_trace_callback(None)
+    assert 1 <= len(commits) < 30
+    for i in range(30):
+        device = await store.get_device(f"d{i}")
+        assert device is not None
+        assert device.facts == {"n": i}
+    await store.aclose()
+
+
 async def test_take_hands_out_in_order_once_per_session(store: Store) -> None:
     for i in range(4):
         await store.enqueue(f"c{i}", "apple", f"body{i}".encode(), ["dev-1"])

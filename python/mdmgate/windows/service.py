@@ -231,7 +231,9 @@ class WindowsService:
 
     async def _apply(self, device: Device, event: object, live: _Live) -> None:
         if isinstance(event, DeviceInfo):
-            await self.store.merge_facts(device.id, {FACT_DEVINFO: dict(event.values)})
+            values = {**device.facts.get(FACT_DEVINFO, {}), **event.values}
+            if values != device.facts.get(FACT_DEVINFO):  # every session sends the same
+                await self.store.merge_facts(device.id, {FACT_DEVINFO: values})
         elif isinstance(event, DeviceAlert):
             result = apps.parse_app_alert(event.code, event.items)
             if result is not None:
