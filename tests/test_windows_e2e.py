@@ -38,6 +38,14 @@ def get(uri: str) -> dict[str, str]:
 
 
 NONCE = b"enrolment-nonce!"
+HOSTED_INSTALL = {
+    "windows_app": {
+        "action": "hosted_install",
+        "scope": "user",
+        "package_family": PFN,
+        "package_uri": "https://apps.example/tasks.appx",
+    }
+}
 
 
 class Gateway:
@@ -244,18 +252,7 @@ async def test_hosted_install_accepted_then_completed_by_alert(tmp_path: Path) -
     async with gateway(tmp_path) as gw, gw.client() as client:
         device = WindowsDevice("win-install")
         await gw.enroll(device)
-        command_id = await gw.command(
-            client,
-            "win-install",
-            {
-                "windows_app": {
-                    "action": "hosted_install",
-                    "scope": "user",
-                    "package_family": PFN,
-                    "package_uri": "https://apps.example/tasks.appx",
-                }
-            },
-        )
+        command_id = await gw.command(client, "win-install", HOSTED_INSTALL)
         await device.session(client)
         # Add before Exec, both in the first session; the Exec answered 202.
         assert [n for n, _ in device.received] == ["Add", "Exec"]
@@ -272,18 +269,7 @@ async def test_hosted_install_failure_with_last_error(tmp_path: Path) -> None:
     async with gateway(tmp_path) as gw, gw.client() as client:
         device = WindowsDevice("win-fail", install_outcome={PFN: 0x80073CF3})
         await gw.enroll(device)
-        command_id = await gw.command(
-            client,
-            "win-fail",
-            {
-                "windows_app": {
-                    "action": "hosted_install",
-                    "scope": "user",
-                    "package_family": PFN,
-                    "package_uri": "https://apps.example/tasks.appx",
-                }
-            },
-        )
+        command_id = await gw.command(client, "win-fail", HOSTED_INSTALL)
         await device.session(client)
         await device.session(client)
         state, status = await gw.state(client, command_id)

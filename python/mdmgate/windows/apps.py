@@ -338,37 +338,31 @@ class InstallStatus(_AppCommand, tag="install_status", frozen=True):
     ) = None
 
 
-class Uninstall(_AppCommand, tag="uninstall", frozen=True):
+class _Removal(_AppCommand, frozen=True):
+    package_family: PackageFamilyName
+    package_full_name: PackageFullName | None = None
+    classification: (
+        Annotated[
+            Classification,
+            Meta(description="The origin node; taken from the device's inventory when left out."),
+        ]
+        | None
+    ) = None
+
+
+class Uninstall(_Removal, tag="uninstall", frozen=True):
     """Uninstalls an app for the logged-in user: `Delete .../AppManagement/{classification}/
     {package_family}` (every version) or `.../{package_full_name}` (one). System apps cannot
     be removed; for the device's provisioned copy use `remove_provisioned`."""
 
-    package_family: PackageFamilyName
-    package_full_name: PackageFullName | None = None
-    classification: (
-        Annotated[
-            Classification,
-            Meta(description="The origin node; taken from the device's inventory when left out."),
-        ]
-        | None
-    ) = None
     scope: Annotated[Scope, Meta(description="Must be `user`.")] = "user"
 
 
-class RemoveProvisioned(_AppCommand, tag="remove_provisioned", frozen=True):
+class RemoveProvisioned(_Removal, tag="remove_provisioned", frozen=True):
     """Removes a provisioned app from the device (device context): later users no longer get
     it; users who already have it keep it. Allowed only when the device's inventory shows the
     package with IsProvisioned = 1."""
 
-    package_family: PackageFamilyName
-    package_full_name: PackageFullName | None = None
-    classification: (
-        Annotated[
-            Classification,
-            Meta(description="The origin node; taken from the device's inventory when left out."),
-        ]
-        | None
-    ) = None
     scope: Annotated[Scope, Meta(description="Must be `device`.")] = "device"
 
 
