@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from mdmgate.storage import CommandExists, DeliveryState, Device, Store, UnknownDevices
+from mdmgate.storage import (
+    CommandExists,
+    DeliveryState,
+    Device,
+    Store,
+    StoredDeclaration,
+    UnknownDevices,
+)
 from mdmgate.storage.memory import MemoryStore
 from mdmgate.storage.sqlite import SQLiteStore
 
@@ -171,6 +178,67 @@ async def test_sqlite_groups_concurrent_writes_into_one_commit(tmp_path: Path) -
         assert device is not None
         assert device.facts == {"n": i}
     await store.aclose()
+
+
+async def test_set_auth_and_cancel_open(store: Store) -> None:
+    assert await store.set_auth("dev-2", {"method": "certificate", "sha256": "ab"})
+    device = await store.get_device("dev-2")
+    assert device is not None
+    assert device.auth == {"method": "certificate", "sha256": "ab"}
+    assert not await store.set_auth("ghost", {})
+    for c in ("a", "b", "c"):
+        await store.enqueue(c, "apple", b"<plist/>", ["dev-2"])
+    await store.take("dev-2", "s1", 1)
+    assert await store.record_result("dev-2", "a", DeliveryState.ACKNOWLEDGED, "ok", None)
+    # Re-enrolment: what was not answered for good ends; the answered one stays as it was.
+    assert await store.cancel_open("dev-2", "re-enrolled") == 2
+    status = await store.command_status("b")
+    assert status is not None
+    assert [(d.state, d.status) for d in status.deliveries] == [
+        (DeliveryState.ERROR, "re-enrolled")
+    ]
+    assert await store.take("dev-2", "s2", 10) == []
+    done = await store.command_status("a")
+    assert done is not None
+    assert done.deliveries[0].state == DeliveryState.ACKNOWLEDGED
+
+
+async def test_declarations_by_device_and_org(store: Store) -> None:
+    def decl(
+        identifier: str, devices: tuple[str, ...] = (), orgs: tuple[str, ...] = ()
+    ) -> StoredDeclaration:
+        return StoredDeclaration(
+            identifier,
+            "com.apple.configuration.softwareupdate.settings",
+            {"Notifications": True},
+            f"t-{identifier}",
+            devices,
+            orgs,
+        )
+
+    await store.put_declaration(decl("all", orgs=("/",)))
+    await store.put_declaration(decl("acme", orgs=("/acme",)))
+    await store.put_declaration(decl("tokyo", orgs=("/acme/sales/tokyo",)))
+    await store.put_declaration(decl("mine", devices=("dev-1",)))
+    await store.put_declaration(decl("acmes", orgs=("/acmes",)))  # a prefix, not a parent
+    found = await store.declarations_for("dev-1", "/acme/sales")
+    assert [d.identifier for d in found] == ["all", "acme", "mine"]
+    assert [d.identifier for d in await store.declarations_for("dev-9", "/acme/sales/tokyo")] == [
+        "all",
+        "acme",
+        "tokyo",
+    ]
+    # Replacing keeps the assignment order and swaps the targets.
+    await store.put_declaration(decl("all", devices=("dev-9",)))
+    assert [d.identifier for d in await store.declarations_for("dev-1", "/acme")] == [
+        "acme",
+        "mine",
+    ]
+    again = await store.get_declaration("all")
+    assert again is not None
+    assert (again.devices, again.orgs, again.payload) == (("dev-9",), (), {"Notifications": True})
+    assert again.seq < (await store.get_declaration("acme") or again).seq
+    assert await store.get_declaration("none") is None
 
 
 async def test_take_hands_out_in_order_once_per_session(store: Store) -> None:

@@ -34,7 +34,9 @@ __all__ = [
     "Device",
     "Store",
     "StoreError",
+    "StoredDeclaration",
     "UnknownDevices",
+    "org_covers",
 ]
 
 
@@ -84,6 +86,25 @@ class Device(msgspec.Struct, frozen=True):
     supervised: bool | None = None
     auth: dict[str, Any] = msgspec.field(default_factory=dict)
     facts: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class StoredDeclaration(msgspec.Struct, frozen=True):
+    """A declaration (Apple DDM) and whom it is assigned to."""
+
+    identifier: str
+    type: str
+    payload: dict[str, Any]
+    server_token: str
+    devices: tuple[str, ...] = ()
+    orgs: tuple[str, ...] = ()
+    #: Assignment order: set by the store when first stored.
+    seq: int = 0
+
+
+def org_covers(target: str, org: str) -> bool:
+    """Whether org path ``target`` is ``org`` or one of its ancestors."""
+    target = target.rstrip("/") or "/"
+    return target in ("/", org) or org.startswith(target + "/")
 
 
 @dataclass(frozen=True)
@@ -165,6 +186,28 @@ class Store(Protocol):
     async def deliveries(self, device_id: str, states: Collection[DeliveryState]) -> list[Delivery]:
         """The device's deliveries in ``states``, in enqueue order (e.g. the installs a
         device accepted, to match the result it reports later)."""
+        ...
+
+    async def set_auth(self, device_id: str, auth: Mapping[str, Any]) -> bool:
+        """Replaces how the device proves itself (e.g. the identity certificate bound at an
+        Apple Authenticate). False when the device is unknown."""
+        ...
+
+    async def cancel_open(self, device_id: str, status: str) -> int:
+        """Ends every delivery of the device not yet answered for good, as ``error`` with
+        ``status`` (a device that enrolls again starts with an empty queue). Returns how
+        many were ended."""
+        ...
+
+    async def put_declaration(self, declaration: StoredDeclaration) -> None:
+        """Stores (or replaces, by identifier) a declaration and its targets."""
+        ...
+
+    async def get_declaration(self, identifier: str) -> StoredDeclaration | None: ...
+
+    async def declarations_for(self, device_id: str, org: str) -> list[StoredDeclaration]:
+        """The declarations targeting the device, by id or by an org path at or above
+        ``org`` (``/acme`` covers ``/acme/sales``), oldest first (assignment order)."""
         ...
 
     async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:

@@ -15,7 +15,9 @@ from mdmgate.storage import (
     Delivery,
     DeliveryState,
     Device,
+    StoredDeclaration,
     UnknownDevices,
+    org_covers,
 )
 
 __all__ = ["MemoryStore"]
@@ -37,6 +39,7 @@ class MemoryStore:
         self._commands: dict[str, tuple[str, bytes]] = {}
         self._queues: dict[str, dict[str, _Entry]] = {}
         self._seq = itertools.count(1)
+        self._declarations: dict[str, StoredDeclaration] = {}
 
     async def upsert_devices(self, devices: Sequence[Device]) -> int:
         for d in devices:
@@ -117,6 +120,37 @@ class MemoryStore:
     async def deliveries(self, device_id: str, states: Collection[DeliveryState]) -> list[Delivery]:
         entries = sorted(self._queues.get(device_id, {}).values(), key=lambda e: e.seq)
         return [e.delivery for e in entries if e.delivery.state in states]
+
+    async def set_auth(self, device_id: str, auth: Mapping[str, Any]) -> bool:
+        device = self._devices.get(device_id)
+        if device is None:
+            return False
+        self._devices[device_id] = msgspec.structs.replace(device, auth=dict(auth))
+        return True
+
+    async def cancel_open(self, device_id: str, status: str) -> int:
+        ended = 0
+        for entry in self._queues.get(device_id, {}).values():
+            if entry.delivery.state in _OPEN:
+                entry.delivery = replace(entry.delivery, state=DeliveryState.ERROR, status=status)
+                ended += 1
+        return ended
+
+    async def put_declaration(self, declaration: StoredDeclaration) -> None:
+        old = self._declarations.get(declaration.identifier)
+        seq = old.seq if old is not None else next(self._seq)
+        self._declarations[declaration.identifier] = msgspec.structs.replace(declaration, seq=seq)
+
+    async def get_declaration(self, identifier: str) -> StoredDeclaration | None:
+        return self._declarations.get(identifier)
+
+    async def declarations_for(self, device_id: str, org: str) -> list[StoredDeclaration]:
+        found = [
+            d
+            for d in self._declarations.values()
+            if device_id in d.devices or any(org_covers(o, org) for o in d.orgs)
+        ]
+        return sorted(found, key=lambda d: d.seq)
 
     async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
         device = self._devices.get(device_id)

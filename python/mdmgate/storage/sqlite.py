@@ -38,6 +38,7 @@ from mdmgate.storage import (
     Delivery,
     DeliveryState,
     Device,
+    StoredDeclaration,
     UnknownDevices,
 )
 
@@ -78,6 +79,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX deliveries_open ON deliveries (device_id, seq)
         WHERE state IN ('queued', 'sent', 'not_now');
+    """,
+    """
+    CREATE TABLE declarations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        identifier TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        server_token TEXT NOT NULL
+    );
+    CREATE TABLE declaration_targets (
+        identifier TEXT NOT NULL REFERENCES declarations(identifier) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('device', 'org')),
+        target TEXT NOT NULL,
+        PRIMARY KEY (identifier, kind, target)
+    );
+    CREATE INDEX declaration_targets_by_target ON declaration_targets (kind, target);
     """,
 )
 
@@ -186,6 +203,33 @@ def _device(row: tuple[Any, ...]) -> Device:
     supervised = None if row[4] is None else bool(row[4])
     auth, facts = json.loads(row[5]), json.loads(row[6])
     return Device(row[0], row[1], row[2], row[3], supervised, auth, facts)
+
+
+def _read_declarations(
+    db: sqlite3.Connection, where: str, params: tuple[Any, ...]
+) -> list[StoredDeclaration]:
+    rows = db.execute(
+        "SELECT d.seq, d.identifier, d.type, d.payload, d.server_token,"
+        " (SELECT json_group_array(json_array(kind, target)) FROM declaration_targets t"
+        "  WHERE t.identifier = d.identifier)"
+        f" FROM declarations d WHERE {where} ORDER BY d.seq",
+        params,
+    ).fetchall()
+    found = []
+    for seq, identifier, kind, payload, token, targets in rows:
+        pairs = json.loads(targets)
+        found.append(
+            StoredDeclaration(
+                identifier,
+                kind,
+                json.loads(payload),
+                token,
+                tuple(t for k, t in pairs if k == "device"),
+                tuple(t for k, t in pairs if k == "org"),
+                seq,
+            )
+        )
+    return found
 
 
 _HAS_OFFER = (
@@ -467,6 +511,75 @@ class SQLiteStore:
             ]
 
         return await self._run(read)
+
+    async def set_auth(self, device_id: str, auth: Mapping[str, Any]) -> bool:
+        encoded = json.dumps(dict(auth))
+
+        def write(db: sqlite3.Connection) -> bool:
+            cursor = db.execute("UPDATE devices SET auth = ? WHERE id = ?", (encoded, device_id))
+            return cursor.rowcount > 0
+
+        return await self._run(write)
+
+    async def cancel_open(self, device_id: str, status: str) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "UPDATE deliveries SET state = 'error', status = ?, updated = ?"
+                f" WHERE device_id = ? AND state IN {_OPEN}",
+                (status, time.time(), device_id),
+            )
+            return cursor.rowcount
+
+        return await self._run(write)
+
+    async def put_declaration(self, declaration: StoredDeclaration) -> None:
+        payload = json.dumps(declaration.payload)
+        targets = [("device", d) for d in dict.fromkeys(declaration.devices)]
+        targets += [("org", o) for o in dict.fromkeys(declaration.orgs)]
+
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                # An update keeps its place (seq) in the assignment order.
+                db.execute(
+                    "INSERT INTO declarations (identifier, type, payload, server_token)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (identifier) DO UPDATE SET"
+                    " type = excluded.type, payload = excluded.payload,"
+                    " server_token = excluded.server_token",
+                    (declaration.identifier, declaration.type, payload, declaration.server_token),
+                )
+                db.execute(
+                    "DELETE FROM declaration_targets WHERE identifier = ?",
+                    (declaration.identifier,),
+                )
+                db.executemany(
+                    "INSERT INTO declaration_targets VALUES (?, ?, ?)",
+                    [(declaration.identifier, kind, target) for kind, target in targets],
+                )
+
+        await self._run(write)
+
+    async def get_declaration(self, identifier: str) -> StoredDeclaration | None:
+        def read(db: sqlite3.Connection) -> StoredDeclaration | None:
+            found = _read_declarations(db, "d.identifier = ?", (identifier,))
+            return found[0] if found else None
+
+        return await self._read_inline(read)
+
+    async def declarations_for(self, device_id: str, org: str) -> list[StoredDeclaration]:
+        # The org paths at or above the device's: "/", "/acme", "/acme/sales", ...
+        parts = [p for p in org.split("/") if p]
+        orgs = ["/"] + ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+        def read(db: sqlite3.Connection) -> list[StoredDeclaration]:
+            return _read_declarations(
+                db,
+                "d.identifier IN (SELECT identifier FROM declaration_targets"
+                " WHERE (kind = 'device' AND target = ?)"
+                " OR (kind = 'org' AND target IN (SELECT value FROM json_each(?))))",
+                (device_id, json.dumps(orgs)),
+            )
+
+        return await self._read_inline(read)
 
     async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
         changes = dict(facts)
