@@ -529,6 +529,9 @@ async def test_openapi_document(api: AdminApi) -> None:
         "/api/v1/devices/{id}/commands",
         "/api/v1/commands",
         "/api/v1/commands/{command_id}",
+        "/api/v1/declarations",
+        "/api/v1/declarations/{identifier}",
+        "/api/v1/devices/{id}/declarations/effective",
     }
     refs = _refs(document)
     for ref in refs:

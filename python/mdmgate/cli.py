@@ -52,6 +52,8 @@ config file (TOML), every key optional:
   listen = ["0.0.0.0:8080"]    db = "sqlite:///var/lib/mdmgate/mdmgate.db"
   workers = 2    durability = "full"    api_token = "..."    dev = false
   [limits]  max_body_bytes = 16777216  read_timeout = 10.0  max_in_flight = 256  ...
+  [apns]    topic = "com.apple.mgmt.External.<uuid>"  cert = "push.pem"  key = "push.key"
+            rate = 200.0   (pushes/s; url defaults to https://api.push.apple.com)
 """
 
 SYNCML_EPILOG = """\
@@ -236,6 +238,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", metavar="F", help="TOML configuration file")
     serve.add_argument(
+        "--apns-url",
+        metavar="URL",
+        help="APNs base URL (default https://api.push.apple.com; point tests and staging at"
+        " a local HTTP/2 server); pushing needs [apns] topic in the config",
+    )
+    serve.add_argument(
         "--dev",
         action="store_true",
         default=None,
@@ -373,6 +381,7 @@ def _serve(args: argparse.Namespace) -> int:
         "tls_key": args.tls_key,
         "client_ca": args.client_ca,
         "dev": args.dev,
+        "apns_url": args.apns_url,
     }
     try:
         config = app.load_config(args.config, overrides)

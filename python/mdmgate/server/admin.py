@@ -1,4 +1,5 @@
-"""The admin HTTP API under ``/api/v1/``: devices, commands and the OpenAPI document.
+"""The admin HTTP API under ``/api/v1/``: devices, commands, declarations (Apple DDM) and the
+OpenAPI document.
 
 :class:`AdminApi` is a plain :data:`~mdmgate.server.types.Handler`: it takes a
 :class:`~mdmgate.server.types.Request` and answers a
@@ -11,13 +12,14 @@ Status codes:
 
 * 400: the body is not JSON (or nested too deeply);
 * 401: no, or the wrong, bearer token, or no token configured (and not ``--dev``);
-* 404: unknown path, device or command; a command naming unknown devices (listed in
-  ``devices``);
+* 404: unknown path, device, command or declaration; a command or declaration naming
+  unknown devices (listed in ``devices``);
 * 405: a known path with the wrong method (``Allow`` lists the right ones);
 * 409: a command whose ``CommandUUID`` (which becomes its command id) is already taken;
 * 415: a body that is not ``application/json``;
 * 422: JSON of the wrong shape (msgspec's message, and the field), a raw command its
-  decoder refuses, or a command for devices of more than one command channel.
+  decoder refuses, a command for devices of more than one command channel, or a
+  declaration that breaks Apple's schema (``field`` is ``$.payload.<dotted key>``).
 
 Commands are stored through :meth:`~mdmgate.storage.Store.enqueue` with ``kind``
 ``"syncml"`` or ``"apple"``:
@@ -27,6 +29,15 @@ Commands are stored through :meth:`~mdmgate.storage.Store.enqueue` with ``kind``
   so the session layer numbers commands itself when it builds a message.
 * ``apple`` (iOS, iPadOS, macOS): the body is an XML plist
   ``{CommandUUID, Command: {RequestType, ...}}`` whose ``CommandUUID`` is the command id.
+
+Declarations (``POST /api/v1/declarations``) are built with :func:`mdmgate.apple.ddm.declaration`
+(``ServerToken`` derived from the content), validated with :func:`mdmgate.apple.ddm.validate`
+and stored with their device and org targets; posting the same identifier again replaces the
+declaration and its targets (keeping its place in the assignment order).
+``GET /api/v1/devices/{id}/declarations/effective`` shows what the device ends up with: the
+combined ``softwareupdate.settings`` (each key with the declarations that decided it) and the
+``softwareupdate.enforcement.specific`` declaration it processes now, for its stored
+``os_version``.
 """
 
 from __future__ import annotations
@@ -37,17 +48,19 @@ import inspect
 import logging
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from mdmgate import __version__, plist, syncml
+from mdmgate import __version__, plist, syncml, versions
+from mdmgate.apple import ddm
 from mdmgate.apple.commands import build as build_apple_command
 from mdmgate.apple.errors import CommandValidationError
 from mdmgate.errors import (
+    InvalidVersion,
     MdmgateError,
     PlistDecodeError,
     PlistEncodeError,
@@ -62,6 +75,7 @@ from mdmgate.storage import (
     DeliveryState,
     Device,
     Store,
+    StoredDeclaration,
     UnknownDevices,
 )
 from mdmgate.windows import apps
@@ -75,12 +89,21 @@ __all__ = [
     "CommandAccepted",
     "CommandIn",
     "CommandStatusOut",
+    "DeclarationIn",
+    "DeclarationOut",
+    "DeclarationTargetsIn",
+    "DeclarationWritten",
     "DeliveryOut",
     "DeviceCommandIn",
     "DeviceIn",
     "DeviceOut",
     "DevicesWritten",
+    "EffectiveDeclarationsOut",
+    "EffectiveSettingOut",
+    "EnforcementOut",
+    "EnforcementStateOut",
     "Error",
+    "SkippedDeclarationOut",
     "UnknownDevicesError",
     "openapi_document",
 ]
@@ -271,12 +294,178 @@ class UnknownDevicesError(Error, kw_only=True):
     ]
 
 
-_REQUEST_TYPES: tuple[type[Any], ...] = (DeviceIn, CommandIn, DeviceCommandIn)
+# --- declarations (Apple DDM) ----------------------------------------------------------------
+
+DeclarationType = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=256,
+        description="The declaration type, one Apple's schema knows.",
+        examples=[ddm.SETTINGS_TYPE, ddm.ENFORCEMENT_TYPE],
+    ),
+]
+DeclarationIdentifier = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=512,
+        description="The declaration's `Identifier`, unique on the gateway: posting the same"
+        " identifier again replaces the declaration.",
+        examples=["com.acme.swupdate.defer-30"],
+    ),
+]
+
+
+class DeclarationTargetsIn(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Whom a declaration is assigned to: devices by id, and organisations (an org covers
+    its sub-organisations: `/acme` reaches a device in `/acme/sales`). At least one device
+    or org. Duplicates are ignored."""
+
+    devices: Annotated[
+        list[DeviceId],
+        Meta(description="Registered device ids; an unknown one refuses the whole request."),
+    ] = msgspec.field(default_factory=list)
+    orgs: Annotated[
+        list[OrgPath],
+        Meta(description="Org paths; `/` is every device."),
+    ] = msgspec.field(default_factory=list)
+
+
+class DeclarationIn(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A declaration (Apple declarative device management) and its targets.
+
+    The gateway computes the `ServerToken` from the content (type, identifier, payload):
+    the same content keeps its token, any change gives a new one, so devices fetch the
+    declaration again exactly when it changed. The payload is checked against Apple's
+    schema for the type (unknown keys, types, ranges, allowed values, required keys;
+    `TargetLocalDateTime` as local `YYYY-MM-DDTHH:MM:SS` without offset); a refusal names
+    the key as `$.payload.<dotted key>`. Posting an identifier that exists replaces the
+    declaration and its targets; it keeps its place in the assignment order."""
+
+    type: DeclarationType
+    identifier: DeclarationIdentifier
+    payload: Annotated[
+        dict[str, Any],
+        Meta(
+            description="The declaration's `Payload`, as Apple documents it for the type.",
+            examples=[{"Deferrals": {"CombinedPeriodInDays": 30}, "Notifications": True}],
+        ),
+    ]
+    targets: DeclarationTargetsIn
+
+
+class DeclarationWritten(Struct):
+    """A declaration as stored, with its targets."""
+
+    identifier: str
+    type: str
+    server_token: Annotated[
+        str, Meta(description="The `ServerToken` devices see (derived from the content).")
+    ]
+    devices: Annotated[list[str], Meta(description="The device ids it is assigned to.")]
+    orgs: Annotated[list[str], Meta(description="The org paths it is assigned to.")]
+
+
+class DeclarationOut(DeclarationWritten):
+    """A declaration as stored, with its payload and targets."""
+
+    payload: dict[str, Any]
+
+
+class EffectiveSettingOut(Struct):
+    """The value a device ends up with for one key, and the declarations that decided it
+    (per the key's combine rule: e.g. the largest deferral, the enum value latest in
+    Apple's list, AND of booleans, the union of arrays, the first assigned)."""
+
+    value: Any
+    declarations: list[str]
+
+
+class EnforcementOut(Struct):
+    """One `softwareupdate.enforcement.specific` declaration, read."""
+
+    declaration: Annotated[str, Meta(description="The declaration's identifier.")]
+    target_os_version: str
+    target_build_version: str | None
+    target_local_datetime: Annotated[
+        str, Meta(description="The device-local deadline, `YYYY-MM-DDTHH:MM:SS`.")
+    ]
+    details_url: str | None
+
+
+class EnforcementStateOut(Struct):
+    """Which enforcement declaration the device processes now, evaluated against its stored
+    `os_version`: targets at or below it are ignored, the newer ones queue by earliest
+    `TargetLocalDateTime` (ties: lower target version, then identifier). Updating the
+    device's `os_version` (`POST /api/v1/devices`) re-evaluates it."""
+
+    active: Annotated[
+        EnforcementOut | None,
+        Meta(description="The one processed now (the first of `pending`), or `null`."),
+    ]
+    pending: Annotated[
+        list[EnforcementOut],
+        Meta(
+            description="Every enforcement still to be processed, in processing order; the"
+            " first is `active`, the rest wait."
+        ),
+    ]
+    os_version: Annotated[
+        str | None, Meta(description="The device's OS version the evaluation used.")
+    ]
+    note: Annotated[
+        str | None,
+        Meta(
+            description="Why nothing could be evaluated (no `os_version`, a platform without"
+            " software-update enforcement, an unreadable version), else `null`."
+        ),
+    ] = None
+
+
+class SkippedDeclarationOut(Struct):
+    """A stored declaration left out of the evaluation, and why."""
+
+    identifier: str
+    error: str
+
+
+class EffectiveDeclarationsOut(Struct):
+    """What a device ends up with from the declarations assigned to it (by id or through
+    its org and the orgs above it)."""
+
+    device_id: str
+    declarations: Annotated[
+        list[str],
+        Meta(description="Every declaration assigned to the device, oldest assignment first."),
+    ]
+    softwareupdate_settings: Annotated[
+        dict[str, EffectiveSettingOut],
+        Meta(
+            description="The combined `com.apple.configuration.softwareupdate.settings`, by"
+            " dotted key (`Deferrals.CombinedPeriodInDays`); keys no declaration sets are"
+            " absent (the device's default applies)."
+        ),
+    ]
+    enforcement: EnforcementStateOut
+    skipped: Annotated[
+        list[SkippedDeclarationOut],
+        Meta(
+            description="Assigned declarations that no longer pass validation (or whose"
+            " target version does not parse for the device's platform), left out."
+        ),
+    ] = msgspec.field(default_factory=list)
+
+
+_REQUEST_TYPES: tuple[type[Any], ...] = (DeviceIn, CommandIn, DeviceCommandIn, DeclarationIn)
 _RESPONSE_TYPES: tuple[type[Any], ...] = (
     DevicesWritten,
     DeviceOut,
     CommandAccepted,
     CommandStatusOut,
+    DeclarationWritten,
+    DeclarationOut,
+    EffectiveDeclarationsOut,
     Error,
     UnknownDevicesError,
 )
@@ -656,11 +845,16 @@ def _operation(
     request: str | None = None,
     parameter: tuple[str, str] | None = None,
     not_found: str | None = None,
+    replaced: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     status, description, schema = ok
     responses: dict[str, Any] = {
         status: {"description": description, "content": _json_content(_ref(schema))}
     }
+    if replaced is not None:
+        # Another success status with the same body (e.g. 200 for a replacement).
+        other, text = replaced
+        responses[other] = {"description": text, "content": _json_content(_ref(schema))}
     for code in ("401", "405", *errors):
         responses[code] = {"$ref": f"#/components/responses/{_ERROR_RESPONSES[code][0]}"}
     if not_found is not None:
@@ -747,6 +941,35 @@ def openapi_document() -> dict[str, Any]:
                 parameter=("command_id", "The command id from CommandAccepted."),
             )
         },
+        "/api/v1/declarations": {
+            "post": _operation(
+                "Create or replace a declaration (Apple DDM) and its targets. The ServerToken"
+                " is derived from the content; the payload is checked against Apple's schema.",
+                ("201", "A new declaration was stored.", "DeclarationWritten"),
+                ("400", "415", "422"),
+                request="DeclarationIn",
+                not_found="UnknownDevicesError",
+                replaced=("200", "A declaration with this identifier was replaced."),
+            )
+        },
+        "/api/v1/declarations/{identifier}": {
+            "get": _operation(
+                "A declaration, its payload and its targets.",
+                ("200", "The declaration.", "DeclarationOut"),
+                ("404",),
+                parameter=("identifier", "The declaration identifier (percent-encoded)."),
+            )
+        },
+        "/api/v1/devices/{id}/declarations/effective": {
+            "get": _operation(
+                "What a device ends up with from its declarations: the combined software-update"
+                " settings (each key with the declarations that decided it) and the"
+                " enforcement it processes now for its stored os_version.",
+                ("200", "The device's effective declarations.", "EffectiveDeclarationsOut"),
+                ("404",),
+                parameter=device,
+            )
+        },
     }
     schemas["OpenApiDocument"] = {"type": "object", "description": "An OpenAPI 3.1 document."}
     responses = {
@@ -759,7 +982,8 @@ def openapi_document() -> dict[str, Any]:
             "title": "mdmgate admin API",
             "version": __version__,
             "description": (
-                "Devices and their command queues. Every request needs "
+                "Devices, their command queues and their declarations (Apple declarative"
+                " device management). Every request needs "
                 "`Authorization: Bearer <MDMGATE_API_TOKEN>`. Errors are "
                 '`{"error": "...", "field": "<JSONPath into the body> or null"}`.'
             ),
@@ -797,9 +1021,18 @@ class AdminApi:
     is kept as :attr:`dev` for the device-facing side (auto-registration).
     """
 
-    def __init__(self, store: Store, token: str | None, *, dev: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        token: str | None,
+        *,
+        dev: bool = False,
+        on_enqueued: Callable[[Sequence[str]], None] | None = None,
+    ) -> None:
         self.store = store
         self.dev = dev
+        #: Told which devices got new commands (e.g. to push Apple devices); must not block.
+        self.on_enqueued = on_enqueued
         self._token = token.encode("utf-8") if token else None
         self.unauthenticated = self._token is None and dev
         if self.unauthenticated:
@@ -871,6 +1104,16 @@ class AdminApi:
                 _check_content_type(request)
                 command = _decode(request.body, DeviceCommandIn)
                 return await self._enqueue(command, [device_id], None)
+            case ["commands", *_]:
+                return await self._route_commands(request, parts, allow)
+            case ["declarations", *_] | ["devices", _, "declarations", *_]:
+                return await self._route_declarations(request, parts, allow)
+        raise _refuse(404, f"no such resource: {request.path}")
+
+    async def _route_commands(
+        self, request: Request, parts: list[str], allow: Callable[..., None]
+    ) -> Response:
+        match parts:
             case ["commands"]:
                 allow("POST")
                 _check_content_type(request)
@@ -879,6 +1122,21 @@ class AdminApi:
             case ["commands", command_id] if command_id:
                 allow("GET")
                 return await self._command_status(command_id)
+        raise _refuse(404, f"no such resource: {request.path}")
+
+    async def _route_declarations(
+        self, request: Request, parts: list[str], allow: Callable[..., None]
+    ) -> Response:
+        match parts:
+            case ["declarations"]:
+                allow("POST")
+                return await self._put_declaration(request)
+            case ["declarations", identifier] if identifier:
+                allow("GET")
+                return await self._get_declaration(identifier)
+            case ["devices", device_id, "declarations", "effective"] if device_id:
+                allow("GET")
+                return await self._effective_declarations(device_id)
         raise _refuse(404, f"no such resource: {request.path}")
 
     async def _upsert_devices(self, request: Request) -> Response:
@@ -966,6 +1224,9 @@ class AdminApi:
         except CommandExists:
             where = "$.raw" if command.raw is not None else "$.apple.command_uuid"
             raise _refuse(409, f"command id {prepared.command_id!r} is taken", where) from None
+        if self.on_enqueued is not None and prepared.kind == "apple":
+            # Apple devices fetch commands only when woken by a push.
+            self.on_enqueued(wanted)
         return _json(202, CommandAccepted(prepared.command_id, prepared.kind, queued))
 
     async def _command_status(self, command_id: str) -> Response:
@@ -976,6 +1237,185 @@ class AdminApi:
             status.command_id, status.kind, [_delivery(d) for d in status.deliveries]
         )
         return _json(200, out)
+
+    async def _put_declaration(self, request: Request) -> Response:
+        _check_content_type(request)
+        given = _decode(request.body, DeclarationIn)
+        for index, org in enumerate(given.targets.orgs):
+            if org.endswith("\n"):
+                # The pattern's "$" also matches before a final newline.
+                raise _refuse(422, "an org path has no line breaks", f"$.targets.orgs[{index}]")
+        devices = list(dict.fromkeys(given.targets.devices))
+        orgs = list(dict.fromkeys(given.targets.orgs))
+        if not devices and not orgs:
+            raise _refuse(
+                422, "a declaration needs at least one target (a device or an org)", "$.targets"
+            )
+        decl = _build_declaration(given)
+        known = await self.store.get_devices(devices)
+        unknown = [i for i in devices if i not in known]
+        if unknown:
+            raise _unknown(unknown, "$.targets.devices")
+        # Two concurrent first writes of one identifier may both answer 201; the store
+        # keeps one of them whole.
+        old = await self.store.get_declaration(decl.identifier)
+        await self.store.put_declaration(
+            StoredDeclaration(
+                identifier=decl.identifier,
+                type=decl.type,
+                payload=decl.payload,
+                server_token=decl.server_token,
+                devices=tuple(devices),
+                orgs=tuple(orgs),
+            )
+        )
+        out = DeclarationWritten(decl.identifier, decl.type, decl.server_token, devices, orgs)
+        return _json(201 if old is None else 200, out)
+
+    async def _get_declaration(self, identifier: str) -> Response:
+        stored = await self.store.get_declaration(identifier)
+        if stored is None:
+            raise _refuse(404, f"no declaration {identifier!r}")
+        out = DeclarationOut(
+            identifier=stored.identifier,
+            type=stored.type,
+            server_token=stored.server_token,
+            devices=list(stored.devices),
+            orgs=list(stored.orgs),
+            payload=stored.payload,
+        )
+        return _json(200, out)
+
+    async def _effective_declarations(self, device_id: str) -> Response:
+        device = await self.store.get_device(device_id)
+        if device is None:
+            raise _refuse(404, f"no device {device_id!r}")
+        stored = await self.store.declarations_for(device.id, device.org)
+        usable: list[ddm.Declaration] = []
+        skipped: list[SkippedDeclarationOut] = []
+        for item in stored:
+            decl = ddm.Declaration(item.type, item.identifier, item.payload, item.server_token)
+            problem = _stored_problem(decl, device.platform)
+            if problem is None:
+                usable.append(decl)
+            else:
+                skipped.append(SkippedDeclarationOut(item.identifier, problem))
+        settings = {
+            key: EffectiveSettingOut(c.value, list(c.declarations))
+            for key, c in ddm.effective_settings(usable).items()
+        }
+        out = EffectiveDeclarationsOut(
+            device_id=device.id,
+            declarations=[item.identifier for item in stored],
+            softwareupdate_settings=settings,
+            enforcement=_enforcement_state(usable, device),
+            skipped=skipped,
+        )
+        return _json(200, out)
+
+
+# --- declarations ----------------------------------------------------------------------------
+
+#: Platforms software-update enforcement exists on; the names ``versions`` orders by.
+_ENFORCEMENT_PLATFORMS = ("ios", "ipados", "macos")
+_EVALUATED_TYPES = (ddm.SETTINGS_TYPE, ddm.ENFORCEMENT_TYPE)
+
+
+def _declaration_field(key: str) -> str | None:
+    """The JSONPath into the request body for a :class:`~mdmgate.apple.ddm.DeclarationError`
+    key."""
+    if key == "Type":
+        return "$.type"
+    if key == "Identifier":
+        return "$.identifier"
+    if key == "ServerToken":
+        return None  # computed here: cannot be the client's
+    if not key:
+        return "$.payload"
+    return "$.payload" + ("" if key.startswith("[") else ".") + key
+
+
+def _target_version_problem(decl: ddm.Declaration, platforms: Sequence[str]) -> str | None:
+    """Why an enforcement declaration's TargetOSVersion cannot be ordered on one of
+    ``platforms``, or ``None``."""
+    target = decl.payload.get("TargetOSVersion")
+    if decl.type != ddm.ENFORCEMENT_TYPE or not isinstance(target, str):
+        return None
+    for platform in platforms:
+        try:
+            versions.sort_key(target, platform=platform)
+        except InvalidVersion as exc:
+            return f"{decl.type} {decl.identifier!r}: TargetOSVersion: {exc}"
+    return None
+
+
+def _build_declaration(given: DeclarationIn) -> ddm.Declaration:
+    """The declaration with its content-derived token, checked against Apple's schema (and,
+    for enforcement, a TargetOSVersion that orders on every platform it exists on)."""
+    try:
+        decl = ddm.declaration(given.type, given.identifier, given.payload)
+        ddm.validate(decl)
+    except ddm.DeclarationError as exc:
+        raise _refuse(422, exc.message, _declaration_field(exc.key)) from None
+    except RecursionError:
+        raise _refuse(400, "JSON is nested too deeply") from None
+    problem = _target_version_problem(decl, _ENFORCEMENT_PLATFORMS)
+    if problem is not None:
+        raise _refuse(422, problem, "$.payload.TargetOSVersion")
+    return decl
+
+
+def _stored_problem(decl: ddm.Declaration, platform: str) -> str | None:
+    """Why a stored declaration cannot be evaluated for a device (it was valid when written;
+    the schema facts may have changed since), or ``None``. Types not evaluated here pass."""
+    if decl.type not in _EVALUATED_TYPES:
+        return None
+    try:
+        ddm.validate(decl)
+    except ddm.DeclarationError as exc:
+        return exc.message
+    except RecursionError:
+        return "the payload is nested too deeply"
+    if platform in _ENFORCEMENT_PLATFORMS:
+        return _target_version_problem(decl, (platform,))
+    return None
+
+
+def _enforcement_out(item: ddm.Enforcement) -> EnforcementOut:
+    return EnforcementOut(
+        declaration=item.declaration,
+        target_os_version=item.target_os_version,
+        target_build_version=item.target_build_version,
+        target_local_datetime=item.target_local_datetime.isoformat(timespec="seconds"),
+        details_url=item.details_url,
+    )
+
+
+def _enforcement_state(decls: Sequence[ddm.Declaration], device: Device) -> EnforcementStateOut:
+    """The enforcement the device processes now, and the queue, for its stored OS version;
+    empty with a note when it cannot be evaluated."""
+    os_version = device.os_version
+
+    def nothing(note: str | None) -> EnforcementStateOut:
+        return EnforcementStateOut(None, [], os_version, note)
+
+    if device.platform not in _ENFORCEMENT_PLATFORMS:
+        return nothing(
+            "software-update enforcement exists on iOS, iPadOS and macOS, not on"
+            f" {device.platform!r} devices"
+        )
+    if not os_version:
+        return nothing(
+            "the device has no os_version: it has not reported one, and none was registered"
+        )
+    try:
+        pending = ddm.pending_enforcements(decls, os_version=os_version, platform=device.platform)
+    except InvalidVersion as exc:
+        return nothing(f"the device's os_version cannot be ordered: {exc}")
+    except ddm.DeclarationError as exc:  # screened out before; kept for safety
+        return nothing(f"cannot evaluate: {exc.message}")
+    out = [_enforcement_out(item) for item in pending]
+    return EnforcementStateOut(out[0] if out else None, out, os_version)
 
 
 def _delivery(delivery: Delivery) -> DeliveryOut:

@@ -3,6 +3,7 @@ several sharing the port), and drains cleanly on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -13,10 +14,12 @@ import sys
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
+from mdmgate.apple.push import APNS_PRODUCTION_URL, ApnsClient
+from mdmgate.apple.pusher import DevicePusher
 from mdmgate.server.admin import AdminApi
 from mdmgate.server.http import Limits, Listener, Server, server_ssl_context
 from mdmgate.server.metrics import Metrics
@@ -32,8 +35,10 @@ log = logging.getLogger("mdmgate.server")
 
 #: The Windows (OMA-DM) endpoint.
 WINDOWS_PATH = "/ManagementServer/MDM.svc"
-#: Device-facing paths; the Apple ones answer 501 until their handlers arrive.
-DEVICE_PATHS = (WINDOWS_PATH, "/mdm/apple/checkin", "/mdm/apple/connect")
+APPLE_CHECKIN_PATH = "/mdm/apple/checkin"
+APPLE_CONNECT_PATH = "/mdm/apple/connect"
+#: Device-facing paths (answered 501 by a handler built without their protocol).
+DEVICE_PATHS = (WINDOWS_PATH, APPLE_CHECKIN_PATH, APPLE_CONNECT_PATH)
 #: How often the queue-depth gauge is refreshed (a scrape must not wait for the database).
 GAUGE_REFRESH_SECONDS = 5.0
 
@@ -54,6 +59,13 @@ class Config:
     dev: bool = False
     durability: str = "full"
     limits: Limits = field(default_factory=Limits)
+    #: APNs (config table ``[apns]``: url, topic, cert, key, rate). Without a topic the
+    #: gateway does not push; devices still get their commands when they check in.
+    apns_url: str = APNS_PRODUCTION_URL
+    apns_topic: str | None = None
+    apns_cert: str | None = None
+    apns_key: str | None = None
+    apns_rate: float = 200.0
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -85,6 +97,16 @@ def _limits(raw: object) -> Limits:
         raise ConfigError(f"limits: {e}") from None
 
 
+def _apns(raw: object) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError("apns must be a table")
+    known = ("url", "topic", "cert", "key", "rate")
+    bad = sorted(set(raw) - set(known))
+    if bad:
+        raise ConfigError(f"unknown apns keys: {', '.join(bad)} (known: {', '.join(known)})")
+    return {f"apns_{k}": v for k, v in raw.items()}
+
+
 def _check(config: Config) -> Config:
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -96,6 +118,12 @@ def _check(config: Config) -> Config:
         raise ConfigError("durability must be 'full' or 'normal'")
     if config.db not in ("memory:", "memory://") and not config.db.startswith("sqlite:///"):
         raise ConfigError(f"unsupported database URL {config.db!r}; use sqlite:///PATH or memory:")
+    if (config.apns_cert is None) != (config.apns_key is None):
+        raise ConfigError("apns cert and key go together")
+    if not config.apns_rate > 0:
+        raise ConfigError("apns rate must be a positive number of pushes per second")
+    if not config.apns_url.startswith(("https://", "http://")):
+        raise ConfigError(f"apns url {config.apns_url!r} is not an http(s) URL")
     if config.workers > 1 and not config.db.startswith("sqlite:"):
         raise ConfigError("several workers need a shared database (sqlite:///PATH)")
     return config
@@ -107,9 +135,11 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if os.environ.get("MDMGATE_API_TOKEN"):
         values.setdefault("api_token", os.environ["MDMGATE_API_TOKEN"])
-    unknown = sorted(set(values) - {f.name for f in fields(Config)})
+    unknown = sorted(set(values) - {f.name for f in fields(Config)} - {"apns"})
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+    if "apns" in values:
+        values.update(_apns(values.pop("apns")))
     limits = _limits(values.pop("limits")) if "limits" in values else Limits()
     if "listen" in values:
         listen = values["listen"]
@@ -139,10 +169,26 @@ def _text(status: int, text: str, content_type: str = "text/plain; charset=utf-8
     return Response(status, (("content-type", content_type),), text.encode())
 
 
+class AppleEndpoints(Protocol):
+    async def checkin(self, request: Request) -> Response: ...
+    async def connect(self, request: Request) -> Response: ...
+
+
 def build_handler(
-    store: Store, admin: AdminApi, metrics: Metrics, windows: Handler | None = None
+    store: Store,
+    admin: AdminApi,
+    metrics: Metrics,
+    windows: Handler | None = None,
+    apple: AppleEndpoints | None = None,
 ) -> Handler:
     """Routes a request: health and metrics, the admin API, the device endpoints."""
+
+    devices: dict[str, Handler] = {}
+    if windows is not None:
+        devices[WINDOWS_PATH] = windows
+    if apple is not None:
+        devices[APPLE_CHECKIN_PATH] = apple.checkin
+        devices[APPLE_CONNECT_PATH] = apple.connect
 
     async def handle(request: Request) -> Response:
         if request.path == "/healthz":
@@ -155,8 +201,9 @@ def build_handler(
             )
         if request.path.startswith("/api/"):
             return await admin(request)
-        if request.path == WINDOWS_PATH and windows is not None:
-            return await windows(request)
+        device_handler = devices.get(request.path)
+        if device_handler is not None:
+            return await device_handler(request)
         if request.path in DEVICE_PATHS:
             # Said plainly rather than answered with a half protocol a device could misread.
             return _text(501, "this device protocol is not served by this version of mdmgate\n")
@@ -217,13 +264,33 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
                 return
 
     try:
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as stack:
+            if config.apns_topic:
+                client = await stack.enter_async_context(_apns_client(config))
+                pusher = DevicePusher(store, client)
+                admin.on_enqueued = pusher.wake
+                nursery.start_soon(pusher.run)
             nursery.start_soon(on_signals, nursery)
             nursery.start_soon(refresh_gauges)
             await server.run(listeners)
             nursery.cancel_scope.cancel()
     finally:
         await store.aclose()
+
+
+def _apns_client(config: Config) -> ApnsClient:
+    context: ssl.SSLContext | None = None
+    if config.apns_url.startswith("https://"):
+        context = ssl.create_default_context()
+        if config.apns_cert is not None and config.apns_key is not None:
+            # Certificate auth: the MDM push certificate names the topic.
+            context.load_cert_chain(config.apns_cert, config.apns_key)
+    return ApnsClient(
+        config.apns_url,
+        topic=config.apns_topic or "",
+        ssl_context=context,
+        max_pushes_per_second=config.apns_rate,
+    )
 
 
 def _worker(config: Config, index: int) -> None:
