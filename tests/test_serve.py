@@ -63,7 +63,9 @@ def test_serves_both_protocols_and_drains_on_sigterm(tmp_path: Path) -> None:
             assert r.status_code == 415
             assert "application/vnd.syncml.dm+xml" in r.text
             assert "mdmgate_omadm_sessions" in metrics
-            assert client.put("/mdm/apple/checkin", content=b"x").status_code == 501
+            r = client.put("/mdm/apple/checkin", content=b"x")
+            assert r.status_code == 415
+            assert "application/x-apple-aspen-mdm-checkin" in r.text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
 

@@ -20,6 +20,7 @@ import trio
 
 from mdmgate.apple.push import APNS_PRODUCTION_URL, ApnsClient
 from mdmgate.apple.pusher import DevicePusher
+from mdmgate.apple.service import AppleService
 from mdmgate.server.admin import AdminApi
 from mdmgate.server.http import Limits, Listener, Server, server_ssl_context
 from mdmgate.server.metrics import Metrics
@@ -236,7 +237,8 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     metrics.register_gauge(
         "mdmgate_omadm_sessions", "Open OMA-DM sessions.", lambda: windows.open_sessions
     )
-    handler = build_handler(store, admin, metrics, windows)
+    apple = AppleService(store, dev=config.dev)
+    handler = build_handler(store, admin, metrics, windows, apple)
     server = Server(handler, config.limits, metrics=metrics)
     context: ssl.SSLContext | None = None
     if config.tls_cert is not None and config.tls_key is not None:

@@ -1,0 +1,876 @@
+"""The Apple endpoints: ``PUT /mdm/apple/checkin`` and ``PUT /mdm/apple/connect``.
+
+:class:`AppleService` reads check-in messages (:mod:`mdmgate.apple.checkin`) and command
+reports (:mod:`mdmgate.apple.reports`), proves who sent them, turns them into stored state
+(enrollment, push token, app inventory, install outcomes, declarative-management status)
+and hands the device its queued commands one at a time. The models hold the protocol; this
+module holds the I/O and the policy.
+
+Identity. The device proves itself with its identity certificate: the mTLS client
+certificate (``Request.client_cert``), or else the ``Mdm-Signature`` header, a CMS detached
+signature of the body whose signer certificate is the identity (verified here when the
+``cryptography`` package is importable; without it such requests are refused outside
+development mode). The identity is the SHA-256 of the certificate's DER. ``Authenticate``
+binds it to the device (``auth = {"method": "certificate", "sha256": ...}``); every later
+message must come with that certificate. Refusals are 403 (400 for an unreadable
+signature), never 401: a 401 can make a device remove its enrollment.
+
+Exchanges. An ``Idle`` report starts a new command exchange, named by a fresh store session
+key kept in this process's memory per device; a command the device answers ``NotNow`` is
+not handed out again in the same exchange (the device would spin) and is offered again
+after the next ``Idle``. A restart only loses the key: the next ``Idle`` makes a new one.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from mdmgate import plist
+from mdmgate.apple import ddm, reports
+from mdmgate.apple.checkin import (
+    Authenticate,
+    CheckinMessage,
+    CheckOut,
+    DeclarativeManagement,
+    GetBootstrapToken,
+    SetBootstrapToken,
+    TokenUpdate,
+    UserAuthenticate,
+    decode_checkin,
+)
+from mdmgate.apple.errors import AppleDecodeError
+from mdmgate.apple.reports import CommandReport, CommandStatus
+from mdmgate.server.types import Request, Response
+from mdmgate.storage import DeliveryState, Device, Store, StoredDeclaration
+
+try:
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+except ImportError:  # pragma: no cover - depends on the environment
+    CMS_SUPPORTED = False
+else:
+    CMS_SUPPORTED = True
+
+__all__ = [
+    "ACTIVATION_IDENTIFIER",
+    "CHECKIN_CONTENT_TYPE",
+    "CMS_SUPPORTED",
+    "AppleService",
+    "expected_install_mode",
+]
+
+_log = logging.getLogger("mdmgate.apple")
+
+CHECKIN_CONTENT_TYPE = "application/x-apple-aspen-mdm-checkin"
+CHECKIN_PATH = "/mdm/apple/checkin"
+CONNECT_PATH = "/mdm/apple/connect"
+
+#: The identifier of the activation synthesized for every device's configurations.
+ACTIVATION_IDENTIFIER = "mdmgate.activation"
+ACTIVATION_TYPE = "com.apple.activation.simple"
+
+#: Facts keys this module writes.
+FACT_ENROLLMENT = "apple_enrollment"
+FACT_APNS = "apns"
+FACT_APPLE_APPS = "apple_apps"
+FACT_APPS = "apps"
+FACT_MANAGED_APPS = "managed_apps"
+FACT_INSTALLS = "app_installs"
+FACT_DDM_STATUS = "ddm_status"
+FACT_DDM_TOKENS = "ddm_tokens"
+
+#: Auth keys this module writes besides ``method``/``sha256`` (never shown by the API).
+AUTH_UNLOCK_TOKEN = "unlock_token"
+AUTH_BOOTSTRAP_TOKEN = "bootstrap_token"
+
+_XML = (("content-type", "application/xml"),)
+_JSON = (("content-type", "application/json"),)
+
+_RESULT_STATES = {
+    CommandStatus.ACKNOWLEDGED: DeliveryState.ACKNOWLEDGED,
+    CommandStatus.ERROR: DeliveryState.ERROR,
+    CommandStatus.COMMAND_FORMAT_ERROR: DeliveryState.ERROR,
+}
+
+#: DDM declaration categories (the third part of the type) and their manifest keys.
+_CATEGORIES = {
+    "activation": "Activations",
+    "configuration": "Configurations",
+    "asset": "Assets",
+    "management": "Management",
+}
+
+
+@dataclass
+class _Exchange:
+    """One device's current command exchange (from its last Idle)."""
+
+    key: str
+    #: The bodies of the commands handed out in it, by CommandUUID, until answered.
+    bodies: dict[str, bytes] = field(default_factory=dict)
+
+
+class _Refused(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class AppleService:
+    """The Apple MDM handlers. ``dev`` accepts unregistered devices (registering them under
+    org ``/`` at Authenticate) and devices without a certificate, as ``mdmgate serve --dev``
+    promises; never the default. A certificate bound to a device is checked even in
+    development mode."""
+
+    def __init__(self, store: Store, *, dev: bool = False, max_exchanges: int = 100_000) -> None:
+        self.store = store
+        self.dev = dev
+        self.max_exchanges = max_exchanges
+        self._exchanges: collections.OrderedDict[str, _Exchange] = collections.OrderedDict()
+
+    async def __call__(self, request: Request) -> Response:
+        """Dispatches by path (for servers that mount one handler for both endpoints)."""
+        if request.path == CHECKIN_PATH:
+            return await self.checkin(request)
+        if request.path == CONNECT_PATH:
+            return await self.connect(request)
+        return _text(404, f"no Apple endpoint at {request.path}")
+
+    # -- check-in
+
+    async def checkin(self, request: Request) -> Response:
+        """``PUT /mdm/apple/checkin``."""
+        try:
+            if request.method != "PUT":
+                raise _Refused(_text(405, "PUT a check-in message here", (("allow", "PUT"),)))
+            content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+            if content_type != CHECKIN_CONTENT_TYPE:
+                shown = content_type or "(none)"
+                raise _Refused(_text(415, f"content type {shown!r} is not {CHECKIN_CONTENT_TYPE}"))
+            try:
+                message = decode_checkin(request.body)
+            except AppleDecodeError as exc:
+                raise _Refused(_text(400, f"malformed check-in: {exc}")) from None
+            device_id = message.device_id
+            if not device_id:
+                raise _Refused(_text(400, "check-in without UDID or EnrollmentID"))
+            if isinstance(message, UserAuthenticate) or message.channel == "user":
+                # Only the device channel is served: 410 tells the device not to set up
+                # the user channel (and is no auth failure, so it keeps its enrollment).
+                return _text(410, "the user channel is not supported")
+            identity = self._identity(request)
+            device = await self.store.get_device(device_id)
+            if isinstance(message, Authenticate):
+                return await self._authenticate(message, device_id, device, identity)
+            device = self._authorize(device_id, device, identity)
+            return await self._checkin(message, device)
+        except _Refused as refused:
+            return refused.response
+
+    async def _authenticate(
+        self, message: Authenticate, device_id: str, device: Device | None, identity: str | None
+    ) -> Response:
+        """A fresh enrollment: bind the certificate, void the old queue."""
+        enrollment = {
+            "enrolled": False,
+            "topic": message.topic,
+            "os_version": message.os_version,
+            "build_version": message.build_version,
+            "product": message.product_name,
+            "model": message.model,
+            "model_name": message.model_name,
+            "device_name": message.device_name,
+            "serial": message.serial_number,
+            "imei": message.imei,
+            "meid": message.meid,
+        }
+        enrollment = {k: v for k, v in enrollment.items() if v is not None}
+        bound = {"method": "certificate", "sha256": identity} if identity else {}
+        if device is None:
+            if not self.dev:
+                _log.info("unregistered Apple device %r refused", device_id)
+                raise _Refused(_text(403, "unknown device"))
+            platform = _platform(message)
+            await self.store.upsert_devices(
+                [
+                    Device(
+                        device_id,
+                        platform,
+                        "/",
+                        message.os_version,
+                        auth=bound,
+                        facts={FACT_ENROLLMENT: enrollment},
+                    )
+                ]
+            )
+            return _plist_response({}, device_id, "Authenticate")
+        expected = _bound_identity(device)
+        if expected is not None and (
+            identity is None or not hmac.compare_digest(identity, expected)
+        ):
+            # A UDID claimed with another device's certificate (or none at all).
+            _log.warning("Apple device %r: Authenticate with a different certificate", device_id)
+            raise _Refused(_text(403, "the device is bound to another certificate"))
+        if identity is None and not self.dev:
+            raise _Refused(_text(403, "no device identity certificate"))
+        # A fresh enrollment: the tokens of the old one (unlock, bootstrap) are void too.
+        if bound and dict(device.auth) != bound:
+            await self.store.set_auth(device_id, bound)
+        await self.store.cancel_open(device_id, "re-enrolled")
+        await self.store.merge_facts(device_id, {FACT_ENROLLMENT: enrollment})
+        self._exchanges.pop(device_id, None)
+        return _plist_response({}, device_id, "Authenticate")
+
+    async def _checkin(self, message: CheckinMessage, device: Device) -> Response:
+        kind = message.message_type
+        if isinstance(message, TokenUpdate):
+            return await self._token_update(message, device)
+        if isinstance(message, CheckOut):
+            enrollment = {**_dict(device.facts.get(FACT_ENROLLMENT)), "enrolled": False}
+            await self.store.merge_facts(device.id, {FACT_ENROLLMENT: enrollment})
+            await self.store.cancel_open(device.id, "checked out")
+            self._exchanges.pop(device.id, None)
+            return _plist_response({}, device.id, kind)
+        if isinstance(message, GetBootstrapToken):
+            stored = device.auth.get(AUTH_BOOTSTRAP_TOKEN)
+            answer = {"BootstrapToken": base64.b64decode(stored)} if stored else {}
+            return _plist_response(answer, device.id, kind)
+        if isinstance(message, SetBootstrapToken):
+            auth = dict(device.auth)
+            if message.bootstrap_token:
+                auth[AUTH_BOOTSTRAP_TOKEN] = base64.b64encode(message.bootstrap_token).decode()
+            else:  # no token: the device asks to remove it
+                auth.pop(AUTH_BOOTSTRAP_TOKEN, None)
+            if auth != device.auth:
+                await self.store.set_auth(device.id, auth)
+            return _plist_response({}, device.id, kind)
+        if isinstance(message, DeclarativeManagement):
+            return await self._declarative(message, device)
+        return _text(400, f"check-in MessageType {kind!r} is not supported")
+
+    async def _token_update(self, message: TokenUpdate, device: Device) -> Response:
+        if not message.token or not message.push_magic:
+            return _text(400, "TokenUpdate without Token or PushMagic")
+        apns = {"token": message.token.hex(), "push_magic": message.push_magic}
+        if message.topic is not None:
+            apns["topic"] = message.topic
+        old_enrollment = _dict(device.facts.get(FACT_ENROLLMENT))
+        enrollment = {
+            **old_enrollment,
+            "enrolled": True,
+            "awaiting_configuration": message.awaiting_configuration,
+        }
+        changes: dict[str, Any] = {}
+        if device.facts.get(FACT_APNS) != apns:
+            changes[FACT_APNS] = apns
+        if old_enrollment != enrollment:
+            changes[FACT_ENROLLMENT] = enrollment
+        if changes:  # devices repeat TokenUpdate unchanged: no write then
+            await self.store.merge_facts(device.id, changes)
+        if message.unlock_token:
+            unlock = base64.b64encode(message.unlock_token).decode()
+            if device.auth.get(AUTH_UNLOCK_TOKEN) != unlock:
+                await self.store.set_auth(device.id, {**device.auth, AUTH_UNLOCK_TOKEN: unlock})
+        return _plist_response({}, device.id, "TokenUpdate")
+
+    # -- declarative management
+
+    async def _declarative(self, message: DeclarativeManagement, device: Device) -> Response:
+        endpoint = message.endpoint
+        if not endpoint:
+            return _text(400, "DeclarativeManagement without Endpoint")
+        log = {"device": device.id, "message": f"DeclarativeManagement {endpoint}"}
+        if endpoint == "status":
+            return await self._ddm_status(message, device, log)
+        manifest = _Manifest(await self.store.declarations_for(device.id, device.org))
+        if endpoint == "tokens":
+            return await self._ddm_tokens(manifest.token, device, log)
+        if endpoint == "declaration-items":
+            return _json_response(
+                {"Declarations": manifest.items(), "DeclarationsToken": manifest.token}, log
+            )
+        return _ddm_declaration(manifest, endpoint, log)
+
+    async def _ddm_tokens(self, token: str, device: Device, log: dict[str, str]) -> Response:
+        stored = _dict(device.facts.get(FACT_DDM_TOKENS))
+        timestamp = stored.get("timestamp")
+        if stored.get("token") != token or not isinstance(timestamp, str):
+            # The timestamp says when this device's set last changed, as the gateway first
+            # saw it: written only when the token changes.
+            timestamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            await self.store.merge_facts(
+                device.id, {FACT_DDM_TOKENS: {"token": token, "timestamp": timestamp}}
+            )
+        body = {"SyncTokens": {"DeclarationsToken": token, "Timestamp": timestamp}}
+        return _json_response(body, log)
+
+    async def _ddm_status(
+        self, message: DeclarativeManagement, device: Device, log: dict[str, str]
+    ) -> Response:
+        try:
+            report = message.data_json()
+        except AppleDecodeError as exc:
+            return _text(400, str(exc))
+        if not isinstance(report, dict):
+            return _text(400, "the status report (Data) is not a JSON object")
+        items = report.get("StatusItems", {})
+        if not isinstance(items, dict):
+            return _text(400, "StatusItems is not a JSON object")
+        old = _dict(device.facts.get(FACT_DDM_STATUS))
+        # Reports are incremental unless FullReport says otherwise: merge item by item.
+        merged = items if report.get("FullReport") else _deep_merge(old.get("StatusItems"), items)
+        status = {"StatusItems": merged, "Errors": report.get("Errors", [])}
+        if status != old:
+            await self.store.merge_facts(device.id, {FACT_DDM_STATUS: status})
+        return Response(200, (), b"", log)
+
+    # -- command channel
+
+    async def connect(self, request: Request) -> Response:
+        """``PUT /mdm/apple/connect``: record the report, hand out the next command."""
+        try:
+            if request.method != "PUT":
+                raise _Refused(_text(405, "PUT a command report here", (("allow", "PUT"),)))
+            try:
+                report = reports.decode_report(request.body)
+            except AppleDecodeError as exc:
+                raise _Refused(_text(400, f"malformed command report: {exc}")) from None
+            device_id = report.device_id
+            if not device_id:
+                raise _Refused(_text(400, "command report without UDID or EnrollmentID"))
+            status = report.known_status
+            if status is None:
+                raise _Refused(_text(400, f"unknown command report Status {report.status!r}"))
+            if status is not CommandStatus.IDLE and not report.command_uuid:
+                raise _Refused(_text(400, f"{report.status} report without CommandUUID"))
+            if report.user_id is not None or report.enrollment_user_id is not None:
+                return _text(410, "the user channel is not supported")
+            identity = self._identity(request)
+            device = self._authorize(device_id, await self.store.get_device(device_id), identity)
+        except _Refused as refused:
+            return refused.response
+        exchange = self._exchange(device_id, fresh=status is CommandStatus.IDLE)
+        if status is not CommandStatus.IDLE:
+            assert report.command_uuid is not None
+            await self._record(device, exchange, report, status, request.body)
+        taken = await self.store.take(device_id, exchange.key, 1)
+        log = {"device": device_id, "status": report.status}
+        if not taken:
+            return Response(200, (), b"", log)
+        (delivery,) = taken
+        exchange.bodies[delivery.command_id] = delivery.body
+        log["command"] = delivery.command_id
+        return Response(200, _XML, delivery.body, log)
+
+    def _exchange(self, device_id: str, *, fresh: bool) -> _Exchange:
+        exchange = self._exchanges.get(device_id)
+        if exchange is None or fresh:
+            exchange = _Exchange(uuid.uuid4().hex)
+            self._exchanges[device_id] = exchange
+            while len(self._exchanges) > self.max_exchanges:
+                # The oldest exchange only loses its key; its device gets a new one.
+                self._exchanges.popitem(last=False)
+        self._exchanges.move_to_end(device_id)
+        return exchange
+
+    async def _record(
+        self,
+        device: Device,
+        exchange: _Exchange,
+        report: CommandReport,
+        status: CommandStatus,
+        raw: bytes,
+    ) -> None:
+        command_id = report.command_uuid or ""
+        body = exchange.bodies.pop(command_id, None)
+        if body is None and status is not CommandStatus.NOT_NOW:
+            # Handed out before a restart (or in an evicted exchange): find it in the store.
+            for delivery in await self.store.deliveries(
+                device.id, [DeliveryState.SENT, DeliveryState.NOT_NOW]
+            ):
+                if delivery.command_id == command_id:
+                    body = delivery.body
+                    break
+        if status is CommandStatus.NOT_NOW:
+            await self.store.record_result(
+                device.id, command_id, DeliveryState.NOT_NOW, "NotNow", None
+            )
+            return
+        changed = await self.store.record_result(
+            device.id, command_id, _RESULT_STATES[status], report.status, raw
+        )
+        if not changed:  # a repeated report, or a command the device does not hold
+            return
+        command = _command(body)
+        request_type = command.get("RequestType")
+        facts: dict[str, Any] = {}
+        if status is CommandStatus.ACKNOWLEDGED:
+            if request_type == "InstalledApplicationList" or (
+                request_type is None and "InstalledApplicationList" in report.extra
+            ):
+                facts.update(_installed(device, report, command))
+            elif request_type == "ManagedApplicationList" or (
+                request_type is None and "ManagedApplicationList" in report.extra
+            ):
+                facts.update(_managed(device, report, command))
+        if request_type == "InstallApplication":
+            facts.update(_install_outcome(device, report, command, command_id))
+        if facts:
+            await self.store.merge_facts(device.id, facts)
+
+    # -- identity
+
+    def _identity(self, request: Request) -> str | None:
+        """The SHA-256 (hex) of the device's identity certificate, or ``None`` without one;
+        ``_Refused`` for a signature that cannot be read or does not verify."""
+        if request.client_cert:
+            return hashlib.sha256(request.client_cert).hexdigest()
+        header = request.header("mdm-signature")
+        if not header:
+            return None
+        if not CMS_SUPPORTED:
+            if self.dev:
+                return None  # development mode: accepted, unverified, not bound
+            raise _Refused(_text(400, "Mdm-Signature cannot be verified here (no CMS support)"))
+        try:
+            signature = base64.b64decode("".join(header.split()), validate=True)
+        except ValueError:
+            raise _Refused(_text(400, "Mdm-Signature is not base64")) from None
+        try:
+            cert = verify_detached_cms(signature, request.body)
+        except _BadSignature as exc:
+            raise _Refused(_text(400, f"Mdm-Signature: {exc}")) from None
+        except _SignatureMismatch as exc:
+            raise _Refused(_text(403, f"Mdm-Signature does not verify: {exc}")) from None
+        return hashlib.sha256(cert).hexdigest()
+
+    def _authorize(self, device_id: str, device: Device | None, identity: str | None) -> Device:
+        """The device a message after Authenticate comes from, if it is who it says."""
+        if device is None:
+            raise _Refused(_text(403, "unknown device: Authenticate first"))
+        expected = _bound_identity(device)
+        if expected is None:
+            if self.dev:
+                return device
+            raise _Refused(_text(403, "the device has no bound certificate: Authenticate first"))
+        if identity is None or not hmac.compare_digest(identity, expected):
+            _log.warning("Apple device %r: message with a different certificate", device_id)
+            raise _Refused(_text(403, "the certificate does not match the device"))
+        return device
+
+
+# -- results as state
+
+
+def _command(body: bytes | None) -> dict[str, Any]:
+    """The ``Command`` dictionary of a stored command body (empty when unknown)."""
+    if not body:
+        return {}
+    try:
+        value = plist.loads(body)
+    except Exception:  # the codec's own errors: a raw body queued by an admin
+        return {}
+    command = value.get("Command") if isinstance(value, dict) else None
+    return command if isinstance(command, dict) else {}
+
+
+def _installed(device: Device, report: CommandReport, command: Mapping[str, Any]) -> dict[str, Any]:
+    """``apple_apps`` (full records) and ``apps`` (what counts as installed)."""
+    result = reports.installed_applications(report, validate=False)
+    records: list[dict[str, Any]] = []
+    for app in result.apps:
+        if not app.identifier:
+            continue
+        record = {k: v for k, v in msgspec.structs.asdict(app).items() if v is not None}
+        if not record.get("extra"):
+            record.pop("extra", None)
+        record["installing"] = bool(app.installing)
+        records.append(msgspec.to_builtins(record))
+    # A list filtered by Identifiers or ManagedAppsOnly covers only part of the device:
+    # replace what it covers and keep the rest.
+    wanted = command.get("Identifiers")
+    if isinstance(wanted, list) or command.get("ManagedAppsOnly"):
+        covered = {str(i) for i in wanted} if isinstance(wanted, list) else set()
+        covered |= {r["identifier"] for r in records}
+        old = [
+            r
+            for r in device.facts.get(FACT_APPLE_APPS, [])
+            if isinstance(r, dict) and r.get("identifier") not in covered
+        ]
+        records = old + records
+    summary = [
+        {
+            "identifier": r["identifier"],
+            "version": r.get("short_version", r.get("version")),
+            "name": r.get("name"),
+            "source": "installed",
+        }
+        for r in records
+        if not r.get("installing")  # an app still installing is not installed yet
+    ]
+    return {FACT_APPLE_APPS: records, FACT_APPS: summary}
+
+
+def _managed(device: Device, report: CommandReport, command: Mapping[str, Any]) -> dict[str, Any]:
+    """``managed_apps`` by bundle id, every state kept (Prompting, UserRejected, Failed...),
+    and the state of the installs the gateway tracks."""
+    result = reports.managed_applications(report, validate=False)
+    apps = {
+        bundle_id: {
+            "status": app.status,
+            "management_flags": app.management_flags,
+            "external_version_id": app.external_version_identifier,
+        }
+        for bundle_id, app in result.apps.items()
+    }
+    if isinstance(command.get("Identifiers"), list):  # a partial list
+        apps = {**_dict(device.facts.get(FACT_MANAGED_APPS)), **apps}
+    facts: dict[str, Any] = {FACT_MANAGED_APPS: apps}
+    installs = _dict(device.facts.get(FACT_INSTALLS))
+    updated = dict(installs)
+    for bundle_id, app in result.apps.items():
+        tracked = installs.get(bundle_id)
+        if isinstance(tracked, dict) and app.status and tracked.get("state") != app.status:
+            updated[bundle_id] = {**tracked, "state": app.status}
+    if updated != installs:
+        facts[FACT_INSTALLS] = updated
+    return facts
+
+
+def _install_outcome(
+    device: Device, report: CommandReport, command: Mapping[str, Any], command_id: str
+) -> dict[str, Any]:
+    """``app_installs[bundle id]``: the device's answer to InstallApplication and how the
+    install was expected to happen (silently or with a prompt)."""
+    result = reports.install_application_result(report)
+    key = result.identifier or command.get("Identifier")
+    if not key and command.get("iTunesStoreID") is not None:
+        key = f"itunes:{command['iTunesStoreID']}"  # no bundle id known yet
+    if not key and command.get("ManifestURL"):
+        key = str(command["ManifestURL"])
+    if not key:
+        return {}
+    record: dict[str, Any] = {
+        "state": result.state,
+        "expected": expected_install_mode(device),
+        "command_id": command_id,
+    }
+    if report.status != CommandStatus.ACKNOWLEDGED:
+        record["state"] = result.state or "Failed"
+        record["error"] = "; ".join(str(e) for e in report.error_chain) or report.status
+    for name, value in (
+        ("rejection_reason", result.rejection_reason),
+        ("itunes_store_id", command.get("iTunesStoreID")),
+        ("manifest_url", command.get("ManifestURL")),
+    ):
+        if value is not None:
+            record[name] = value
+    installs = {**_dict(device.facts.get(FACT_INSTALLS)), str(key): record}
+    return {FACT_INSTALLS: installs}
+
+
+def expected_install_mode(device: Device) -> str:
+    """``"silent"`` or ``"prompt"``: how an ``InstallApplication`` is expected to reach
+    the user. Supervised iOS/iPadOS 10 and later install (and update) store apps without
+    asking; supervised Macs too. Anything else, or an unknown supervision or OS version,
+    may show a prompt the user can decline."""
+    if not device.supervised:
+        return "prompt"
+    if device.platform == "macos":
+        return "silent"
+    if device.platform in ("ios", "ipados"):
+        version = device.os_version or _dict(device.facts.get(FACT_ENROLLMENT)).get("os_version")
+        try:
+            major = int(str(version).split(".")[0])
+        except ValueError:
+            return "prompt"
+        return "silent" if major >= 10 else "prompt"
+    return "prompt"
+
+
+# -- declarative management
+
+
+class _Manifest:
+    """A device's declarations as the DDM endpoints show them, with the synthesized
+    activation: devices apply only configurations an activation references."""
+
+    def __init__(self, stored: Sequence[StoredDeclaration]) -> None:
+        self.by_ref: dict[tuple[str, str], dict[str, Any]] = {}
+        configurations: list[str] = []
+        for decl in stored:
+            category = _category(decl.type)
+            if category is None:
+                _log.warning("declaration %r has an unknown type %r", decl.identifier, decl.type)
+                continue
+            self.by_ref[category, decl.identifier] = {
+                "Type": decl.type,
+                "Identifier": decl.identifier,
+                "ServerToken": decl.server_token,
+                "Payload": decl.payload,
+            }
+            if category == "configuration":
+                configurations.append(decl.identifier)
+        if configurations:
+            activation = ddm.declaration(
+                ACTIVATION_TYPE,
+                ACTIVATION_IDENTIFIER,
+                {"StandardConfigurations": configurations},
+            )
+            self.by_ref["activation", ACTIVATION_IDENTIFIER] = {
+                "Type": activation.type,
+                "Identifier": activation.identifier,
+                "ServerToken": activation.server_token,
+                "Payload": activation.payload,
+            }
+        refs = sorted(
+            [category, identifier, d["ServerToken"]]
+            for (category, identifier), d in self.by_ref.items()
+        )
+        #: Changes exactly when a declaration (or the set) changes.
+        self.token = hashlib.sha256(json.dumps(refs, separators=(",", ":")).encode()).hexdigest()
+
+    def items(self) -> dict[str, list[dict[str, str]]]:
+        found: dict[str, list[dict[str, str]]] = {key: [] for key in _CATEGORIES.values()}
+        for (category, identifier), decl in self.by_ref.items():
+            found[_CATEGORIES[category]].append(
+                {"Identifier": identifier, "ServerToken": decl["ServerToken"]}
+            )
+        return found
+
+    def get(self, category: str, identifier: str) -> dict[str, Any] | None:
+        return self.by_ref.get((category, identifier))
+
+
+def _ddm_declaration(manifest: _Manifest, endpoint: str, log: dict[str, str]) -> Response:
+    """The ``declaration/<category>/<identifier>`` endpoint (404 when not assigned)."""
+    if not endpoint.startswith("declaration/"):
+        return _text(400, f"unknown DeclarativeManagement Endpoint {endpoint!r}")
+    parts = endpoint.split("/", 2)
+    found = manifest.get(parts[1], parts[2]) if len(parts) == 3 else None
+    if found is None:
+        return _text(404, f"no declaration {endpoint!r} for this device")
+    return _json_response(found, log)
+
+
+def _category(declaration_type: str) -> str | None:
+    parts = declaration_type.split(".")
+    if len(parts) < 3 or parts[0] != "com" or parts[1] != "apple":
+        return None
+    return parts[2] if parts[2] in _CATEGORIES else None
+
+
+def _deep_merge(old: Any, new: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(old) if isinstance(old, dict) else {}
+    for key, value in new.items():
+        current = merged.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            merged[key] = _deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# -- small helpers
+
+
+def _bound_identity(device: Device) -> str | None:
+    if device.auth.get("method") != "certificate":
+        return None
+    value = device.auth.get("sha256")
+    return str(value).lower() if value else None
+
+
+def _platform(message: Authenticate) -> str:
+    """The platform of a device seen first at Authenticate (development mode)."""
+    name = message.product_name or message.model or message.model_name or ""
+    if name.startswith("iPad"):
+        return "ipados"
+    if "Mac" in name:
+        return "macos"
+    return "ios"
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _plist_response(value: Mapping[str, Any], device_id: str, kind: str) -> Response:
+    return Response(200, _XML, plist.dumps(dict(value)), {"device": device_id, "message": kind})
+
+
+def _json_response(value: Any, log: dict[str, str]) -> Response:
+    return Response(200, _JSON, msgspec.json.encode(value), log)
+
+
+def _text(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(
+        status,
+        (("content-type", "text/plain; charset=utf-8"), *headers),
+        message.encode() + b"\n",
+    )
+
+
+# -- CMS (Mdm-Signature)
+
+
+class _BadSignature(Exception):
+    """The signature cannot be read."""
+
+
+class _SignatureMismatch(Exception):
+    """The signature is readable but does not sign this body."""
+
+
+_OID_SIGNED_DATA = bytes.fromhex("2a864886f70d010702")
+_OID_MESSAGE_DIGEST = bytes.fromhex("2a864886f70d010904")
+_DIGESTS = {
+    bytes.fromhex("2b0e03021a"): "sha1",
+    bytes.fromhex("608648016503040201"): "sha256",
+    bytes.fromhex("608648016503040202"): "sha384",
+    bytes.fromhex("608648016503040203"): "sha512",
+}
+
+_Tlv = tuple[int, int, int, int]  # tag, header start, content start, end
+
+
+def _tlv(data: bytes, pos: int, end: int) -> _Tlv:
+    if pos + 2 > end:
+        raise _BadSignature("truncated DER")
+    tag = data[pos]
+    if tag & 0x1F == 0x1F:
+        raise _BadSignature("unsupported DER tag")
+    length = data[pos + 1]
+    start = pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 4 or start + count > end:
+            raise _BadSignature("bad DER length")
+        length = int.from_bytes(data[start : start + count], "big")
+        start += count
+    if start + length > end:
+        raise _BadSignature("truncated DER")
+    return tag, pos, start, start + length
+
+
+def _children(data: bytes, parent: _Tlv) -> list[_Tlv]:
+    found: list[_Tlv] = []
+    pos, end = parent[2], parent[3]
+    while pos < end:
+        child = _tlv(data, pos, end)
+        found.append(child)
+        pos = child[3]
+    return found
+
+
+def _expect(item: _Tlv | None, tag: int, what: str) -> _Tlv:
+    if item is None or item[0] != tag:
+        raise _BadSignature(f"not a CMS SignedData ({what})")
+    return item
+
+
+def verify_detached_cms(signature: bytes, body: bytes) -> bytes:
+    """The DER of the certificate that signed ``body`` with the CMS (PKCS #7) detached
+    signature ``signature`` (DER SignedData, as in ``Mdm-Signature``).
+
+    With signed attributes, their ``messageDigest`` must be the body's digest and the
+    signature is checked over them; without, over the body. RSA (PKCS #1 v1.5) and ECDSA
+    signers; SHA-1/256/384/512 digests. The signer is whichever certificate carried in the
+    signature verifies it; no chain is checked (the certificate is bound to the device at
+    enrollment, and mTLS deployments check chains in TLS). Needs ``cryptography``.
+    """
+    if not CMS_SUPPORTED:  # pragma: no cover - depends on the environment
+        raise RuntimeError("CMS verification needs the cryptography package")
+    top = _expect(_tlv(signature, 0, len(signature)), 0x30, "ContentInfo")
+    info = _children(signature, top)
+    oid = _expect(info[0] if info else None, 0x06, "contentType")
+    if signature[oid[2] : oid[3]] != _OID_SIGNED_DATA:
+        raise _BadSignature("not a CMS SignedData (contentType)")
+    wrapper = _expect(info[1] if len(info) > 1 else None, 0xA0, "content")
+    inner = _children(signature, wrapper)
+    signed_data = _children(signature, _expect(inner[0] if inner else None, 0x30, "SignedData"))
+    certificates = [
+        signature[c[1] : c[3]]
+        for part in signed_data
+        if part[0] == 0xA0
+        for c in _children(signature, part)
+        if c[0] == 0x30
+    ]
+    if not certificates:
+        raise _BadSignature("the signature carries no certificate")
+    signer_infos = _expect(signed_data[-1] if signed_data else None, 0x31, "signerInfos")
+    infos = _children(signature, signer_infos)
+    if not infos:
+        raise _BadSignature("the signature has no signer")
+    for info_tlv in infos:
+        fields = _children(signature, _expect(info_tlv, 0x30, "SignerInfo"))
+        if len(fields) < 5:
+            raise _BadSignature("not a CMS SignedData (SignerInfo)")
+        algorithm = _children(signature, _expect(fields[2], 0x30, "digestAlgorithm"))
+        digest_oid = _expect(algorithm[0] if algorithm else None, 0x06, "digestAlgorithm")
+        digest_name = _DIGESTS.get(signature[digest_oid[2] : digest_oid[3]])
+        if digest_name is None:
+            raise _BadSignature("unsupported digest algorithm")
+        attrs = fields[3] if fields[3][0] == 0xA0 else None
+        value = _expect(fields[-1] if fields[-1][0] == 0x04 else fields[-2], 0x04, "signature")
+        raw_signature = signature[value[2] : value[3]]
+        if attrs is not None:
+            digest = _message_digest(signature, attrs)
+            if not hmac.compare_digest(digest, hashlib.new(digest_name, body).digest()):
+                raise _SignatureMismatch("the message digest is not the body's")
+            # The signature covers the attributes encoded as a SET (tag 0x31).
+            signed = b"\x31" + signature[attrs[1] + 1 : attrs[3]]
+        else:
+            signed = body
+        for cert in certificates:
+            if _verifies(cert, raw_signature, signed, digest_name):
+                return cert
+    raise _SignatureMismatch("no certificate in the signature signed this body")
+
+
+def _message_digest(data: bytes, attrs: _Tlv) -> bytes:
+    for attr in _children(data, attrs):
+        parts = _children(data, _expect(attr, 0x30, "attribute"))
+        if len(parts) == 2 and data[parts[0][2] : parts[0][3]] == _OID_MESSAGE_DIGEST:
+            values = _children(data, _expect(parts[1], 0x31, "attribute values"))
+            value = _expect(values[0] if values else None, 0x04, "messageDigest")
+            return data[value[2] : value[3]]
+    raise _BadSignature("signed attributes without a messageDigest")
+
+
+def _verifies(cert_der: bytes, signature: bytes, signed: bytes, digest_name: str) -> bool:
+    try:
+        key = x509.load_der_x509_certificate(cert_der).public_key()
+    except ValueError:
+        return False
+    algorithms: dict[str, hashes.HashAlgorithm] = {
+        "sha1": hashes.SHA1(),
+        "sha256": hashes.SHA256(),
+        "sha384": hashes.SHA384(),
+        "sha512": hashes.SHA512(),
+    }
+    algorithm = algorithms[digest_name]
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, signed, padding.PKCS1v15(), algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, signed, ec.ECDSA(algorithm))
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
