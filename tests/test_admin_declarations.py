@@ -15,39 +15,13 @@ from hypothesis import strategies as st
 
 from mdmgate.apple import ddm
 from mdmgate.server.admin import AdminApi, openapi_document
-from mdmgate.server.types import Request, Response
 from mdmgate.storage import Device, Store, StoredDeclaration
 from mdmgate.storage.memory import MemoryStore
 from mdmgate.storage.sqlite import SQLiteStore
-
-TOKEN = "secret"
-AUTH = ("authorization", f"Bearer {TOKEN}")
-JSON = ("content-type", "application/json")
+from tests.test_admin_api import AUTH, JSON, TOKEN, call, decoded, request
 
 SETTINGS = ddm.SETTINGS_TYPE
 ENFORCEMENT = ddm.ENFORCEMENT_TYPE
-
-
-def request(
-    method: str,
-    path: str,
-    body: Any = None,
-    *,
-    headers: tuple[tuple[str, str], ...] = (AUTH, JSON),
-    raw: bytes | None = None,
-) -> Request:
-    data = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
-    return Request(method, path, "", headers, data, "1.1", "127.0.0.1:5000")
-
-
-def decoded(response: Response) -> Any:
-    assert dict(response.headers)["content-type"] == "application/json"
-    return json.loads(response.body)
-
-
-async def call(api: AdminApi, *args: Any, **kwargs: Any) -> tuple[int, Any]:
-    response = await api(request(*args, **kwargs))
-    return response.status, decoded(response)
 
 
 def body(

@@ -88,20 +88,9 @@ class DeclarationError(MdmgateError, ValueError):
         return (type(self), (self.message, self.key))
 
 
-class CombineError(MdmgateError, ValueError):
+class CombineError(DeclarationError):
     """The facts give a key of a combined declaration a ``combinetype`` this module does
     not implement (or none at all): merging it would be a guess, so it is refused."""
-
-    def __init__(self, message: str, key: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.key = key
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __reduce__(self) -> tuple[type[CombineError], tuple[str, str]]:
-        return (type(self), (self.message, self.key))
 
 
 # --- declarations and their tokens ------------------------------------------------------
