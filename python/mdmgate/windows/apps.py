@@ -777,21 +777,29 @@ def _delete_target(
     return _cmd("Delete", uri)
 
 
+def _removable(
+    command: _Removal, inventory: Sequence[AppRecord], verb: str
+) -> tuple[str, str | None, list[AppRecord]]:
+    """The family, full name and inventory records of a removal; System apps refused."""
+    family = _check_pfn(command.package_family, "package_family")
+    full = command.package_full_name
+    if full is not None:
+        _check_full_name(full, family, "package_full_name")
+    if command.classification == "System":
+        raise _refuse(f"System apps are part of Windows and cannot be {verb}", "classification")
+    known = list(_family_records(family, full, inventory))
+    if any(r.classification == "System" for r in known):
+        raise _refuse(f"{family} is a System app and cannot be {verb}", "package_family")
+    return family, full, known
+
+
 def _uninstall(command: Uninstall, inventory: Sequence[AppRecord]) -> _Commands:
     _check_scope(
         command.scope,
         "user",
         "uninstall is per user (scope user); remove a provisioned app with remove_provisioned",
     )
-    family = _check_pfn(command.package_family, "package_family")
-    full = command.package_full_name
-    if full is not None:
-        _check_full_name(full, family, "package_full_name")
-    if command.classification == "System":
-        raise _refuse("System apps are part of Windows and cannot be uninstalled", "classification")
-    known = _family_records(family, full, inventory)
-    if any(r.classification == "System" for r in known):
-        raise _refuse(f"{family} is a System app and cannot be uninstalled", "package_family")
+    family, full, known = _removable(command, inventory, "uninstalled")
     classification: Classification | None = command.classification
     if classification is None:
         if not known:
@@ -805,15 +813,7 @@ def _uninstall(command: Uninstall, inventory: Sequence[AppRecord]) -> _Commands:
 
 def _remove_provisioned(command: RemoveProvisioned, inventory: Sequence[AppRecord]) -> _Commands:
     _check_scope(command.scope, "device", "provisioned apps are removed in the device context")
-    family = _check_pfn(command.package_family, "package_family")
-    full = command.package_full_name
-    if full is not None:
-        _check_full_name(full, family, "package_full_name")
-    if command.classification == "System":
-        raise _refuse("System apps are part of Windows and cannot be removed", "classification")
-    known = _family_records(family, full, inventory)
-    if any(r.classification == "System" for r in known):
-        raise _refuse(f"{family} is a System app and cannot be removed", "package_family")
+    family, full, known = _removable(command, inventory, "removed")
     provisioned = [
         r
         for r in known
