@@ -685,3 +685,42 @@ async def test_arbitrary_commands_never_5xx(body: dict[str, Any]) -> None:
     event(f"status {response.status}")
     assert response.status < 500
     decoded(response)
+
+
+async def test_apple_app_commands(api: AdminApi) -> None:
+    await api.store.upsert_devices([Device("ipad-9", "ipados"), Device("win-9", "windows")])
+
+    async def body_of(app: dict[str, Any]) -> dict[str, Any]:
+        path = "/api/v1/devices/ipad-9/commands"
+        status, answer = await call(api, "POST", path, {"apple_app": app})
+        assert status == 202, answer
+        found = await api.store.command_status(answer["command_id"])
+        assert found is not None
+        value = plist.loads(found.deliveries[0].body)
+        assert isinstance(value, dict)
+        assert value["CommandUUID"] == answer["command_id"]
+        command: dict[str, Any] = value["Command"]
+        return command
+
+    enterprise = await body_of(
+        {"action": "install_enterprise_app", "manifest_url": "https://apps.example/m.plist"}
+    )
+    assert enterprise == {
+        "RequestType": "InstallApplication",
+        "ManifestURL": "https://apps.example/m.plist",
+    }
+    take_over = await body_of({"action": "take_over", "identifier": "com.example.notes"})
+    assert take_over["ChangeManagementState"] == "Managed"
+    assert take_over["Identifier"] == "com.example.notes"
+    assert (await body_of({"action": "remove", "identifier": "com.example.notes"})) == {
+        "RequestType": "RemoveApplication",
+        "Identifier": "com.example.notes",
+    }
+    inventory = await body_of({"action": "refresh_inventory", "managed": True})
+    assert inventory["RequestType"] == "ManagedApplicationList"
+    http = {"action": "install_enterprise_app", "manifest_url": "http://apps.example/m"}
+    status, error = await call(api, "POST", "/api/v1/devices/ipad-9/commands", {"apple_app": http})
+    assert (status, error["field"]) == (422, "$.apple_app.manifest_url")
+    remove = {"action": "remove", "identifier": "com.example.notes"}
+    status, error = await call(api, "POST", "/api/v1/devices/win-9/commands", {"apple_app": remove})
+    assert (status, error["field"]) == (422, "$.apple_app")

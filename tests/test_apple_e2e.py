@@ -193,13 +193,12 @@ async def test_enroll_push_command_and_inventory(tmp_path: Path, pki: Pki) -> No
             assert stored is not None
             assert stored.auth["sha256"] == hashlib.sha256(der).hexdigest()
             # Enqueue -> a push with the device's PushMagic -> Idle -> the command.
-            install = await enqueue(
-                admin,
-                "udid-1",
-                "InstallApplication",
-                iTunesStoreID=361309726,
-                Options={"PurchaseMethod": 1},
+            r = await admin.post(
+                "/api/v1/devices/udid-1/commands",
+                json={"apple_app": {"action": "install_store_app", "itunes_store_id": 361309726}},
             )
+            assert r.status_code == 202, r.text
+            install = r.json()["command_id"]
             await pushed(gw.apns, phone.token, 1)
             push = gw.apns.accepted(phone.token.hex())[0]
             assert push.payload == {"mdm": phone.push_magic}
@@ -208,6 +207,8 @@ async def test_enroll_push_command_and_inventory(tmp_path: Path, pki: Pki) -> No
             assert command is not None
             assert command["CommandUUID"] == install
             assert command["Command"]["RequestType"] == "InstallApplication"
+            assert command["Command"]["iTunesStoreID"] == 361309726
+            assert command["Command"]["Options"] == {"PurchaseMethod": 1}
             # Acknowledged: stored, and nothing more to do.
             after = await phone.next_command(
                 "Acknowledged",

@@ -56,7 +56,9 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from mdmgate import __version__, plist, syncml, versions
+from mdmgate.apple import commands as apple_commands
 from mdmgate.apple import ddm
+from mdmgate.apple.commands import Command as AppleCommand
 from mdmgate.apple.commands import build as build_apple_command
 from mdmgate.apple.errors import CommandValidationError
 from mdmgate.errors import (
@@ -218,6 +220,62 @@ class AppleCommandIn(Struct, kw_only=True, forbid_unknown_fields=True):
     command_uuid: CommandUuid | None = None
 
 
+class _AppleApp(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True, tag_field="action"):
+    command_uuid: CommandUuid | None = None
+
+
+_FLAGS = Meta(
+    description="ManagementFlags: 1 removes the app with the MDM profile, 4 prevents backing up"
+    " its data (5 both)."
+)
+
+
+class InstallStoreApp(_AppleApp, tag="install_store_app", frozen=True):
+    """Install or update an App Store app (`InstallApplication` with `iTunesStoreID`);
+    updating is sending it again. `vpp` licenses it through Apps and Books (PurchaseMethod 1),
+    which installs silently on supervised devices."""
+
+    itunes_store_id: Annotated[int, Meta(gt=0)]
+    vpp: bool = True
+    management_flags: Annotated[int, _FLAGS] | None = None
+    configuration: dict[str, Any] | None = None
+
+
+class InstallEnterpriseApp(_AppleApp, tag="install_enterprise_app", frozen=True):
+    """Install or update an in-house app from its manifest (`ManifestURL`, https)."""
+
+    manifest_url: Annotated[str, Meta(min_length=9)]
+    management_flags: Annotated[int, _FLAGS] | None = None
+    configuration: dict[str, Any] | None = None
+
+
+class TakeOverApp(_AppleApp, tag="take_over", frozen=True):
+    """Take a user-installed app under management (`ChangeManagementState: Managed`,
+    iOS 9+); where the app is missing this is a plain install."""
+
+    identifier: Annotated[str, Meta(min_length=1, description="The app's bundle id.")]
+    itunes_store_id: Annotated[int, Meta(gt=0)] | None = None
+    vpp: bool = True
+
+
+class RemoveApp(_AppleApp, tag="remove", frozen=True):
+    """Remove a managed app (`RemoveApplication`)."""
+
+    identifier: Annotated[str, Meta(min_length=1, description="The app's bundle id.")]
+
+
+class RefreshInventory(_AppleApp, tag="refresh_inventory", frozen=True):
+    """Ask for the app inventory: `InstalledApplicationList` (the device's apps; the
+    result replaces the device's `apps`), or with `managed: true` `ManagedApplicationList`
+    (the state of each managed app: Installing, Prompting, UserRejected, Failed...)."""
+
+    managed: bool = False
+    identifiers: list[str] | None = None
+
+
+AppleAppIn = InstallStoreApp | InstallEnterpriseApp | TakeOverApp | RemoveApp | RefreshInventory
+
+
 class DeviceCommandIn(Struct, kw_only=True, forbid_unknown_fields=True):
     """One command; exactly one of ``raw``, ``apple``, ``syncml`` and ``windows_app``.
 
@@ -230,6 +288,13 @@ class DeviceCommandIn(Struct, kw_only=True, forbid_unknown_fields=True):
     raw: Annotated[str, Meta(min_length=1)] | None = None
     apple: AppleCommandIn | None = None
     syncml: dict[str, Any] | None = None
+    apple_app: Annotated[
+        AppleAppIn | None,
+        Meta(
+            description="An Apple app command (App Store or in-house install and update,"
+            " take-over, removal, inventory refresh), built and checked for each platform."
+        ),
+    ] = None
     windows_app: Annotated[
         apps.AppCommand | None,
         Meta(
@@ -735,6 +800,76 @@ def _command_uuid(value: object, field: str) -> str:
     raise _refuse(422, f"CommandUUID must be {_PATTERNS[_UUID_PATTERN]}", field)
 
 
+def _apple_app_command(app: AppleAppIn, command_id: str, platform: str) -> AppleCommand:
+    if isinstance(app, InstallStoreApp):
+        return apple_commands.install_application(
+            itunes_store_id=app.itunes_store_id,
+            purchase_method=1 if app.vpp else None,
+            management_flags=app.management_flags,
+            configuration=app.configuration,
+            command_uuid=command_id,
+            platform=platform,
+        )
+    if isinstance(app, InstallEnterpriseApp):
+        return apple_commands.install_application(
+            manifest_url=app.manifest_url,
+            management_flags=app.management_flags,
+            configuration=app.configuration,
+            command_uuid=command_id,
+            platform=platform,
+        )
+    if isinstance(app, TakeOverApp):
+        return apple_commands.install_application(
+            identifier=None if app.itunes_store_id else app.identifier,
+            itunes_store_id=app.itunes_store_id,
+            purchase_method=1 if app.vpp and app.itunes_store_id else None,
+            change_management_state="Managed",
+            command_uuid=command_id,
+            platform=platform,
+        )
+    if isinstance(app, RemoveApp):
+        return apple_commands.remove_application(
+            app.identifier, command_uuid=command_id, platform=platform
+        )
+    if app.managed:
+        return apple_commands.managed_application_list(
+            identifiers=app.identifiers, command_uuid=command_id, platform=platform
+        )
+    return apple_commands.installed_application_list(
+        identifiers=app.identifiers, command_uuid=command_id, platform=platform
+    )
+
+
+#: The apple_app field behind each key of the command a builder refused.
+_APPLE_APP_FIELDS = {
+    "iTunesStoreID": "itunes_store_id",
+    "ManifestURL": "manifest_url",
+    "Identifier": "identifier",
+    "ManagementFlags": "management_flags",
+    "Configuration": "configuration",
+    "Identifiers": "identifiers",
+}
+
+
+def _apple_app(app: AppleAppIn, platforms: Sequence[str]) -> tuple[str, bytes, bool]:
+    """The command id, plist body and whether the client chose the id."""
+    chosen = app.command_uuid is not None
+    if app.command_uuid is None:
+        command_id = uuid.uuid4().hex
+    else:
+        command_id = _command_uuid(app.command_uuid, "$.apple_app.command_uuid")
+    body = b""
+    for platform in platforms:
+        try:
+            body = _apple_app_command(app, command_id, platform).to_plist()
+        except CommandValidationError as exc:
+            key = exc.path.removeprefix("Command.").split(".")[0]
+            known = _APPLE_APP_FIELDS.get(key)
+            field = "$.apple_app" + (f".{known}" if known else "")
+            raise _refuse(422, f"{exc.message} (for {platform})", field) from None
+    return command_id, body, chosen
+
+
 def _apple_typed(command: AppleCommandIn, platforms: Sequence[str]) -> tuple[str, bytes, bool]:
     chosen = command.command_uuid is not None
     if command.command_uuid is None:
@@ -773,12 +908,14 @@ def _prepare(
             ("apple", command.apple),
             ("syncml", command.syncml),
             ("windows_app", command.windows_app),
+            ("apple_app", command.apple_app),
         )
         if value is not None
     ]
     if len(given) != 1:
         got = f" (got {', '.join(given)})" if given else ""
-        raise _refuse(422, f"give exactly one of raw, apple, syncml, windows_app{got}", "$")
+        names = "raw, apple, apple_app, syncml, windows_app"
+        raise _refuse(422, f"give exactly one of {names}{got}", "$")
     platforms = sorted({d.platform for d in devices})
     kinds = {_KINDS.get(p) for p in platforms}
     if None in kinds:
@@ -804,6 +941,13 @@ def _prepare(
         if kind != "apple":
             raise _refuse(422, "apple commands are for iOS, iPadOS and macOS devices", "$.apple")
         command_id, body, chosen = _apple_typed(command.apple, platforms)
+        return _Prepared("apple", command_id, body, chosen)
+    if command.apple_app is not None:
+        if kind != "apple":
+            raise _refuse(
+                422, "apple_app commands are for iOS, iPadOS and macOS devices", "$.apple_app"
+            )
+        command_id, body, chosen = _apple_app(command.apple_app, platforms)
         return _Prepared("apple", command_id, body, chosen)
     if command.windows_app is not None:
         if kind != "syncml":
