@@ -96,6 +96,7 @@ def test_acknowledged_command_survives_sigkill(tmp_path: Path) -> None:
         (["--workers", "2", "--db", "memory:"], "several workers need a shared database"),
         (["--listen", "nowhere"], "is not HOST:PORT"),
         (["--db", "postgres://x"], "unsupported database URL"),
+        (["--apns-url", "ftp://push.example"], "is not an http(s) URL"),
     ],
 )
 def test_bad_configuration_is_one_line(args: list[str], needle: str) -> None:
@@ -109,3 +110,26 @@ def test_bad_configuration_is_one_line(args: list[str], needle: str) -> None:
     assert r.returncode in (1, 2)
     assert needle in r.stderr
     assert r.stdout == ""
+
+
+def test_apns_config_table(tmp_path: Path) -> None:
+    from mdmgate.server.app import ConfigError, load_config  # noqa: PLC0415
+
+    good = tmp_path / "good.toml"
+    good.write_text('[apns]\ntopic = "com.apple.mgmt.External.x"\nrate = 50.0\n')
+    config = load_config(str(good), {"apns_url": "http://127.0.0.1:2197"})
+    assert (config.apns_topic, config.apns_rate, config.apns_url) == (
+        "com.apple.mgmt.External.x",
+        50.0,
+        "http://127.0.0.1:2197",
+    )
+    for text, needle in (
+        ('[apns]\ntopik = "x"\n', "unknown apns keys: topik"),
+        ('[apns]\ncert = "c.pem"\n', "apns cert and key go together"),
+        ('[apns]\nkey_id = "K"\n', "auth_key, key_id and team_id go together"),
+        ("[apns]\nrate = 0\n", "positive number of pushes"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=needle):
+            load_config(str(bad), {})

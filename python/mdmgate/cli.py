@@ -54,6 +54,7 @@ config file (TOML), every key optional:
   [limits]  max_body_bytes = 16777216  read_timeout = 10.0  max_in_flight = 256  ...
   [apns]    topic = "com.apple.mgmt.External.<uuid>"  cert = "push.pem"  key = "push.key"
             rate = 200.0   (pushes/s; url defaults to https://api.push.apple.com)
+            or token auth: auth_key = "AuthKey_ABC123.p8"  key_id = "ABC123"  team_id = "..."
 """
 
 SYNCML_EPILOG = """\

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import trio
 
-from mdmgate.apple.push import APNS_PRODUCTION_URL, ApnsClient
+from mdmgate.apple.push import APNS_PRODUCTION_URL, ApnsClient, es256_jwt_signer
 from mdmgate.apple.pusher import DevicePusher
 from mdmgate.apple.service import AppleService
 from mdmgate.server.admin import AdminApi
@@ -67,6 +67,10 @@ class Config:
     apns_cert: str | None = None
     apns_key: str | None = None
     apns_rate: float = 200.0
+    #: Token auth instead of a certificate: the .p8 signing key, its key id, the team id.
+    apns_auth_key: str | None = None
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -101,7 +105,7 @@ def _limits(raw: object) -> Limits:
 def _apns(raw: object) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError("apns must be a table")
-    known = ("url", "topic", "cert", "key", "rate")
+    known = ("url", "topic", "cert", "key", "rate", "auth_key", "key_id", "team_id")
     bad = sorted(set(raw) - set(known))
     if bad:
         raise ConfigError(f"unknown apns keys: {', '.join(bad)} (known: {', '.join(known)})")
@@ -121,6 +125,9 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"unsupported database URL {config.db!r}; use sqlite:///PATH or memory:")
     if (config.apns_cert is None) != (config.apns_key is None):
         raise ConfigError("apns cert and key go together")
+    token_auth = (config.apns_auth_key, config.apns_key_id, config.apns_team_id)
+    if any(v is not None for v in token_auth) and None in token_auth:
+        raise ConfigError("apns auth_key, key_id and team_id go together (token auth)")
     if not config.apns_rate > 0:
         raise ConfigError("apns rate must be a positive number of pushes per second")
     if not config.apns_url.startswith(("https://", "http://")):
@@ -287,10 +294,18 @@ def _apns_client(config: Config) -> ApnsClient:
         if config.apns_cert is not None and config.apns_key is not None:
             # Certificate auth: the MDM push certificate names the topic.
             context.load_cert_chain(config.apns_cert, config.apns_key)
+    signer = None
+    if config.apns_auth_key and config.apns_key_id and config.apns_team_id:
+        try:
+            key = Path(config.apns_auth_key).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read apns auth_key {config.apns_auth_key}: {e}") from None
+        signer = es256_jwt_signer(key, config.apns_key_id, config.apns_team_id)
     return ApnsClient(
         config.apns_url,
         topic=config.apns_topic or "",
         ssl_context=context,
+        jwt_signer=signer,
         max_pushes_per_second=config.apns_rate,
     )
 
