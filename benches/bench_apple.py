@@ -832,9 +832,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.serve:
         return serve_main(args)
-    duration = args.duration if args.duration is not None else (0.5 if args.quick else 5.0)
-    warmup = args.warmup if args.warmup is not None else (0.2 if args.quick else 1.0)
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick or args.profile else 3)
+    duration, warmup, rounds = bench_server.run_lengths(args)
     pushes = args.pushes if args.pushes is not None else (2000 if args.quick else 10000)
     per_device = args.commands or math.ceil(
         PROVISIONED_RATE * (warmup + duration + (2 if args.profile else 0)) / args.connections

@@ -811,9 +811,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.serve:
         return serve_main(args)
-    duration = args.duration if args.duration is not None else (0.5 if args.quick else 5.0)
-    warmup = args.warmup if args.warmup is not None else (0.2 if args.quick else 1.0)
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick or args.profile else 3)
+    duration, warmup, rounds = bench_server.run_lengths(args)
     if duration <= 0 or warmup < 0 or min(args.connections, rounds) < 1:
         parser.error("--duration must be positive, --warmup not negative, the counts at least 1")
     if args.profile and rounds != 1:

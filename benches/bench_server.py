@@ -628,6 +628,15 @@ def print_verdict(rows: list[Row]) -> None:
     print(f"target: the gateway keeps {TARGET:.0%} of the bare throughput: " + "; ".join(parts))
 
 
+def run_lengths(args: argparse.Namespace) -> tuple[float, float, int]:
+    """--duration, --warmup and --rounds, defaulting as --quick and --profile say (shared by
+    the server benchmarks)."""
+    duration = args.duration if args.duration is not None else (0.5 if args.quick else 5.0)
+    warmup = args.warmup if args.warmup is not None else (0.2 if args.quick else 1.0)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick or args.profile else 3)
+    return float(duration), float(warmup), int(rounds)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, help="seconds timed per row (5)")
@@ -659,9 +668,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.serve:
         return serve_main(args.serve, args.token, args.db, args.profile, args.access_log)
-    duration = args.duration if args.duration is not None else (0.5 if args.quick else 5.0)
-    warmup = args.warmup if args.warmup is not None else (0.2 if args.quick else 1.0)
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick or args.profile else 3)
+    duration, warmup, rounds = run_lengths(args)
     counts = (args.connections, args.h2_connections, args.streams, rounds)
     if duration <= 0 or warmup < 0 or min(counts) < 1:
         parser.error("--duration must be positive, --warmup not negative, the counts at least 1")
