@@ -42,6 +42,13 @@ examples:
 """
 
 SERVE_EPILOG = """\
+endpoints:
+  POST /ManagementServer/MDM.svc   Windows OMA-DM (SyncML XML or WBXML)      docs/windows.md
+  PUT  /mdm/apple/checkin          Apple check-in and declarative management  docs/apple.md
+  PUT  /mdm/apple/connect          Apple command channel
+  /api/v1/...                      admin API (bearer token); /api/v1/openapi.json describes it
+  /healthz, /metrics               health and Prometheus metrics
+
 examples:
   MDMGATE_API_TOKEN=s3cret mdmgate serve
   mdmgate serve --listen 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem --client-ca ca.pem
