@@ -4,6 +4,7 @@
 //! input it does not trust and answers with a typed error instead of panicking.
 
 pub mod error;
+pub mod fleet;
 pub mod plist;
 pub mod syncml;
 pub mod versions;

@@ -6,6 +6,7 @@
 
 use std::cmp::Ordering;
 
+mod fleet;
 mod plist;
 mod syncml;
 
@@ -344,6 +345,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_VERSION_LEN", versions::MAX_VERSION_LEN)?;
     syncml::register(m)?;
     plist::register(m)?;
+    fleet::register(m)?;
     m.add_function(wrap_pyfunction!(version_platforms, m)?)?;
     m.add_function(wrap_pyfunction!(version_allows_downgrade, m)?)?;
     m.add_function(wrap_pyfunction!(version_compare, m)?)?;

@@ -1,0 +1,554 @@
+//! A columnar index of a device fleet and the targeting query over it: for one app and
+//! one version, which devices get an install command, and why each of the others does not.
+//!
+//! Devices are rows `0..n`. Per device the index keeps its organisation number (orgs are
+//! numbered in a pre-order walk of the org tree, so a subtree is a contiguous range), a
+//! bit per platform, a "supervised" bit, a 64-bit hash of its id (for percentage
+//! rollouts) and the id itself. Per app it keeps, per device, the id of the installed
+//! version's sort key among that app's distinct installed versions (or [`MISSING`]).
+//!
+//! A query touches each device once, reading 4 + 4 bytes and two bits, and makes one
+//! version comparison per distinct installed version, not per device.
+
+use std::fmt;
+
+use rustc_hash::FxHashMap;
+
+use crate::versions::{sort_key, Platform, VersionError, MISSING};
+
+/// What the query decided for one device. The discriminant is the code across the
+/// Python boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Outcome {
+    /// Not installed: send an install.
+    Install,
+    /// Installed below the version: send it.
+    Upgrade,
+    /// Already at the version.
+    SkipSame,
+    /// Installed above the version, and downgrades were not allowed.
+    SkipNewer,
+    /// Installed above the version, and downgrades were allowed: send it.
+    Downgrade,
+    /// Not installed, and only devices that have the app were asked for.
+    SkipNotInstalled,
+    /// Not of the asked-for platform.
+    SkipPlatform,
+    /// Would be sent, but the licences ran out on devices earlier in device order.
+    SkipNoLicence,
+    /// Would be sent, but falls outside the rollout percentage.
+    SkipRollout,
+    /// Outside the organisation range: not part of the query.
+    OutOfScope,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Install,
+        Outcome::Upgrade,
+        Outcome::SkipSame,
+        Outcome::SkipNewer,
+        Outcome::Downgrade,
+        Outcome::SkipNotInstalled,
+        Outcome::SkipPlatform,
+        Outcome::SkipNoLicence,
+        Outcome::SkipRollout,
+        Outcome::OutOfScope,
+    ];
+
+    /// Whether the device is sent the version (before licences and rollout apply).
+    pub fn sends(self) -> bool {
+        matches!(
+            self,
+            Outcome::Install | Outcome::Upgrade | Outcome::Downgrade
+        )
+    }
+}
+
+/// Why the index refused an input.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FleetError {
+    /// Two columns that must be equally long are not.
+    Lengths {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    /// A device platform code that is not a position in [`Platform::ALL`].
+    PlatformCode { index: Option<usize>, code: u8 },
+    /// A supervised value other than 0, 1 or 2.
+    Supervised { index: usize, value: u8 },
+    /// More devices than `u32` numbers, or ids longer than 4 GiB in total.
+    TooLarge,
+    /// No installed versions were ever set for the app.
+    UnknownApp(u32),
+    /// A device number not below the number of devices.
+    Device { device: usize, devices: usize },
+    /// The query's version platform orders differently from the app's stored versions.
+    PlatformMismatch {
+        app: u32,
+        stored: Platform,
+        given: Platform,
+    },
+    /// A version that does not follow its platform's rule; `index` is its row, if any.
+    Version {
+        platform: Platform,
+        version: String,
+        index: Option<usize>,
+        error: VersionError,
+    },
+    /// An org range whose first org is after its last.
+    OrgRange { first: u32, last: u32 },
+    /// A rollout percentage that is not a number in 0..=100.
+    Percent(f64),
+}
+
+impl fmt::Display for FleetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FleetError::Lengths {
+                what,
+                expected,
+                got,
+            } => write!(
+                f,
+                "columns differ in length: {what} has {got} items, expected {expected}"
+            ),
+            FleetError::PlatformCode { index, code } => {
+                if let Some(i) = index {
+                    write!(f, "device {i}: ")?;
+                }
+                write!(
+                    f,
+                    "platform code {code} is not below {}",
+                    Platform::ALL.len()
+                )
+            }
+            FleetError::Supervised { index, value } => write!(
+                f,
+                "device {index}: supervised is {value}; expected 0 (no), 1 (yes) or 2 (unknown)"
+            ),
+            FleetError::TooLarge => f.write_str("more than 2**32-1 devices or 4 GiB of device ids"),
+            FleetError::UnknownApp(app) => {
+                write!(f, "no installed versions were set for app {app}")
+            }
+            FleetError::Device { device, devices } => {
+                write!(
+                    f,
+                    "device {device} is out of range: the fleet has {devices} devices"
+                )
+            }
+            FleetError::PlatformMismatch { app, stored, given } => write!(
+                f,
+                "app {app} has its installed versions keyed as {stored}, not {given}"
+            ),
+            FleetError::Version {
+                platform,
+                version,
+                index,
+                error,
+            } => {
+                if let Some(i) = index {
+                    write!(f, "item {i}: ")?;
+                }
+                f.write_str(&error.describe(*platform, version))
+            }
+            FleetError::OrgRange { first, last } => {
+                write!(
+                    f,
+                    "org range ({first}, {last}) is empty: first is after last"
+                )
+            }
+            FleetError::Percent(p) => write!(f, "rollout percent {p} is not in 0..=100"),
+        }
+    }
+}
+
+impl std::error::Error for FleetError {}
+
+/// 64-bit FNV-1a: fixed constants, so the same on every run and platform.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The SplitMix64 finaliser: spreads every input bit over the output.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Where a device falls in a rollout, in `[0, 100)`: `mix64(fnv1a64(id) ^ fnv1a64(seed))`,
+/// its top 53 bits as a fraction, times 100. A device is in a `p`% rollout when this is
+/// below `p`, so raising `p` only ever adds devices.
+pub fn rollout_point(id_hash: u64, seed_hash: u64) -> f64 {
+    let h = mix64(id_hash ^ seed_hash);
+    (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64) * 100.0
+}
+
+/// The installed versions of one app: per device an id into `keys`, or [`MISSING`].
+#[derive(Clone, Debug)]
+struct Installed {
+    platform: Platform,
+    keys: Vec<Vec<u8>>,
+    ids: FxHashMap<Vec<u8>, u32>,
+    rows: Vec<u32>,
+}
+
+impl Installed {
+    fn intern(&mut self, key: Vec<u8>) -> u32 {
+        let next = self.keys.len() as u32;
+        let id = *self.ids.entry(key.clone()).or_insert(next);
+        if id == next {
+            self.keys.push(key);
+        }
+        id
+    }
+}
+
+/// The targeting question; see [`FleetIndex::target`].
+#[derive(Clone, Debug)]
+pub struct Query<'a> {
+    /// Inclusive range of org numbers; `None` is the whole fleet.
+    pub org_range: Option<(u32, u32)>,
+    /// Only devices that have the app installed (an update, not an install).
+    pub installed_only: bool,
+    /// Only devices of this platform code (a position in [`Platform::ALL`]).
+    pub platform: Option<u8>,
+    pub version: &'a str,
+    pub version_platform: Platform,
+    pub allow_downgrade: bool,
+    /// How many devices may be sent the version; the first ones in device order get it.
+    pub licences: Option<u64>,
+    /// Percentage of devices in the rollout, decided by [`rollout_point`].
+    pub percent: Option<f64>,
+    pub seed: &'a str,
+}
+
+/// What [`FleetIndex::target`] answers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Targeting {
+    /// Per device, an [`Outcome`] code.
+    pub outcomes: Vec<u8>,
+    /// Devices sent the version, in device order.
+    pub selected: Vec<u32>,
+    /// Per selected device: true when it installs silently (supervised), false when the
+    /// user is prompted (unsupervised or unknown).
+    pub silent: Vec<bool>,
+    /// Devices per outcome code.
+    pub counts: [u64; Outcome::ALL.len()],
+}
+
+/// The fleet; see the module documentation.
+#[derive(Clone, Debug, Default)]
+pub struct FleetIndex {
+    id_text: String,
+    id_ends: Vec<u32>,
+    id_hashes: Vec<u64>,
+    orgs: Vec<u32>,
+    platforms: Vec<Vec<u64>>,
+    supervised: Vec<u64>,
+    apps: FxHashMap<u32, Installed>,
+}
+
+fn bitset(len: usize) -> Vec<u64> {
+    vec![0; len.div_ceil(64)]
+}
+
+#[inline]
+fn bit(bits: &[u64], i: usize) -> bool {
+    bits[i / 64] >> (i % 64) & 1 == 1
+}
+
+impl FleetIndex {
+    /// Builds the index from one value per device in each column. `platforms` are
+    /// positions in [`Platform::ALL`]; `supervised` is 0 (no), 1 (yes) or 2 (unknown).
+    pub fn new<'a, I>(
+        ids: I,
+        orgs: Vec<u32>,
+        platforms: &[u8],
+        supervised: &[u8],
+    ) -> Result<FleetIndex, FleetError>
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
+        let n = orgs.len();
+        if n > u32::MAX as usize {
+            return Err(FleetError::TooLarge);
+        }
+        let mut index = FleetIndex {
+            id_ends: Vec::with_capacity(n),
+            id_hashes: Vec::with_capacity(n),
+            platforms: vec![bitset(n); Platform::ALL.len()],
+            supervised: bitset(n),
+            ..FleetIndex::default()
+        };
+        for id in ids {
+            index.id_text.push_str(id);
+            let end = u32::try_from(index.id_text.len()).map_err(|_| FleetError::TooLarge)?;
+            index.id_ends.push(end);
+            index.id_hashes.push(fnv1a64(id.as_bytes()));
+        }
+        let check = |what, got| {
+            if got == n {
+                Ok(())
+            } else {
+                Err(FleetError::Lengths {
+                    what,
+                    expected: n,
+                    got,
+                })
+            }
+        };
+        check("ids", index.id_ends.len())?;
+        check("platforms", platforms.len())?;
+        check("supervised", supervised.len())?;
+        for (i, &code) in platforms.iter().enumerate() {
+            let bits = index
+                .platforms
+                .get_mut(code as usize)
+                .ok_or(FleetError::PlatformCode {
+                    index: Some(i),
+                    code,
+                })?;
+            bits[i / 64] |= 1 << (i % 64);
+        }
+        for (i, &value) in supervised.iter().enumerate() {
+            match value {
+                0 | 2 => {}
+                1 => index.supervised[i / 64] |= 1 << (i % 64),
+                _ => return Err(FleetError::Supervised { index: i, value }),
+            }
+        }
+        index.orgs = orgs;
+        Ok(index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.orgs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.orgs.is_empty()
+    }
+
+    /// The id of device `i`.
+    pub fn id(&self, i: usize) -> &str {
+        let start = if i == 0 {
+            0
+        } else {
+            self.id_ends[i - 1] as usize
+        };
+        &self.id_text[start..self.id_ends[i] as usize]
+    }
+
+    /// Bytes the index holds for its devices, apps included (not counting allocator slack).
+    pub fn memory_bytes(&self) -> usize {
+        let apps: usize = self
+            .apps
+            .values()
+            .map(|a| a.rows.len() * 4 + a.keys.iter().map(|k| k.len() * 2 + 64).sum::<usize>())
+            .sum();
+        self.id_text.len()
+            + self.id_ends.len() * 4
+            + self.id_hashes.len() * 8
+            + self.orgs.len() * 4
+            + self.platforms.iter().map(|b| b.len() * 8).sum::<usize>()
+            + self.supervised.len() * 8
+            + apps
+    }
+
+    fn check_device(&self, device: usize) -> Result<(), FleetError> {
+        if device < self.len() {
+            Ok(())
+        } else {
+            Err(FleetError::Device {
+                device,
+                devices: self.len(),
+            })
+        }
+    }
+
+    /// Replaces what is known of `app`: `versions[k]` is installed on `devices[k]`, and
+    /// no other device has the app. A device listed twice keeps its last version.
+    pub fn set_installed(
+        &mut self,
+        app: u32,
+        platform: Platform,
+        devices: &[u32],
+        versions: &[&str],
+    ) -> Result<(), FleetError> {
+        if devices.len() != versions.len() {
+            return Err(FleetError::Lengths {
+                what: "versions",
+                expected: devices.len(),
+                got: versions.len(),
+            });
+        }
+        let mut installed = Installed {
+            platform,
+            keys: Vec::new(),
+            ids: FxHashMap::default(),
+            rows: vec![MISSING; self.len()],
+        };
+        let mut by_text: FxHashMap<&str, u32> = FxHashMap::default();
+        for (k, (&device, &version)) in devices.iter().zip(versions).enumerate() {
+            self.check_device(device as usize)?;
+            let id = match by_text.get(version) {
+                Some(&id) => id,
+                None => {
+                    let key = sort_key(platform, version).map_err(|error| FleetError::Version {
+                        platform,
+                        version: version.to_owned(),
+                        index: Some(k),
+                        error,
+                    })?;
+                    let id = installed.intern(key);
+                    by_text.insert(version, id);
+                    id
+                }
+            };
+            installed.rows[device as usize] = id;
+        }
+        self.apps.insert(app, installed);
+        Ok(())
+    }
+
+    /// One device reported `version` of `app` (`None`: the app is gone).
+    pub fn update_installed(
+        &mut self,
+        app: u32,
+        device: usize,
+        version: Option<&str>,
+    ) -> Result<(), FleetError> {
+        self.check_device(device)?;
+        let installed = self.apps.get_mut(&app).ok_or(FleetError::UnknownApp(app))?;
+        let id = match version {
+            None => MISSING,
+            Some(v) => {
+                let platform = installed.platform;
+                let key = sort_key(platform, v).map_err(|error| FleetError::Version {
+                    platform,
+                    version: v.to_owned(),
+                    index: None,
+                    error,
+                })?;
+                installed.intern(key)
+            }
+        };
+        installed.rows[device] = id;
+        Ok(())
+    }
+
+    /// The installed version's sort key of `app` on `device`, if installed.
+    pub fn installed_key(&self, app: u32, device: usize) -> Result<Option<&[u8]>, FleetError> {
+        self.check_device(device)?;
+        let installed = self.apps.get(&app).ok_or(FleetError::UnknownApp(app))?;
+        let id = installed.rows[device];
+        Ok((id != MISSING).then(|| installed.keys[id as usize].as_slice()))
+    }
+
+    /// Decides, for every device, whether it is sent `query.version` of `app` and why
+    /// not. In order: outside the org range → `OutOfScope`; other platform →
+    /// `SkipPlatform`; then the installed version against the asked one; a device that
+    /// would be sent the version is then held back by the rollout (`SkipRollout`), and
+    /// after that by the licences, which go to the first devices in device order
+    /// (`SkipNoLicence`).
+    pub fn target(&self, app: u32, query: &Query<'_>) -> Result<Targeting, FleetError> {
+        let installed = self.apps.get(&app).ok_or(FleetError::UnknownApp(app))?;
+        if installed.platform != query.version_platform {
+            return Err(FleetError::PlatformMismatch {
+                app,
+                stored: installed.platform,
+                given: query.version_platform,
+            });
+        }
+        let platform = query.version_platform;
+        let want = sort_key(platform, query.version).map_err(|error| FleetError::Version {
+            platform,
+            version: query.version.to_owned(),
+            index: None,
+            error,
+        })?;
+        let (first, last) = query.org_range.unwrap_or((0, u32::MAX));
+        if first > last {
+            return Err(FleetError::OrgRange { first, last });
+        }
+        if let Some(p) = query.percent {
+            if !(0.0..=100.0).contains(&p) {
+                return Err(FleetError::Percent(p));
+            }
+        }
+        let platform_bits = match query.platform {
+            None => None,
+            Some(code) => Some(
+                self.platforms
+                    .get(code as usize)
+                    .ok_or(FleetError::PlatformCode { index: None, code })?,
+            ),
+        };
+        // One comparison per distinct installed version.
+        let by_key: Vec<Outcome> = installed
+            .keys
+            .iter()
+            .map(|have| match want.as_slice().cmp(have.as_slice()) {
+                std::cmp::Ordering::Greater => Outcome::Upgrade,
+                std::cmp::Ordering::Equal => Outcome::SkipSame,
+                std::cmp::Ordering::Less if query.allow_downgrade => Outcome::Downgrade,
+                std::cmp::Ordering::Less => Outcome::SkipNewer,
+            })
+            .collect();
+        let absent = if query.installed_only {
+            Outcome::SkipNotInstalled
+        } else {
+            Outcome::Install
+        };
+        let seed_hash = fnv1a64(query.seed.as_bytes());
+        let percent = query.percent.filter(|&p| p < 100.0);
+        let mut licences = query.licences.unwrap_or(u64::MAX);
+        let span = last - first;
+        let n = self.len();
+        let mut out = Targeting {
+            outcomes: Vec::with_capacity(n),
+            ..Targeting::default()
+        };
+        for (i, (&org, &id)) in self.orgs.iter().zip(&installed.rows).enumerate() {
+            let outcome = if org.wrapping_sub(first) > span {
+                Outcome::OutOfScope
+            } else if platform_bits.is_some_and(|bits| !bit(bits, i)) {
+                Outcome::SkipPlatform
+            } else {
+                let base = if id == MISSING {
+                    absent
+                } else {
+                    by_key[id as usize]
+                };
+                if !base.sends() {
+                    base
+                } else if percent.is_some_and(|p| rollout_point(self.id_hashes[i], seed_hash) >= p)
+                {
+                    Outcome::SkipRollout
+                } else if licences == 0 {
+                    Outcome::SkipNoLicence
+                } else {
+                    licences -= 1;
+                    out.selected.push(i as u32);
+                    out.silent.push(bit(&self.supervised, i));
+                    base
+                }
+            };
+            out.outcomes.push(outcome as u8);
+            out.counts[outcome as usize] += 1;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

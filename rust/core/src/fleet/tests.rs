@@ -1,0 +1,223 @@
+use super::*;
+
+const IOS: u8 = 1;
+const ANDROID: u8 = 0;
+
+fn fleet(n: usize) -> (Vec<String>, FleetIndex) {
+    let ids: Vec<String> = (0..n).map(|i| format!("dev-{i}")).collect();
+    let orgs = (0..n as u32).collect();
+    let platforms = vec![IOS; n];
+    let supervised: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
+    let index = FleetIndex::new(
+        ids.iter().map(String::as_str),
+        orgs,
+        &platforms,
+        &supervised,
+    )
+    .expect("valid columns");
+    (ids, index)
+}
+
+fn query(version: &str) -> Query<'_> {
+    Query {
+        org_range: None,
+        installed_only: false,
+        platform: None,
+        version,
+        version_platform: Platform::Ios,
+        allow_downgrade: false,
+        licences: None,
+        percent: None,
+        seed: "seed",
+    }
+}
+
+fn outcomes(t: &Targeting) -> Vec<Outcome> {
+    t.outcomes
+        .iter()
+        .map(|&c| Outcome::ALL[c as usize])
+        .collect()
+}
+
+#[test]
+fn every_version_outcome() {
+    let (_, mut index) = fleet(4);
+    index
+        .set_installed(7, Platform::Ios, &[1, 2, 3], &["1.0", "2.0", "3.0"])
+        .unwrap();
+    let t = index.target(7, &query("2.0")).unwrap();
+    assert_eq!(
+        outcomes(&t),
+        [
+            Outcome::Install,
+            Outcome::Upgrade,
+            Outcome::SkipSame,
+            Outcome::SkipNewer
+        ]
+    );
+    assert_eq!(t.selected, [0, 1]);
+    let mut q = query("2.0");
+    q.allow_downgrade = true;
+    q.installed_only = true;
+    let t = index.target(7, &q).unwrap();
+    assert_eq!(
+        outcomes(&t),
+        [
+            Outcome::SkipNotInstalled,
+            Outcome::Upgrade,
+            Outcome::SkipSame,
+            Outcome::Downgrade
+        ]
+    );
+    assert_eq!(t.selected, [1, 3]);
+    assert_eq!(t.counts[Outcome::Downgrade as usize], 1);
+}
+
+#[test]
+fn org_range_and_platform() {
+    let ids = ["a", "b", "c", "d"];
+    let index = {
+        let mut i = FleetIndex::new(
+            ids,
+            vec![0, 1, 2, 3],
+            &[IOS, ANDROID, IOS, IOS],
+            &[1, 0, 2, 1],
+        )
+        .unwrap();
+        i.set_installed(1, Platform::Ios, &[], &[]).unwrap();
+        i
+    };
+    let mut q = query("1");
+    q.org_range = Some((1, 2));
+    q.platform = Some(IOS);
+    let t = index.target(1, &q).unwrap();
+    assert_eq!(
+        outcomes(&t),
+        [
+            Outcome::OutOfScope,
+            Outcome::SkipPlatform,
+            Outcome::Install,
+            Outcome::OutOfScope
+        ]
+    );
+    assert_eq!(t.selected, [2]);
+    assert_eq!(t.silent, [false]);
+    q.org_range = None;
+    q.platform = None;
+    let t = index.target(1, &q).unwrap();
+    assert_eq!(t.silent, [true, false, false, true]);
+}
+
+#[test]
+fn licences_go_to_the_first_devices() {
+    let (_, mut index) = fleet(10);
+    index.set_installed(1, Platform::Ios, &[0], &["9"]).unwrap();
+    let mut q = query("1");
+    q.licences = Some(3);
+    let t = index.target(1, &q).unwrap();
+    assert_eq!(t.selected, [1, 2, 3]);
+    assert_eq!(t.counts[Outcome::SkipNoLicence as usize], 6);
+    assert_eq!(t.counts[Outcome::SkipNewer as usize], 1);
+}
+
+#[test]
+fn rollout_is_stable_and_seeded() {
+    let (_, mut a) = fleet(10_000);
+    a.set_installed(1, Platform::Ios, &[], &[]).unwrap();
+    let (_, mut b) = fleet(10_000);
+    b.set_installed(1, Platform::Ios, &[], &[]).unwrap();
+    let mut q = query("1");
+    q.percent = Some(25.0);
+    let ta = a.target(1, &q).unwrap();
+    assert_eq!(ta, b.target(1, &q).unwrap());
+    assert!(
+        (2_300..2_700).contains(&ta.selected.len()),
+        "{}",
+        ta.selected.len()
+    );
+    q.seed = "other";
+    assert_ne!(ta.selected, a.target(1, &q).unwrap().selected);
+    q.percent = Some(0.0);
+    assert!(a.target(1, &q).unwrap().selected.is_empty());
+    q.percent = Some(100.0);
+    assert_eq!(a.target(1, &q).unwrap().selected.len(), 10_000);
+}
+
+#[test]
+fn fixed_hashes() {
+    // FNV-1a test vectors: the rollout must not change between builds.
+    assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+    assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+}
+
+#[test]
+fn incremental_update() {
+    let (_, mut index) = fleet(2);
+    index
+        .set_installed(5, Platform::Ios, &[0], &["1.0"])
+        .unwrap();
+    assert_eq!(index.target(5, &query("1.0")).unwrap().outcomes, [2, 0]);
+    index.update_installed(5, 1, Some("1.0.0")).unwrap();
+    index.update_installed(5, 0, None).unwrap();
+    assert_eq!(index.target(5, &query("1.0")).unwrap().outcomes, [0, 2]);
+    assert_eq!(
+        index.installed_key(5, 1).unwrap(),
+        Some(sort_key(Platform::Ios, "1").unwrap().as_slice())
+    );
+}
+
+#[test]
+fn seed_b_versions_order_through_the_engine() {
+    // §B: latest 3.1, previous 1.1, a new 2.1 between them.
+    let (_, mut index) = fleet(3);
+    index
+        .set_installed(1, Platform::Ios, &[0, 1, 2], &["3.1", "1.1", "2.1"])
+        .unwrap();
+    let t = index.target(1, &query("2.1")).unwrap();
+    assert_eq!(
+        outcomes(&t),
+        [Outcome::SkipNewer, Outcome::Upgrade, Outcome::SkipSame]
+    );
+}
+
+#[test]
+fn errors() {
+    let (_, mut index) = fleet(2);
+    assert_eq!(
+        index.target(9, &query("1")).unwrap_err(),
+        FleetError::UnknownApp(9)
+    );
+    assert!(matches!(
+        index.set_installed(1, Platform::Ios, &[0], &["1..2"]),
+        Err(FleetError::Version { index: Some(0), .. })
+    ));
+    assert!(matches!(
+        index.set_installed(1, Platform::Ios, &[2], &["1"]),
+        Err(FleetError::Device { device: 2, .. })
+    ));
+    assert!(matches!(
+        index.set_installed(1, Platform::Ios, &[0, 1], &["1"]),
+        Err(FleetError::Lengths { .. })
+    ));
+    index.set_installed(1, Platform::Ios, &[], &[]).unwrap();
+    let mut q = query("1");
+    q.version_platform = Platform::Android;
+    assert!(matches!(
+        index.target(1, &q),
+        Err(FleetError::PlatformMismatch { .. })
+    ));
+    let mut q = query("1");
+    q.percent = Some(f64::NAN);
+    assert!(matches!(index.target(1, &q), Err(FleetError::Percent(_))));
+    assert!(matches!(
+        FleetIndex::new(["a"], vec![0], &[9], &[0]),
+        Err(FleetError::PlatformCode { code: 9, .. })
+    ));
+    assert!(matches!(
+        FleetIndex::new(["a"], vec![0, 1], &[0], &[0]),
+        Err(FleetError::Lengths { what: "ids", .. })
+    ));
+    assert!(index.update_installed(1, 0, Some("x")).is_err());
+    assert_eq!(index.id(1), "dev-1");
+}

@@ -1,0 +1,230 @@
+//! The fleet index (`FleetIndex`) and its targeting query (`TargetResult`). Columns are
+//! converted while attached; building, keying and the query run detached for large fleets.
+
+use mdmgate_core::fleet::{self, FleetIndex, Outcome, Query, Targeting};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString};
+
+use crate::{invalid, items, maybe_detach, platform, type_name};
+
+pyo3::import_exception!(mdmgate.fleet, FleetError);
+pyo3::import_exception!(mdmgate.fleet, UnknownApp);
+
+fn error(e: fleet::FleetError) -> PyErr {
+    match e {
+        fleet::FleetError::Version {
+            platform,
+            version,
+            index,
+            error,
+        } => invalid(platform, &version, &error, index),
+        fleet::FleetError::UnknownApp(_) => UnknownApp::new_err(e.to_string()),
+        _ => FleetError::new_err(e.to_string()),
+    }
+}
+
+/// Borrows the strings of a column; `items` keeps the objects alive.
+fn strs<'a>(items: &'a [Bound<'_, PyAny>], what: &str) -> PyResult<Vec<&'a str>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.cast::<PyString>()
+                .map_err(|_| {
+                    pyo3::exceptions::PyTypeError::new_err(format!(
+                        "{what} item {i} is {}, not str",
+                        type_name(item)
+                    ))
+                })?
+                .to_str()
+        })
+        .collect()
+}
+
+#[pyclass(module = "mdmgate._core", name = "FleetIndex")]
+pub struct PyFleetIndex {
+    inner: FleetIndex,
+}
+
+#[pymethods]
+impl PyFleetIndex {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        org_ids: Vec<u32>,
+        platforms: Vec<u8>,
+        supervised: Vec<u8>,
+    ) -> PyResult<Self> {
+        let items = items(ids)?;
+        let ids = strs(&items, "ids")?;
+        let inner = maybe_detach(py, ids.len(), || {
+            FleetIndex::new(ids.iter().copied(), org_ids, &platforms, &supervised)
+        })
+        .map_err(error)?;
+        Ok(PyFleetIndex { inner })
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.inner.memory_bytes()
+    }
+
+    fn device_id(&self, device: usize) -> PyResult<&str> {
+        if device >= self.inner.len() {
+            return Err(error(fleet::FleetError::Device {
+                device,
+                devices: self.inner.len(),
+            }));
+        }
+        Ok(self.inner.id(device))
+    }
+
+    fn device_ids<'py>(
+        &self,
+        py: Python<'py>,
+        devices: Vec<usize>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        for &d in &devices {
+            self.device_id(d)?;
+        }
+        PyList::new(py, devices.into_iter().map(|d| self.inner.id(d)))
+    }
+
+    fn set_installed(
+        &mut self,
+        py: Python<'_>,
+        app: u32,
+        devices: Vec<u32>,
+        versions: &Bound<'_, PyAny>,
+        platform_name: &str,
+    ) -> PyResult<()> {
+        let p = platform(platform_name)?;
+        let items = items(versions)?;
+        let versions = strs(&items, "versions")?;
+        let inner = &mut self.inner;
+        maybe_detach(py, versions.len(), || {
+            inner.set_installed(app, p, &devices, &versions)
+        })
+        .map_err(error)
+    }
+
+    #[pyo3(signature = (app, device, version))]
+    fn update_installed(&mut self, app: u32, device: usize, version: Option<&str>) -> PyResult<()> {
+        self.inner
+            .update_installed(app, device, version)
+            .map_err(error)
+    }
+
+    fn installed_key<'py>(
+        &self,
+        py: Python<'py>,
+        app: u32,
+        device: usize,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let key = self.inner.installed_key(app, device).map_err(error)?;
+        Ok(key.map(|k| PyBytes::new(py, k)))
+    }
+
+    #[pyo3(signature = (
+        app, *, version, version_platform, org_range = None, installed_only = false,
+        platform = None, allow_downgrade = false, licences = None, percent = None, seed = ""
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn target(
+        &self,
+        py: Python<'_>,
+        app: u32,
+        version: &str,
+        version_platform: &str,
+        org_range: Option<(u32, u32)>,
+        installed_only: bool,
+        platform: Option<u8>,
+        allow_downgrade: bool,
+        licences: Option<u64>,
+        percent: Option<f64>,
+        seed: &str,
+    ) -> PyResult<PyTargetResult> {
+        let query = Query {
+            org_range,
+            installed_only,
+            platform,
+            version,
+            version_platform: crate::platform(version_platform)?,
+            allow_downgrade,
+            licences,
+            percent,
+            seed,
+        };
+        let inner = &self.inner;
+        let result = maybe_detach(py, inner.len(), || inner.target(app, &query)).map_err(error)?;
+        Ok(PyTargetResult { inner: result })
+    }
+}
+
+#[pyclass(module = "mdmgate._core", name = "TargetResult", frozen)]
+pub struct PyTargetResult {
+    inner: Targeting,
+}
+
+#[pymethods]
+impl PyTargetResult {
+    /// Per device, its outcome code.
+    #[getter]
+    fn outcomes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.outcomes)
+    }
+
+    /// Devices sent the version, in device order.
+    #[getter]
+    fn selected(&self) -> Vec<u32> {
+        self.inner.selected.clone()
+    }
+
+    /// Per selected device, 1 when it installs silently and 0 when the user is prompted.
+    #[getter]
+    fn silent<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let flags: Vec<u8> = self.inner.silent.iter().map(|&s| u8::from(s)).collect();
+        PyBytes::new(py, &flags)
+    }
+
+    /// Devices per outcome code.
+    #[getter]
+    fn counts(&self) -> Vec<u64> {
+        self.inner.counts.to_vec()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.outcomes.len()
+    }
+}
+
+/// Names of the outcomes, indexed by their codes.
+#[pyfunction]
+fn fleet_outcome_names() -> Vec<&'static str> {
+    Outcome::ALL
+        .iter()
+        .map(|o| match o {
+            Outcome::Install => "install",
+            Outcome::Upgrade => "upgrade",
+            Outcome::SkipSame => "skip_same",
+            Outcome::SkipNewer => "skip_newer",
+            Outcome::Downgrade => "downgrade",
+            Outcome::SkipNotInstalled => "skip_not_installed",
+            Outcome::SkipPlatform => "skip_platform",
+            Outcome::SkipNoLicence => "skip_no_licence",
+            Outcome::SkipRollout => "skip_rollout",
+            Outcome::OutOfScope => "out_of_scope",
+        })
+        .collect()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(fleet_outcome_names, m)?)?;
+    m.add_class::<PyFleetIndex>()?;
+    m.add_class::<PyTargetResult>()?;
+    Ok(())
+}
