@@ -802,9 +802,11 @@ class Best:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, help="seconds timed per row (5)")
-    parser.add_argument("--warmup", type=float, help="seconds of load before timing (1)")
-    parser.add_argument("--rounds", type=int, help="rounds; each row keeps its best (3)")
+    bench_server.add_run_arguments(
+        parser,
+        profile_help="py-spy the gateway's timed window (one round)",
+        quick_also=" --pushes 2000",
+    )
     parser.add_argument(
         "--connections", type=int, default=16, help="keep-alive connections, one device each (16)"
     )
@@ -813,17 +815,9 @@ def main() -> int:
     )
     parser.add_argument("--pushes", type=int, help="pushes timed per round (10,000)")
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke run: --duration 0.5 --warmup 0.2 --rounds 1 --pushes 2000 unless given",
-    )
-    parser.add_argument(
         "--cleartext",
         action="store_true",
         help="no TLS: the gateway in dev mode over devices without a bound certificate",
-    )
-    parser.add_argument(
-        "--profile", metavar="DIR", help="py-spy the gateway's timed window (one round)"
     )
     parser.add_argument("--serve", choices=SERVE_KINDS, help=argparse.SUPPRESS)
     for hidden in ("--db", "--token", "--body", "--pki"):

@@ -783,26 +783,14 @@ def print_verdicts(rows: dict[str, Row]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, help="seconds timed per row (5)")
-    parser.add_argument("--warmup", type=float, help="seconds of load before timing (1)")
+    bench_server.add_run_arguments(
+        parser, profile_help="run the gateway and etree servers under cProfile (one round)"
+    )
     parser.add_argument(
         "--connections",
         type=int,
         default=16,
         help="keep-alive connections, one device each (16)",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke run: --duration 0.5 --warmup 0.2 --rounds 1 unless given",
-    )
-    parser.add_argument(
-        "--rounds", type=int, help="rounds over the servers; each keeps its best (3)"
-    )
-    parser.add_argument(
-        "--profile",
-        metavar="DIR",
-        help="run the gateway and etree servers under cProfile (one round)",
     )
     parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
     for hidden in ("--db", "--token", "--secret", "--body"):

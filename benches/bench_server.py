@@ -628,6 +628,23 @@ def print_verdict(rows: list[Row]) -> None:
     print(f"target: the gateway keeps {TARGET:.0%} of the bare throughput: " + "; ".join(parts))
 
 
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, profile_help: str, quick_also: str = ""
+) -> None:
+    """--duration, --warmup, --rounds, --quick and --profile (see :func:`run_lengths`)."""
+    parser.add_argument("--duration", type=float, help="seconds timed per row (5)")
+    parser.add_argument("--warmup", type=float, help="seconds of load before timing (1)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds over the servers; each keeps its best (3)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: --duration 0.5 --warmup 0.2 --rounds 1{quick_also} unless given",
+    )
+    parser.add_argument("--profile", metavar="DIR", help=profile_help)
+
+
 def run_lengths(args: argparse.Namespace) -> tuple[float, float, int]:
     """--duration, --warmup and --rounds, defaulting as --quick and --profile say (shared by
     the server benchmarks)."""
@@ -639,25 +656,13 @@ def run_lengths(args: argparse.Namespace) -> tuple[float, float, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, help="seconds timed per row (5)")
-    parser.add_argument("--warmup", type=float, help="seconds of load before timing (1)")
+    add_run_arguments(parser, profile_help="run the gateways under cProfile (one round)")
     parser.add_argument(
         "--connections", type=int, default=16, help="HTTP/1.1 keep-alive connections (16)"
     )
     parser.add_argument("--h2-connections", type=int, default=4, help="HTTP/2 connections (4)")
     parser.add_argument(
         "--streams", type=int, default=16, help="HTTP/2 streams in flight per connection (16)"
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke run: --duration 0.5 --warmup 0.2 --rounds 1 unless given",
-    )
-    parser.add_argument(
-        "--rounds", type=int, help="rounds over all the servers; each keeps its best (3)"
-    )
-    parser.add_argument(
-        "--profile", metavar="DIR", help="run the gateways under cProfile (one round)"
     )
     parser.add_argument(
         "--access-log", action="store_true", help="servers log an INFO line per request (to null)"

@@ -17,7 +17,7 @@ from mdmgate.apple import ddm
 from mdmgate.server.admin import AdminApi, openapi_document
 from mdmgate.storage import Device, Store, StoredDeclaration
 from mdmgate.storage.memory import MemoryStore
-from mdmgate.storage.sqlite import SQLiteStore
+from tests.stores import BACKENDS, open_backend
 from tests.test_admin_api import AUTH, JSON, TOKEN, call, decoded, request
 
 SETTINGS = ddm.SETTINGS_TYPE
@@ -54,13 +54,9 @@ async def effective(api: AdminApi, device_id: str) -> Any:
     return out
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "memory":
-        s = MemoryStore()
-    else:
-        s = await SQLiteStore.open(tmp_path / "mdmgate.db")
+    s = await open_backend(request.param, tmp_path)
     await s.upsert_devices(
         [
             Device("mac-1", "macos", "/acme/sales", os_version="15.1"),

@@ -18,8 +18,7 @@ from mdmgate.apple import commands, ddm, service
 from mdmgate.apple.service import AppleService
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import Device, Store, StoredDeclaration
-from mdmgate.storage.memory import MemoryStore
-from mdmgate.storage.sqlite import SQLiteStore
+from tests.stores import BACKENDS, open_backend
 
 try:
     from cryptography import x509
@@ -106,13 +105,9 @@ def command_body(uuid: str, request_type: str = "DeviceInformation", **keys: Any
     return plist.dumps({"CommandUUID": uuid, "Command": {"RequestType": request_type, **keys}})
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "memory":
-        s = MemoryStore()
-    else:
-        s = await SQLiteStore.open(tmp_path / "mdmgate.db")
+    s = await open_backend(request.param, tmp_path)
     await s.upsert_devices(
         [
             Device(UDID, "ios", "/acme", "17.4", supervised=True),

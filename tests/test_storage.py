@@ -22,19 +22,13 @@ from mdmgate.storage import (
     StoredDeclaration,
     UnknownDevices,
 )
-from mdmgate.storage.memory import MemoryStore
 from mdmgate.storage.sqlite import SQLiteStore
-
-BACKENDS = ["memory", "sqlite"]
+from tests.stores import BACKENDS, open_backend
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "memory":
-        s = MemoryStore()
-    else:
-        s = await SQLiteStore.open(tmp_path / "mdmgate.db")
+    s = await open_backend(request.param, tmp_path)
     await s.upsert_devices([Device(f"dev-{i}", "windows", "/acme") for i in range(5)])
     yield s
     await s.aclose()
