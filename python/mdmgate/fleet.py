@@ -30,6 +30,7 @@ __all__ = [
     "InvalidVersion",
     "OrgTree",
     "Outcome",
+    "Scope",
     "TargetResult",
     "UnknownApp",
     "UnknownPlatform",
@@ -115,9 +116,14 @@ class TargetResult:
 
     @property
     def silent(self) -> bytes:
-        """Per selected device, 1 if it installs silently (supervised), 0 if the user is
-        prompted (unsupervised or unknown) and may decline."""
+        """Per selected device, 1 if it installs silently, 0 if the user is prompted and
+        may decline (see the ``silent`` column of :class:`FleetIndex`)."""
         return self._inner.silent
+
+    @property
+    def licensed(self) -> list[int]:
+        """Selected devices that take a licence (they held none), in device order."""
+        return self._inner.licensed
 
     @property
     def counts(self) -> dict[Outcome, int]:
@@ -125,12 +131,19 @@ class TargetResult:
         return dict(zip(Outcome, self._inner.counts, strict=True))
 
 
+#: A set of device numbers of one :class:`FleetIndex` (``|`` union, ``-`` difference,
+#: ``len``, ``in``, ``devices()``), from :meth:`FleetIndex.scope`.
+Scope = _core.Scope
+
+
 class FleetIndex:
-    """Columns of a device fleet, one row per device, and its per-app installed versions.
+    """Columns of a device fleet, one row per device, and its per-app installed versions
+    and licence holders.
 
     ``org_ids`` are org numbers from :class:`OrgTree`; ``platforms`` are codes from
-    :data:`PLATFORM_CODES`; ``supervised`` is 0 (no), 1 (yes) or 2 (unknown). The integer
-    columns may be lists or ``bytes`` (``platforms`` and ``supervised``). A query and an
+    :data:`PLATFORM_CODES`; ``supervised`` is 0 (no), 1 (yes) or 2 (unknown); ``silent``
+    is 1 for a device that installs an app without asking its user (default: the
+    supervised ones). The integer columns may be lists or ``bytes``. A query and an
     update must not run at the same time from two threads (the second gets
     ``RuntimeError``).
     """
@@ -143,8 +156,38 @@ class FleetIndex:
         org_ids: Sequence[int],
         platforms: Sequence[int],
         supervised: Sequence[int],
+        silent: Sequence[int] | None = None,
     ) -> None:
-        self._inner = _core.FleetIndex(ids, org_ids, platforms, supervised)
+        self._inner = _core.FleetIndex(ids, org_ids, platforms, supervised, silent)
+
+    def push_device(
+        self, device_id: str, org: int, platform: int, supervised: int, silent: bool
+    ) -> int:
+        """Adds a device (no apps, no licences) and returns its number."""
+        return self._inner.push_device(device_id, org, platform, supervised, silent)
+
+    def set_device(
+        self, device: int, org: int, platform: int, supervised: int, silent: bool
+    ) -> None:
+        """Changes a device's columns (it moved org, was enrolled again, updated its OS)."""
+        self._inner.set_device(device, org, platform, supervised, silent)
+
+    def scope(
+        self, org_ranges: Sequence[tuple[int, int]] = (), devices: Sequence[int] = ()
+    ) -> Scope:
+        """The devices in any of the org ranges, or listed."""
+        return self._inner.scope(list(org_ranges), list(devices))
+
+    def set_licensed(self, app: int, devices: Sequence[int]) -> None:
+        """Replaces the devices holding a licence of ``app``."""
+        self._inner.set_licensed(app, list(devices))
+
+    def update_licensed(self, app: int, device: int, held: bool) -> None:
+        """One device took or gave back a licence of ``app``."""
+        self._inner.update_licensed(app, device, held)
+
+    def is_licensed(self, app: int, device: int) -> bool:
+        return self._inner.is_licensed(app, device)
 
     def __len__(self) -> int:
         return len(self._inner)
@@ -180,6 +223,7 @@ class FleetIndex:
         version: str,
         version_platform: str,
         org_range: tuple[int, int] | None = None,
+        scope: Scope | None = None,
         installed_only: bool = False,
         platform: int | None = None,
         allow_downgrade: bool | None = None,
@@ -189,13 +233,14 @@ class FleetIndex:
     ) -> TargetResult:
         """Decide for every device whether it is sent ``version`` of ``app``.
 
-        In order: a device outside ``org_range`` is ``OUT_OF_SCOPE``; one of another
+        In order: a device outside ``org_range`` or ``scope`` is ``OUT_OF_SCOPE``; one of another
         ``platform`` code is ``SKIP_PLATFORM``; then its installed version is compared with
         ``version`` (``INSTALL``/``SKIP_NOT_INSTALLED``, ``UPGRADE``, ``SKIP_SAME``,
         ``DOWNGRADE``/``SKIP_NEWER``). A device that would be sent the version is held back
         if it falls outside the ``percent`` rollout (a stable hash of its id and ``seed``:
-        ``SKIP_ROLLOUT``), and then once ``licences`` are used up by earlier devices
-        (``SKIP_NO_LICENCE``). ``allow_downgrade`` defaults to the platform's rule.
+        ``SKIP_ROLLOUT``), and then, unless it holds a licence of the app, once the
+        ``licences`` free are taken by earlier devices (``SKIP_NO_LICENCE``); ``None`` means
+        the app needs no licence. ``allow_downgrade`` defaults to the platform's rule.
         """
         if allow_downgrade is None:
             allow_downgrade = _allows_downgrade(version_platform)
@@ -204,6 +249,7 @@ class FleetIndex:
             version=version,
             version_platform=version_platform,
             org_range=org_range,
+            scope=scope,
             installed_only=installed_only,
             platform=platform,
             allow_downgrade=allow_downgrade,

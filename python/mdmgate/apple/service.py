@@ -31,7 +31,7 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,11 +136,24 @@ class AppleService:
     promises; never the default. A certificate bound to a device is checked even in
     development mode."""
 
-    def __init__(self, store: Store, *, dev: bool = False, max_exchanges: int = 100_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        dev: bool = False,
+        max_exchanges: int = 100_000,
+        on_devices_changed: Callable[[Iterable[str]], None] | None = None,
+    ) -> None:
         self.store = store
+        #: Told when a device is registered or reports its inventory (the fleet index).
+        self.on_devices_changed = on_devices_changed
         self.dev = dev
         self.max_exchanges = max_exchanges
         self._exchanges: collections.OrderedDict[str, _Exchange] = collections.OrderedDict()
+
+    def _changed(self, device_id: str) -> None:
+        if self.on_devices_changed is not None:
+            self.on_devices_changed((device_id,))
 
     async def __call__(self, request: Request) -> Response:
         """Dispatches by path (for servers that mount one handler for both endpoints)."""
@@ -217,6 +230,7 @@ class AppleService:
                     )
                 ]
             )
+            self._changed(device_id)
             return _plist_response({}, device_id, "Authenticate")
         expected = _bound_identity(device)
         if expected is not None and (
@@ -431,6 +445,8 @@ class AppleService:
             facts.update(_install_outcome(device, report, command, command_id))
         if facts:
             await self.store.merge_facts(device.id, facts)
+            if FACT_APPS in facts:
+                self._changed(device.id)
 
     # -- identity
 

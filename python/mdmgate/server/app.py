@@ -21,6 +21,7 @@ import trio
 from mdmgate.apple.push import APNS_PRODUCTION_URL, ApnsClient, es256_jwt_signer
 from mdmgate.apple.pusher import DevicePusher
 from mdmgate.apple.service import AppleService
+from mdmgate.catalogue.service import Catalogue
 from mdmgate.server.admin import AdminApi
 from mdmgate.server.http import Limits, Listener, Server, server_ssl_context
 from mdmgate.server.metrics import Metrics
@@ -239,12 +240,13 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     metrics.register_gauge(
         "mdmgate_queue_depth", "Deliveries waiting for a device's answer.", lambda: depth[0]
     )
-    admin = AdminApi(store, config.api_token, dev=config.dev)
-    windows = WindowsService(store, dev=config.dev)
+    catalogue = Catalogue(store)
+    admin = AdminApi(store, config.api_token, dev=config.dev, catalogue=catalogue)
+    windows = WindowsService(store, dev=config.dev, on_devices_changed=catalogue.note_devices)
     metrics.register_gauge(
         "mdmgate_omadm_sessions", "Open OMA-DM sessions.", lambda: windows.open_sessions
     )
-    apple = AppleService(store, dev=config.dev)
+    apple = AppleService(store, dev=config.dev, on_devices_changed=catalogue.note_devices)
     handler = build_handler(store, admin, metrics, windows, apple)
     server = Server(handler, config.limits, metrics=metrics)
     context: ssl.SSLContext | None = None
@@ -277,8 +279,9 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
             if config.apns_topic:
                 client = await stack.enter_async_context(_apns_client(config))
                 pusher = DevicePusher(store, client)
-                admin.on_enqueued = pusher.wake
+                admin.on_enqueued = catalogue.on_enqueued = pusher.wake
                 nursery.start_soon(pusher.run)
+            await nursery.start(catalogue.run)
             nursery.start_soon(on_signals, nursery)
             nursery.start_soon(refresh_gauges)
             await server.run(listeners)

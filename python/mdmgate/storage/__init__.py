@@ -22,9 +22,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
+
+if TYPE_CHECKING:
+    from mdmgate.catalogue.model import App, CommandBatch, LicenceGrant, Notification, Org
 
 __all__ = [
     "CommandExists",
@@ -32,6 +35,8 @@ __all__ = [
     "Delivery",
     "DeliveryState",
     "Device",
+    "LicencesExhausted",
+    "RevisionConflict",
     "Store",
     "StoreError",
     "StoredDeclaration",
@@ -66,6 +71,34 @@ class CommandExists(StoreError):
     def __init__(self, command_id: str) -> None:
         super().__init__(f"command id {command_id!r} is taken")
         self.command_id = command_id
+
+
+class RevisionConflict(StoreError):
+    """A replacement based on a revision that is no longer the stored one (someone else
+    changed the record in between), or the creation of a record that exists."""
+
+    def __init__(self, what: str, expected: int | None, stored: int | None) -> None:
+        if expected is None:
+            message = f"{what} exists already (revision {stored})"
+        elif stored is None:
+            message = f"{what} does not exist"
+        else:
+            message = f"{what} is at revision {stored}, not {expected}: it changed meanwhile"
+        super().__init__(message)
+        self.expected = expected
+        self.stored = stored
+
+
+class LicencesExhausted(StoreError):
+    """A licence grant that would assign more licences of an app than its pool holds."""
+
+    def __init__(self, app_id: str, total: int, needed: int) -> None:
+        super().__init__(
+            f"app {app_id!r}: {needed} licence(s) would be assigned, the pool holds {total}"
+        )
+        self.app_id = app_id
+        self.total = total
+        self.needed = needed
 
 
 class UnknownDevices(StoreError, LookupError):
@@ -213,6 +246,68 @@ class Store(Protocol):
     async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
         """Sets the given facts of a device in one atomic step (a key set to ``None`` is
         removed; other facts are kept). False when the device is unknown."""
+        ...
+
+    async def list_devices(self, after: str | None, limit: int) -> list[Device]:
+        """Up to ``limit`` devices with ids above ``after`` (all when ``None``), in id order
+        (code-point order of the id): pages through the fleet."""
+        ...
+
+    async def fan_out(
+        self, batches: Sequence[CommandBatch], *, licences: LicenceGrant | None = None
+    ) -> int:
+        """Queues every batch (as :meth:`enqueue` would, without ``new``) and assigns the
+        licences, all in one atomic step: if a device is unknown (:class:`UnknownDevices`)
+        or the pool would hold fewer licences than are assigned (:class:`LicencesExhausted`),
+        nothing is written. Returns the deliveries made."""
+        ...
+
+    async def licence_holders(self, app_id: str) -> list[str]:
+        """Devices holding a licence of the app, in id order."""
+        ...
+
+    async def release_licences(self, app_id: str, device_ids: Sequence[str]) -> int:
+        """Returns the devices' licences to the pool; returns how many were held."""
+        ...
+
+    async def put_app(self, app: App, *, expected_rev: int | None) -> App:
+        """Stores ``app`` and returns it as stored, its ``rev`` set: 1 when
+        ``expected_rev`` is ``None`` (the app must not exist), else ``expected_rev + 1``
+        (the stored one must be at ``expected_rev``). A mismatch raises
+        :class:`RevisionConflict` and changes nothing."""
+        ...
+
+    async def get_app(self, app_id: str) -> App | None: ...
+
+    async def list_apps(self) -> list[App]:
+        """Every app, in id order."""
+        ...
+
+    async def put_org(self, org: Org) -> None:
+        """Creates or replaces an organisation."""
+        ...
+
+    async def list_orgs(self) -> list[Org]:
+        """Organisations created through :meth:`put_org`, in path order."""
+        ...
+
+    async def put_notification(self, notification: Notification) -> None:
+        """Creates or replaces (by id) a notification."""
+        ...
+
+    async def get_notification(self, notification_id: str) -> Notification | None: ...
+
+    async def list_notifications(self, app_id: str | None = None) -> list[Notification]:
+        """Notifications (of one app), oldest ``created_at`` first."""
+        ...
+
+    async def due_notifications(self, now: float) -> list[Notification]:
+        """``scheduled`` or ``running`` notifications with ``due_at <= now``, earliest
+        first."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """The earliest ``due_at`` of a ``scheduled`` or ``running`` notification."""
         ...
 
     async def queue_depth(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -9,12 +10,15 @@ from typing import Any
 
 import msgspec
 
+from mdmgate.catalogue.model import App, CommandBatch, LicenceGrant, Notification, Org
 from mdmgate.storage import (
     CommandExists,
     CommandStatus,
     Delivery,
     DeliveryState,
     Device,
+    LicencesExhausted,
+    RevisionConflict,
     StoredDeclaration,
     UnknownDevices,
     org_covers,
@@ -25,6 +29,12 @@ __all__ = ["MemoryStore"]
 #: What take() hands out; ACCEPTED is open too but waits for the device.
 _OFFERED = (DeliveryState.QUEUED, DeliveryState.SENT, DeliveryState.NOT_NOW)
 _OPEN = (*_OFFERED, DeliveryState.ACCEPTED)
+#: Notifications still to run.
+_PENDING = ("scheduled", "running")
+
+_APP = msgspec.json.Decoder(App)
+_ORG = msgspec.json.Decoder(Org)
+_NOTIFICATION = msgspec.json.Decoder(Notification)
 
 
 @dataclass
@@ -40,9 +50,20 @@ class MemoryStore:
         self._queues: dict[str, dict[str, _Entry]] = {}
         self._seq = itertools.count(1)
         self._declarations: dict[str, StoredDeclaration] = {}
+        #: Device ids in code-point order (what list_devices pages through); rebuilt on
+        #: demand after a new device is added.
+        self._ordered: list[str] | None = None
+        self._licences: dict[str, set[str]] = {}
+        # Catalogue records are kept encoded, as a durable backend keeps them: what a
+        # caller reads back is a copy, decoded like any other backend's.
+        self._apps: dict[str, tuple[int, bytes]] = {}
+        self._orgs: dict[str, bytes] = {}
+        self._notifications: dict[str, tuple[Notification, bytes]] = {}
 
     async def upsert_devices(self, devices: Sequence[Device]) -> int:
         for d in devices:
+            if d.id not in self._devices:
+                self._ordered = None
             self._devices[d.id] = d
         return len(devices)
 
@@ -66,6 +87,10 @@ class MemoryStore:
         unknown = [d for d in dict.fromkeys(device_ids) if d not in self._devices]
         if unknown:
             raise UnknownDevices(unknown)
+        return self._queue(command_id, kind, body, device_ids)
+
+    def _queue(self, command_id: str, kind: str, body: bytes, device_ids: Sequence[str]) -> int:
+        """Stores the command once and queues it for the (known) devices not holding it."""
         self._commands.setdefault(command_id, (kind, body))
         kind, body = self._commands[command_id]
         added = 0
@@ -160,6 +185,95 @@ class MemoryStore:
         merged = {k: v for k, v in merged.items() if v is not None}
         self._devices[device_id] = msgspec.structs.replace(device, facts=merged)
         return True
+
+    async def list_devices(self, after: str | None, limit: int) -> list[Device]:
+        if limit <= 0:
+            return []
+        if self._ordered is None:
+            self._ordered = sorted(self._devices)  # str order is code-point order
+        start = 0 if after is None else bisect.bisect_right(self._ordered, after)
+        return [self._devices[i] for i in self._ordered[start : start + limit]]
+
+    async def fan_out(
+        self, batches: Sequence[CommandBatch], *, licences: LicenceGrant | None = None
+    ) -> int:
+        # Everything is checked before anything changes (and nothing here awaits): the
+        # whole fan-out happens at once or not at all.
+        named: dict[str, None] = {}
+        for batch in batches:
+            named.update(dict.fromkeys(batch.device_ids))
+        if licences is not None:
+            named.update(dict.fromkeys(licences.device_ids))
+        unknown = [d for d in named if d not in self._devices]
+        if unknown:
+            raise UnknownDevices(unknown)
+        if licences is not None:
+            held = self._licences.get(licences.app_id, set())
+            new = [d for d in dict.fromkeys(licences.device_ids) if d not in held]
+            if new and len(held) + len(new) > licences.total:
+                raise LicencesExhausted(licences.app_id, licences.total, len(held) + len(new))
+            self._licences.setdefault(licences.app_id, set()).update(new)
+        return sum(self._queue(b.command_id, b.kind, b.body, b.device_ids) for b in batches)
+
+    async def licence_holders(self, app_id: str) -> list[str]:
+        return sorted(self._licences.get(app_id, ()))
+
+    async def release_licences(self, app_id: str, device_ids: Sequence[str]) -> int:
+        held = self._licences.get(app_id, set())
+        released = [d for d in dict.fromkeys(device_ids) if d in held]
+        held.difference_update(released)
+        return len(released)
+
+    async def put_app(self, app: App, *, expected_rev: int | None) -> App:
+        found = self._apps.get(app.id)
+        stored_rev = None if found is None else found[0]
+        if stored_rev != expected_rev:
+            raise RevisionConflict(f"app {app.id!r}", expected_rev, stored_rev)
+        stored = msgspec.structs.replace(app, rev=1 if expected_rev is None else expected_rev + 1)
+        self._apps[app.id] = (stored.rev, msgspec.json.encode(stored))
+        return stored
+
+    async def get_app(self, app_id: str) -> App | None:
+        found = self._apps.get(app_id)
+        return None if found is None else _APP.decode(found[1])
+
+    async def list_apps(self) -> list[App]:
+        return [_APP.decode(self._apps[i][1]) for i in sorted(self._apps)]
+
+    async def put_org(self, org: Org) -> None:
+        self._orgs[org.path] = msgspec.json.encode(org)
+
+    async def list_orgs(self) -> list[Org]:
+        return [_ORG.decode(self._orgs[p]) for p in sorted(self._orgs)]
+
+    async def put_notification(self, notification: Notification) -> None:
+        # The decoded copy answers the queries; the encoding is what readers get.
+        encoded = msgspec.json.encode(notification)
+        self._notifications[notification.id] = (_NOTIFICATION.decode(encoded), encoded)
+
+    async def get_notification(self, notification_id: str) -> Notification | None:
+        found = self._notifications.get(notification_id)
+        return None if found is None else _NOTIFICATION.decode(found[1])
+
+    async def list_notifications(self, app_id: str | None = None) -> list[Notification]:
+        found = [
+            (n.created_at, n.id, encoded)
+            for n, encoded in self._notifications.values()
+            if app_id is None or n.app_id == app_id
+        ]
+        return [_NOTIFICATION.decode(encoded) for *_, encoded in sorted(found)]
+
+    async def due_notifications(self, now: float) -> list[Notification]:
+        found = [
+            (n.due_at, n.created_at, n.id, encoded)
+            for n, encoded in self._notifications.values()
+            if n.state in _PENDING and n.due_at <= now
+        ]
+        return [_NOTIFICATION.decode(encoded) for *_, encoded in sorted(found)]
+
+    async def next_due(self) -> float | None:
+        pending = [n.due_at for n, _ in self._notifications.values() if n.state in _PENDING]
+        return min(pending, default=None)
 
     async def queue_depth(self) -> int:
         return sum(

@@ -30,14 +30,18 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import msgspec
 import trio
 
+from mdmgate.catalogue.model import App, CommandBatch, LicenceGrant, Notification, Org
 from mdmgate.storage import (
     CommandExists,
     CommandStatus,
     Delivery,
     DeliveryState,
     Device,
+    LicencesExhausted,
+    RevisionConflict,
     StoredDeclaration,
     UnknownDevices,
 )
@@ -96,6 +100,36 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX declaration_targets_by_target ON declaration_targets (kind, target);
     """,
+    # The app catalogue: apps, orgs and notifications are JSON documents (msgspec), with the
+    # columns their queries need beside them; licences grow with the fleet, so they are rows.
+    """
+    CREATE TABLE apps (
+        id TEXT PRIMARY KEY,
+        rev INTEGER NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE TABLE orgs (
+        path TEXT PRIMARY KEY,
+        doc TEXT NOT NULL
+    );
+    CREATE TABLE licences (
+        app_id TEXT NOT NULL,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        PRIMARY KEY (app_id, device_id)
+    );
+    CREATE TABLE notifications (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        due_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX notifications_by_app ON notifications (app_id, created_at, id);
+    CREATE INDEX notifications_by_created ON notifications (created_at, id);
+    CREATE INDEX notifications_due ON notifications (due_at, created_at, id)
+        WHERE state IN ('scheduled', 'running');
+    """,
 )
 
 #: What take() hands out (the partial index deliveries_open covers these).
@@ -103,6 +137,8 @@ _OFFERED = "('queued', 'sent', 'not_now')"
 #: Not yet answered for good: also what the device accepted and will report on later.
 _OPEN = "('queued', 'sent', 'not_now', 'accepted')"
 _FINAL = "('acknowledged', 'error')"
+#: Notifications still to run (the partial index notifications_due covers these).
+_PENDING = "('scheduled', 'running')"
 
 
 @contextlib.contextmanager
@@ -197,6 +233,44 @@ _SELECT_DEVICE = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id = ?"
 _SELECT_DEVICES = (
     f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id IN (SELECT value FROM json_each(?))"
 )
+
+
+_UNKNOWN_DEVICES = (
+    # NOT IN over the primary key: one index probe per id, whatever the size of the fleet.
+    "SELECT value FROM json_each(?) WHERE value NOT IN (SELECT id FROM devices)"
+)
+
+
+def _unknown_devices(db: sqlite3.Connection, ids: str) -> list[str]:
+    """The ids in the JSON array ``ids`` that name no device."""
+    return [r[0] for r in db.execute(_UNKNOWN_DEVICES, (ids,))]
+
+
+def _queue(
+    db: sqlite3.Connection, command_id: str, kind: str, body: bytes, ids: str, *, now: float
+) -> int:
+    """Stores the command once and queues it for the devices in the JSON array ``ids`` that
+    do not hold it yet: two statements, whatever the number of devices."""
+    db.execute(
+        "INSERT INTO commands VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        (command_id, kind, body, now),
+    )
+    cursor = db.execute(
+        "INSERT INTO deliveries (command_id, device_id, state, updated)"
+        " SELECT ?, value, 'queued', ? FROM json_each(?) WHERE true"
+        " ON CONFLICT (command_id, device_id) DO NOTHING",
+        (command_id, now, ids),
+    )
+    return cursor.rowcount
+
+
+_APP = msgspec.json.Decoder(App)
+_ORG = msgspec.json.Decoder(Org)
+_NOTIFICATION = msgspec.json.Decoder(Notification)
+
+
+def _document(value: msgspec.Struct) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def _device(row: tuple[Any, ...]) -> Device:
@@ -377,14 +451,7 @@ class SQLiteStore:
             now = time.time()
             with _transaction(db):
                 # One set-based statement per step, whatever the number of devices.
-                unknown = [
-                    r[0]
-                    for r in db.execute(
-                        "SELECT value FROM json_each(?)"
-                        " WHERE value NOT IN (SELECT id FROM devices)",
-                        (ids,),
-                    )
-                ]
+                unknown = _unknown_devices(db, ids)
                 if unknown:
                     raise UnknownDevices(unknown)
                 if (
@@ -392,17 +459,7 @@ class SQLiteStore:
                     and db.execute("SELECT 1 FROM commands WHERE id = ?", (command_id,)).fetchone()
                 ):
                     raise CommandExists(command_id)
-                db.execute(
-                    "INSERT INTO commands VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                    (command_id, kind, body, now),
-                )
-                cursor = db.execute(
-                    "INSERT INTO deliveries (command_id, device_id, state, updated)"
-                    " SELECT ?, value, 'queued', ? FROM json_each(?) WHERE true"
-                    " ON CONFLICT (command_id, device_id) DO NOTHING",
-                    (command_id, now, ids),
-                )
-                return cursor.rowcount
+                return _queue(db, command_id, kind, body, ids, now=now)
 
         return await self._run(write)
 
@@ -602,6 +659,210 @@ class SQLiteStore:
             return True
 
         return await self._run(write)
+
+    async def list_devices(self, after: str | None, limit: int) -> list[Device]:
+        if limit <= 0:
+            return []
+
+        def read(db: sqlite3.Connection) -> list[Device]:
+            # TEXT compares with BINARY collation: byte order of UTF-8, i.e. code-point order.
+            if after is None:
+                query = f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY id LIMIT ?"
+                return [_device(r) for r in db.execute(query, (limit,))]
+            query = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id > ? ORDER BY id LIMIT ?"
+            return [_device(r) for r in db.execute(query, (after, limit))]
+
+        if limit > INLINE_READ_MAX:
+            return await self._run(read)
+        return await self._read_inline(read)
+
+    async def fan_out(
+        self, batches: Sequence[CommandBatch], *, licences: LicenceGrant | None = None
+    ) -> int:
+        # Everything is encoded before the write lock is taken: one JSON array of ids per
+        # batch, and one of every id named, for the single unknown-device check.
+        steps = [
+            (b.command_id, b.kind, b.body, json.dumps(list(dict.fromkeys(b.device_ids))))
+            for b in batches
+        ]
+        named: dict[str, None] = {}
+        for batch in batches:
+            named.update(dict.fromkeys(batch.device_ids))
+        grant: tuple[str, int, str] | None = None
+        if licences is not None:
+            named.update(dict.fromkeys(licences.device_ids))
+            grant = (
+                licences.app_id,
+                licences.total,
+                json.dumps(list(dict.fromkeys(licences.device_ids))),
+            )
+        single = len(steps) == 1 and grant is None
+        everyone = steps[0][3] if single else json.dumps(list(named))
+
+        def write(db: sqlite3.Connection) -> int:
+            now = time.time()
+            with _transaction(db):
+                unknown = _unknown_devices(db, everyone)
+                if unknown:
+                    raise UnknownDevices(unknown)
+                if grant is not None:
+                    app_id, total, ids = grant
+                    added = db.execute(
+                        "INSERT INTO licences (app_id, device_id)"
+                        " SELECT ?, value FROM json_each(?) WHERE true"
+                        " ON CONFLICT (app_id, device_id) DO NOTHING",
+                        (app_id, ids),
+                    ).rowcount
+                    if added:
+                        held = db.execute(
+                            "SELECT count(*) FROM licences WHERE app_id = ?", (app_id,)
+                        ).fetchone()[0]
+                        if held > total:
+                            raise LicencesExhausted(app_id, total, held)  # rolls back
+                return sum(_queue(db, *step, now=now) for step in steps)
+
+        return await self._run(write)
+
+    async def licence_holders(self, app_id: str) -> list[str]:
+        def read(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT device_id FROM licences WHERE app_id = ? ORDER BY device_id", (app_id,)
+            )
+            return [r[0] for r in rows]
+
+        return await self._run(read)
+
+    async def release_licences(self, app_id: str, device_ids: Sequence[str]) -> int:
+        ids = json.dumps(list(dict.fromkeys(device_ids)))
+
+        def write(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                cursor = db.execute(
+                    "DELETE FROM licences WHERE app_id = ?"
+                    " AND device_id IN (SELECT value FROM json_each(?))",
+                    (app_id, ids),
+                )
+            return cursor.rowcount
+
+        return await self._run(write)
+
+    async def put_app(self, app: App, *, expected_rev: int | None) -> App:
+        stored = msgspec.structs.replace(app, rev=1 if expected_rev is None else expected_rev + 1)
+        doc = _document(stored)
+
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                # Compare-and-set: the write itself checks the revision it replaces.
+                if expected_rev is None:
+                    cursor = db.execute(
+                        "INSERT INTO apps VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                        (app.id, stored.rev, doc),
+                    )
+                else:
+                    cursor = db.execute(
+                        "UPDATE apps SET rev = ?, doc = ? WHERE id = ? AND rev = ?",
+                        (stored.rev, doc, app.id, expected_rev),
+                    )
+                if cursor.rowcount == 0:
+                    row = db.execute("SELECT rev FROM apps WHERE id = ?", (app.id,)).fetchone()
+                    raise RevisionConflict(
+                        f"app {app.id!r}", expected_rev, None if row is None else row[0]
+                    )
+
+        await self._run(write)
+        return stored
+
+    async def get_app(self, app_id: str) -> App | None:
+        def read(db: sqlite3.Connection) -> App | None:
+            row = db.execute("SELECT doc FROM apps WHERE id = ?", (app_id,)).fetchone()
+            return None if row is None else _APP.decode(row[0])
+
+        return await self._read_inline(read)
+
+    async def list_apps(self) -> list[App]:
+        def read(db: sqlite3.Connection) -> list[App]:
+            return [_APP.decode(r[0]) for r in db.execute("SELECT doc FROM apps ORDER BY id")]
+
+        return await self._run(read)
+
+    async def put_org(self, org: Org) -> None:
+        doc = _document(org)
+
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(
+                    "INSERT INTO orgs VALUES (?, ?) ON CONFLICT (path) DO UPDATE"
+                    " SET doc = excluded.doc",
+                    (org.path, doc),
+                )
+
+        await self._run(write)
+
+    async def list_orgs(self) -> list[Org]:
+        def read(db: sqlite3.Connection) -> list[Org]:
+            return [_ORG.decode(r[0]) for r in db.execute("SELECT doc FROM orgs ORDER BY path")]
+
+        return await self._run(read)
+
+    async def put_notification(self, notification: Notification) -> None:
+        n = notification
+        row = (n.id, n.app_id, n.state, n.due_at, n.created_at, _document(n))
+
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(
+                    "INSERT INTO notifications VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id)"
+                    " DO UPDATE SET app_id = excluded.app_id, state = excluded.state,"
+                    " due_at = excluded.due_at, created_at = excluded.created_at,"
+                    " doc = excluded.doc",
+                    row,
+                )
+
+        await self._run(write)
+
+    async def get_notification(self, notification_id: str) -> Notification | None:
+        def read(db: sqlite3.Connection) -> Notification | None:
+            row = db.execute(
+                "SELECT doc FROM notifications WHERE id = ?", (notification_id,)
+            ).fetchone()
+            return None if row is None else _NOTIFICATION.decode(row[0])
+
+        return await self._read_inline(read)
+
+    async def list_notifications(self, app_id: str | None = None) -> list[Notification]:
+        def read(db: sqlite3.Connection) -> list[Notification]:
+            if app_id is None:
+                rows = db.execute("SELECT doc FROM notifications ORDER BY created_at, id")
+            else:
+                rows = db.execute(
+                    "SELECT doc FROM notifications WHERE app_id = ? ORDER BY created_at, id",
+                    (app_id,),
+                )
+            return [_NOTIFICATION.decode(r[0]) for r in rows]
+
+        return await self._run(read)
+
+    async def due_notifications(self, now: float) -> list[Notification]:
+        def read(db: sqlite3.Connection) -> list[Notification]:
+            rows = db.execute(
+                f"SELECT doc FROM notifications WHERE state IN {_PENDING} AND due_at <= ?"
+                " ORDER BY due_at, created_at, id",
+                (now,),
+            )
+            return [_NOTIFICATION.decode(r[0]) for r in rows]
+
+        return await self._run(read)
+
+    async def next_due(self) -> float | None:
+        def read(db: sqlite3.Connection) -> float | None:
+            # One step down the partial index notifications_due.
+            row = db.execute(
+                f"SELECT due_at FROM notifications WHERE state IN {_PENDING}"
+                " ORDER BY due_at LIMIT 1"
+            ).fetchone()
+            return None if row is None else float(row[0])
+
+        return await self._read_inline(read)
 
     async def queue_depth(self) -> int:
         def read(db: sqlite3.Connection) -> int:

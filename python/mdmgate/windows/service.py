@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,14 +85,21 @@ class WindowsService:
         batch: int = 50,
         session_ttl: float = 600.0,
         max_sessions: int = 100_000,
+        on_devices_changed: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self.store = store
+        #: Told when a device is registered or reports its inventory (the fleet index).
+        self.on_devices_changed = on_devices_changed
         self.dev = dev
         self.server_uri = server_uri
         self.batch = batch
         self.session_ttl = session_ttl
         self.max_sessions = max_sessions
         self._sessions: collections.OrderedDict[tuple[str, str], _Live] = collections.OrderedDict()
+
+    def _changed(self, device_id: str) -> None:
+        if self.on_devices_changed is not None:
+            self.on_devices_changed((device_id,))
 
     @property
     def open_sessions(self) -> int:
@@ -151,6 +159,7 @@ class WindowsService:
                 return answer(reply.data, keep=False)
             device = Device(device_id, "windows")
             await self.store.upsert_devices([device])
+            self._changed(device_id)
         if not live.authenticated:
             verdict = await self._authenticate(device, message, request)
             if verdict.status >= 300:
@@ -295,6 +304,7 @@ class WindowsService:
             device_id,
             {FACT_WINDOWS_APPS: msgspec.to_builtins(merged), FACT_APPS: summary},
         )
+        self._changed(device_id)
 
     async def _complete_from_alert(self, device: Device, result: apps.AppResult) -> None:
         """An install or uninstall result (Alert 1226/1224) completes the accepted command

@@ -1,7 +1,7 @@
 //! The fleet index (`FleetIndex`) and its targeting query (`TargetResult`). Columns are
 //! converted while attached; building, keying and the query run detached for large fleets.
 
-use mdmgate_core::fleet::{self, FleetIndex, Outcome, Query, Targeting};
+use mdmgate_core::fleet::{self, FleetIndex, Outcome, Query, Scope, Targeting};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 
@@ -49,20 +49,78 @@ pub struct PyFleetIndex {
 #[pymethods]
 impl PyFleetIndex {
     #[new]
+    #[pyo3(signature = (ids, org_ids, platforms, supervised, silent = None))]
     fn new(
         py: Python<'_>,
         ids: &Bound<'_, PyAny>,
         org_ids: Vec<u32>,
         platforms: Vec<u8>,
         supervised: Vec<u8>,
+        silent: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         let items = items(ids)?;
         let ids = strs(&items, "ids")?;
         let inner = maybe_detach(py, ids.len(), || {
-            FleetIndex::new(ids.iter().copied(), org_ids, &platforms, &supervised)
+            FleetIndex::new(
+                ids.iter().copied(),
+                org_ids,
+                &platforms,
+                &supervised,
+                silent.as_deref(),
+            )
         })
         .map_err(error)?;
         Ok(PyFleetIndex { inner })
+    }
+
+    fn push_device(
+        &mut self,
+        id: &str,
+        org: u32,
+        platform: u8,
+        supervised: u8,
+        silent: bool,
+    ) -> PyResult<usize> {
+        self.inner
+            .push_device(id, org, platform, supervised, silent)
+            .map_err(error)
+    }
+
+    fn set_device(
+        &mut self,
+        device: usize,
+        org: u32,
+        platform: u8,
+        supervised: u8,
+        silent: bool,
+    ) -> PyResult<()> {
+        self.inner
+            .set_device(device, org, platform, supervised, silent)
+            .map_err(error)
+    }
+
+    fn scope(
+        &self,
+        py: Python<'_>,
+        org_ranges: Vec<(u32, u32)>,
+        devices: Vec<u32>,
+    ) -> PyResult<PyScope> {
+        let inner = &self.inner;
+        let scope =
+            maybe_detach(py, inner.len(), || inner.scope(&org_ranges, &devices)).map_err(error)?;
+        Ok(PyScope { inner: scope })
+    }
+
+    fn set_licensed(&mut self, app: u32, devices: Vec<u32>) -> PyResult<()> {
+        self.inner.set_licensed(app, &devices).map_err(error)
+    }
+
+    fn update_licensed(&mut self, app: u32, device: usize, held: bool) -> PyResult<()> {
+        self.inner.update_licensed(app, device, held).map_err(error)
+    }
+
+    fn is_licensed(&self, app: u32, device: usize) -> PyResult<bool> {
+        self.inner.is_licensed(app, device).map_err(error)
     }
 
     fn __len__(&self) -> usize {
@@ -130,8 +188,9 @@ impl PyFleetIndex {
     }
 
     #[pyo3(signature = (
-        app, *, version, version_platform, org_range = None, installed_only = false,
-        platform = None, allow_downgrade = false, licences = None, percent = None, seed = ""
+        app, *, version, version_platform, org_range = None, scope = None,
+        installed_only = false, platform = None, allow_downgrade = false, licences = None,
+        percent = None, seed = ""
     ))]
     #[allow(clippy::too_many_arguments)]
     fn target(
@@ -141,6 +200,7 @@ impl PyFleetIndex {
         version: &str,
         version_platform: &str,
         org_range: Option<(u32, u32)>,
+        scope: Option<PyRef<'_, PyScope>>,
         installed_only: bool,
         platform: Option<u8>,
         allow_downgrade: bool,
@@ -150,6 +210,7 @@ impl PyFleetIndex {
     ) -> PyResult<PyTargetResult> {
         let query = Query {
             org_range,
+            scope: scope.as_deref().map(|s| &s.inner),
             installed_only,
             platform,
             version,
@@ -191,6 +252,12 @@ impl PyTargetResult {
         PyBytes::new(py, &flags)
     }
 
+    /// Selected devices that take a licence, in device order.
+    #[getter]
+    fn licensed(&self) -> Vec<u32> {
+        self.inner.licensed.clone()
+    }
+
     /// Devices per outcome code.
     #[getter]
     fn counts(&self) -> Vec<u64> {
@@ -199,6 +266,37 @@ impl PyTargetResult {
 
     fn __len__(&self) -> usize {
         self.inner.outcomes.len()
+    }
+}
+
+#[pyclass(module = "mdmgate._core", name = "Scope", frozen)]
+pub struct PyScope {
+    inner: Scope,
+}
+
+#[pymethods]
+impl PyScope {
+    fn __len__(&self) -> usize {
+        self.inner.count()
+    }
+
+    fn __contains__(&self, device: usize) -> bool {
+        self.inner.contains(device)
+    }
+
+    /// Devices in the set, ascending.
+    fn devices(&self) -> Vec<u32> {
+        self.inner.devices()
+    }
+
+    fn __or__(&self, other: PyRef<'_, PyScope>) -> PyResult<PyScope> {
+        let inner = self.inner.union(&other.inner).map_err(error)?;
+        Ok(PyScope { inner })
+    }
+
+    fn __sub__(&self, other: PyRef<'_, PyScope>) -> PyResult<PyScope> {
+        let inner = self.inner.difference(&other.inner).map_err(error)?;
+        Ok(PyScope { inner })
     }
 }
 
@@ -226,5 +324,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fleet_outcome_names, m)?)?;
     m.add_class::<PyFleetIndex>()?;
     m.add_class::<PyTargetResult>()?;
+    m.add_class::<PyScope>()?;
     Ok(())
 }

@@ -102,6 +102,8 @@ pub enum FleetError {
     OrgRange { first: u32, last: u32 },
     /// A rollout percentage that is not a number in 0..=100.
     Percent(f64),
+    /// A scope built for a fleet of another size.
+    ScopeSize { scope: usize, devices: usize },
 }
 
 impl fmt::Display for FleetError {
@@ -161,6 +163,10 @@ impl fmt::Display for FleetError {
                 )
             }
             FleetError::Percent(p) => write!(f, "rollout percent {p} is not in 0..=100"),
+            FleetError::ScopeSize { scope, devices } => write!(
+                f,
+                "the scope covers {scope} devices but the fleet has {devices}: build it again"
+            ),
         }
     }
 }
@@ -212,11 +218,92 @@ impl Installed {
     }
 }
 
+/// A set of devices (a bit per device): an assignment's orgs and devices, or what a
+/// higher version already claimed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    len: usize,
+    bits: Vec<u64>,
+}
+
+impl Scope {
+    /// No device of a fleet of `len` devices.
+    pub fn empty(len: usize) -> Scope {
+        Scope {
+            len,
+            bits: bitset(len),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, device: usize) -> bool {
+        device < self.len && bit(&self.bits, device)
+    }
+
+    /// Devices in the set.
+    pub fn count(&self) -> usize {
+        self.bits.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    fn same_size(&self, other: &Scope) -> Result<(), FleetError> {
+        if self.len == other.len {
+            Ok(())
+        } else {
+            Err(FleetError::ScopeSize {
+                scope: other.len,
+                devices: self.len,
+            })
+        }
+    }
+
+    /// Devices in either set.
+    pub fn union(&self, other: &Scope) -> Result<Scope, FleetError> {
+        self.same_size(other)?;
+        let bits = self.bits.iter().zip(&other.bits).map(|(a, b)| a | b);
+        Ok(Scope {
+            len: self.len,
+            bits: bits.collect(),
+        })
+    }
+
+    /// Devices in this set and not in `other`.
+    pub fn difference(&self, other: &Scope) -> Result<Scope, FleetError> {
+        self.same_size(other)?;
+        let bits = self.bits.iter().zip(&other.bits).map(|(a, b)| a & !b);
+        Ok(Scope {
+            len: self.len,
+            bits: bits.collect(),
+        })
+    }
+
+    /// The devices in the set, ascending.
+    pub fn devices(&self) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.count());
+        for (w, &word) in self.bits.iter().enumerate() {
+            let mut word = word;
+            while word != 0 {
+                out.push((w * 64) as u32 + word.trailing_zeros());
+                word &= word - 1;
+            }
+        }
+        out
+    }
+}
+
 /// The targeting question; see [`FleetIndex::target`].
 #[derive(Clone, Debug)]
 pub struct Query<'a> {
     /// Inclusive range of org numbers; `None` is the whole fleet.
     pub org_range: Option<(u32, u32)>,
+    /// Only these devices (with `org_range`: only these devices in that range).
+    pub scope: Option<&'a Scope>,
     /// Only devices that have the app installed (an update, not an install).
     pub installed_only: bool,
     /// Only devices of this platform code (a position in [`Platform::ALL`]).
@@ -224,7 +311,8 @@ pub struct Query<'a> {
     pub version: &'a str,
     pub version_platform: Platform,
     pub allow_downgrade: bool,
-    /// How many devices may be sent the version; the first ones in device order get it.
+    /// How many licences are free: a device that would be sent the version and holds no
+    /// licence of the app takes one, the first ones in device order first.
     pub licences: Option<u64>,
     /// Percentage of devices in the rollout, decided by [`rollout_point`].
     pub percent: Option<f64>,
@@ -238,9 +326,11 @@ pub struct Targeting {
     pub outcomes: Vec<u8>,
     /// Devices sent the version, in device order.
     pub selected: Vec<u32>,
-    /// Per selected device: true when it installs silently (supervised), false when the
-    /// user is prompted (unsupervised or unknown).
+    /// Per selected device: true when it installs silently, false when the user is
+    /// prompted and may decline.
     pub silent: Vec<bool>,
+    /// Selected devices that take a licence (they held none), in device order.
+    pub licensed: Vec<u32>,
     /// Devices per outcome code.
     pub counts: [u64; Outcome::ALL.len()],
 }
@@ -254,7 +344,9 @@ pub struct FleetIndex {
     orgs: Vec<u32>,
     platforms: Vec<Vec<u64>>,
     supervised: Vec<u64>,
+    silent: Vec<u64>,
     apps: FxHashMap<u32, Installed>,
+    licensed: FxHashMap<u32, Vec<u64>>,
 }
 
 fn bitset(len: usize) -> Vec<u64> {
@@ -268,12 +360,16 @@ fn bit(bits: &[u64], i: usize) -> bool {
 
 impl FleetIndex {
     /// Builds the index from one value per device in each column. `platforms` are
-    /// positions in [`Platform::ALL`]; `supervised` is 0 (no), 1 (yes) or 2 (unknown).
+    /// positions in [`Platform::ALL`]; `supervised` is 0 (no), 1 (yes) or 2 (unknown);
+    /// `silent` is 1 for a device that installs apps without asking its user (the
+    /// caller knows the platform's rule; iOS needs supervision and iOS 10), and when
+    /// `None` it is taken to be the supervised devices.
     pub fn new<'a, I>(
         ids: I,
         orgs: Vec<u32>,
         platforms: &[u8],
         supervised: &[u8],
+        silent: Option<&[u8]>,
     ) -> Result<FleetIndex, FleetError>
     where
         I: IntoIterator<Item = &'a str>,
@@ -309,6 +405,9 @@ impl FleetIndex {
         check("ids", index.id_ends.len())?;
         check("platforms", platforms.len())?;
         check("supervised", supervised.len())?;
+        if let Some(silent) = silent {
+            check("silent", silent.len())?;
+        }
         for (i, &code) in platforms.iter().enumerate() {
             let bits = index
                 .platforms
@@ -326,8 +425,167 @@ impl FleetIndex {
                 _ => return Err(FleetError::Supervised { index: i, value }),
             }
         }
+        index.silent = match silent {
+            None => index.supervised.clone(),
+            Some(flags) => {
+                let mut bits = bitset(n);
+                for (i, &flag) in flags.iter().enumerate() {
+                    if flag != 0 {
+                        bits[i / 64] |= 1 << (i % 64);
+                    }
+                }
+                bits
+            }
+        };
         index.orgs = orgs;
         Ok(index)
+    }
+
+    /// Adds a device at the end (number `len()` before the call) and returns its number.
+    /// It has no app installed and holds no licence.
+    pub fn push_device(
+        &mut self,
+        id: &str,
+        org: u32,
+        platform: u8,
+        supervised: u8,
+        silent: bool,
+    ) -> Result<usize, FleetError> {
+        let i = self.len();
+        if i >= u32::MAX as usize {
+            return Err(FleetError::TooLarge);
+        }
+        Self::check_columns(platform, supervised, i)?;
+        self.id_text.push_str(id);
+        let end = u32::try_from(self.id_text.len()).map_err(|_| {
+            self.id_text.truncate(self.id_text.len() - id.len());
+            FleetError::TooLarge
+        })?;
+        self.id_ends.push(end);
+        self.id_hashes.push(fnv1a64(id.as_bytes()));
+        self.orgs.push(org);
+        let words = (i + 1).div_ceil(64);
+        let grow = |bits: &mut Vec<u64>| bits.resize(words, 0);
+        self.platforms.iter_mut().for_each(grow);
+        grow(&mut self.supervised);
+        grow(&mut self.silent);
+        self.licensed.values_mut().for_each(grow);
+        for installed in self.apps.values_mut() {
+            installed.rows.push(MISSING);
+        }
+        self.set_device(i, org, platform, supervised, silent)?;
+        Ok(i)
+    }
+
+    fn check_columns(platform: u8, supervised: u8, index: usize) -> Result<(), FleetError> {
+        if platform as usize >= Platform::ALL.len() {
+            return Err(FleetError::PlatformCode {
+                index: Some(index),
+                code: platform,
+            });
+        }
+        if supervised > 2 {
+            return Err(FleetError::Supervised {
+                index,
+                value: supervised,
+            });
+        }
+        Ok(())
+    }
+
+    /// Changes a device's org, platform and flags (it moved, was re-enrolled, updated).
+    pub fn set_device(
+        &mut self,
+        device: usize,
+        org: u32,
+        platform: u8,
+        supervised: u8,
+        silent: bool,
+    ) -> Result<(), FleetError> {
+        self.check_device(device)?;
+        Self::check_columns(platform, supervised, device)?;
+        self.orgs[device] = org;
+        let (w, b) = (device / 64, 1u64 << (device % 64));
+        for (code, bits) in self.platforms.iter_mut().enumerate() {
+            if code == platform as usize {
+                bits[w] |= b;
+            } else {
+                bits[w] &= !b;
+            }
+        }
+        let set = |bits: &mut Vec<u64>, on: bool| {
+            if on {
+                bits[w] |= b
+            } else {
+                bits[w] &= !b
+            }
+        };
+        set(&mut self.supervised, supervised == 1);
+        set(&mut self.silent, silent);
+        Ok(())
+    }
+
+    /// The devices in any of the org ranges, or listed.
+    pub fn scope(&self, org_ranges: &[(u32, u32)], devices: &[u32]) -> Result<Scope, FleetError> {
+        let mut scope = Scope::empty(self.len());
+        for &(first, last) in org_ranges {
+            if first > last {
+                return Err(FleetError::OrgRange { first, last });
+            }
+        }
+        if !org_ranges.is_empty() {
+            for (i, &org) in self.orgs.iter().enumerate() {
+                if org_ranges
+                    .iter()
+                    .any(|&(first, last)| org.wrapping_sub(first) <= last - first)
+                {
+                    scope.bits[i / 64] |= 1 << (i % 64);
+                }
+            }
+        }
+        for &device in devices {
+            self.check_device(device as usize)?;
+            scope.bits[device as usize / 64] |= 1 << (device % 64);
+        }
+        Ok(scope)
+    }
+
+    /// Replaces the licence holders of `app`.
+    pub fn set_licensed(&mut self, app: u32, devices: &[u32]) -> Result<(), FleetError> {
+        let mut bits = bitset(self.len());
+        for &device in devices {
+            self.check_device(device as usize)?;
+            bits[device as usize / 64] |= 1 << (device % 64);
+        }
+        self.licensed.insert(app, bits);
+        Ok(())
+    }
+
+    /// One device took (`true`) or gave back a licence of `app`.
+    pub fn update_licensed(
+        &mut self,
+        app: u32,
+        device: usize,
+        held: bool,
+    ) -> Result<(), FleetError> {
+        self.check_device(device)?;
+        let len = self.len();
+        let bits = self.licensed.entry(app).or_insert_with(|| bitset(len));
+        if held {
+            bits[device / 64] |= 1 << (device % 64);
+        } else {
+            bits[device / 64] &= !(1 << (device % 64));
+        }
+        Ok(())
+    }
+
+    /// Whether `device` holds a licence of `app`.
+    pub fn is_licensed(&self, app: u32, device: usize) -> Result<bool, FleetError> {
+        self.check_device(device)?;
+        Ok(self
+            .licensed
+            .get(&app)
+            .is_some_and(|bits| bit(bits, device)))
     }
 
     pub fn len(&self) -> usize {
@@ -361,6 +619,8 @@ impl FleetIndex {
             + self.orgs.len() * 4
             + self.platforms.iter().map(|b| b.len() * 8).sum::<usize>()
             + self.supervised.len() * 8
+            + self.silent.len() * 8
+            + self.licensed.values().map(|b| b.len() * 8).sum::<usize>()
             + apps
     }
 
@@ -455,11 +715,11 @@ impl FleetIndex {
     }
 
     /// Decides, for every device, whether it is sent `query.version` of `app` and why
-    /// not. In order: outside the org range → `OutOfScope`; other platform →
+    /// not. In order: outside the org range or the scope → `OutOfScope`; other platform →
     /// `SkipPlatform`; then the installed version against the asked one; a device that
     /// would be sent the version is then held back by the rollout (`SkipRollout`), and
-    /// after that by the licences, which go to the first devices in device order
-    /// (`SkipNoLicence`).
+    /// after that, if it holds no licence, by the free licences, which go to the first
+    /// devices in device order (`SkipNoLicence`).
     pub fn target(&self, app: u32, query: &Query<'_>) -> Result<Targeting, FleetError> {
         let installed = self.apps.get(&app).ok_or(FleetError::UnknownApp(app))?;
         if installed.platform != query.version_platform {
@@ -485,6 +745,15 @@ impl FleetIndex {
                 return Err(FleetError::Percent(p));
             }
         }
+        if let Some(scope) = query.scope {
+            if scope.len != self.len() {
+                return Err(FleetError::ScopeSize {
+                    scope: scope.len,
+                    devices: self.len(),
+                });
+            }
+        }
+        let holders = self.licensed.get(&app);
         let platform_bits = match query.platform {
             None => None,
             Some(code) => Some(
@@ -511,6 +780,7 @@ impl FleetIndex {
         };
         let seed_hash = fnv1a64(query.seed.as_bytes());
         let percent = query.percent.filter(|&p| p < 100.0);
+        let limited = query.licences.is_some();
         let mut licences = query.licences.unwrap_or(u64::MAX);
         let span = last - first;
         let n = self.len();
@@ -519,7 +789,9 @@ impl FleetIndex {
             ..Targeting::default()
         };
         for (i, (&org, &id)) in self.orgs.iter().zip(&installed.rows).enumerate() {
-            let outcome = if org.wrapping_sub(first) > span {
+            let outcome = if org.wrapping_sub(first) > span
+                || query.scope.is_some_and(|s| !bit(&s.bits, i))
+            {
                 Outcome::OutOfScope
             } else if platform_bits.is_some_and(|bits| !bit(bits, i)) {
                 Outcome::SkipPlatform
@@ -534,12 +806,17 @@ impl FleetIndex {
                 } else if percent.is_some_and(|p| rollout_point(self.id_hashes[i], seed_hash) >= p)
                 {
                     Outcome::SkipRollout
+                } else if !limited || holders.is_some_and(|h| bit(h, i)) {
+                    out.selected.push(i as u32);
+                    out.silent.push(bit(&self.silent, i));
+                    base
                 } else if licences == 0 {
                     Outcome::SkipNoLicence
                 } else {
                     licences -= 1;
                     out.selected.push(i as u32);
-                    out.silent.push(bit(&self.supervised, i));
+                    out.licensed.push(i as u32);
+                    out.silent.push(bit(&self.silent, i));
                     base
                 }
             };

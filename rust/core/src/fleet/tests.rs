@@ -13,6 +13,7 @@ fn fleet(n: usize) -> (Vec<String>, FleetIndex) {
         orgs,
         &platforms,
         &supervised,
+        None,
     )
     .expect("valid columns");
     (ids, index)
@@ -21,6 +22,7 @@ fn fleet(n: usize) -> (Vec<String>, FleetIndex) {
 fn query(version: &str) -> Query<'_> {
     Query {
         org_range: None,
+        scope: None,
         installed_only: false,
         platform: None,
         version,
@@ -82,6 +84,7 @@ fn org_range_and_platform() {
             vec![0, 1, 2, 3],
             &[IOS, ANDROID, IOS, IOS],
             &[1, 0, 2, 1],
+            None,
         )
         .unwrap();
         i.set_installed(1, Platform::Ios, &[], &[]).unwrap();
@@ -211,13 +214,104 @@ fn errors() {
     q.percent = Some(f64::NAN);
     assert!(matches!(index.target(1, &q), Err(FleetError::Percent(_))));
     assert!(matches!(
-        FleetIndex::new(["a"], vec![0], &[9], &[0]),
+        FleetIndex::new(["a"], vec![0], &[9], &[0], None),
         Err(FleetError::PlatformCode { code: 9, .. })
     ));
     assert!(matches!(
-        FleetIndex::new(["a"], vec![0, 1], &[0], &[0]),
+        FleetIndex::new(["a"], vec![0, 1], &[0], &[0], None),
         Err(FleetError::Lengths { what: "ids", .. })
     ));
     assert!(index.update_installed(1, 0, Some("x")).is_err());
     assert_eq!(index.id(1), "dev-1");
+}
+
+#[test]
+fn licence_holders_do_not_take_another() {
+    let (_, mut index) = fleet(6);
+    index
+        .set_installed(1, Platform::Ios, &[0, 1, 2], &["1", "1", "1"])
+        .unwrap();
+    index.set_licensed(1, &[1, 4]).unwrap();
+    let mut q = query("2");
+    q.licences = Some(2);
+    let t = index.target(1, &q).unwrap();
+    // 0 takes a free licence, 1 holds one, 2 takes the last, 3 finds none, 4 holds one.
+    assert_eq!(t.selected, [0, 1, 2, 4]);
+    assert_eq!(t.licensed, [0, 2]);
+    assert_eq!(outcomes(&t)[3], Outcome::SkipNoLicence);
+    assert_eq!(outcomes(&t)[5], Outcome::SkipNoLicence);
+    index.update_licensed(1, 1, false).unwrap();
+    assert!(!index.is_licensed(1, 1).unwrap());
+    let t = index.target(1, &q).unwrap();
+    assert_eq!(t.selected, [0, 1, 4]);
+    // Without a licence limit nobody takes one.
+    q.licences = None;
+    assert!(index.target(1, &q).unwrap().licensed.is_empty());
+}
+
+#[test]
+fn scopes_combine_and_limit_the_query() {
+    let ids = ["a", "b", "c", "d", "e"];
+    let mut index = FleetIndex::new(ids, vec![0, 1, 2, 3, 4], &[IOS; 5], &[0; 5], None).unwrap();
+    index.set_installed(1, Platform::Ios, &[], &[]).unwrap();
+    let orgs = index.scope(&[(1, 2), (4, 4)], &[]).unwrap();
+    assert_eq!(orgs.devices(), [1, 2, 4]);
+    let picked = index.scope(&[], &[0, 2]).unwrap();
+    assert_eq!(orgs.union(&picked).unwrap().devices(), [0, 1, 2, 4]);
+    let rest = orgs.difference(&picked).unwrap();
+    assert_eq!((rest.devices(), rest.count()), (vec![1, 4], 2));
+    let mut q = query("1");
+    q.scope = Some(&rest);
+    let t = index.target(1, &q).unwrap();
+    assert_eq!(t.selected, [1, 4]);
+    assert_eq!(t.counts[Outcome::OutOfScope as usize], 3);
+    assert!(matches!(
+        index.scope(&[(3, 2)], &[]),
+        Err(FleetError::OrgRange { .. })
+    ));
+    assert!(matches!(
+        index.scope(&[], &[5]),
+        Err(FleetError::Device { .. })
+    ));
+    let small = Scope::empty(2);
+    q.scope = Some(&small);
+    assert!(matches!(
+        index.target(1, &q),
+        Err(FleetError::ScopeSize { .. })
+    ));
+}
+
+#[test]
+fn silent_column_and_device_changes() {
+    let mut index =
+        FleetIndex::new(["a", "b"], vec![0, 0], &[IOS, IOS], &[1, 1], Some(&[0, 1])).unwrap();
+    index.set_installed(1, Platform::Ios, &[0], &["1"]).unwrap();
+    index.set_licensed(1, &[0]).unwrap();
+    let t = index.target(1, &query("2")).unwrap();
+    assert_eq!(t.silent, [false, true]);
+    let c = index.push_device("c", 3, ANDROID, 2, false).unwrap();
+    assert_eq!((c, index.len(), index.id(c)), (2, 3, "c"));
+    assert_eq!(index.installed_key(1, c).unwrap(), None);
+    assert!(!index.is_licensed(1, c).unwrap());
+    let mut q = query("2");
+    q.platform = Some(IOS);
+    let t = index.target(1, &q).unwrap();
+    assert_eq!(outcomes(&t)[2], Outcome::SkipPlatform);
+    index.set_device(c, 1, IOS, 1, true).unwrap();
+    let t = index.target(1, &q).unwrap();
+    assert_eq!(t.selected, [0, 1, 2]);
+    assert_eq!(t.silent, [false, true, true]);
+    q.org_range = Some((1, 1));
+    assert_eq!(index.target(1, &q).unwrap().selected, [2]);
+    assert!(index.set_device(3, 0, IOS, 0, false).is_err());
+    assert!(index.push_device("d", 0, 99, 0, false).is_err());
+    assert_eq!(index.len(), 3);
+    // Many devices pushed one by one cross bitset words.
+    for k in 0..130 {
+        index
+            .push_device(&format!("x{k}"), 0, IOS, 1, true)
+            .unwrap();
+    }
+    let t = index.target(1, &query("2")).unwrap();
+    assert_eq!(t.selected.len(), 133);
 }

@@ -1,0 +1,707 @@
+"""The catalogue service: apps, versions, assignments, licences, install notifications
+and automatic updates over the store, with the fleet index answering "who gets what".
+
+The fleet index (:mod:`mdmgate.fleet`) is built from the store on first use and kept up
+to date incrementally: whoever changes a device (the admin API, the device protocols when
+an inventory arrives) calls :meth:`Catalogue.note_devices`, and the changed rows are read
+again before the next question. A device in an org the index has not seen, or a new app,
+rebuilds it. Each gateway process keeps its own index (see docs/apps.md for workers).
+
+Roll-outs are :class:`~mdmgate.catalogue.model.Notification` records: due now, at a set
+time, or in waves of ``pace_per_minute`` commands. :meth:`Catalogue.run_due` runs what is
+due; :meth:`Catalogue.run` calls it whenever something falls due.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import trio
+
+from mdmgate.catalogue import rules
+from mdmgate.catalogue.model import (
+    App,
+    AppVersion,
+    CommandBatch,
+    LicenceGrant,
+    Notification,
+)
+from mdmgate.catalogue.rules import CatalogueRefused
+from mdmgate.fleet import FleetIndex, OrgTree, Outcome, TargetResult, platform_code
+from mdmgate.storage import Device, LicencesExhausted, Store, UnknownDevices
+from mdmgate.versions import InvalidVersion, allows_downgrade, sort_key
+
+__all__ = ["OUTCOME_NAMES", "Catalogue", "DevicePreview", "Evaluation", "Preview"]
+
+_log = logging.getLogger("mdmgate.catalogue")
+
+#: The API's name of each targeting outcome (out-of-scope devices are not reported).
+OUTCOME_NAMES: dict[Outcome, str] = {
+    Outcome.INSTALL: "install",
+    Outcome.UPGRADE: "update",
+    Outcome.DOWNGRADE: "downgrade",
+    Outcome.SKIP_SAME: "already_at_version",
+    Outcome.SKIP_NEWER: "downgrade_not_allowed",
+    Outcome.SKIP_NOT_INSTALLED: "not_installed",
+    Outcome.SKIP_PLATFORM: "platform_mismatch",
+    Outcome.SKIP_NO_LICENCE: "no_licence",
+    Outcome.SKIP_ROLLOUT: "outside_rollout",
+}
+#: Devices whose only assignments are on retired versions.
+RETIRED = "retired"
+#: Devices a roll-out reached through no assignment at all (assignment deployments).
+NOT_ASSIGNED = "not_assigned"
+
+_PAGE = 5000
+_UUIDS = uuid.UUID("6d1f3c52-8a1e-4f0b-9c55-2f7a6c1d0e9b")
+
+
+@dataclass
+class _Fleet:
+    tree: OrgTree
+    index: FleetIndex
+    numbers: dict[str, int]
+    #: Per device number: its app platform name and its org number.
+    platforms: list[str]
+    orgs: list[int]
+    #: Catalogue app id -> its number in the index.
+    apps: dict[str, int] = field(default_factory=dict)
+    #: App id -> identifier and platform it was loaded for (a change rebuilds).
+    loaded: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One version's decision over the fleet."""
+
+    version: AppVersion
+    result: TargetResult
+
+
+@dataclass(frozen=True)
+class DevicePreview:
+    id: str
+    outcome: str
+    version: str | None
+    #: ``silent`` or ``prompt`` for a device that is sent the version.
+    installs: str | None
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a roll-out would do (or did): counts per outcome name, and sample devices."""
+
+    version: str | None
+    counts: dict[str, int]
+    silent: int
+    prompt: int
+    licences_free: int | None
+    licences_needed: int
+    devices: list[DevicePreview]
+    evaluations: list[Evaluation] = field(default_factory=list)
+    #: Devices of a retired-only assignment (assignment deployments), by number.
+    retired: list[int] = field(default_factory=list)
+
+
+class Catalogue:
+    """Apps and their roll-outs over ``store``. ``now`` is the wall clock (Unix time);
+    ``on_enqueued`` is told which devices got commands (the APNs pusher paces pushes)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        now: Callable[[], float] = time.time,
+        on_enqueued: Callable[[Sequence[str]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.now = now
+        self.on_enqueued = on_enqueued
+        self._fleet: _Fleet | None = None
+        self._dirty: set[str] = set()
+        self._lock = trio.Lock()
+        self._wake = trio.Event()
+
+    # --- the fleet index ----------------------------------------------------------------------
+
+    def note_devices(self, device_ids: Iterable[str]) -> None:
+        """Devices changed (registered, moved, reported an inventory): read them again
+        before the next question. Never waits."""
+        if self._fleet is not None:
+            self._dirty.update(device_ids)
+
+    def invalidate(self) -> None:
+        """Builds the index again before the next question."""
+        self._fleet = None
+        self._dirty.clear()
+
+    async def fleet(self) -> _Fleet:
+        """The index, current with every change noted so far."""
+        async with self._lock:
+            if self._fleet is not None and self._dirty:
+                await self._refresh()
+            if self._fleet is None:
+                self._fleet = await self._build()
+            apps = await self.store.list_apps()
+            for app in apps:
+                if self._fleet.loaded.get(app.id) != (app.identifier, app.platform):
+                    # A new app (or a changed identifier) needs every inventory again.
+                    self._fleet = await self._build()
+                    break
+            return self._fleet
+
+    async def _build(self) -> _Fleet:
+        self._dirty.clear()
+        apps = await self.store.list_apps()
+        devices: list[Device] = []
+        after: str | None = None
+        while True:
+            page = await self.store.list_devices(after, _PAGE)
+            devices.extend(page)
+            if len(page) < _PAGE:
+                break
+            after = page[-1].id
+        orgs = [o.path for o in await self.store.list_orgs()]
+        tree = OrgTree([*orgs, *(d.org for d in devices)])
+        index = FleetIndex(
+            [d.id for d in devices],
+            [tree.number(d.org) for d in devices],
+            bytes(platform_code(d.platform) for d in devices),
+            bytes(_supervised(d) for d in devices),
+            bytes(rules.installs_silently(d.platform, d.os_version, d.supervised) for d in devices),
+        )
+        fleet = _Fleet(
+            tree,
+            index,
+            {d.id: i for i, d in enumerate(devices)},
+            [rules.device_platform(d.platform) for d in devices],
+            [tree.number(d.org) for d in devices],
+        )
+        for number, app in enumerate(apps):
+            await self._load_app(fleet, app, number, devices)
+        return fleet
+
+    async def _load_app(
+        self, fleet: _Fleet, app: App, number: int, devices: Sequence[Device]
+    ) -> None:
+        rows: list[int] = []
+        found: list[str] = []
+        platform = rules.version_platform(app.platform)
+        for i, device in enumerate(devices):
+            if rules.device_platform(device.platform) != app.platform:
+                continue
+            version = _installed(device, app.identifier, platform)
+            if version is not None:
+                rows.append(i)
+                found.append(version)
+        fleet.index.set_installed(number, rows, found, platform=platform)
+        holders = await self.store.licence_holders(app.id)
+        fleet.index.set_licensed(number, [fleet.numbers[d] for d in holders if d in fleet.numbers])
+        fleet.apps[app.id] = number
+        fleet.loaded[app.id] = (app.identifier, app.platform)
+
+    async def _refresh(self) -> None:
+        fleet = self._fleet
+        assert fleet is not None
+        ids = sorted(self._dirty)
+        self._dirty.clear()
+        found: dict[str, Device] = {}
+        for start in range(0, len(ids), 1000):
+            found.update(await self.store.get_devices(ids[start : start + 1000]))
+        if any(d.org not in fleet.tree for d in found.values()):
+            self._fleet = None
+            return
+        apps = {a.id: a for a in await self.store.list_apps()}
+        for device in found.values():
+            org = fleet.tree.number(device.org)
+            flags = (
+                org,
+                platform_code(device.platform),
+                _supervised(device),
+                rules.installs_silently(device.platform, device.os_version, device.supervised),
+            )
+            number = fleet.numbers.get(device.id)
+            if number is None:
+                number = fleet.index.push_device(device.id, *flags)
+                fleet.numbers[device.id] = number
+                fleet.platforms.append(rules.device_platform(device.platform))
+                fleet.orgs.append(org)
+            else:
+                fleet.index.set_device(number, *flags)
+                fleet.platforms[number] = rules.device_platform(device.platform)
+                fleet.orgs[number] = org
+            for app_id, app_number in fleet.apps.items():
+                app = apps.get(app_id)
+                if app is None:
+                    continue
+                version = None
+                if rules.device_platform(device.platform) == app.platform:
+                    version = _installed(
+                        device, app.identifier, rules.version_platform(app.platform)
+                    )
+                fleet.index.update_installed(app_number, number, version)
+
+    # --- apps ---------------------------------------------------------------------------------
+
+    async def app(self, app_id: str) -> App:
+        app = await self.store.get_app(app_id)
+        if app is None:
+            raise LookupError(f"no app {app_id!r}")
+        return app
+
+    async def licence_count(self, app_id: str) -> int:
+        return len(await self.store.licence_holders(app_id))
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    def _scope_args(
+        self, fleet: _Fleet, orgs: Sequence[str], devices: Sequence[str]
+    ) -> dict[str, Any]:
+        unknown_orgs = [o for o in orgs if o not in fleet.tree]
+        if unknown_orgs:
+            raise CatalogueRefused(
+                f"unknown organisation(s): {', '.join(unknown_orgs)}", "$.orgs", "unknown_org"
+            )
+        missing = [d for d in devices if d not in fleet.numbers]
+        if missing:
+            raise UnknownDevices(missing)
+        if len(orgs) == 1 and not devices:
+            return {"org_range": fleet.tree.range(orgs[0])}
+        if not orgs and not devices:
+            return {}
+        return {
+            "scope": fleet.index.scope(
+                [fleet.tree.range(o) for o in orgs], [fleet.numbers[d] for d in devices]
+            )
+        }
+
+    async def evaluate(
+        self, app: App, notification: Notification, *, version: AppVersion | None = None
+    ) -> Preview:
+        """What ``notification`` does now (nothing is queued)."""
+        if notification.kind == "assignment":
+            return await self._evaluate_assignments(app, notification)
+        if version is None:
+            version = self.resolve_version(app, notification.version)
+        fleet = await self.fleet()
+        number = fleet.apps[app.id]
+        scope = self._scope_args(fleet, notification.orgs, notification.devices)
+        free = await self._free_licences(app)
+        result = fleet.index.target(
+            number,
+            version=version.file_version,
+            version_platform=rules.version_platform(app.platform),
+            installed_only=notification.installed_only,
+            platform=platform_code(app.platform),
+            allow_downgrade=allows_downgrade(rules.version_platform(app.platform)),
+            licences=free,
+            percent=notification.percent,
+            seed=_seed(app, notification, version),
+            **scope,
+        )
+        evaluation = Evaluation(version, result)
+        return _preview(fleet, [evaluation], free, [])
+
+    def resolve_version(self, app: App, wanted: str | None) -> AppVersion:
+        if wanted is None:
+            latest = rules.latest_active(app)
+            if latest is None:
+                raise CatalogueRefused(
+                    f"{app.id} has no active version", "$.version", "no_active_version"
+                )
+            return latest
+        found = rules.find_version(app, wanted)
+        if found is None:
+            raise CatalogueRefused(
+                f"{app.id} has no version {wanted}", "$.version", "unknown_version"
+            )
+        if found.state == "retired":
+            raise CatalogueRefused(
+                f"version {found.file_version} of {app.id} is retired", "$.version", RETIRED
+            )
+        return found
+
+    async def _free_licences(self, app: App) -> int | None:
+        if not app.vpp:
+            return None
+        if app.licence_total is None:
+            return 0
+        return max(0, app.licence_total - await self.licence_count(app.id))
+
+    async def _evaluate_assignments(self, app: App, notification: Notification) -> Preview:
+        """Each device gets the highest active version assigned to it (through an org,
+        inherited by sub-organisations, or by name); lower assignments do not count for a
+        device a higher one covers."""
+        fleet = await self.fleet()
+        number = fleet.apps[app.id]
+        free = await self._free_licences(app)
+        platform = rules.version_platform(app.platform)
+        claimed = fleet.index.scope()
+        evaluations: list[Evaluation] = []
+        retired_cover = fleet.index.scope()
+        limit = None
+        if notification.orgs or notification.devices:
+            limit = fleet.index.scope(
+                [fleet.tree.range(o) for o in notification.orgs if o in fleet.tree],
+                [fleet.numbers[d] for d in notification.devices if d in fleet.numbers],
+            )
+        for version in rules.ordered(app, descending=True):
+            orgs = [o for o in version.assigned_orgs if o in fleet.tree]
+            names = [fleet.numbers[d] for d in version.assigned_devices if d in fleet.numbers]
+            cover = fleet.index.scope([fleet.tree.range(o) for o in orgs], names)
+            if version.state == "retired":
+                retired_cover = retired_cover | cover
+                continue
+            scope = cover - claimed
+            claimed = claimed | cover
+            if limit is not None:
+                scope = scope - (scope - limit)
+            if not len(scope):
+                continue
+            result = fleet.index.target(
+                number,
+                version=version.file_version,
+                version_platform=platform,
+                scope=scope,
+                installed_only=notification.installed_only,
+                platform=platform_code(app.platform),
+                allow_downgrade=allows_downgrade(platform),
+                licences=free,
+                percent=notification.percent,
+                seed=_seed(app, notification, version),
+            )
+            if free is not None:
+                free -= len(result.licensed)
+            evaluations.append(Evaluation(version, result))
+        retired = retired_cover - claimed
+        if limit is not None:
+            retired = retired - (retired - limit)
+        initial = await self._free_licences(app)
+        return _preview(fleet, evaluations, initial, retired.devices())
+
+    async def device_outcomes(self, app: App, device_id: str) -> list[tuple[str, str, str | None]]:
+        """For one device: ``(source, outcome, version)`` for the app's assignments and for
+        an install notification of its latest version (what "why not" questions ask)."""
+        fleet = await self.fleet()
+        if device_id not in fleet.numbers:
+            raise UnknownDevices([device_id])
+        number = fleet.numbers[device_id]
+        out: list[tuple[str, str, str | None]] = []
+        probe = Notification(id="preview", app_id=app.id, kind="assignment", devices=(device_id,))
+        assigned = await self._evaluate_assignments(app, probe)
+        out.append(("assignment", *_outcome_of(assigned, number)))
+        latest = rules.latest_active(app)
+        if latest is not None:
+            notify = Notification(id="preview", app_id=app.id, devices=(device_id,))
+            preview = await self.evaluate(app, notify, version=latest)
+            out.append(("latest", *_outcome_of(preview, number)))
+        return out
+
+    # --- roll-outs ----------------------------------------------------------------------------
+
+    async def submit(self, notification: Notification) -> Notification:
+        """Stores a notification; one due now runs its first wave at once."""
+        app = await self.app(notification.app_id)
+        if notification.kind != "assignment":
+            self.resolve_version(app, notification.version)
+        if rules.command_kind(app.platform) is None:
+            raise CatalogueRefused(
+                f"{app.platform} devices have no command channel in this gateway",
+                "$.app",
+                "no_command_channel",
+            )
+        # Refuse bad scopes now, not when it falls due.
+        fleet = await self.fleet()
+        self._scope_args(fleet, notification.orgs, notification.devices)
+        await self.store.put_notification(notification)
+        if notification.due_at <= self.now():
+            return await self._run_one(notification)
+        self._wake.set()
+        return notification
+
+    async def cancel(self, notification_id: str) -> Notification | None:
+        found = await self.store.get_notification(notification_id)
+        if found is None or found.state not in ("scheduled", "running"):
+            return found
+        cancelled = msgspec.structs.replace(found, state="cancelled", updated_at=self.now())
+        await self.store.put_notification(cancelled)
+        return cancelled
+
+    async def run_due(self) -> list[Notification]:
+        """Runs the automatic update checks and the notifications that are due."""
+        now = self.now()
+        for app in await self.store.list_apps():
+            await self._check_auto_update(app, now)
+        done = []
+        for notification in await self.store.due_notifications(now):
+            done.append(await self._run_one(notification))
+        return done
+
+    async def next_wakeup(self) -> float | None:
+        """When something falls due next (Unix time)."""
+        times = []
+        due = await self.store.next_due()
+        if due is not None:
+            times.append(due)
+        for app in await self.store.list_apps():
+            auto = app.auto_update
+            if auto is not None and auto.enabled and rules.auto_update_refusal(app) is None:
+                times.append(rules.next_check(auto, auto.last_check or app.created_at))
+        return min(times) if times else None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Runs what falls due, for ever; :meth:`submit` and settings changes wake it."""
+        task_status.started()
+        while True:
+            self._wake = trio.Event()
+            try:
+                await self.run_due()
+            except Exception:  # one bad record must not stop every later roll-out
+                _log.exception("running due roll-outs failed")
+            wakeup = await self.next_wakeup()
+            delay = math.inf if wakeup is None else max(0.0, wakeup - self.now())
+            with trio.move_on_after(min(delay, 3600.0)):
+                await self._wake.wait()
+
+    def wake(self) -> None:
+        """Something was scheduled or changed: look again."""
+        self._wake.set()
+
+    async def _check_auto_update(self, app: App, now: float) -> None:
+        auto = app.auto_update
+        if auto is None or not auto.enabled or rules.auto_update_refusal(app) is not None:
+            return
+        start = auto.last_check if auto.last_check is not None else app.created_at
+        if rules.next_check(auto, start) > now:
+            return
+        # Missed checks collapse into the latest one: it sees every version published by then.
+        check = rules.check_before(auto, now)
+        version = rules.latest_active(app, published_by=check)
+        updated = msgspec.structs.replace(
+            auto,
+            last_check=check,
+            last_version=version.file_version if version else auto.last_version,
+        )
+        try:
+            stored = await self.store.put_app(
+                msgspec.structs.replace(app, auto_update=updated), expected_rev=app.rev
+            )
+        except Exception:
+            return  # changed meanwhile: the next pass sees the new settings
+        if version is None:
+            return
+        notification = Notification(
+            id=f"auto-{app.id}-{int(check)}",
+            app_id=stored.id,
+            kind="auto_update",
+            version=version.file_version,
+            orgs=auto.orgs,
+            all_devices=not auto.orgs,
+            installed_only=True,
+            due_at=check,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.store.put_notification(notification)
+
+    async def _run_one(self, notification: Notification) -> Notification:
+        now = self.now()
+        app = await self.store.get_app(notification.app_id)
+        try:
+            if app is None:
+                raise CatalogueRefused(f"app {notification.app_id!r} was deleted")
+            done = await self._wave(app, notification, now)
+        except (CatalogueRefused, UnknownDevices, InvalidVersion) as exc:
+            done = msgspec.structs.replace(
+                notification, state="failed", error=str(exc), updated_at=now
+            )
+        await self.store.put_notification(done)
+        return done
+
+    async def _wave(self, app: App, notification: Notification, now: float) -> Notification:
+        preview = await self.evaluate(app, notification)
+        fleet = await self.fleet()
+        # Devices to send, with the version each gets and whether it holds the app already.
+        chosen: list[tuple[str, Evaluation, bool]] = []
+        for evaluation in preview.evaluations:
+            outcomes = evaluation.result.outcomes
+            for number in evaluation.result.selected:
+                first = outcomes[number] == Outcome.INSTALL
+                chosen.append((fleet.index.device_id(number), evaluation, first))
+        chosen.sort(key=lambda item: item[0])
+        start = 0
+        if notification.cursor is not None:
+            start = bisect.bisect_right([c[0] for c in chosen], notification.cursor)
+        pace = notification.pace_per_minute
+        wave = chosen[start : start + pace] if pace else chosen[start:]
+        more = pace is not None and start + len(wave) < len(chosen)
+        licensed = {
+            fleet.index.device_id(n) for e in preview.evaluations for n in e.result.licensed
+        }
+        batches: dict[tuple[str, bool], list[str]] = {}
+        versions: dict[str, Evaluation] = {}
+        for device_id, evaluation, first in wave:
+            # Apple's command is the same for an install and an update; Windows sends the
+            # offline licence with a first install only.
+            key = (evaluation.version.file_version, first and app.platform == "windows")
+            batches.setdefault(key, []).append(device_id)
+            versions[evaluation.version.file_version] = evaluation
+        commands: list[CommandBatch] = []
+        for (file_version, first), device_ids in batches.items():
+            command_id = str(uuid.uuid5(_UUIDS, f"{notification.id}/{file_version}/{int(first)}"))
+            built = rules.deployment(
+                app,
+                versions[file_version].version,
+                command_id=command_id,
+                first_install=first,
+                take_over=False,
+            )
+            commands.append(CommandBatch(command_id, built.kind, built.body, device_ids))
+        grant = None
+        wanted = [d for d, _, _ in wave if d in licensed]
+        if app.vpp and wanted:
+            grant = LicenceGrant(app.id, app.licence_total or 0, wanted)
+        if commands:
+            try:
+                await self.store.fan_out(commands, licences=grant)
+            except LicencesExhausted as exc:
+                # Another roll-out took licences meanwhile: the next wave re-evaluates.
+                return msgspec.structs.replace(
+                    notification, error=str(exc), due_at=now + 60.0, updated_at=now
+                )
+            if grant is not None:
+                number = fleet.apps[app.id]
+                for device_id in grant.device_ids:
+                    fleet.index.update_licensed(number, fleet.numbers[device_id], True)
+            if self.on_enqueued is not None:
+                self.on_enqueued([d for d, _, _ in wave])
+        counts = dict(notification.counts)
+        wave_counts = _wave_counts(preview, wave, first=notification.waves == 0)
+        for name, n in wave_counts.items():
+            counts[name] = counts.get(name, 0) + n
+        resolved = preview.version
+        return msgspec.structs.replace(
+            notification,
+            state="running" if more else "done",
+            waves=notification.waves + 1,
+            cursor=wave[-1][0] if wave else notification.cursor,
+            due_at=now + 60.0 if more else notification.due_at,
+            counts=counts,
+            command_ids=tuple(
+                dict.fromkeys((*notification.command_ids, *(c.command_id for c in commands)))
+            ),
+            resolved_version=resolved
+            if notification.resolved_version is None
+            else notification.resolved_version,
+            updated_at=now,
+            error=None,
+        )
+
+
+def _wave_counts(
+    preview: Preview, wave: Sequence[tuple[str, Evaluation, bool]], *, first: bool
+) -> dict[str, int]:
+    """What one wave did: ``queued`` devices; the first wave also records the skips."""
+    counts: dict[str, int] = {"queued": len(wave)}
+    if first:
+        for name, n in preview.counts.items():
+            if name not in ("install", "update", "downgrade"):
+                counts[name] = n
+    return counts
+
+
+def _seed(app: App, notification: Notification, version: AppVersion) -> str:
+    # Without a seed a percentage picks the same devices for the same app version every
+    # time, and a larger percentage only adds devices.
+    return notification.seed or f"{app.id}/{version.file_version}"
+
+
+def _supervised(device: Device) -> int:
+    return 2 if device.supervised is None else int(device.supervised)
+
+
+def _installed(device: Device, identifier: str, platform: str) -> str | None:
+    apps = device.facts.get("apps")
+    if not isinstance(apps, list):
+        return None
+    for entry in apps:
+        if isinstance(entry, dict) and entry.get("identifier") == identifier:
+            version = entry.get("version")
+            if not isinstance(version, str):
+                return None
+            try:
+                sort_key(version, platform=platform)
+            except InvalidVersion:
+                return None  # an unreadable version counts as unknown, not installed
+            return version
+    return None
+
+
+def _preview(
+    fleet: _Fleet, evaluations: list[Evaluation], free: int | None, retired: list[int]
+) -> Preview:
+    counts: dict[str, int] = {}
+    silent = prompt = needed = 0
+    for evaluation in evaluations:
+        result = evaluation.result
+        for outcome, n in result.counts.items():
+            name = OUTCOME_NAMES.get(outcome)
+            if name is not None and n:
+                counts[name] = counts.get(name, 0) + n
+        flags = result.silent
+        silent += sum(flags)
+        prompt += len(flags) - sum(flags)
+        needed += len(result.licensed)
+    if retired:
+        counts[RETIRED] = len(retired)
+    version = evaluations[0].version.file_version if len(evaluations) == 1 else None
+    return Preview(version, counts, silent, prompt, free, needed, [], evaluations, retired)
+
+
+def _outcome_of(preview: Preview, number: int) -> tuple[str, str | None]:
+    for evaluation in preview.evaluations:
+        code = Outcome(evaluation.result.outcomes[number])
+        if code != Outcome.OUT_OF_SCOPE:
+            return OUTCOME_NAMES[code], evaluation.version.file_version
+    if number in preview.retired:
+        return RETIRED, None
+    return NOT_ASSIGNED, None
+
+
+def device_list(
+    fleet: _Fleet, preview: Preview, *, limit: int, outcome: str | None = None
+) -> list[DevicePreview]:
+    """Up to ``limit`` devices of a preview with their outcome, in device order."""
+    out: list[DevicePreview] = []
+    for evaluation in preview.evaluations:
+        result = evaluation.result
+        selected, flags = result.selected, result.silent
+        for number, code in enumerate(result.outcomes):
+            if len(out) >= limit:
+                return out
+            name = OUTCOME_NAMES.get(Outcome(code))
+            if name is None or (outcome is not None and name != outcome):
+                continue
+            installs = None
+            at = bisect.bisect_left(selected, number)
+            if at < len(selected) and selected[at] == number:
+                installs = "silent" if flags[at] else "prompt"
+            out.append(
+                DevicePreview(
+                    fleet.index.device_id(number), name, evaluation.version.file_version, installs
+                )
+            )
+    for number in preview.retired:
+        if len(out) >= limit:
+            break
+        if outcome in (None, RETIRED):
+            out.append(DevicePreview(fleet.index.device_id(number), RETIRED, None, None))
+    return out
