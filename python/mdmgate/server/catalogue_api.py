@@ -449,10 +449,10 @@ def _refusal(exc: CatalogueRefused, status: int = 422) -> _Refusal:
 class CatalogueApi:
     """Routes for the catalogue resources; see the module documentation."""
 
-    def __init__(self, catalogue: Catalogue, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, catalogue: Catalogue, *, now: Callable[[], float] | None = None) -> None:
         self.catalogue = catalogue
         self.store = catalogue.store
-        self.now = now
+        self.now = now if now is not None else catalogue.now
         self._table = self._routes()
 
     async def route(
