@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from mdmgate import plist
 from mdmgate.catalogue.service import Catalogue
@@ -457,7 +459,11 @@ async def test_take_over_and_device_why(console: Console) -> None:
         "assignment": {"outcome": "not_assigned", "version": None},
         "latest": {"outcome": "already_at_version", "version": "2.0"},
     }
-    await console.ok("POST", "/apps/chat/install-notifications", {"devices": ["b"]}, 202)
+    sent = await console.ok(
+        "POST", "/apps/chat/install-notifications", {"devices": ["b"], "take_over": True}, 202
+    )
+    command = plist.loads(await console.body(sent["command_ids"][0]))["Command"]
+    assert command["ChangeManagementState"] == "Managed"
     why_b = await console.ok("GET", "/devices/b/apps/chat")
     assert why_b["licensed"] is True
 
@@ -682,3 +688,102 @@ async def test_orgs_list_counts_devices_in_subtrees(console: Console) -> None:
         "devices": 0,
         "devices_in_subtree": 0,
     }
+
+
+# --- never a 5xx -------------------------------------------------------------------------------
+
+_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 10**12)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.sampled_from(
+        ["/acme", "/nowhere", "a", "ghost", "1.0", "2.0", "x.y", "2026-11-21T04:00:00+09:00"]
+    )
+)
+_field = st.sampled_from(
+    [
+        "version", "orgs", "devices", "all_devices", "installed_only", "assignments", "at",
+        "percent", "seed", "pace_per_minute", "apps", "file_version", "source", "total",
+        "state", "timezone", "check_time", "enabled", "rev", "name", "limit", "outcome",
+        "info_plist", "manifest", "version_code", "id", "platform", "kind", "identifier",
+    ]
+)  # fmt: skip
+_body = st.recursive(
+    _leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_field, inner, max_size=6),
+    max_leaves=16,
+)
+# Bodies of the right shape, so the rules behind the decoding are reached too.
+_plausible = st.fixed_dictionaries(
+    {},
+    optional={
+        "orgs": st.lists(st.sampled_from(["/acme", "/nowhere", "/"]), max_size=2),
+        "devices": st.lists(st.sampled_from(["a", "pc", "ghost"]), max_size=3),
+        "all_devices": st.booleans(),
+        "installed_only": st.booleans(),
+        "assignments": st.booleans(),
+        "version": st.sampled_from(["1.0", "2.0", "1.2.3.4", "x"]),
+        "percent": st.floats(0, 100),
+        "pace_per_minute": st.integers(1, 3),
+        "at": st.sampled_from(["2026-11-19T04:00:00+09:00", "2026-11-21T04:00:00+09:00"]),
+        "file_version": st.sampled_from(["1.0", "2.0", "3", "1.2.3.4", "x", "2.0.0"]),
+        "source": st.sampled_from(
+            [{"version_code": 3}, {"manifest": '<Identity Version="1.0.0.1"/>'}, {}]
+        ),
+        "total": st.integers(0, 5),
+        "state": st.sampled_from(["active", "retired"]),
+        "timezone": st.sampled_from(["UTC", "Asia/Tokyo", "Bad/Zone"]),
+        "check_time": st.sampled_from(["04:00", "23:59", "29:00"]),
+        "rev": st.integers(0, 3),
+        "apps": st.lists(st.sampled_from(["chat", "tool", "pcapp", "ghost"]), min_size=1),
+        "limit": st.integers(0, 5),
+        "package_url": st.sampled_from(["https://x.example/a.msix", "ftp://bad"]),
+        "retire_previous": st.booleans(),
+    },
+)
+_route = st.sampled_from(
+    [
+        ("POST", "/orgs"),
+        ("POST", "/apps"),
+        ("PATCH", "/apps/chat"),
+        ("POST", "/apps/chat/versions"),
+        ("POST", "/apps/tool/versions"),
+        ("POST", "/apps/pcapp/versions"),
+        ("PATCH", "/apps/chat/versions/1.0"),
+        ("PUT", "/apps/chat/versions/1.0/assignments"),
+        ("PUT", "/apps/chat/licences"),
+        ("POST", "/apps/chat/licences/release"),
+        ("PUT", "/apps/chat/auto-update"),
+        ("POST", "/apps/chat/install-notifications"),
+        ("POST", "/apps/pcapp/install-notifications"),
+        ("POST", "/apps/tool/preview"),
+        ("POST", "/apps/chat/preview"),
+        ("POST", "/install-notifications"),
+    ]
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(route=_route, body=_body | _plausible)
+async def test_arbitrary_catalogue_requests_never_5xx(route: tuple[str, str], body: Any) -> None:
+    console = Console(MemoryStore(), Clock(dt.datetime(2026, 11, 20, tzinfo=dt.UTC)))
+    await console.devices(
+        ios("a", "/acme", apps={"com.example.chat": "1.0"}),
+        {"id": "pc", "platform": "windows", "org": "/acme"},
+    )
+    await store_app(console, licences=3)
+    tool = {"id": "tool", "name": "T", "platform": "android", "kind": "internal"}
+    await console.ok("POST", "/apps", {**tool, "identifier": "com.acme.tool"}, 201)
+    pcapp = {"id": "pcapp", "name": "P", "platform": "windows", "kind": "internal"}
+    windows = {"method": "hosted"}
+    await console.ok("POST", "/apps", {**pcapp, "identifier": "A.B_123", "windows": windows}, 201)
+    await console.ok("POST", "/apps/chat/versions", {"file_version": "1.0"}, 201)
+    method, path = route
+    status, answer = await console.call(method, path, body)
+    event(f"{method} {path} {status}")
+    assert status < 500, answer
+    assert isinstance(answer, dict)
+    if status >= 400:
+        assert answer["error"]

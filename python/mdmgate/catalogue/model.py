@@ -134,6 +134,8 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     #: Every device of the app's platform (neither orgs nor devices given).
     all_devices: bool = False
     installed_only: bool = False
+    #: Apple: take a user-installed copy under management (ChangeManagementState).
+    take_over: bool = False
     percent: float | None = None
     seed: str = ""
     #: Commands per minute; ``None``: everything at once.

@@ -562,7 +562,7 @@ class Catalogue:
                 versions[file_version].version,
                 command_id=command_id,
                 first_install=first,
-                take_over=False,
+                take_over=notification.take_over,
             )
             commands.append(CommandBatch(command_id, built.kind, built.body, device_ids))
         grant = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal
@@ -192,6 +191,13 @@ class NotificationIn(Struct, kw_only=True, forbid_unknown_fields=True):
     devices: list[DeviceId] = msgspec.field(default_factory=list)
     all_devices: bool = False
     installed_only: bool = False
+    take_over: Annotated[
+        bool,
+        Meta(
+            description="Apple store apps: also take a copy the user installed under"
+            " management (iOS 9+; a plain install where the app is missing)."
+        ),
+    ] = False
     assignments: bool = False
     at: dt.datetime | None = None
     percent: Annotated[float, Meta(ge=0, le=100)] | None = None
@@ -812,6 +818,8 @@ class CatalogueApi:
             raise _refuse(
                 422, "name orgs and/or devices, or set all_devices (one of the two)", "$.orgs"
             )
+        if given.take_over and (app.platform not in ("ios", "macos") or app.kind != "store"):
+            raise _refuse(422, "take_over is for Apple store apps", "$.take_over")
         if given.assignments and given.version is not None:
             raise _refuse(422, "assignments decide the version; leave version out", "$.version")
         now = self.now()
@@ -825,6 +833,7 @@ class CatalogueApi:
             devices=tuple(dict.fromkeys(given.devices)),
             all_devices=given.all_devices,
             installed_only=given.installed_only,
+            take_over=given.take_over,
             percent=given.percent,
             seed=given.seed or "",
             pace_per_minute=given.pace_per_minute,
