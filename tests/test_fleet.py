@@ -3,6 +3,8 @@ test against a pure-Python reference of the query."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -312,3 +314,460 @@ def test_matches_reference(case: dict[str, object]) -> None:
     assert [result.outcome(i) for i in range(len(ids))] == outcomes
     assert result.selected == selected
     assert list(result.silent) == silent
+
+
+# Scopes, licence holders, the silent column and device updates.
+
+MACOS = platform_code("macos")
+
+
+def _org_fleet() -> tuple[OrgTree, FleetIndex]:
+    tree = OrgTree(["/acme/sales/tokyo", "/acme/sales/osaka", "/acme/hr", "/other"])
+    paths = [
+        "/acme/sales/tokyo",
+        "/acme/sales/osaka",
+        "/acme/hr",
+        "/other",
+        "/acme",
+        "/acme/sales/tokyo",
+    ]
+    index = FleetIndex([f"d{i}" for i in range(6)], tree.numbers(paths), [IOS] * 6, [1] * 6)
+    index.set_installed(1, [], [], platform="ios")
+    return tree, index
+
+
+def test_scope_from_orgs_and_devices() -> None:
+    tree, index = _org_fleet()
+    sales = index.scope([tree.range("/acme/sales")])
+    assert sales.devices() == [0, 1, 5]
+    assert len(sales) == 3
+    assert 0 in sales
+    assert 2 not in sales
+    assert 99 not in sales
+    hr_or_other = index.scope([tree.range("/acme/hr"), tree.range("/other")])
+    assert hr_or_other.devices() == [2, 3]
+    listed = index.scope(devices=[4, 0, 4])
+    assert listed.devices() == [0, 4]
+    both = index.scope([tree.range("/acme/hr")], [3])
+    assert both.devices() == [2, 3]
+    assert index.scope().devices() == []
+    assert len(index.scope()) == 0
+    assert index.scope([tree.range("/")]).devices() == list(range(6))
+
+
+def test_scope_union_and_difference() -> None:
+    tree, index = _org_fleet()
+    acme = index.scope([tree.range("/acme")])
+    tokyo = index.scope([tree.range("/acme/sales/tokyo")])
+    other = index.scope([tree.range("/other")])
+    assert acme.devices() == [0, 1, 2, 4, 5]
+    assert (acme - tokyo).devices() == [1, 2, 4]
+    assert (acme | other).devices() == list(range(6))
+    assert (tokyo - acme).devices() == []
+    assert ((acme - tokyo) | tokyo).devices() == acme.devices()
+    # Operands are left as they were.
+    assert acme.devices() == [0, 1, 2, 4, 5]
+    assert len(tokyo) == 2
+
+
+def test_target_with_scope() -> None:
+    tree, index = _org_fleet()
+    scope = index.scope([tree.range("/acme/sales")], [3]) - index.scope(devices=[5])
+    result = index.target(1, version="1", version_platform="ios", scope=scope)
+    assert result.selected == [0, 1, 3]
+    assert result.counts[Outcome.OUT_OF_SCOPE] == 3
+    assert result.outcome(5) == Outcome.OUT_OF_SCOPE
+    # With an org range too, a device must be in both.
+    narrowed = index.target(
+        1, version="1", version_platform="ios", scope=scope, org_range=tree.range("/acme")
+    )
+    assert narrowed.selected == [0, 1]
+    empty = index.target(1, version="1", version_platform="ios", scope=index.scope())
+    assert empty.selected == []
+    assert empty.counts[Outcome.OUT_OF_SCOPE] == 6
+
+
+def test_scope_errors() -> None:
+    tree, index = _org_fleet()
+    with pytest.raises(FleetError, match="org range"):
+        index.scope([(3, 2)])
+    with pytest.raises(FleetError, match="out of range"):
+        index.scope(devices=[6])
+    smaller = FleetIndex(["x", "y"], [0, 0], [IOS, IOS], [0, 0])
+    foreign = smaller.scope(devices=[0])
+    with pytest.raises(FleetError, match="scope covers 2 devices but the fleet has 6"):
+        index.target(1, version="1", version_platform="ios", scope=foreign)
+    with pytest.raises(FleetError, match="scope covers"):
+        index.scope(devices=[0]) | foreign
+    with pytest.raises(FleetError, match="scope covers"):
+        index.scope(devices=[0]) - foreign
+    # A scope built before the fleet grew is stale.
+    before = index.scope([tree.range("/acme")])
+    index.push_device("d6", tree.number("/acme/hr"), IOS, 1, True)
+    with pytest.raises(FleetError, match="build it again"):
+        index.target(1, version="1", version_platform="ios", scope=before)
+    again = index.scope([tree.range("/acme")])
+    assert index.target(1, version="1", version_platform="ios", scope=again).selected == [
+        0,
+        1,
+        2,
+        4,
+        5,
+        6,
+    ]
+
+
+def test_licence_holders_do_not_consume() -> None:
+    index = _fleet(6)
+    index.set_installed(1, [5], ["1"], platform="ios")
+    index.set_licensed(1, [0, 2, 5])
+    assert [index.is_licensed(1, d) for d in range(6)] == [True, False, True, False, False, True]
+    result = index.target(1, version="1", version_platform="ios", licences=1)
+    # Holders 0 and 2 are sent without taking one; 1 takes the only free licence.
+    assert result.selected == [0, 1, 2]
+    assert result.licensed == [1]
+    assert [result.outcome(d) for d in range(6)] == [
+        Outcome.INSTALL,
+        Outcome.INSTALL,
+        Outcome.INSTALL,
+        Outcome.SKIP_NO_LICENCE,
+        Outcome.SKIP_NO_LICENCE,
+        Outcome.SKIP_SAME,
+    ]
+    none_free = index.target(1, version="1", version_platform="ios", licences=0)
+    assert none_free.selected == [0, 2]
+    assert none_free.licensed == []
+    plenty = index.target(1, version="1", version_platform="ios", licences=100)
+    assert plenty.selected == [0, 1, 2, 3, 4]
+    assert plenty.licensed == [1, 3, 4]
+    # No licence needed: nobody takes one.
+    free = index.target(1, version="1", version_platform="ios")
+    assert free.selected == [0, 1, 2, 3, 4]
+    assert free.licensed == []
+
+
+def test_licence_updates_and_other_apps() -> None:
+    index = _fleet(4)
+    index.set_installed(1, [], [], platform="ios")
+    index.set_installed(2, [], [], platform="ios")
+    assert not index.is_licensed(1, 0)
+    index.update_licensed(1, 3, True)
+    index.update_licensed(1, 1, True)
+    index.update_licensed(1, 1, False)
+    assert [index.is_licensed(1, d) for d in range(4)] == [False, False, False, True]
+    # Licences are per app.
+    assert not index.is_licensed(2, 3)
+    assert index.target(2, version="1", version_platform="ios", licences=0).selected == []
+    assert index.target(1, version="1", version_platform="ios", licences=0).selected == [3]
+    # set_licensed replaces every holder.
+    index.set_licensed(1, [0])
+    assert [index.is_licensed(1, d) for d in range(4)] == [True, False, False, False]
+    got = index.target(1, version="1", version_platform="ios", licences=1)
+    assert got.selected == [0, 1]
+    assert got.licensed == [1]
+    with pytest.raises(FleetError, match="out of range"):
+        index.set_licensed(1, [4])
+    with pytest.raises(FleetError, match="out of range"):
+        index.update_licensed(1, 4, True)
+    with pytest.raises(FleetError, match="out of range"):
+        index.is_licensed(1, 4)
+    # A refused set_licensed leaves the holders as they were.
+    assert index.is_licensed(1, 0)
+
+
+def test_holder_still_subject_to_rollout_and_scope() -> None:
+    index = _fleet(200)
+    index.set_installed(1, [], [], platform="ios")
+    index.set_licensed(1, list(range(200)))
+    result = index.target(1, version="1", version_platform="ios", licences=0, percent=30, seed="s")
+    assert result.licensed == []
+    assert result.counts[Outcome.SKIP_NO_LICENCE] == 0
+    assert result.counts[Outcome.SKIP_ROLLOUT] == 200 - len(result.selected)
+    assert 0 < len(result.selected) < 200
+    scoped = index.target(
+        1, version="1", version_platform="ios", licences=0, scope=index.scope(devices=[7])
+    )
+    assert scoped.selected == [7]
+
+
+def test_silent_column_and_supervised_default() -> None:
+    ids = ["a", "b", "c", "d"]
+    supervised = [1, 0, 2, 1]
+    default = FleetIndex(ids, [0] * 4, [IOS] * 4, supervised)
+    default.set_installed(1, [], [], platform="ios")
+    result = default.target(1, version="1", version_platform="ios")
+    assert result.selected == [0, 1, 2, 3]
+    assert list(result.silent) == [1, 0, 0, 1]
+    # The caller's silent column wins over supervision (e.g. supervised on iOS 9: prompts;
+    # macOS and Windows install silently without supervision).
+    column = FleetIndex(ids, [0] * 4, [IOS, MACOS, IOS, IOS], supervised, bytes([0, 1, 1, 1]))
+    column.set_installed(1, [], [], platform="ios")
+    result = column.target(1, version="1", version_platform="ios")
+    assert list(result.silent) == [0, 1, 1, 1]
+    only_ios = column.target(1, version="1", version_platform="ios", platform=IOS)
+    assert only_ios.selected == [0, 2, 3]
+    assert list(only_ios.silent) == [0, 1, 1]
+    with pytest.raises(FleetError, match="silent has 3 items, expected 4"):
+        FleetIndex(ids, [0] * 4, [IOS] * 4, supervised, [1, 1, 1])
+
+
+def test_push_and_set_device() -> None:
+    index = FleetIndex([], [], [], [])
+    assert len(index) == 0
+    index.set_installed(1, [], [], platform="ios")
+    index.set_licensed(1, [])
+    assert index.push_device("first", 3, IOS, 1, False) == 0
+    assert index.push_device("second", 4, ANDROID, 0, True) == 1
+    assert len(index) == 2
+    assert index.device_id(1) == "second"
+    assert index.installed_key(1, 1) is None
+    assert not index.is_licensed(1, 1)
+    result = index.target(1, version="1", version_platform="ios", platform=IOS, org_range=(3, 4))
+    assert [result.outcome(d) for d in range(2)] == [Outcome.INSTALL, Outcome.SKIP_PLATFORM]
+    assert list(result.silent) == [0]
+    index.update_installed(1, 1, "0.9")
+    index.set_device(1, 9, IOS, 1, True)
+    index.set_device(0, 4, IOS, 2, True)
+    result = index.target(1, version="1", version_platform="ios", platform=IOS, org_range=(3, 4))
+    assert [result.outcome(d) for d in range(2)] == [Outcome.INSTALL, Outcome.OUT_OF_SCOPE]
+    assert list(result.silent) == [1]
+    # The installed version stays with the device when its columns change.
+    assert index.installed_key(1, 1) == sort_key("0.9", platform="ios")
+    # Across the 64-device word boundary.
+    for i in range(2, 130):
+        assert index.push_device(f"d{i}", 0, IOS, 1, i % 2 == 0) == i
+    index.update_installed(1, 129, "1")
+    index.update_licensed(1, 128, True)
+    result = index.target(1, version="1", version_platform="ios", licences=0)
+    assert result.selected == [128]
+    assert list(result.silent) == [1]
+    assert result.outcome(129) == Outcome.SKIP_SAME
+
+
+def test_push_and_set_device_errors() -> None:
+    index = _fleet(2)
+    with pytest.raises(FleetError, match="platform code"):
+        index.push_device("x", 0, 42, 0, False)
+    with pytest.raises(FleetError, match="supervised"):
+        index.push_device("x", 0, IOS, 3, False)
+    assert len(index) == 2  # a refused push adds nothing
+    with pytest.raises(FleetError, match="out of range"):
+        index.set_device(2, 0, IOS, 0, False)
+    with pytest.raises(FleetError, match="platform code"):
+        index.set_device(0, 0, 42, 0, False)
+    with pytest.raises(FleetError, match="supervised"):
+        index.set_device(0, 0, IOS, 7, False)
+    with pytest.raises(FleetError, match="out of range"):
+        index.device_id(2)
+
+
+class _Model:
+    """What the index should hold: the columns, installed versions and licence holders."""
+
+    def __init__(self, devices: list[tuple[str, int, int, int, bool]]) -> None:
+        self.ids = [d[0] for d in devices]
+        self.orgs = [d[1] for d in devices]
+        self.platforms = [d[2] for d in devices]
+        self.supervised = [d[3] for d in devices]
+        self.silent = [d[4] for d in devices]
+        self.installed: dict[int, dict[int, str]] = {app: {} for app in _APPS}
+        self.holders: dict[int, set[int]] = {app: set() for app in _APPS}
+
+    def build(self, *, licences: bool = True) -> FleetIndex:
+        """A fresh index of everything the model holds (``licences=False``: no holder
+        lists at all, as before any licence was known)."""
+        index = FleetIndex(
+            self.ids, self.orgs, self.platforms, self.supervised, [int(s) for s in self.silent]
+        )
+        for app in _APPS:
+            have = self.installed[app]
+            index.set_installed(app, list(have), list(have.values()), platform="ios")
+            if licences:
+                index.set_licensed(app, sorted(self.holders[app]))
+        return index
+
+    def apply(self, index: FleetIndex, op: tuple[Any, ...]) -> None:
+        """Applies one change to the model and, incrementally, to ``index``."""
+        n = len(self.ids)
+        kind = op[0]
+        if kind == "push":
+            device_id, org, platform, supervised, silent = op[1]
+            assert index.push_device(device_id, org, platform, supervised, silent) == n
+            self.ids.append(device_id)
+            self._columns(n, op[1][1:], new=True)
+            return
+        if n == 0:
+            return
+        if kind == "set":
+            device = op[1] % n
+            index.set_device(device, *op[2][1:])
+            self._columns(device, op[2][1:], new=False)
+        elif kind == "install":
+            app, device, version = op[1], op[2] % n, op[3]
+            index.update_installed(app, device, version)
+            if version is None:
+                self.installed[app].pop(device, None)
+            else:
+                self.installed[app][device] = version
+        elif kind == "licence":
+            app, device, held = op[1], op[2] % n, op[3]
+            index.update_licensed(app, device, held)
+            if held:
+                self.holders[app].add(device)
+            else:
+                self.holders[app].discard(device)
+        else:
+            app, devices = op[1], [d % n for d in op[2]]
+            index.set_licensed(app, devices)
+            self.holders[app] = set(devices)
+
+    def _columns(self, device: int, cols: tuple[int, int, int, bool], *, new: bool) -> None:
+        for column, value in zip(
+            (self.orgs, self.platforms, self.supervised, self.silent), cols, strict=True
+        ):
+            if new:
+                column.append(value)  # type: ignore[arg-type]
+            else:
+                column[device] = value
+
+    def reference(
+        self,
+        app: int,
+        *,
+        version: str,
+        org_range: tuple[int, int] | None,
+        scope: set[int] | None,
+        installed_only: bool,
+        platform: int | None,
+        allow_downgrade: bool,
+        licences: int | None,
+        percent: float | None,
+        seed: str,
+    ) -> tuple[list[Outcome], list[int], list[int], list[int]]:
+        """The query with scopes, licence holders and the silent column, in Python."""
+        want = sort_key(version, platform="ios")
+        seed_hash = _fnv1a64(seed.encode())
+        left = licences
+        outcomes: list[Outcome] = []
+        selected: list[int] = []
+        silent: list[int] = []
+        licensed: list[int] = []
+        for i, device in enumerate(self.ids):
+            if (org_range is not None and not org_range[0] <= self.orgs[i] <= org_range[1]) or (
+                scope is not None and i not in scope
+            ):
+                outcomes.append(Outcome.OUT_OF_SCOPE)
+                continue
+            if platform is not None and self.platforms[i] != platform:
+                outcomes.append(Outcome.SKIP_PLATFORM)
+                continue
+            base = _by_version(self.installed[app].get(i), want, installed_only, allow_downgrade)
+            if base.sends:
+                point = (_mix64(_fnv1a64(device.encode()) ^ seed_hash) >> 11) * 2.0**-53 * 100.0
+                if percent is not None and point >= percent:
+                    base = Outcome.SKIP_ROLLOUT
+                elif left is not None and i not in self.holders[app] and left == 0:
+                    base = Outcome.SKIP_NO_LICENCE
+                else:
+                    if left is not None and i not in self.holders[app]:
+                        left -= 1
+                        licensed.append(i)
+                    selected.append(i)
+                    silent.append(int(self.silent[i]))
+            outcomes.append(base)
+        return outcomes, selected, silent, licensed
+
+
+_device_columns = st.tuples(
+    st.text(max_size=5),
+    st.integers(0, 5),
+    st.sampled_from([IOS, ANDROID]),
+    st.integers(0, 2),
+    st.booleans(),
+)
+_APPS = (1, 2)
+_operations = st.one_of(
+    st.tuples(st.just("push"), _device_columns),
+    st.tuples(st.just("set"), st.integers(0, 200), _device_columns),
+    st.tuples(
+        st.just("install"), st.sampled_from(_APPS), st.integers(0, 200), st.none() | _versions
+    ),
+    st.tuples(st.just("licence"), st.sampled_from(_APPS), st.integers(0, 200), st.booleans()),
+    st.tuples(
+        st.just("set_licensed"), st.sampled_from(_APPS), st.lists(st.integers(0, 200), max_size=6)
+    ),
+)
+_ranges = st.tuples(st.integers(0, 5), st.integers(0, 5)).map(lambda r: (min(r), max(r)))
+
+
+@st.composite
+def _queries(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "app": draw(st.sampled_from(_APPS)),
+        "version": draw(_versions),
+        "org_range": draw(st.none() | _ranges),
+        "scope": draw(
+            st.none()
+            | st.tuples(st.lists(_ranges, max_size=2), st.lists(st.integers(0, 200), max_size=4))
+        ),
+        "installed_only": draw(st.booleans()),
+        "platform": draw(st.none() | st.sampled_from([IOS, ANDROID])),
+        "allow_downgrade": draw(st.booleans()),
+        "licences": draw(st.none() | st.integers(0, 6)),
+        "percent": draw(st.none() | st.floats(0, 100)),
+        "seed": draw(st.text(max_size=3)),
+    }
+
+
+def _same_answers(live: FleetIndex, fresh: FleetIndex, model: _Model, q: dict[str, Any]) -> None:
+    n = len(model.ids)
+    query = {k: v for k, v in q.items() if k not in ("app", "scope")}
+    live_scope = fresh_scope = members = None
+    if q["scope"] is not None:
+        ranges, listed = q["scope"]
+        devices = [d % n for d in listed] if n else []
+        live_scope = live.scope(ranges, devices)
+        fresh_scope = fresh.scope(ranges, devices)
+        members = set(devices) | {
+            i for i, org in enumerate(model.orgs) if any(a <= org <= b for a, b in ranges)
+        }
+        assert live_scope.devices() == fresh_scope.devices() == sorted(members)
+        assert len(live_scope) == len(members)
+    got = live.target(q["app"], version_platform="ios", scope=live_scope, **query)
+    want = fresh.target(q["app"], version_platform="ios", scope=fresh_scope, **query)
+    assert got.outcomes == want.outcomes
+    assert got.selected == want.selected
+    assert got.silent == want.silent
+    assert got.licensed == want.licensed
+    assert got.counts == want.counts
+    outcomes, selected, silent, licensed = model.reference(q["app"], scope=members, **query)
+    assert [got.outcome(i) for i in range(n)] == outcomes
+    assert got.selected == selected
+    assert list(got.silent) == silent
+    assert got.licensed == licensed
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    initial=st.lists(_device_columns, max_size=12),
+    operations=st.lists(_operations, max_size=25),
+    queries=st.lists(_queries(), min_size=1, max_size=4),
+)
+def test_incremental_updates_match_fresh_index(
+    initial: list[tuple[str, int, int, int, bool]],
+    operations: list[tuple[Any, ...]],
+    queries: list[dict[str, Any]],
+) -> None:
+    model = _Model(initial)
+    live = model.build(licences=False)
+    for op in operations:
+        model.apply(live, op)
+    fresh = model.build()
+    assert len(live) == len(fresh) == len(model.ids)
+    for device, device_id in enumerate(model.ids):
+        assert live.device_id(device) == device_id
+        for app in _APPS:
+            assert live.is_licensed(app, device) == (device in model.holders[app])
+            assert live.installed_key(app, device) == fresh.installed_key(app, device)
+    for query in queries:
+        _same_answers(live, fresh, model, query)

@@ -21,6 +21,7 @@ import msgspec
 
 from mdmgate import plist, versions
 from mdmgate.apple import commands as apple_commands
+from mdmgate.apple.errors import CommandValidationError
 from mdmgate.catalogue.model import App, AppVersion, AutoUpdate
 from mdmgate.errors import MdmgateError
 from mdmgate.windows import apps as windows_apps
@@ -284,7 +285,7 @@ def check_clock(check_time: str) -> dt.time:
     """The ``HH:MM`` of a daily check."""
     try:
         hours, minutes = check_time.split(":")
-        if len(hours) != 2 or len(minutes) != 2:
+        if not all(len(p) == 2 and p.isascii() and p.isdigit() for p in (hours, minutes)):
             raise ValueError(check_time)
         return dt.time(int(hours), int(minutes))
     except ValueError:
@@ -390,11 +391,18 @@ def deployment(
                     "$.manifest_url",
                     "incomplete_app",
                 )
-            command = apple_commands.install_application(
-                manifest_url=version.manifest_url,
-                command_uuid=command_id,
-                platform=app.platform,
-            )
+            try:
+                command = apple_commands.install_application(
+                    manifest_url=version.manifest_url,
+                    command_uuid=command_id,
+                    platform=app.platform,
+                )
+            except CommandValidationError as exc:
+                raise CatalogueRefused(
+                    f"version {version.file_version} of {app.id}: {exc.message}",
+                    "$.manifest_url",
+                    "invalid_apple_command",
+                ) from None
         return Deployment("apple", command.to_plist())
     if kind == "syncml":
         return Deployment("syncml", _windows_body(app, version, first_install))

@@ -523,6 +523,12 @@ class Catalogue:
             done = msgspec.structs.replace(
                 notification, state="failed", error=str(exc), updated_at=now
             )
+        except Exception as exc:
+            # Left due, it would be retried at once, for ever: record it as failed.
+            _log.exception("install notification %s failed", notification.id)
+            done = msgspec.structs.replace(
+                notification, state="failed", error=f"internal error: {exc!r}", updated_at=now
+            )
         await self.store.put_notification(done)
         return done
 
