@@ -787,3 +787,115 @@ async def test_arbitrary_catalogue_requests_never_5xx(route: tuple[str, str], bo
     assert isinstance(answer, dict)
     if status >= 400:
         assert answer["error"]
+
+
+# --- found while documenting -------------------------------------------------------------------
+
+
+def test_later_waves_run_on_time_under_the_scheduler() -> None:
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    base = dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp()
+
+    async def main() -> None:
+        console = Console(MemoryStore(), Clock(dt.datetime(2026, 11, 20, tzinfo=dt.UTC)))
+        console.catalogue.now = lambda: base + trio.current_time()
+        console.api._catalogue_api.now = console.catalogue.now
+        await console.devices(ios("a", "/acme"), ios("b", "/acme"))
+        await store_app(console, licences=5)
+        await console.ok("POST", "/apps/chat/versions", {"file_version": "1.0"}, 201)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(console.catalogue.run)
+            made = await console.ok(
+                "POST",
+                "/apps/chat/install-notifications",
+                {"all_devices": True, "pace_per_minute": 1},
+                202,
+            )
+            assert made["state"] == "running"
+            await trio.sleep(61)  # virtual time
+            done = await console.ok("GET", f"/install-notifications/{made['id']}")
+            assert (done["state"], done["waves"]) == ("done", 2)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=clock)
+
+
+async def test_auto_update_and_store_apps_never_downgrade(console: Console) -> None:
+    await console.devices(ios("ahead", "/acme", apps={"com.example.chat": "3.0"}))
+    await store_app(console, licences=5)
+    await console.ok("POST", "/apps/chat/versions", {"file_version": "2.3.0"}, 201)
+    preview = await console.ok("POST", "/apps/chat/preview", {"all_devices": True})
+    assert preview["counts"] == {"downgrade_not_allowed": 1}
+    await console.ok("PUT", "/apps/chat/auto-update", {"timezone": "Asia/Tokyo"})
+    console.clock.advance(2 * 86400)
+    (run,) = await console.catalogue.run_due()
+    assert run.counts == {"queued": 0, "downgrade_not_allowed": 1}
+    assert await console.store.licence_holders("chat") == []
+
+
+async def test_checked_before_anything_is_queued(console: Console) -> None:
+    await console.devices(ios("a", "/acme"), {"id": "p", "platform": "android", "org": "/acme"})
+    await store_app(console, licences=5)
+    await console.ok("POST", "/apps/chat/versions", {"file_version": "1.0"}, 201)
+    tool = {"id": "tool", "name": "T", "platform": "android", "kind": "internal"}
+    await console.ok("POST", "/apps", {**tool, "identifier": "com.acme.tool"}, 201)
+    await console.ok("POST", "/apps/tool/versions", {"file_version": "3"}, 201)
+    status, refused = await console.call(
+        "POST", "/install-notifications", {"apps": ["chat", "tool"], "devices": ["a", "p"]}
+    )
+    assert (status, refused["reason"]) == (422, "no_command_channel")
+    assert await console.store.queue_depth() == 0
+    assert await console.store.list_notifications() == []
+    # An in-house version without its manifest URL cannot become a command: refused now.
+    field = {"id": "field", "name": "F", "platform": "ios", "kind": "internal"}
+    await console.ok("POST", "/apps", {**field, "identifier": "com.acme.field"}, 201)
+    await console.ok("POST", "/apps/field/versions", {"file_version": "9.0"}, 201)
+    later = dt.datetime(2026, 12, 1, tzinfo=dt.UTC).isoformat()
+    status, refused = await console.call(
+        "POST", "/apps/field/install-notifications", {"all_devices": True, "at": later}
+    )
+    assert (status, refused["reason"], refused["field"]) == (
+        422,
+        "incomplete_app",
+        "$.manifest_url",
+    )
+
+
+async def test_retired_is_reported_for_the_apps_platform_only(console: Console) -> None:
+    await console.devices(ios("phone", "/acme"), {"id": "mac", "platform": "macos", "org": "/acme"})
+    app = {"id": "desk", "name": "D", "platform": "macos", "kind": "internal"}
+    await console.ok("POST", "/apps", {**app, "identifier": "com.acme.desk"}, 201)
+    await console.ok("POST", "/apps/desk/versions", {"file_version": "1.0", "orgs": ["/acme"]}, 201)
+    await console.ok("PATCH", "/apps/desk/versions/1.0", {"state": "retired"})
+    preview = await console.ok("POST", "/apps/desk/preview", {"assignments": True})
+    assert preview["counts"] == {"retired": 1}
+    assert [d["id"] for d in preview["devices"]] == ["mac"]
+
+
+async def test_cancelling_twice_is_a_conflict(console: Console) -> None:
+    await console.devices(ios("a", "/acme"))
+    await store_app(console, licences=5)
+    await console.ok("POST", "/apps/chat/versions", {"file_version": "1.0"}, 201)
+    later = dt.datetime(2026, 12, 1, tzinfo=dt.UTC).isoformat()
+    made = await console.ok(
+        "POST", "/apps/chat/install-notifications", {"all_devices": True, "at": later}, 202
+    )
+    await console.ok("DELETE", f"/install-notifications/{made['id']}")
+    status, _ = await console.call("DELETE", f"/install-notifications/{made['id']}")
+    assert status == 409
+    status, unknown = await console.call("POST", "/apps/chat/preview", {"devices": ["a", "ghost"]})
+    assert (status, unknown["field"], unknown["devices"]) == (404, "$.devices", ["ghost"])
+
+
+async def test_a_device_registered_elsewhere_is_found_by_name(console: Console) -> None:
+    await console.devices(ios("a", "/acme"))
+    await store_app(console, licences=5)
+    await console.ok("POST", "/apps/chat/versions", {"file_version": "1.0"}, 201)
+    await console.ok("POST", "/apps/chat/preview", {"all_devices": True})  # index built
+    # Another gateway process registers a device: this one was not told.
+    other = Console(console.store, console.clock)
+    await other.devices(ios("b", "/acme/new-org"))
+    preview = await console.ok("POST", "/apps/chat/preview", {"devices": ["b"]})
+    assert [d["id"] for d in preview["devices"]] == ["b"]
+    preview = await console.ok("POST", "/apps/chat/preview", {"orgs": ["/acme/new-org"]})
+    assert preview["counts"] == {"install": 1}

@@ -109,6 +109,8 @@ class Preview:
     evaluations: list[Evaluation] = field(default_factory=list)
     #: Devices of a retired-only assignment (assignment deployments), by number.
     retired: list[int] = field(default_factory=list)
+    #: The index the device numbers refer to.
+    fleet: _Fleet | None = None
 
 
 class Catalogue:
@@ -262,9 +264,16 @@ class Catalogue:
 
     # --- evaluation ---------------------------------------------------------------------------
 
-    def _scope_args(
-        self, fleet: _Fleet, orgs: Sequence[str], devices: Sequence[str]
-    ) -> dict[str, Any]:
+    async def _scope_args(
+        self, orgs: Sequence[str], devices: Sequence[str]
+    ) -> tuple[_Fleet, dict[str, Any]]:
+        fleet = await self.fleet()
+        if any(d not in fleet.numbers for d in devices) or any(o not in fleet.tree for o in orgs):
+            # Registered through another process, perhaps: read them before refusing.
+            self._dirty.update(d for d in devices if d not in fleet.numbers)
+            if any(o not in fleet.tree for o in orgs):
+                self.invalidate()
+            fleet = await self.fleet()
         unknown_orgs = [o for o in orgs if o not in fleet.tree]
         if unknown_orgs:
             raise CatalogueRefused(
@@ -274,10 +283,10 @@ class Catalogue:
         if missing:
             raise UnknownDevices(missing)
         if len(orgs) == 1 and not devices:
-            return {"org_range": fleet.tree.range(orgs[0])}
+            return fleet, {"org_range": fleet.tree.range(orgs[0])}
         if not orgs and not devices:
-            return {}
-        return {
+            return fleet, {}
+        return fleet, {
             "scope": fleet.index.scope(
                 [fleet.tree.range(o) for o in orgs], [fleet.numbers[d] for d in devices]
             )
@@ -291,9 +300,8 @@ class Catalogue:
             return await self._evaluate_assignments(app, notification)
         if version is None:
             version = self.resolve_version(app, notification.version)
-        fleet = await self.fleet()
+        fleet, scope = await self._scope_args(notification.orgs, notification.devices)
         number = fleet.apps[app.id]
-        scope = self._scope_args(fleet, notification.orgs, notification.devices)
         free = await self._free_licences(app)
         result = fleet.index.target(
             number,
@@ -301,7 +309,7 @@ class Catalogue:
             version_platform=rules.version_platform(app.platform),
             installed_only=notification.installed_only,
             platform=platform_code(app.platform),
-            allow_downgrade=allows_downgrade(rules.version_platform(app.platform)),
+            allow_downgrade=_downgrades(app, notification),
             licences=free,
             percent=notification.percent,
             seed=_seed(app, notification, version),
@@ -373,7 +381,7 @@ class Catalogue:
                 scope=scope,
                 installed_only=notification.installed_only,
                 platform=platform_code(app.platform),
-                allow_downgrade=allows_downgrade(platform),
+                allow_downgrade=_downgrades(app, notification),
                 licences=free,
                 percent=notification.percent,
                 seed=_seed(app, notification, version),
@@ -385,7 +393,8 @@ class Catalogue:
         if limit is not None:
             retired = retired - (retired - limit)
         initial = await self._free_licences(app)
-        return _preview(fleet, evaluations, initial, retired.devices())
+        retired_here = [d for d in retired.devices() if fleet.platforms[d] == app.platform]
+        return _preview(fleet, evaluations, initial, retired_here)
 
     async def device_outcomes(self, app: App, device_id: str) -> list[tuple[str, str, str | None]]:
         """For one device: ``(source, outcome, version)`` for the app's assignments and for
@@ -393,37 +402,53 @@ class Catalogue:
         fleet = await self.fleet()
         if device_id not in fleet.numbers:
             raise UnknownDevices([device_id])
-        number = fleet.numbers[device_id]
         out: list[tuple[str, str, str | None]] = []
         probe = Notification(id="preview", app_id=app.id, kind="assignment", devices=(device_id,))
         assigned = await self._evaluate_assignments(app, probe)
-        out.append(("assignment", *_outcome_of(assigned, number)))
+        out.append(("assignment", *_outcome_of(assigned, device_id)))
         latest = rules.latest_active(app)
         if latest is not None:
             notify = Notification(id="preview", app_id=app.id, devices=(device_id,))
             preview = await self.evaluate(app, notify, version=latest)
-            out.append(("latest", *_outcome_of(preview, number)))
+            out.append(("latest", *_outcome_of(preview, device_id)))
         return out
 
     # --- roll-outs ----------------------------------------------------------------------------
 
-    async def submit(self, notification: Notification) -> Notification:
-        """Stores a notification; one due now runs its first wave at once."""
+    async def check(self, notification: Notification) -> App:
+        """Refuses now what would fail when the notification falls due: an unknown app,
+        version, org or device, a platform without a command channel, or a version that
+        cannot be written as a command (no manifest or package URL)."""
         app = await self.app(notification.app_id)
-        if notification.kind != "assignment":
-            self.resolve_version(app, notification.version)
         if rules.command_kind(app.platform) is None:
             raise CatalogueRefused(
                 f"{app.platform} devices have no command channel in this gateway",
                 "$.app",
                 "no_command_channel",
             )
-        # Refuse bad scopes now, not when it falls due.
-        fleet = await self.fleet()
-        self._scope_args(fleet, notification.orgs, notification.devices)
+        if notification.kind == "assignment":
+            candidates = [v for v in app.versions if v.state == "active"]
+        else:
+            candidates = [self.resolve_version(app, notification.version)]
+        for version in candidates:
+            for first in (True, False):
+                rules.deployment(
+                    app,
+                    version,
+                    command_id="check",
+                    first_install=first,
+                    take_over=notification.take_over,
+                )
+        await self._scope_args(notification.orgs, notification.devices)
+        return app
+
+    async def submit(self, notification: Notification) -> Notification:
+        """Stores a notification; one due now runs its first wave at once."""
+        await self.check(notification)
         await self.store.put_notification(notification)
         if notification.due_at <= self.now():
-            return await self._run_one(notification)
+            notification = await self._run_one(notification)
+        # The scheduler sleeps until what it knew was due: this may be sooner (a later wave).
         self._wake.set()
         return notification
 
@@ -534,7 +559,8 @@ class Catalogue:
 
     async def _wave(self, app: App, notification: Notification, now: float) -> Notification:
         preview = await self.evaluate(app, notification)
-        fleet = await self.fleet()
+        fleet = preview.fleet
+        assert fleet is not None
         # Devices to send, with the version each gets and whether it holds the app already.
         chosen: list[tuple[str, Evaluation, bool]] = []
         for evaluation in preview.evaluations:
@@ -624,6 +650,14 @@ def _wave_counts(
     return counts
 
 
+def _downgrades(app: App, notification: Notification) -> bool:
+    # A store's install command installs the store's current version whatever the
+    # catalogue says, and an automatic update only ever moves forward.
+    if app.kind == "store" or notification.kind == "auto_update":
+        return False
+    return allows_downgrade(rules.version_platform(app.platform))
+
+
 def _seed(app: App, notification: Notification, version: AppVersion) -> str:
     # Without a seed a percentage picks the same devices for the same app version every
     # time, and a larger percentage only adds devices.
@@ -669,10 +703,12 @@ def _preview(
     if retired:
         counts[RETIRED] = len(retired)
     version = evaluations[0].version.file_version if len(evaluations) == 1 else None
-    return Preview(version, counts, silent, prompt, free, needed, [], evaluations, retired)
+    return Preview(version, counts, silent, prompt, free, needed, [], evaluations, retired, fleet)
 
 
-def _outcome_of(preview: Preview, number: int) -> tuple[str, str | None]:
+def _outcome_of(preview: Preview, device_id: str) -> tuple[str, str | None]:
+    assert preview.fleet is not None
+    number = preview.fleet.numbers[device_id]
     for evaluation in preview.evaluations:
         code = Outcome(evaluation.result.outcomes[number])
         if code != Outcome.OUT_OF_SCOPE:
@@ -682,10 +718,10 @@ def _outcome_of(preview: Preview, number: int) -> tuple[str, str | None]:
     return NOT_ASSIGNED, None
 
 
-def device_list(
-    fleet: _Fleet, preview: Preview, *, limit: int, outcome: str | None = None
-) -> list[DevicePreview]:
+def device_list(preview: Preview, *, limit: int, outcome: str | None = None) -> list[DevicePreview]:
     """Up to ``limit`` devices of a preview with their outcome, in device order."""
+    fleet = preview.fleet
+    assert fleet is not None
     out: list[DevicePreview] = []
     for evaluation in preview.evaluations:
         result = evaluation.result

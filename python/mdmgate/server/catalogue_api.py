@@ -470,7 +470,7 @@ class CatalogueApi:
         except CatalogueRefused as exc:
             raise _refusal(exc) from None
         except UnknownDevices as exc:
-            raise _unknown(exc.device_ids, None) from None
+            raise _unknown(exc.device_ids, "$.devices") from None
         except RevisionConflict as exc:
             raise _refuse(409, str(exc)) from None
 
@@ -552,11 +552,13 @@ class CatalogueApi:
         return _json(200, _notification_out(found))
 
     async def _cancel(self, request: Request, notification_id: str) -> Response:
-        cancelled = await self.catalogue.cancel(notification_id)
-        if cancelled is None:
+        found = await self.store.get_notification(notification_id)
+        if found is None:
             raise _refuse(404, f"no install notification {notification_id!r}")
-        if cancelled.state != "cancelled":
-            raise _refuse(409, f"the notification is {cancelled.state} already")
+        if found.state not in ("scheduled", "running"):
+            raise _refuse(409, f"the notification is {found.state} already")
+        cancelled = await self.catalogue.cancel(notification_id)
+        assert cancelled is not None
         return _json(200, _notification_out(cancelled))
 
     # --- orgs ---------------------------------------------------------------------------------
@@ -847,10 +849,9 @@ class CatalogueApi:
         given = _decode(request.body, BulkNotificationIn)
         apps = [await self._app(a) for a in dict.fromkeys(given.apps)]
         drafts = [self._notification(app, given) for app in apps]
-        for app, draft in zip(apps, drafts, strict=True):
+        for draft in drafts:
             # Check every app before queuing anything for any.
-            if draft.kind != "assignment":
-                self.catalogue.resolve_version(app, draft.version)
+            await self.catalogue.check(draft)
         made = [await self.catalogue.submit(d) for d in drafts]
         return _json(202, NotificationsOut([_notification_out(n) for n in made]))
 
@@ -860,12 +861,9 @@ class CatalogueApi:
         app = await self._app(app_id)
         notification = self._notification(app, given)
         preview = await self.catalogue.evaluate(app, notification)
-        fleet = await self.catalogue.fleet()
         return _json(
             200,
-            _preview_out(
-                preview, device_list(fleet, preview, limit=given.limit, outcome=given.outcome)
-            ),
+            _preview_out(preview, device_list(preview, limit=given.limit, outcome=given.outcome)),
         )
 
     async def _device_app(self, request: Request, device_id: str, app_id: str) -> Response:
