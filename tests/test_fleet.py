@@ -51,7 +51,7 @@ def test_version_outcomes() -> None:
         Outcome.SKIP_SAME,
         Outcome.DOWNGRADE,
     ]
-    assert result.selected == [1, 3]
+    assert list(result.selected) == [1, 3]
     assert result.selected_ids == ["dev-1", "dev-3"]
     assert result.counts[Outcome.DOWNGRADE] == 1
     assert sum(result.counts.values()) == len(result) == 4
@@ -95,11 +95,11 @@ def test_licences_exhausted() -> None:
     index = _fleet(10)
     index.set_installed(1, [0], ["9"], platform="ios")
     result = index.target(1, version="1", version_platform="ios", allow_downgrade=False, licences=3)
-    assert result.selected == [1, 2, 3]
+    assert list(result.selected) == [1, 2, 3]
     assert result.counts[Outcome.SKIP_NO_LICENCE] == 6
     assert result.counts[Outcome.SKIP_NEWER] == 1
     none = index.target(1, version="1", version_platform="ios", licences=0)
-    assert none.selected == []
+    assert list(none.selected) == []
 
 
 def test_rollout_stable_proportional_and_seeded() -> None:
@@ -108,7 +108,9 @@ def test_rollout_stable_proportional_and_seeded() -> None:
     def selection(seed: str) -> list[int]:
         index = _fleet(n)
         index.set_installed(1, [], [], platform="ios")
-        return index.target(1, version="1", version_platform="ios", percent=20, seed=seed).selected
+        return list(
+            index.target(1, version="1", version_platform="ios", percent=20, seed=seed).selected
+        )
 
     first = selection("wave-1")
     assert first == selection("wave-1")
@@ -312,7 +314,7 @@ def test_matches_reference(case: dict[str, object]) -> None:
         **case,  # type: ignore[arg-type]
     )
     assert [result.outcome(i) for i in range(len(ids))] == outcomes
-    assert result.selected == selected
+    assert list(result.selected) == selected
     assert list(result.silent) == silent
 
 
@@ -374,16 +376,16 @@ def test_target_with_scope() -> None:
     tree, index = _org_fleet()
     scope = index.scope([tree.range("/acme/sales")], [3]) - index.scope(devices=[5])
     result = index.target(1, version="1", version_platform="ios", scope=scope)
-    assert result.selected == [0, 1, 3]
+    assert list(result.selected) == [0, 1, 3]
     assert result.counts[Outcome.OUT_OF_SCOPE] == 3
     assert result.outcome(5) == Outcome.OUT_OF_SCOPE
     # With an org range too, a device must be in both.
     narrowed = index.target(
         1, version="1", version_platform="ios", scope=scope, org_range=tree.range("/acme")
     )
-    assert narrowed.selected == [0, 1]
+    assert list(narrowed.selected) == [0, 1]
     empty = index.target(1, version="1", version_platform="ios", scope=index.scope())
-    assert empty.selected == []
+    assert list(empty.selected) == []
     assert empty.counts[Outcome.OUT_OF_SCOPE] == 6
 
 
@@ -407,7 +409,7 @@ def test_scope_errors() -> None:
     with pytest.raises(FleetError, match="build it again"):
         index.target(1, version="1", version_platform="ios", scope=before)
     again = index.scope([tree.range("/acme")])
-    assert index.target(1, version="1", version_platform="ios", scope=again).selected == [
+    assert list(index.target(1, version="1", version_platform="ios", scope=again).selected) == [
         0,
         1,
         2,
@@ -424,8 +426,8 @@ def test_licence_holders_do_not_consume() -> None:
     assert [index.is_licensed(1, d) for d in range(6)] == [True, False, True, False, False, True]
     result = index.target(1, version="1", version_platform="ios", licences=1)
     # Holders 0 and 2 are sent without taking one; 1 takes the only free licence.
-    assert result.selected == [0, 1, 2]
-    assert result.licensed == [1]
+    assert list(result.selected) == [0, 1, 2]
+    assert list(result.licensed) == [1]
     assert [result.outcome(d) for d in range(6)] == [
         Outcome.INSTALL,
         Outcome.INSTALL,
@@ -435,15 +437,15 @@ def test_licence_holders_do_not_consume() -> None:
         Outcome.SKIP_SAME,
     ]
     none_free = index.target(1, version="1", version_platform="ios", licences=0)
-    assert none_free.selected == [0, 2]
-    assert none_free.licensed == []
+    assert list(none_free.selected) == [0, 2]
+    assert list(none_free.licensed) == []
     plenty = index.target(1, version="1", version_platform="ios", licences=100)
-    assert plenty.selected == [0, 1, 2, 3, 4]
-    assert plenty.licensed == [1, 3, 4]
+    assert list(plenty.selected) == [0, 1, 2, 3, 4]
+    assert list(plenty.licensed) == [1, 3, 4]
     # No licence needed: nobody takes one.
     free = index.target(1, version="1", version_platform="ios")
-    assert free.selected == [0, 1, 2, 3, 4]
-    assert free.licensed == []
+    assert list(free.selected) == [0, 1, 2, 3, 4]
+    assert list(free.licensed) == []
 
 
 def test_licence_updates_and_other_apps() -> None:
@@ -457,14 +459,14 @@ def test_licence_updates_and_other_apps() -> None:
     assert [index.is_licensed(1, d) for d in range(4)] == [False, False, False, True]
     # Licences are per app.
     assert not index.is_licensed(2, 3)
-    assert index.target(2, version="1", version_platform="ios", licences=0).selected == []
-    assert index.target(1, version="1", version_platform="ios", licences=0).selected == [3]
+    assert list(index.target(2, version="1", version_platform="ios", licences=0).selected) == []
+    assert list(index.target(1, version="1", version_platform="ios", licences=0).selected) == [3]
     # set_licensed replaces every holder.
     index.set_licensed(1, [0])
     assert [index.is_licensed(1, d) for d in range(4)] == [True, False, False, False]
     got = index.target(1, version="1", version_platform="ios", licences=1)
-    assert got.selected == [0, 1]
-    assert got.licensed == [1]
+    assert list(got.selected) == [0, 1]
+    assert list(got.licensed) == [1]
     with pytest.raises(FleetError, match="out of range"):
         index.set_licensed(1, [4])
     with pytest.raises(FleetError, match="out of range"):
@@ -480,14 +482,14 @@ def test_holder_still_subject_to_rollout_and_scope() -> None:
     index.set_installed(1, [], [], platform="ios")
     index.set_licensed(1, list(range(200)))
     result = index.target(1, version="1", version_platform="ios", licences=0, percent=30, seed="s")
-    assert result.licensed == []
+    assert list(result.licensed) == []
     assert result.counts[Outcome.SKIP_NO_LICENCE] == 0
     assert result.counts[Outcome.SKIP_ROLLOUT] == 200 - len(result.selected)
     assert 0 < len(result.selected) < 200
     scoped = index.target(
         1, version="1", version_platform="ios", licences=0, scope=index.scope(devices=[7])
     )
-    assert scoped.selected == [7]
+    assert list(scoped.selected) == [7]
 
 
 def test_silent_column_and_supervised_default() -> None:
@@ -496,7 +498,7 @@ def test_silent_column_and_supervised_default() -> None:
     default = FleetIndex(ids, [0] * 4, [IOS] * 4, supervised)
     default.set_installed(1, [], [], platform="ios")
     result = default.target(1, version="1", version_platform="ios")
-    assert result.selected == [0, 1, 2, 3]
+    assert list(result.selected) == [0, 1, 2, 3]
     assert list(result.silent) == [1, 0, 0, 1]
     # The caller's silent column wins over supervision (e.g. supervised on iOS 9: prompts;
     # macOS and Windows install silently without supervision).
@@ -505,7 +507,7 @@ def test_silent_column_and_supervised_default() -> None:
     result = column.target(1, version="1", version_platform="ios")
     assert list(result.silent) == [0, 1, 1, 1]
     only_ios = column.target(1, version="1", version_platform="ios", platform=IOS)
-    assert only_ios.selected == [0, 2, 3]
+    assert list(only_ios.selected) == [0, 2, 3]
     assert list(only_ios.silent) == [0, 1, 1]
     with pytest.raises(FleetError, match="silent has 3 items, expected 4"):
         FleetIndex(ids, [0] * 4, [IOS] * 4, supervised, [1, 1, 1])
@@ -539,7 +541,7 @@ def test_push_and_set_device() -> None:
     index.update_installed(1, 129, "1")
     index.update_licensed(1, 128, True)
     result = index.target(1, version="1", version_platform="ios", licences=0)
-    assert result.selected == [128]
+    assert list(result.selected) == [128]
     assert list(result.silent) == [1]
     assert result.outcome(129) == Outcome.SKIP_SAME
 
@@ -736,15 +738,15 @@ def _same_answers(live: FleetIndex, fresh: FleetIndex, model: _Model, q: dict[st
     got = live.target(q["app"], version_platform="ios", scope=live_scope, **query)
     want = fresh.target(q["app"], version_platform="ios", scope=fresh_scope, **query)
     assert got.outcomes == want.outcomes
-    assert got.selected == want.selected
+    assert list(got.selected) == list(want.selected)
     assert got.silent == want.silent
-    assert got.licensed == want.licensed
+    assert list(got.licensed) == list(want.licensed)
     assert got.counts == want.counts
     outcomes, selected, silent, licensed = model.reference(q["app"], scope=members, **query)
     assert [got.outcome(i) for i in range(n)] == outcomes
-    assert got.selected == selected
+    assert list(got.selected) == selected
     assert list(got.silent) == silent
-    assert got.licensed == licensed
+    assert list(got.licensed) == licensed
 
 
 @settings(max_examples=300, deadline=None)

@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import array
 import enum
 from collections.abc import Iterable, Sequence
 
@@ -83,6 +84,17 @@ def platform_code(name: str) -> int:
     return code
 
 
+def _numbers(data: bytes) -> array.array[int]:
+    # An array, not a list: a million selected devices cost one copy, not a million ints.
+    numbers = array.array("I")
+    numbers.frombytes(data)
+    return numbers
+
+
+if array.array("I").itemsize != 4:  # pragma: no cover
+    raise ImportError("mdmgate.fleet needs a 4-byte C unsigned int")
+
+
 class TargetResult:
     """The answer of :meth:`FleetIndex.target`."""
 
@@ -105,14 +117,14 @@ class TargetResult:
         return Outcome(self._inner.outcomes[device])
 
     @property
-    def selected(self) -> list[int]:
+    def selected(self) -> array.array[int]:
         """Devices sent the version, in device order."""
-        return self._inner.selected
+        return _numbers(self._inner.selected)
 
     @property
     def selected_ids(self) -> list[str]:
         """Ids of the devices sent the version, in device order."""
-        return self._ids.device_ids(self._inner.selected)
+        return self._ids.device_ids(list(self.selected))
 
     @property
     def silent(self) -> bytes:
@@ -121,9 +133,9 @@ class TargetResult:
         return self._inner.silent
 
     @property
-    def licensed(self) -> list[int]:
+    def licensed(self) -> array.array[int]:
         """Selected devices that take a licence (they held none), in device order."""
-        return self._inner.licensed
+        return _numbers(self._inner.licensed)
 
     @property
     def counts(self) -> dict[Outcome, int]:

@@ -173,6 +173,9 @@ class Catalogue:
             after = page[-1].id
         orgs = [o.path for o in await self.store.list_orgs()]
         tree = OrgTree([*orgs, *(d.org for d in devices)])
+        # Numbered in org order, an org subtree is a run of device numbers: the query
+        # reads it front to back (and licences go to devices in org, then id, order).
+        devices.sort(key=lambda d: (tree.number(d.org), d.id))
         index = FleetIndex(
             [d.id for d in devices],
             [tree.number(d.org) for d in devices],

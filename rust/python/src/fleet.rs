@@ -226,6 +226,13 @@ impl PyFleetIndex {
     }
 }
 
+/// Device numbers as bytes: Python reads them with `array("I")` in one copy instead of
+/// building an int object per device.
+fn u32_bytes<'py>(py: Python<'py>, values: &[u32]) -> Bound<'py, PyBytes> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    PyBytes::new(py, &bytes)
+}
+
 #[pyclass(module = "mdmgate._core", name = "TargetResult", frozen)]
 pub struct PyTargetResult {
     inner: Targeting,
@@ -239,10 +246,10 @@ impl PyTargetResult {
         PyBytes::new(py, &self.inner.outcomes)
     }
 
-    /// Devices sent the version, in device order.
+    /// Devices sent the version, in device order, as native-endian u32s.
     #[getter]
-    fn selected(&self) -> Vec<u32> {
-        self.inner.selected.clone()
+    fn selected<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        u32_bytes(py, &self.inner.selected)
     }
 
     /// Per selected device, 1 when it installs silently and 0 when the user is prompted.
@@ -252,10 +259,10 @@ impl PyTargetResult {
         PyBytes::new(py, &flags)
     }
 
-    /// Selected devices that take a licence, in device order.
+    /// Selected devices that take a licence, in device order, as native-endian u32s.
     #[getter]
-    fn licensed(&self) -> Vec<u32> {
-        self.inner.licensed.clone()
+    fn licensed<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        u32_bytes(py, &self.inner.licensed)
     }
 
     /// Devices per outcome code.

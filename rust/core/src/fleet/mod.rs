@@ -342,6 +342,8 @@ pub struct FleetIndex {
     id_ends: Vec<u32>,
     id_hashes: Vec<u64>,
     orgs: Vec<u32>,
+    /// Device numbers sorted by (org, device): an org subtree is one slice of it.
+    by_org: Vec<u32>,
     platforms: Vec<Vec<u64>>,
     supervised: Vec<u64>,
     silent: Vec<u64>,
@@ -437,8 +439,17 @@ impl FleetIndex {
                 bits
             }
         };
+        let mut by_org: Vec<u32> = (0..n as u32).collect();
+        by_org.sort_unstable_by_key(|&d| (orgs[d as usize], d));
         index.orgs = orgs;
+        index.by_org = by_org;
         Ok(index)
+    }
+
+    /// Where device `d` of org `org` sits (or would sit) in `by_org`.
+    fn org_position(&self, org: u32, d: u32) -> usize {
+        self.by_org
+            .partition_point(|&e| (self.orgs[e as usize], e) < (org, d))
     }
 
     /// Adds a device at the end (number `len()` before the call) and returns its number.
@@ -464,6 +475,8 @@ impl FleetIndex {
         self.id_ends.push(end);
         self.id_hashes.push(fnv1a64(id.as_bytes()));
         self.orgs.push(org);
+        let at = self.org_position(org, i as u32);
+        self.by_org.insert(at, i as u32);
         let words = (i + 1).div_ceil(64);
         let grow = |bits: &mut Vec<u64>| bits.resize(words, 0);
         self.platforms.iter_mut().for_each(grow);
@@ -504,7 +517,14 @@ impl FleetIndex {
     ) -> Result<(), FleetError> {
         self.check_device(device)?;
         Self::check_columns(platform, supervised, device)?;
-        self.orgs[device] = org;
+        let old = self.orgs[device];
+        if old != org {
+            let from = self.org_position(old, device as u32);
+            self.by_org.remove(from);
+            self.orgs[device] = org;
+            let to = self.org_position(org, device as u32);
+            self.by_org.insert(to, device as u32);
+        }
         let (w, b) = (device / 64, 1u64 << (device % 64));
         for (code, bits) in self.platforms.iter_mut().enumerate() {
             if code == platform as usize {
@@ -617,6 +637,7 @@ impl FleetIndex {
             + self.id_ends.len() * 4
             + self.id_hashes.len() * 8
             + self.orgs.len() * 4
+            + self.by_org.len() * 4
             + self.platforms.iter().map(|b| b.len() * 8).sum::<usize>()
             + self.supervised.len() * 8
             + self.silent.len() * 8
@@ -736,9 +757,10 @@ impl FleetIndex {
             index: None,
             error,
         })?;
-        let (first, last) = query.org_range.unwrap_or((0, u32::MAX));
-        if first > last {
-            return Err(FleetError::OrgRange { first, last });
+        if let Some((first, last)) = query.org_range {
+            if first > last {
+                return Err(FleetError::OrgRange { first, last });
+            }
         }
         if let Some(p) = query.percent {
             if !(0.0..=100.0).contains(&p) {
@@ -780,49 +802,171 @@ impl FleetIndex {
         };
         let seed_hash = fnv1a64(query.seed.as_bytes());
         let percent = query.percent.filter(|&p| p < 100.0);
+        let n = self.len();
+        let mut outcomes = vec![Outcome::OutOfScope as u8; n];
+        // Devices that would be sent the version, before licences: walked in device order
+        // afterwards, so licences go to the first devices whatever order they were seen in.
+        let mut sends = bitset(n);
+        // Separate tallies, so that runs of equal outcomes do not wait on one counter.
+        let mut tallies = [[0u64; 16]; 4];
+        // Branch-free per device: outcomes are as good as random from one device to the
+        // next, so branches on them would mostly be mispredicted.
+        let missing_slot = by_key.len() as u32;
+        let mut table: Vec<u8> = by_key.iter().map(|&o| o as u8).collect();
+        table.push(absent as u8);
+        let send_mask: u32 = Outcome::ALL
+            .iter()
+            .filter(|o| o.sends())
+            .fold(0, |m, &o| m | 1 << o as u32);
+        let everyone;
+        let platform_bits: &[u64] = match platform_bits {
+            Some(bits) => bits,
+            None => {
+                everyone = vec![u64::MAX; n.div_ceil(64)];
+                &everyone
+            }
+        };
+        let rows = &installed.rows;
+        let skip_platform = Outcome::SkipPlatform as u8;
+        let decide = |i: usize, id: u32| -> (u8, u32) {
+            // Selects by arithmetic, not branches (MISSING is u32::MAX, above every slot).
+            let found = table[id.min(missing_slot) as usize];
+            let other = (platform_bits[i / 64] >> (i % 64) & 1) as u8 ^ 1;
+            let mut outcome = found ^ ((found ^ skip_platform) & other.wrapping_neg());
+            let mut send = (send_mask >> outcome) & 1;
+            if let Some(p) = percent {
+                if send == 1 && rollout_point(self.id_hashes[i], seed_hash) >= p {
+                    outcome = Outcome::SkipRollout as u8;
+                    send = 0;
+                }
+            }
+            (outcome, send)
+        };
+        let mut visit = |i: usize, k: usize| {
+            let (outcome, send) = decide(i, rows[i]);
+            sends[i / 64] |= u64::from(send) << (i % 64);
+            outcomes[i] = outcome;
+            tallies[k & 3][outcome as usize] += 1;
+        };
+        let in_scope = |i: usize| query.scope.is_none_or(|s| bit(&s.bits, i));
+        match (query.org_range, query.scope) {
+            (Some((first, last)), scope) => {
+                // The org subtree is one slice of the devices sorted by org; when the
+                // devices are numbered in org order it is a run of device numbers too.
+                let lo = self
+                    .by_org
+                    .partition_point(|&d| self.orgs[d as usize] < first);
+                let hi = self
+                    .by_org
+                    .partition_point(|&d| self.orgs[d as usize] <= last);
+                let slice = &self.by_org[lo..hi];
+                let run = slice
+                    .first()
+                    .zip(slice.last())
+                    .is_some_and(|(&a, &b)| (b - a) as usize + 1 == slice.len());
+                if run && scope.is_none() && percent.is_none() && table.len() <= 256 {
+                    // The common question in one tight pass: a run of devices, a small
+                    // version table, no rollout.
+                    let mut small = [absent as u8; 256];
+                    small[..table.len()].copy_from_slice(&table);
+                    let small_missing = (table.len() - 1) as u32;
+                    let start = slice[0] as usize;
+                    let end = start + slice.len();
+                    let mut i = start;
+                    while i < end {
+                        let w = i / 64;
+                        let stop = end.min((w + 1) * 64);
+                        let others = !platform_bits[w];
+                        let mut word = 0u64;
+                        let cells = outcomes[i..stop].iter_mut().zip(&rows[i..stop]);
+                        for (j, (cell, &id)) in (i..stop).zip(cells) {
+                            let found = small[id.min(small_missing) as u8 as usize];
+                            let other = (others >> (j % 64) & 1) as u8;
+                            let outcome = found ^ ((found ^ skip_platform) & other.wrapping_neg());
+                            word |= u64::from((send_mask >> outcome) & 1) << (j % 64);
+                            *cell = outcome;
+                            tallies[j & 3][usize::from(outcome & 15)] += 1;
+                        }
+                        sends[w] |= word;
+                        i = stop;
+                    }
+                } else {
+                    for (k, &d) in slice.iter().enumerate() {
+                        if in_scope(d as usize) {
+                            visit(d as usize, k);
+                        }
+                    }
+                }
+            }
+            (None, Some(scope)) => {
+                for (k, d) in scope.devices().into_iter().enumerate() {
+                    visit(d as usize, k);
+                }
+            }
+            (None, None) => (0..n).for_each(|i| visit(i, i)),
+        }
+        let mut out = Targeting::default();
+        for tally in &tallies {
+            for (total, count) in out.counts.iter_mut().zip(tally.iter()) {
+                *total += count;
+            }
+        }
+        let seen: u64 = out.counts.iter().sum();
+        out.counts[Outcome::OutOfScope as usize] = n as u64 - seen;
         let limited = query.licences.is_some();
         let mut licences = query.licences.unwrap_or(u64::MAX);
-        let span = last - first;
-        let n = self.len();
-        let mut out = Targeting {
-            outcomes: Vec::with_capacity(n),
-            ..Targeting::default()
+        let wanted: usize = sends.iter().map(|w| w.count_ones() as usize).sum();
+        out.selected.reserve(wanted);
+        out.silent.reserve(wanted);
+        let push_bits = |list: &mut Vec<u32>, w: usize, mut word: u64| {
+            while word != 0 {
+                list.push((w * 64) as u32 + word.trailing_zeros());
+                word &= word - 1;
+            }
         };
-        for (i, (&org, &id)) in self.orgs.iter().zip(&installed.rows).enumerate() {
-            let outcome = if org.wrapping_sub(first) > span
-                || query.scope.is_some_and(|s| !bit(&s.bits, i))
-            {
-                Outcome::OutOfScope
-            } else if platform_bits.is_some_and(|bits| !bit(bits, i)) {
-                Outcome::SkipPlatform
-            } else {
-                let base = if id == MISSING {
-                    absent
-                } else {
-                    by_key[id as usize]
-                };
-                if !base.sends() {
-                    base
-                } else if percent.is_some_and(|p| rollout_point(self.id_hashes[i], seed_hash) >= p)
-                {
-                    Outcome::SkipRollout
-                } else if !limited || holders.is_some_and(|h| bit(h, i)) {
-                    out.selected.push(i as u32);
-                    out.silent.push(bit(&self.silent, i));
-                    base
-                } else if licences == 0 {
-                    Outcome::SkipNoLicence
-                } else {
-                    licences -= 1;
-                    out.selected.push(i as u32);
-                    out.licensed.push(i as u32);
-                    out.silent.push(bit(&self.silent, i));
-                    base
+        // Licences a word of 64 devices at a time: holders go through, the others take
+        // free licences lowest device first, and the rest are left out.
+        let mut refused = Vec::new();
+        for (w, &word) in sends.iter().enumerate() {
+            if word == 0 {
+                continue;
+            }
+            let mut chosen = word;
+            if limited {
+                let held = holders.map_or(0, |h| h[w]) & word;
+                let mut takers = word & !held;
+                let wanting = u64::from(takers.count_ones());
+                let mut taking = takers;
+                if wanting > licences {
+                    // Keep the lowest `licences` of them.
+                    taking = 0;
+                    for _ in 0..licences {
+                        let low = takers & takers.wrapping_neg();
+                        taking |= low;
+                        takers &= !low;
+                    }
                 }
-            };
-            out.outcomes.push(outcome as u8);
-            out.counts[outcome as usize] += 1;
+                licences -= u64::from(taking.count_ones());
+                push_bits(&mut out.licensed, w, taking);
+                push_bits(&mut refused, w, word & !held & !taking);
+                chosen = held | taking;
+            }
+            let first = out.selected.len();
+            push_bits(&mut out.selected, w, chosen);
+            let silent = self.silent[w];
+            out.silent.extend(
+                out.selected[first..]
+                    .iter()
+                    .map(|&d| silent >> (d % 64) & 1 == 1),
+            );
         }
+        for &d in &refused {
+            let i = d as usize;
+            out.counts[outcomes[i] as usize] -= 1;
+            out.counts[Outcome::SkipNoLicence as usize] += 1;
+            outcomes[i] = Outcome::SkipNoLicence as u8;
+        }
+        out.outcomes = outcomes;
         Ok(out)
     }
 }
