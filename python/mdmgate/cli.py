@@ -47,6 +47,7 @@ endpoints:
   PUT  /mdm/apple/checkin          Apple check-in and declarative management  docs/apple.md
   PUT  /mdm/apple/connect          Apple command channel
   /api/v1/...                      admin API (bearer token); /api/v1/openapi.json describes it
+  /api/v1/apps, /api/v1/orgs, ...  app catalogue, install notifications, auto-update  docs/apps.md
   /healthz, /metrics               health and Prometheus metrics
 
 examples:
