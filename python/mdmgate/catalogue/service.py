@@ -36,7 +36,7 @@ from mdmgate.catalogue.model import (
 )
 from mdmgate.catalogue.rules import CatalogueRefused
 from mdmgate.fleet import FleetIndex, OrgTree, Outcome, TargetResult, platform_code
-from mdmgate.storage import Device, LicencesExhausted, Store, UnknownDevices
+from mdmgate.storage import Device, LicencesExhausted, RevisionConflict, Store, UnknownDevices
 from mdmgate.versions import InvalidVersion, allows_downgrade, sort_key
 
 __all__ = ["OUTCOME_NAMES", "Catalogue", "DevicePreview", "Evaluation", "Preview"]
@@ -522,7 +522,7 @@ class Catalogue:
             stored = await self.store.put_app(
                 msgspec.structs.replace(app, auto_update=updated), expected_rev=app.rev
             )
-        except Exception:
+        except RevisionConflict:
             return  # changed meanwhile: the next pass sees the new settings
         if version is None:
             return

@@ -573,6 +573,9 @@ class CatalogueApi:
         return _json(201, await self._org_out(_norm(given.path)))
 
     async def _orgs(self, request: Request | None = None) -> Response:
+        return _json(200, OrgsOut(await self._org_list()))
+
+    async def _org_list(self) -> list[OrgOut]:
         fleet = await self.catalogue.fleet()
         names = {o.path: o.name for o in await self.store.list_orgs()}
         direct = [0] * len(fleet.tree)
@@ -583,11 +586,10 @@ class CatalogueApi:
             path = fleet.tree.path(org)
             first, last = fleet.tree.range(path)
             out.append(OrgOut(path, names.get(path), direct[org], sum(direct[first : last + 1])))
-        return _json(200, OrgsOut(out))
+        return out
 
     async def _org_out(self, path: str) -> OrgOut:
-        response = await self._orgs()
-        for org in msgspec.json.decode(response.body, type=OrgsOut).orgs:
+        for org in await self._org_list():
             if org.path == path:
                 return org
         raise _refuse(404, f"no organisation {path!r}")
