@@ -344,6 +344,8 @@ pub struct FleetIndex {
     orgs: Vec<u32>,
     /// Device numbers sorted by (org, device): an org subtree is one slice of it.
     by_org: Vec<u32>,
+    /// Whether device numbers follow org order (`orgs` never decreases).
+    in_org_order: bool,
     platforms: Vec<Vec<u64>>,
     supervised: Vec<u64>,
     silent: Vec<u64>,
@@ -443,6 +445,7 @@ impl FleetIndex {
         by_org.sort_unstable_by_key(|&d| (orgs[d as usize], d));
         index.orgs = orgs;
         index.by_org = by_org;
+        index.in_org_order = index.orgs.windows(2).all(|w| w[0] <= w[1]);
         Ok(index)
     }
 
@@ -477,6 +480,7 @@ impl FleetIndex {
         self.orgs.push(org);
         let at = self.org_position(org, i as u32);
         self.by_org.insert(at, i as u32);
+        self.in_org_order &= i == 0 || self.orgs[i - 1] <= org;
         let words = (i + 1).div_ceil(64);
         let grow = |bits: &mut Vec<u64>| bits.resize(words, 0);
         self.platforms.iter_mut().for_each(grow);
@@ -524,6 +528,7 @@ impl FleetIndex {
             self.orgs[device] = org;
             let to = self.org_position(org, device as u32);
             self.by_org.insert(to, device as u32);
+            self.in_org_order = self.orgs.windows(2).all(|w| w[0] <= w[1]);
         }
         let (w, b) = (device / 64, 1u64 << (device % 64));
         for (code, bits) in self.platforms.iter_mut().enumerate() {
@@ -860,10 +865,8 @@ impl FleetIndex {
                     .by_org
                     .partition_point(|&d| self.orgs[d as usize] <= last);
                 let slice = &self.by_org[lo..hi];
-                let run = slice
-                    .first()
-                    .zip(slice.last())
-                    .is_some_and(|(&a, &b)| (b - a) as usize + 1 == slice.len());
+                // Numbered in org order, `by_org` is the identity: the slice is a run.
+                let run = self.in_org_order && !slice.is_empty();
                 if run && scope.is_none() && percent.is_none() && table.len() <= 256 {
                     // The common question in one tight pass: a run of devices, a small
                     // version table, no rollout.

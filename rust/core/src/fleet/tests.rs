@@ -315,3 +315,24 @@ fn silent_column_and_device_changes() {
     let t = index.target(1, &query("2")).unwrap();
     assert_eq!(t.selected.len(), 133);
 }
+
+#[test]
+fn an_org_range_over_scattered_devices_visits_exactly_its_devices() {
+    // Sorted by org, the range's devices are [0, 4, 1, 3]: as many as 0..=3, but not them.
+    let orgs = vec![1, 2, 0, 2, 1];
+    let mut index =
+        FleetIndex::new(["a", "b", "c", "d", "e"], orgs, &[IOS; 5], &[0; 5], None).unwrap();
+    index.set_installed(1, Platform::Ios, &[], &[]).unwrap();
+    let mut q = query("1");
+    q.org_range = Some((1, 2));
+    let t = index.target(1, &q).unwrap();
+    assert_eq!(t.selected, [0, 1, 3, 4]);
+    assert_eq!(outcomes(&t)[2], Outcome::OutOfScope);
+    // Moved into org order, the same question takes the run path and agrees.
+    index.set_device(2, 3, IOS, 0, false).unwrap();
+    index.set_device(4, 1, IOS, 0, false).unwrap();
+    index.set_device(0, 1, IOS, 0, false).unwrap();
+    index.set_device(1, 2, IOS, 0, false).unwrap();
+    index.set_device(3, 2, IOS, 0, false).unwrap();
+    assert_eq!(index.target(1, &q).unwrap().selected, [0, 1, 3, 4]);
+}
