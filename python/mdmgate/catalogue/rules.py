@@ -32,6 +32,7 @@ __all__ = [
     "UploadResult",
     "auto_update_refusal",
     "check_before",
+    "check_file_version",
     "command_kind",
     "deployment",
     "device_platform",
@@ -73,7 +74,8 @@ _IDENTITY_VERSION = re.compile(
 _ANY_VERSION = re.compile(r"\sVersion\s*=\s*([\"'])([^\"']*)\1", re.DOTALL)
 
 
-def _valid(file_version: str, platform: str, field: str) -> str:
+def check_file_version(file_version: str, platform: str, field: str = "$.file_version") -> str:
+    """``file_version`` if the app platform's version rule reads it; refused otherwise."""
     try:
         versions.sort_key(file_version, platform=version_platform(platform))
     except versions.InvalidVersion as exc:
@@ -130,7 +132,7 @@ def file_version_from_source(
                 "invalid_source",
             )
         shown = short if isinstance(short, str) and short else chosen
-        return _valid(chosen, platform, field), shown
+        return check_file_version(chosen, platform, field), shown
     if platform == "windows":
         manifest = source.get("manifest")
         if not isinstance(manifest, str):
@@ -146,7 +148,7 @@ def file_version_from_source(
             )
         full = found.group(2).strip()
         shown = ".".join(full.split(".")[:3])
-        return _valid(full, platform, f"{field}.manifest"), shown
+        return check_file_version(full, platform, f"{field}.manifest"), shown
     raise CatalogueRefused(f"no file version source for platform {platform!r}", field)
 
 
@@ -463,7 +465,7 @@ def _windows_body(app: App, version: AppVersion, first_install: bool) -> bytes:
 
 def _renumber(bodies: Sequence[bytes]) -> bytes:
     # Each expansion numbers its CmdIDs from 1; the session renumbers on delivery, but a
-    # body must not carry the same placeholder twice.
+    # stored body stays a valid command list only with each placeholder once.
     out: list[bytes] = []
     next_id = 1
 

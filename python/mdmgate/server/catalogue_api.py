@@ -41,7 +41,6 @@ from mdmgate.server.api_base import (
 )
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import RevisionConflict, UnknownDevices
-from mdmgate.versions import InvalidVersion, sort_key
 
 __all__ = ["CatalogueApi", "openapi_paths"]
 
@@ -652,7 +651,7 @@ class CatalogueApi:
         else:
             assert given.file_version is not None
             file_version, shown = given.file_version, given.file_version
-            _check_version(app, file_version)
+            rules.check_file_version(file_version, app.platform)
         now = self.now()
         published = (
             now if given.published_at is None else _instant(given.published_at, "$.published_at")
@@ -949,13 +948,6 @@ def _check_app(app: App) -> None:
         raise _refuse(422, "itunes_store_id is for Apple apps", "$.itunes_store_id")
     if app.vpp and app.platform not in ("ios", "macos"):
         raise _refuse(422, "VPP licences are for Apple apps", "$.vpp")
-
-
-def _check_version(app: App, file_version: str) -> None:
-    try:
-        sort_key(file_version, platform=rules.version_platform(app.platform))
-    except InvalidVersion as exc:
-        raise _refuse(422, str(exc), "$.file_version") from None
 
 
 def _replace_version(app: App, version: AppVersion, **changes: Any) -> App:
