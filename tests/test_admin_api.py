@@ -143,7 +143,10 @@ async def test_unknown_paths_and_methods(api: AdminApi) -> None:
 # --- body decoding ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"[{]", b"not json", b"\xff\xfe", b'[{"id": 1, '])
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"{", b"[{]", b"not json", b"\xff\xfe", b'[{"id": 1, ', b'"\x80"', b'[{"id": "\xc3("}]'],
+)
 async def test_malformed_json_is_400(api: AdminApi, raw: bytes) -> None:
     status, body = await call(api, "POST", "/api/v1/devices", raw=raw)
     assert status == 400

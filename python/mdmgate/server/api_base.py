@@ -125,8 +125,15 @@ def _decode(body: bytes, kind: type[_T]) -> _T:
         raise _refuse(422, text, path) from None
     except msgspec.DecodeError as exc:
         raise _refuse(400, str(exc)) from None
+    except UnicodeDecodeError:
+        raise _refuse(400, _NOT_UTF8) from None
     except RecursionError:
         raise _refuse(400, "JSON is nested too deeply") from None
+
+
+# msgspec reports bad UTF-8 inside a string as Python's UnicodeDecodeError, with an offset
+# into that string rather than into the body: name the problem without a misleading offset.
+_NOT_UTF8 = "JSON text is not valid UTF-8 (a string holds bytes that are not UTF-8)"
 
 
 def _check_syntax(body: bytes) -> None:
@@ -134,6 +141,8 @@ def _check_syntax(body: bytes) -> None:
         msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise _refuse(400, str(exc)) from None
+    except UnicodeDecodeError:
+        raise _refuse(400, _NOT_UTF8) from None
     except RecursionError:
         raise _refuse(400, "JSON is nested too deeply") from None
 
