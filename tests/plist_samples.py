@@ -464,6 +464,11 @@ def wrong_but_plistlib_accepts() -> list[tuple[str, bytes, str]]:
             "b'ABC': binascii skips characters outside the base64 alphabet",
         ),
         (
+            "xml_data_after_the_padding",
+            xml_plist("<data>QQ==QUJD</data>"),
+            "b'A': binascii stops at the padding that ends a group and drops the rest",
+        ),
+        (
             "xml_date_trailing_junk",
             xml_plist("<date>2024-01-02T03:04:05Zjunk</date>"),
             "2024-01-02 03:04:05: the date pattern matches a prefix",

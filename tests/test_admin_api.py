@@ -326,6 +326,7 @@ async def test_windows_command_round_trip(api: AdminApi) -> None:
                 "status": "200",
                 "result": "<Results>10.0</Results>",
                 "result_encoding": "text",
+                "offers": 1,
             },
             {
                 "device_id": "win-2",
@@ -333,6 +334,7 @@ async def test_windows_command_round_trip(api: AdminApi) -> None:
                 "status": "500",
                 "result": base64.b64encode(b"\xff\x00").decode(),
                 "result_encoding": "base64",
+                "offers": 1,
             },
         ],
     }
@@ -706,7 +708,9 @@ async def test_arbitrary_commands_never_5xx(body: dict[str, Any]) -> None:
 
 
 async def test_apple_app_commands(api: AdminApi) -> None:
-    await api.store.upsert_devices([Device("ipad-9", "ipados"), Device("win-9", "windows")])
+    # A take-over needs the OS version (ChangeManagementState is iPadOS 9+).
+    ipad = Device("ipad-9", "ipados", os_version="17.5")
+    await api.store.upsert_devices([ipad, Device("win-9", "windows")])
 
     async def body_of(app: dict[str, Any]) -> dict[str, Any]:
         path = "/api/v1/devices/ipad-9/commands"

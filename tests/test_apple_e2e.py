@@ -3,8 +3,11 @@ identity certificate) against the real server and a local APNs-protocol HTTP/2 s
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import logging
+import plistlib
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -73,6 +76,11 @@ class Gateway:
         context = ssl.create_default_context(cafile=str(self.pki.ca_file))
         return httpx.AsyncClient(base_url=self.base, verify=context, headers=AUTH)
 
+    def anonymous(self) -> httpx.AsyncClient:
+        """A client without a device certificate (nor the admin token)."""
+        context = ssl.create_default_context(cafile=str(self.pki.ca_file))
+        return httpx.AsyncClient(base_url=self.base, verify=context)
+
     def device(self, identity: Path, *, http2: bool = False) -> httpx.AsyncClient:
         """A client presenting the device's identity certificate (mTLS)."""
         context = ssl.create_default_context(cafile=str(self.pki.ca_file))
@@ -119,16 +127,21 @@ class AppleDevice:
             "/mdm/apple/checkin", content=body, headers={"content-type": CHECKIN}
         )
 
-    async def enroll(self) -> None:
-        r = await self.checkin(
-            {
-                "MessageType": "Authenticate",
-                "Topic": TOPIC,
-                "OSVersion": "17.5",
-                "ProductName": "iPhone15,2",
-                "SerialNumber": "F2LXYZ",
-            }
-        )
+    async def authenticate(self, **about: Any) -> httpx.Response:
+        """Authenticate, as an iPhone on iOS 17.5 unless ``about`` says otherwise (a key
+        given as ``None`` is left out)."""
+        message = {
+            "MessageType": "Authenticate",
+            "Topic": TOPIC,
+            "OSVersion": "17.5",
+            "ProductName": "iPhone15,2",
+            "SerialNumber": "F2LXYZ",
+            **about,
+        }
+        return await self.checkin({k: v for k, v in message.items() if v is not None})
+
+    async def enroll(self, **about: Any) -> None:
+        r = await self.authenticate(**about)
         assert r.status_code == 200, r.text
         r = await self.checkin(
             {
@@ -360,3 +373,251 @@ async def test_ddm_sync_from_tokens_to_status(tmp_path: Path, pki: Pki) -> None:
             device = await gw.store.get_device("udid-d")
             assert device is not None
             assert "softwareupdate" in json.dumps(device.facts.get("ddm_status"))
+
+
+async def test_commands_queued_before_the_first_authenticate_are_kept(
+    tmp_path: Path, pki: Pki
+) -> None:
+    async with gateway(tmp_path, pki) as gw, gw.admin() as admin:
+        identity, _ = pki.device_identity(tmp_path, "phone-q")
+        await register(gw, "udid-q")
+        # The documented flow: register, queue, then the device enrolls.
+        early = await enqueue(admin, "udid-q", "DeviceInformation", Queries=["OSVersion"])
+        async with gw.device(identity) as client:
+            phone = AppleDevice(client, "udid-q", b"\x0e")
+            await phone.enroll()
+            assert (await delivery(admin, early))["state"] == "queued"
+            command = await phone.next_command()
+            assert command is not None
+            assert command["CommandUUID"] == early
+            queries = {"OSVersion": "17.5"}
+            assert (
+                await phone.next_command("Acknowledged", CommandUUID=early, QueryResponses=queries)
+                is None
+            )
+            assert (await delivery(admin, early))["state"] == "acknowledged"
+            # An enrolled device that enrolls again starts over: its open commands end.
+            late = await enqueue(admin, "udid-q", "DeviceInformation", Queries=["OSVersion"])
+            await phone.enroll()
+            ended = await delivery(admin, late)
+            assert (ended["state"], ended["status"]) == ("error", "re-enrolled")
+            assert await phone.next_command() is None
+            assert (await delivery(admin, early))["state"] == "acknowledged"
+
+
+async def test_an_enrollment_retried_before_token_update_keeps_the_queue(
+    tmp_path: Path, pki: Pki
+) -> None:
+    async with gateway(tmp_path, pki) as gw, gw.admin() as admin:
+        identity, _ = pki.device_identity(tmp_path, "phone-r")
+        await register(gw, "udid-r")
+        early = await enqueue(admin, "udid-r", "DeviceInformation", Queries=["OSVersion"])
+        async with gw.device(identity) as client:
+            phone = AppleDevice(client, "udid-r", b"\x0f")
+            # The profile failed to install after Authenticate; the user tries again.
+            assert (await phone.authenticate()).status_code == 200
+            await phone.enroll()
+            command = await phone.next_command()
+            assert command is not None
+            assert command["CommandUUID"] == early
+
+
+async def test_authenticate_again_updates_os_version_and_model(tmp_path: Path, pki: Pki) -> None:
+    async with gateway(tmp_path, pki) as gw, gw.admin() as admin:
+        identity, _ = pki.device_identity(tmp_path, "phone-u")
+        await gw.store.upsert_devices([Device("udid-u", "ios", "/acme", "9.3.5", True)])
+        async with gw.device(identity) as client:
+            phone = AppleDevice(client, "udid-u", b"\x10")
+
+            async def install() -> str:
+                r = await admin.post(
+                    "/api/v1/devices/udid-u/commands",
+                    json={"apple_app": {"action": "install_store_app", "itunes_store_id": 1}},
+                )
+                assert r.status_code == 202, r.text
+                command = await phone.next_command()
+                assert command is not None
+                uuid = command["CommandUUID"]
+                answer = {"Identifier": "com.example.app", "State": "Installing"}
+                assert await phone.next_command("Acknowledged", CommandUUID=uuid, **answer) is None
+                r = await admin.get("/api/v1/devices/udid-u")
+                expected: str = r.json()["facts"]["app_installs"]["com.example.app"]["expected"]
+                return expected
+
+            await phone.enroll(OSVersion="9.3.5", ProductName="iPhone8,1", BuildVersion="13G36")
+            assert await install() == "prompt"  # supervised iOS 9: the user is asked
+            # The device is updated to iOS 17 and enrolls again.
+            await phone.enroll(OSVersion="17.5.1", ProductName="iPhone15,2", BuildVersion="21F90")
+            r = await admin.get("/api/v1/devices/udid-u")
+            shown = r.json()
+            assert shown["os_version"] == "17.5.1"
+            enrollment = shown["facts"]["apple_enrollment"]
+            assert (enrollment["os_version"], enrollment["product"]) == ("17.5.1", "iPhone15,2")
+            assert enrollment["build_version"] == "21F90"
+            assert await install() == "silent"
+            # An Authenticate without OSVersion keeps the one known.
+            await phone.enroll(OSVersion=None)
+            stored = await gw.store.get_device("udid-u")
+            assert stored is not None
+            assert stored.os_version == "17.5.1"
+
+
+def _schema_warnings(caplog: pytest.LogCaptureFixture, device: str) -> list[str]:
+    """The schema warnings the access log shows for the device's command reports."""
+    found = []
+    for record in caplog.records:
+        if record.name != "mdmgate.access":
+            continue
+        entry = json.loads(record.getMessage())
+        if entry.get("device") == device and entry.get("path") == "/mdm/apple/connect":
+            found.append(entry.get("schema_warnings", ""))
+    return found
+
+
+async def test_schema_warnings_follow_the_os_version(
+    tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mdmgate.access")
+    update = {
+        "ProductKey": "iOSUpdate15G77",
+        "HumanReadableName": "iOS 11.4.1",
+        "ProductName": "iOS 11.4.1",
+        "Version": "11.4.1",
+        "Build": "15G77",
+        "DownloadSize": 123456,
+        "InstallSize": 654321,
+        "RestartRequired": True,
+    }
+    profile = {
+        "PayloadIdentifier": "com.example.wifi",
+        "PayloadUUID": "6D8A5C4E-0000-4000-8000-000000000001",
+        "PayloadVersion": 1,
+        "PayloadContent": [
+            {"PayloadType": "com.apple.wifi.managed", "PayloadVersion": 1, "PayloadIdentifier": "w"}
+        ],
+    }
+    mac_update = {
+        "ProductKey": "091-87654",
+        "HumanReadableName": "Security Update 2018-004",
+        "HumanReadableNameLocale": "en",
+        "MetadataURL": "https://swscan.apple.com/x.dist",
+        "Version": "10.13.6",
+        "Build": "17G65",
+        "DownloadSize": 1234,
+        "AppIdentifiersToClose": [],
+    }
+    async with gateway(tmp_path, pki) as gw, gw.admin() as admin:
+
+        async def exchange(phone: AppleDevice, request_type: str, **result: Any) -> None:
+            uuid = await enqueue(admin, phone.udid, request_type)
+            command = await phone.next_command()
+            assert command is not None
+            assert command["CommandUUID"] == uuid
+            assert await phone.next_command("Acknowledged", CommandUUID=uuid, **result) is None
+
+        for name, platform, about in (
+            ("old", "ios", {"OSVersion": "11.4.1", "ProductName": "iPhone10,1"}),
+            ("new", "ios", {"OSVersion": "17.5", "ProductName": "iPhone15,2"}),
+            ("mac", "macos", {"OSVersion": "10.13.6", "ProductName": "iMac18,3"}),
+        ):
+            identity, _ = pki.device_identity(tmp_path, f"phone-{name}")
+            await gw.store.upsert_devices([Device(f"udid-{name}", platform, "/acme", None, True)])
+            async with gw.device(identity) as client:
+                phone = AppleDevice(client, f"udid-{name}", name.encode())
+                await phone.enroll(**about)
+                if platform == "ios":
+                    await exchange(phone, "AvailableOSUpdates", AvailableOSUpdates=[update])
+                    await exchange(phone, "ProfileList", ProfileList=[profile])
+                else:
+                    await exchange(phone, "AvailableOSUpdates", AvailableOSUpdates=[mac_update])
+                    scan = {"OSUpdateSettings": {"PreviousScanResult": 0, "CatalogURL": "x"}}
+                    uuid = await enqueue(
+                        admin, phone.udid, "DeviceInformation", Queries=["OSUpdateSettings"]
+                    )
+                    command = await phone.next_command()
+                    assert command is not None
+                    assert command["CommandUUID"] == uuid
+                    answer = {"QueryResponses": scan}
+                    assert (
+                        await phone.next_command("Acknowledged", CommandUUID=uuid, **answer) is None
+                    )
+        # iOS 11 and macOS 10.13 predate IsSecurityResponse and PayloadContent's
+        # PayloadUUID; macOS sends PreviousScanResult as an integer: nothing to report.
+        # (Each exchange is an Idle that gets the command, then the report.)
+        assert _schema_warnings(caplog, "udid-old") == ["", "", "", ""]
+        assert _schema_warnings(caplog, "udid-mac") == ["", "", "", ""]
+        # iOS 17.5 has both: their absence is reported.
+        new = _schema_warnings(caplog, "udid-new")
+        assert len(new) == 4
+        assert "AvailableOSUpdates[0].IsSecurityResponse: required key" in new[1]
+        assert "ProfileList[0].PayloadContent[0].PayloadUUID: required key" in new[3]
+
+
+async def test_refusals_do_not_tell_enrolled_devices_from_unknown_ones(
+    tmp_path: Path, pki: Pki
+) -> None:
+    async with gateway(tmp_path, pki) as gw:
+        mine, _ = pki.device_identity(tmp_path, "phone-e")
+        stranger, _ = pki.device_identity(tmp_path, "phone-s")
+        await register(gw, "udid-enrolled")
+        await register(gw, "udid-registered")  # registered, not enrolled yet
+        async with gw.device(mine) as client:
+            await AppleDevice(client, "udid-enrolled", b"\x11").enroll()
+        token = {"MessageType": "TokenUpdate", "Topic": TOPIC, "Token": b"t", "PushMagic": "m"}
+        refusals: dict[str, httpx.Response] = {}
+        async with gw.device(stranger) as other, gw.anonymous() as nobody:
+            for who, client in (("stranger", other), ("no certificate", nobody)):
+                for udid in ("udid-enrolled", "udid-unknown", "udid-registered"):
+                    device = AppleDevice(client, udid, b"\x12")
+                    if not (who == "stranger" and udid == "udid-registered"):
+                        # (a registered device's first Authenticate binds its certificate)
+                        refusals[f"{who} Authenticate {udid}"] = await device.authenticate()
+                    refusals[f"{who} TokenUpdate {udid}"] = await device.checkin(token)
+                    refusals[f"{who} CheckOut {udid}"] = await device.checkin(
+                        {"MessageType": "CheckOut", "Topic": TOPIC}
+                    )
+                    refusals[f"{who} Idle {udid}"] = await device.connect("Idle")
+
+        def seen(r: httpx.Response) -> tuple[int, bytes, list[tuple[str, str]]]:
+            headers = [(k, v) for k, v in r.headers.multi_items() if k.lower() != "date"]
+            return r.status_code, r.content, headers
+
+        reference = seen(refusals["stranger TokenUpdate udid-unknown"])
+        assert reference[0] == 403  # never 401: that can make a device unenroll
+        assert b"identity" in reference[1]
+        different = {name: seen(r) for name, r in refusals.items() if seen(r) != reference}
+        assert different == {}
+        # Nothing changed for the enrolled device.
+        stored = await gw.store.get_device("udid-enrolled")
+        assert stored is not None
+        assert stored.facts["apple_enrollment"]["enrolled"] is True
+
+
+async def test_data_with_extra_base64_padding_from_a_device(tmp_path: Path, pki: Pki) -> None:
+    async with gateway(tmp_path, pki) as gw:
+        identity, _ = pki.device_identity(tmp_path, "phone-p")
+        await register(gw, "udid-p")
+        async with gw.device(identity) as client:
+            phone = AppleDevice(client, "udid-p", b"")
+            assert (await phone.authenticate()).status_code == 200
+            # A TokenUpdate whose data values carry more padding than base64 needs, and
+            # padding split by line breaks: plistlib reads it, so must the gateway.
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<plist version="1.0"><dict>'
+                "<key>MessageType</key><string>TokenUpdate</string>"
+                f"<key>Topic</key><string>{TOPIC}</string>"
+                "<key>UDID</key><string>udid-p</string>"
+                "<key>PushMagic</key><string>magic-p</string>"
+                "<key>Token</key><data>obLD1A====</data>"
+                "<key>UnlockToken</key><data>\n\tdW5sb2Nr\n\t=\n\t=\n</data>"
+                "</dict></plist>"
+            ).encode()
+            assert plistlib.loads(body)["Token"] == bytes.fromhex("a1b2c3d4")
+            r = await client.put(
+                "/mdm/apple/checkin", content=body, headers={"content-type": CHECKIN}
+            )
+            assert r.status_code == 200, r.text
+            device = await gw.store.get_device("udid-p")
+            assert device is not None
+            assert device.facts["apns"]["token"] == "a1b2c3d4"
+            assert base64.b64decode(device.auth["unlock_token"]) == b"unlock"

@@ -328,6 +328,12 @@ NEGATIVE: list[tuple[str, Callable[[], commands.Command], str, str]] = [
         "value",
     ),
     (
+        "DeclarativeManagement: Data with a string that is not UTF-8",
+        lambda: commands.declarative_management(b'{"SyncTokens": "\x80"}'),
+        "Command.Data",
+        "value",
+    ),
+    (
         "DeclarativeManagement: tokens not JSON-encodable",
         lambda: commands.declarative_management({"when": object()}),
         "Command.Data",
@@ -518,6 +524,16 @@ def test_each_erratum_is_a_real_deviation(erratum: schema.Erratum) -> None:
                 continue
         assert specs
         assert all(s["presence"] == "required" for s in specs)
+    elif erratum.kind == "allow-type":
+        spec = _resolve(files[0][1][key], erratum.path)
+        assert spec["type"] not in erratum.values  # the schema really has another type
+    elif erratum.kind == "introduced":
+        # A required key the facts give no version for on each OS the erratum dates.
+        spec = _resolve(files[0][1][key], erratum.path)
+        assert spec["presence"] == "required"
+        for os_name, _ in erratum.values:
+            entry = spec.get("supportedOS", {}).get(os_name, {})
+            assert "introduced" not in entry, (os_name, entry)
     else:  # one-of: somewhere the schema requires every key of the group at once
         assert any(
             all(
@@ -717,8 +733,9 @@ def test_unreadable_checkins_raise(data: bytes, path: str) -> None:
     assert isinstance(caught.value, MdmgateError)
 
 
-def test_bad_ddm_data_raises_on_demand_only() -> None:
-    message = checkin.decode_checkin(_edited("DeclarativeManagement:status", Data=b"{not json"))
+@pytest.mark.parametrize("data", [b"{not json", b'{"StatusItems": "\xff\xfe"}'])
+def test_bad_ddm_data_raises_on_demand_only(data: bytes) -> None:
+    message = checkin.decode_checkin(_edited("DeclarativeManagement:status", Data=data))
     assert isinstance(message, checkin.DeclarativeManagement)
     with pytest.raises(AppleDecodeError) as caught:
         message.data_json()
@@ -1037,3 +1054,161 @@ def test_report_samples_are_deterministic() -> None:
     )
     a = copy.deepcopy(samples.installed_apps(10))
     assert a == samples.installed_apps(10)
+
+
+# --- schema warnings and the device's OS version ------------------------------------------
+
+
+def _os_update(**keys: Any) -> dict[str, Any]:
+    """An AvailableOSUpdates item as iOS 11 sent it: no IsSecurityResponse (iOS 16.2)."""
+    return {
+        "ProductKey": "iOSUpdate15G77",
+        "HumanReadableName": "iOS 11.4.1",
+        "ProductName": "iOS 11.4.1",
+        "Version": "11.4.1",
+        "Build": "15G77",
+        "DownloadSize": 123456,
+        "InstallSize": 654321,
+        "IsCritical": False,
+        "RestartRequired": True,
+        **keys,
+    }
+
+
+def _mac_update(**keys: Any) -> dict[str, Any]:
+    """An AvailableOSUpdates item as macOS 10.13 sent it."""
+    return {
+        "ProductKey": "091-87654",
+        "HumanReadableName": "Security Update 2018-004",
+        "HumanReadableNameLocale": "en",
+        "MetadataURL": "https://swscan.apple.com/x.dist",
+        "Version": "10.13.6",
+        "Build": "17G65",
+        "DownloadSize": 1234,
+        "AppIdentifiersToClose": [],
+        **keys,
+    }
+
+
+def _paths(issues: list[schema.SchemaIssue]) -> list[tuple[str, str]]:
+    return [(issue.path, issue.code) for issue in issues]
+
+
+def _updates(platform: str, os_version: str | None, *items: dict[str, Any]) -> list[Any]:
+    report = {"Status": "Acknowledged", "AvailableOSUpdates": list(items)}
+    return _paths(
+        schema.validate_response(
+            "AvailableOSUpdates", report, platform=platform, os_version=os_version
+        )
+    )
+
+
+def test_keys_an_older_os_does_not_send_are_not_missing() -> None:
+    missing = ("AvailableOSUpdates[0].IsSecurityResponse", "missing")
+    # iOS 11 and macOS 10.13 predate IsSecurityResponse (iOS 16.2, macOS 13.1).
+    assert _updates("ios", "11.4", _os_update()) == []
+    assert _updates("ipados", "11.4", _os_update()) == []
+    assert _updates("macos", "10.13.6", _mac_update()) == []
+    # From the version that introduced it, or with the version unknown, it is required.
+    assert _updates("ios", "16.2", _os_update()) == [missing]
+    assert _updates("ios", "17.5.1", _os_update()) == [missing]
+    assert _updates("macos", "13.1", _mac_update()) == [missing]
+    assert _updates("ios", None, _os_update()) == [missing]
+    assert _updates("ios", "not a version", _os_update()) == [missing]
+    assert _updates("ios", "1" * 5000, _os_update()) == [missing]  # no int() of it
+    assert _updates("ios", "11.4 (15F79)", _os_update()) == []
+    # macOS DownloadSize came in 10.12: missing on 10.11, required on 10.13.
+    no_size = {k: v for k, v in _mac_update().items() if k != "DownloadSize"}
+    assert _updates("macos", "10.11.6", no_size) == []
+    assert _updates("macos", "10.13", no_size) == [
+        ("AvailableOSUpdates[0].DownloadSize", "missing")
+    ]
+    # The facts do not date Build (nor DownloadSize on iOS); iOS 11 and macOS 10.13 devices
+    # do not send them, so an erratum dates them to the next major release.
+    old_ios = {k: v for k, v in _os_update().items() if k not in ("Build", "DownloadSize")}
+    assert _updates("ios", "11.4", old_ios) == []
+    assert _updates("ios", "12.0", old_ios) == [
+        ("AvailableOSUpdates[0].Build", "missing"),
+        ("AvailableOSUpdates[0].DownloadSize", "missing"),
+    ]
+    no_build = {k: v for k, v in _mac_update().items() if k != "Build"}
+    assert _updates("macos", "10.13.6", no_build) == []
+    assert _updates("macos", "10.14", no_build) == [("AvailableOSUpdates[0].Build", "missing")]
+
+
+def test_profile_payload_uuid_is_not_required_before_ios_17() -> None:
+    profile = {
+        "PayloadIdentifier": "com.example.wifi",
+        "PayloadUUID": "6D8A5C4E-0000-4000-8000-000000000001",
+        "PayloadVersion": 1,
+        "PayloadContent": [
+            {"PayloadType": "com.apple.wifi.managed", "PayloadVersion": 1, "PayloadIdentifier": "w"}
+        ],
+    }
+    report = {"Status": "Acknowledged", "ProfileList": [profile]}
+
+    def issues(platform: str, os_version: str) -> list[tuple[str, str]]:
+        return _paths(
+            schema.validate_response(
+                "ProfileList", report, platform=platform, os_version=os_version
+            )
+        )
+
+    assert issues("ios", "11.4.1") == []
+    assert issues("macos", "13.6") == []
+    assert issues("ios", "17.0") == [("ProfileList[0].PayloadContent[0].PayloadUUID", "missing")]
+    assert issues("macos", "14.0") == [("ProfileList[0].PayloadContent[0].PayloadUUID", "missing")]
+
+
+def test_os_version_reaches_the_decoders() -> None:
+    body = plistlib.dumps(
+        {
+            "UDID": "u",
+            "Status": "Acknowledged",
+            "CommandUUID": "c",
+            "AvailableOSUpdates": [_os_update()],
+        }
+    )
+    old = reports.decode_report(
+        body, request_type="AvailableOSUpdates", platform="ios", os_version="11.4"
+    )
+    assert old.warnings == []
+    new = reports.decode_report(
+        body, request_type="AvailableOSUpdates", platform="ios", os_version="17.5"
+    )
+    assert _paths(new.warnings) == [("AvailableOSUpdates[0].IsSecurityResponse", "missing")]
+    # Check-in messages too: a macOS user channel's TokenUpdate has NotOnConsole from 10.11.
+    message = plistlib.dumps(
+        {
+            "MessageType": "TokenUpdate",
+            "UDID": "u",
+            "UserID": "501",
+            "UserLongName": "Ann",
+            "Topic": "t",
+            "Token": b"x",
+            "PushMagic": "m",
+        }
+    )
+    assert checkin.decode_checkin(message, platform="macos", os_version="10.10.5").warnings == []
+    newer = checkin.decode_checkin(message, platform="macos", os_version="10.11")
+    assert _paths(newer.warnings) == [("NotOnConsole", "missing")]
+
+
+def test_macos_sends_previous_scan_result_as_an_integer() -> None:
+    def issues(value: Any, platform: str | None = "macos") -> list[tuple[str, str]]:
+        report = {
+            "Status": "Acknowledged",
+            "QueryResponses": {"OSUpdateSettings": {"PreviousScanResult": value}},
+        }
+        return _paths(
+            schema.validate_response(
+                "DeviceInformation", report, platform=platform, os_version="10.15.7"
+            )
+        )
+
+    assert issues(0) == []
+    assert issues(2) == []
+    assert issues("0") == []
+    assert issues(0, None) == []
+    assert issues(True) == [("QueryResponses.OSUpdateSettings.PreviousScanResult", "type")]
+    assert issues(1.5) == [("QueryResponses.OSUpdateSettings.PreviousScanResult", "type")]

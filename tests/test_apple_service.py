@@ -121,16 +121,31 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 async def enrolled(store: Store, udid: str = UDID, cert: bytes = CERT_A) -> AppleService:
+    """A service the device has authenticated with (reporting its registered OS version)."""
     svc = AppleService(store)
-    assert (await svc.checkin(checkin(authenticate(udid), cert=cert))).status == 200
+    known = await store.get_device(udid)
+    about = {"OSVersion": known.os_version} if known is not None and known.os_version else {}
+    assert (await svc.checkin(checkin(authenticate(udid, **about), cert=cert))).status == 200
     return svc
 
 
 # -- enrollment and identity
 
 
-async def test_authenticate_binds_the_certificate_and_clears_the_queue(store: Store) -> None:
-    await store.enqueue("old", "apple", command_body("old"), [UDID])
+def token_update(udid: str = UDID) -> dict[str, Any]:
+    return {
+        "MessageType": "TokenUpdate",
+        "UDID": udid,
+        "Topic": "com.apple.mgmt.External.1",
+        "Token": bytes.fromhex("00aabb"),
+        "PushMagic": "magic-1",
+    }
+
+
+async def test_authenticate_binds_the_certificate_and_keeps_the_first_queue(
+    store: Store,
+) -> None:
+    await store.enqueue("early", "apple", command_body("early"), [UDID])
     svc = AppleService(store)
     response = await svc.checkin(checkin(authenticate()))
     assert response.status == 200
@@ -142,12 +157,61 @@ async def test_authenticate_binds_the_certificate_and_clears_the_queue(store: St
     assert enrollment["enrolled"] is False
     assert enrollment["topic"] == "com.apple.mgmt.External.1"
     assert enrollment["serial"] == "C02XYZ"
+    # Queued before the device's first enrollment: it is for this enrollment.
+    status = await store.command_status("early")
+    assert status is not None
+    assert status.deliveries[0].state == "queued"
+    # Authenticate again before TokenUpdate (an enrollment retried): still kept.
+    assert (await svc.checkin(checkin(authenticate()))).status == 200
+    assert (await svc.checkin(checkin(token_update()))).status == 200
+    assert uuid_of(await svc.connect(report("Idle"))) == "early"
+
+
+async def test_authenticate_of_an_enrolled_device_clears_the_queue(store: Store) -> None:
+    svc = await enrolled(store)
+    assert (await svc.checkin(checkin(token_update()))).status == 200
+    await store.enqueue("old", "apple", command_body("old"), [UDID])
+    assert (await svc.checkin(checkin(authenticate()))).status == 200
     status = await store.command_status("old")
     assert status is not None
     assert status.deliveries[0].state == "error"
     assert status.deliveries[0].status == "re-enrolled"
     # Nothing left to hand out.
     assert uuid_of(await svc.connect(report("Idle"))) is None
+    # After a CheckOut (which ends the open commands), the next enrollment is a first one.
+    assert (await svc.checkin(checkin(token_update()))).status == 200
+    assert (await svc.checkin(checkin({"MessageType": "CheckOut", "UDID": UDID}))).status == 200
+    await store.enqueue("next", "apple", command_body("next"), [UDID])
+    assert (await svc.checkin(checkin(authenticate()))).status == 200
+    assert uuid_of(await svc.connect(report("Idle"))) == "next"
+
+
+async def test_authenticate_updates_the_os_version(store: Store) -> None:
+    changed: list[str] = []
+    svc = AppleService(store, on_devices_changed=changed.extend)
+    message = authenticate("OLD-1", OSVersion="9.3.5", ProductName="iPhone8,1")
+    assert (await svc.checkin(checkin(message))).status == 200
+    device = await store.get_device("OLD-1")
+    assert device is not None
+    assert device.os_version == "9.3.5"
+    assert service.expected_install_mode(device) == "prompt"
+    assert changed == ["OLD-1"]  # the fleet index reads the version again
+    update = authenticate("OLD-1", OSVersion="16.7.8", ProductName="iPhone10,4", Model="MQ6L2")
+    assert (await svc.checkin(checkin(update))).status == 200
+    device = await store.get_device("OLD-1")
+    assert device is not None
+    assert device.os_version == "16.7.8"
+    enrollment = device.facts["apple_enrollment"]
+    assert (enrollment["product"], enrollment["model"]) == ("iPhone10,4", "MQ6L2")
+    assert service.expected_install_mode(device) == "silent"
+    # Without OSVersion (or with the same one) nothing is rewritten.
+    quiet = {k: v for k, v in update.items() if k != "OSVersion"}
+    assert (await svc.checkin(checkin(quiet))).status == 200
+    assert (await svc.checkin(checkin(update))).status == 200
+    device = await store.get_device("OLD-1")
+    assert device is not None
+    assert device.os_version == "16.7.8"
+    assert changed == ["OLD-1", "OLD-1"]
 
 
 async def test_token_update_stores_token_magic_topic(store: Store) -> None:
@@ -223,6 +287,24 @@ async def test_messages_before_authenticate_are_refused(store: Store) -> None:
     svc = AppleService(store)
     assert (await svc.connect(report("Idle"))).status == 403
     assert (await svc.connect(report("Idle", udid="NOBODY"))).status == 403
+
+
+async def test_refusals_are_the_same_for_unknown_and_enrolled_devices(store: Store) -> None:
+    svc = await enrolled(store)
+    answers: list[Response] = []
+    for udid in (UDID, "NOBODY", "UDID-B"):  # enrolled, unknown, registered only
+        for cert in (CERT_B, None):
+            if not (udid == "UDID-B" and cert is not None):  # that would enroll UDID-B
+                answers.append(await svc.checkin(checkin(authenticate(udid), cert=cert)))
+            answers.append(await svc.checkin(checkin(token_update(udid), cert=cert)))
+            answers.append(await svc.connect(report("Idle", udid=udid, cert=cert)))
+    assert len(answers) == 17
+    first = answers[0]
+    assert first.status == 403
+    assert first.body == b"device identity not verified\n"
+    assert {(a.status, a.headers, a.body) for a in answers} == {
+        (first.status, first.headers, first.body)
+    }
 
 
 async def test_bad_requests(store: Store) -> None:

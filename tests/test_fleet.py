@@ -216,6 +216,13 @@ def _by_version(
     return Outcome.DOWNGRADE if allow_downgrade else Outcome.SKIP_NEWER
 
 
+def _taken_over(base: Outcome, installed: bool, user: bool, can: bool) -> Outcome:
+    """A take-over query: the user's own copy, unless above the version and kept there."""
+    if installed and user and base in (Outcome.UPGRADE, Outcome.SKIP_SAME, Outcome.DOWNGRADE):
+        return Outcome.TAKE_OVER if can else Outcome.SKIP_TAKE_OVER_UNSUPPORTED
+    return base
+
+
 def _reference(
     ids: list[str],
     orgs: list[int],
@@ -223,6 +230,8 @@ def _reference(
     supervised: list[int],
     installed: dict[int, str],
     *,
+    users: set[int],
+    can_take_over: list[int],
     version: str,
     org_range: tuple[int, int] | None,
     installed_only: bool,
@@ -231,6 +240,7 @@ def _reference(
     licences: int | None,
     percent: float | None,
     seed: str,
+    take_over: bool,
 ) -> tuple[list[Outcome], list[int], list[int]]:
     want = sort_key(version, platform="ios")
     seed_hash = _fnv1a64(seed.encode())
@@ -246,6 +256,8 @@ def _reference(
             outcomes.append(Outcome.SKIP_PLATFORM)
             continue
         base = _by_version(installed.get(i), want, installed_only, allow_downgrade)
+        if take_over:
+            base = _taken_over(base, i in installed, i in users, bool(can_take_over[i]))
         if base.sends:
             point = (_mix64(_fnv1a64(device.encode()) ^ seed_hash) >> 11) * 2.0**-53 * 100.0
             if percent is not None and point >= percent:
@@ -276,6 +288,10 @@ def _fleets(draw: st.DrawFn) -> dict[str, object]:
         "platforms": draw(st.lists(st.sampled_from([IOS, ANDROID]), min_size=n, max_size=n)),
         "supervised": draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)),
         "installed": {d: draw(_versions) for d in installed_on},
+        # Marks on devices without the app too: they must change nothing.
+        "users": set(draw(st.lists(st.sampled_from(devices), unique=True))) if n else set(),
+        "can_take_over": draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)),
+        "take_over": draw(st.booleans()),
         "version": draw(_versions),
         "org_range": None if org_range is None else tuple(org_range),
         "installed_only": draw(st.booleans()),
@@ -297,13 +313,17 @@ def test_matches_reference(case: dict[str, object]) -> None:
         case.pop("supervised"),
     )
     installed = case.pop("installed")
+    users, can = case.pop("users"), case.pop("can_take_over")
     assert isinstance(ids, list)
     assert isinstance(orgs, list)
     assert isinstance(platforms, list)
     assert isinstance(supervised, list)
     assert isinstance(installed, dict)
-    index = FleetIndex(ids, orgs, platforms, supervised)
+    assert isinstance(users, set)
+    assert isinstance(can, list)
+    index = FleetIndex(ids, orgs, platforms, supervised, take_over=can)
     index.set_installed(3, list(installed), list(installed.values()), platform="ios")
+    index.set_user_installed(3, sorted(users))
     result = index.target(3, version_platform="ios", **case)  # type: ignore[arg-type]
     outcomes, selected, silent = _reference(
         ids,
@@ -311,6 +331,8 @@ def test_matches_reference(case: dict[str, object]) -> None:
         platforms,
         supervised,
         installed,
+        users=users,
+        can_take_over=can,
         **case,  # type: ignore[arg-type]
     )
     assert [result.outcome(i) for i in range(len(ids))] == outcomes
@@ -566,26 +588,34 @@ def test_push_and_set_device_errors() -> None:
 class _Model:
     """What the index should hold: the columns, installed versions and licence holders."""
 
-    def __init__(self, devices: list[tuple[str, int, int, int, bool]]) -> None:
+    def __init__(self, devices: list[tuple[str, int, int, int, bool, bool]]) -> None:
         self.ids = [d[0] for d in devices]
         self.orgs = [d[1] for d in devices]
         self.platforms = [d[2] for d in devices]
         self.supervised = [d[3] for d in devices]
         self.silent = [d[4] for d in devices]
+        self.take_over = [d[5] for d in devices]
         self.installed: dict[int, dict[int, str]] = {app: {} for app in _APPS}
         self.holders: dict[int, set[int]] = {app: set() for app in _APPS}
+        self.users: dict[int, set[int]] = {app: set() for app in _APPS}
 
     def build(self, *, licences: bool = True) -> FleetIndex:
         """A fresh index of everything the model holds (``licences=False``: no holder
         lists at all, as before any licence was known)."""
         index = FleetIndex(
-            self.ids, self.orgs, self.platforms, self.supervised, [int(s) for s in self.silent]
+            self.ids,
+            self.orgs,
+            self.platforms,
+            self.supervised,
+            [int(s) for s in self.silent],
+            take_over=[int(t) for t in self.take_over],
         )
         for app in _APPS:
             have = self.installed[app]
             index.set_installed(app, list(have), list(have.values()), platform="ios")
             if licences:
                 index.set_licensed(app, sorted(self.holders[app]))
+                index.set_user_installed(app, sorted(self.users[app]))
         return index
 
     def apply(self, index: FleetIndex, op: tuple[Any, ...]) -> None:
@@ -593,8 +623,11 @@ class _Model:
         n = len(self.ids)
         kind = op[0]
         if kind == "push":
-            device_id, org, platform, supervised, silent = op[1]
-            assert index.push_device(device_id, org, platform, supervised, silent) == n
+            device_id, org, platform, supervised, silent, take_over = op[1]
+            pushed = index.push_device(
+                device_id, org, platform, supervised, silent, take_over=take_over
+            )
+            assert pushed == n
             self.ids.append(device_id)
             self._columns(n, op[1][1:], new=True)
             return
@@ -602,7 +635,8 @@ class _Model:
             return
         if kind == "set":
             device = op[1] % n
-            index.set_device(device, *op[2][1:])
+            org, platform, supervised, silent, take_over = op[2][1:]
+            index.set_device(device, org, platform, supervised, silent, take_over=take_over)
             self._columns(device, op[2][1:], new=False)
         elif kind == "install":
             app, device, version = op[1], op[2] % n, op[3]
@@ -611,21 +645,25 @@ class _Model:
                 self.installed[app].pop(device, None)
             else:
                 self.installed[app][device] = version
-        elif kind == "licence":
-            app, device, held = op[1], op[2] % n, op[3]
-            index.update_licensed(app, device, held)
-            if held:
-                self.holders[app].add(device)
+        elif kind in ("licence", "user"):
+            # Licence holders and user-installed copies: a mark per app and device.
+            app, device, on = op[1], op[2] % n, op[3]
+            if kind == "licence":
+                index.update_licensed(app, device, on)
             else:
-                self.holders[app].discard(device)
+                index.update_user_installed(app, device, on)
+            marks = (self.holders if kind == "licence" else self.users)[app]
+            (marks.add if on else marks.discard)(device)
         else:
             app, devices = op[1], [d % n for d in op[2]]
             index.set_licensed(app, devices)
             self.holders[app] = set(devices)
 
-    def _columns(self, device: int, cols: tuple[int, int, int, bool], *, new: bool) -> None:
+    def _columns(self, device: int, cols: tuple[int, int, int, bool, bool], *, new: bool) -> None:
         for column, value in zip(
-            (self.orgs, self.platforms, self.supervised, self.silent), cols, strict=True
+            (self.orgs, self.platforms, self.supervised, self.silent, self.take_over),
+            cols,
+            strict=True,
         ):
             if new:
                 column.append(value)  # type: ignore[arg-type]
@@ -645,6 +683,7 @@ class _Model:
         licences: int | None,
         percent: float | None,
         seed: str,
+        take_over: bool,
     ) -> tuple[list[Outcome], list[int], list[int], list[int]]:
         """The query with scopes, licence holders and the silent column, in Python."""
         want = sort_key(version, platform="ios")
@@ -663,7 +702,11 @@ class _Model:
             if platform is not None and self.platforms[i] != platform:
                 outcomes.append(Outcome.SKIP_PLATFORM)
                 continue
-            base = _by_version(self.installed[app].get(i), want, installed_only, allow_downgrade)
+            have = self.installed[app]
+            base = _by_version(have.get(i), want, installed_only, allow_downgrade)
+            if take_over:
+                user = i in self.users[app]
+                base = _taken_over(base, i in have, user, self.take_over[i])
             if base.sends:
                 point = (_mix64(_fnv1a64(device.encode()) ^ seed_hash) >> 11) * 2.0**-53 * 100.0
                 if percent is not None and point >= percent:
@@ -686,6 +729,7 @@ _device_columns = st.tuples(
     st.sampled_from([IOS, ANDROID]),
     st.integers(0, 2),
     st.booleans(),
+    st.booleans(),
 )
 _APPS = (1, 2)
 _operations = st.one_of(
@@ -695,6 +739,7 @@ _operations = st.one_of(
         st.just("install"), st.sampled_from(_APPS), st.integers(0, 200), st.none() | _versions
     ),
     st.tuples(st.just("licence"), st.sampled_from(_APPS), st.integers(0, 200), st.booleans()),
+    st.tuples(st.just("user"), st.sampled_from(_APPS), st.integers(0, 200), st.booleans()),
     st.tuples(
         st.just("set_licensed"), st.sampled_from(_APPS), st.lists(st.integers(0, 200), max_size=6)
     ),
@@ -718,6 +763,7 @@ def _queries(draw: st.DrawFn) -> dict[str, Any]:
         "licences": draw(st.none() | st.integers(0, 6)),
         "percent": draw(st.none() | st.floats(0, 100)),
         "seed": draw(st.text(max_size=3)),
+        "take_over": draw(st.booleans()),
     }
 
 
@@ -756,7 +802,7 @@ def _same_answers(live: FleetIndex, fresh: FleetIndex, model: _Model, q: dict[st
     queries=st.lists(_queries(), min_size=1, max_size=4),
 )
 def test_incremental_updates_match_fresh_index(
-    initial: list[tuple[str, int, int, int, bool]],
+    initial: list[tuple[str, int, int, int, bool, bool]],
     operations: list[tuple[Any, ...]],
     queries: list[dict[str, Any]],
 ) -> None:
@@ -770,6 +816,8 @@ def test_incremental_updates_match_fresh_index(
         assert live.device_id(device) == device_id
         for app in _APPS:
             assert live.is_licensed(app, device) == (device in model.holders[app])
+            assert live.is_user_installed(app, device) == (device in model.users[app])
             assert live.installed_key(app, device) == fresh.installed_key(app, device)
+        assert live.can_take_over(device) == fresh.can_take_over(device) == model.take_over[device]
     for query in queries:
         _same_answers(live, fresh, model, query)

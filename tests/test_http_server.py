@@ -536,6 +536,70 @@ async def test_http2_oversized_header_block_gets_431() -> None:
         await stream.aclose()
 
 
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        (("transfer-encoding", "chunked"), b"transfer-encoding"),
+        (("connection", "keep-alive"), b"connection"),
+        (("te", "gzip"), b"TE header"),
+        (("X-Upper", "1"), b"X-Upper"),
+    ],
+)
+async def test_http2_malformed_request_is_a_stream_error(
+    header: tuple[str, str], named: bytes
+) -> None:
+    async with running() as (server, port):
+        stream = await connect(port)
+        client = H2Client(stream)
+        # A client that sends what it is told, malformed or not.
+        client.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
+        await client.start()
+        with trio.fail_after(5):
+            bad = await client.request("POST", "/", b"body", [header])
+            assert bad.status == 400
+            assert named in bad.body
+            # The client's other streams are not the malformed one's business.
+            ok = await client.request("GET", "/after", extra=[("te", "trailers")])
+            assert (ok.status, client.goaways) == (200, [])
+        assert server.metrics.errors.value("bad_request") == 1
+        await stream.aclose()
+
+
+async def test_http2_malformed_trailers_are_a_stream_error() -> None:
+    async with running() as (server, port):
+        stream = await connect(port)
+        client = H2Client(stream)
+        client.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=True, header_encoding=None, validate_outbound_headers=False
+            )
+        )
+        await client.start()
+        with trio.fail_after(5):
+            stream_id = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(stream_id, client.headers("POST", "/"))
+            client.conn.send_data(stream_id, b"body")
+            client.conn.send_headers(stream_id, [(b":path", b"/elsewhere")], end_stream=True)
+            await client.flush()
+            while stream_id not in client.ended:
+                await client.pump()
+                assert not client.closed, client.goaways
+            bad = client.responses[stream_id]
+            assert bad.status == 400
+            assert b"pseudo-header in trailer" in bad.body
+            ok = await client.request("GET", "/after")
+            assert (ok.status, client.goaways) == (200, [])
+        assert server.metrics.errors.value("bad_request") == 1
+        await stream.aclose()
+
+
 # ---------------------------------------------------------------------------------------------
 # TLS
 
@@ -739,44 +803,176 @@ async def test_in_flight_storm_gets_429_not_timeouts() -> None:
         assert server.metrics.errors.value("overloaded") == 10
 
 
+class Gate:
+    """A handler whose ``/block`` requests wait for :meth:`release`; ``entered`` counts them."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.released = trio.Event()
+
+    async def __call__(self, request: Request) -> Response:
+        if request.path == "/block":
+            self.entered += 1
+            await self.released.wait()
+        return Response(200, body=b"done")
+
+    def release(self) -> None:
+        self.released.set()
+
+
 async def test_connections_beyond_the_limit_get_503() -> None:
+    # Only when every connection is busy: idle ones would be shed first (next tests).
+    gate = Gate()
     limits = Limits(max_connections=2, header_timeout=1, read_timeout=1)
-    async with running(limits=limits) as (server, port):
+    async with running(gate, limits) as (server, port), trio.open_nursery() as nursery:
         first = H1Client(await connect(port))
         second = H1Client(await connect(port))
-        assert (await first.request("GET", "/1"))[0] == 200
-        assert (await second.request("GET", "/2"))[0] == 200
+        answers: list[int] = []
+
+        async def block(client: H1Client) -> None:
+            answers.append((await client.request("GET", "/block"))[0])
+
+        nursery.start_soon(block, first)
+        nursery.start_soon(block, second)
         third = await connect(port)
         with trio.fail_after(2):
+            await wait_for(lambda: gate.entered == 2)
             await third.send_all(b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, headers, _ = await read_raw_response(third)
+            status, headers, body = await read_raw_response(third)
         assert status == 503
         assert headers["retry-after"] == "1"
+        assert body == b"Server at its connection limit\n"
         await third.aclose()
         assert server.metrics.connections.value("rejected") == 1
+        gate.release()
         # Once a connection goes, a new one is served.
+        with trio.fail_after(2):
+            await wait_for(lambda: answers == [200, 200])
         await first.stream.aclose()
         with trio.fail_after(2):
-            while server.open_connections > 1:
-                await trio.sleep(0.01)
+            await wait_for(lambda: server.open_connections == 1)
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"http://127.0.0.1:{port}/4")).status_code == 200
 
 
 async def test_http2_connections_beyond_the_limit_get_503() -> None:
+    gate = Gate()
     limits = Limits(max_connections=1)
-    async with running(limits=limits) as (_, port):
+    async with running(gate, limits) as (_, port), trio.open_nursery() as nursery:
         first = H1Client(await connect(port))
-        assert (await first.request("GET", "/1"))[0] == 200
+        nursery.start_soon(first.request, "GET", "/block")
         client = H2Client(await connect(port))
         await client.start()
         with trio.fail_after(2):
+            await wait_for(lambda: gate.entered == 1)
             response = await client.request("GET", "/2")
             assert response.status == 503
             assert response.headers["retry-after"] == "1"
             while not client.closed:
                 await client.pump()
         assert client.goaways  # and then the connection went away
+        gate.release()
+
+
+async def test_waiting_connections_are_shed_longest_first_to_make_room() -> None:
+    gate = Gate()
+    limits = Limits(max_connections=3, header_timeout=5, read_timeout=5, idle_timeout=30)
+    async with running(gate, limits) as (server, port):
+        with trio.fail_after(5):
+            silent = await connect(port)  # connects and says nothing
+            await wait_for(lambda: server.open_connections == 1)
+            slow = await connect(port)  # half a request head, then nothing
+            await slow.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+            await wait_for(lambda: server.open_connections == 2)
+            idle = H1Client(await connect(port))  # a finished request, then keep-alive
+            assert (await idle.request("GET", "/idle"))[0] == 200
+            # At the limit, and everyone waiting: each newcomer is served, and the
+            # connection that has waited longest makes room.
+            newcomers = [H1Client(await connect(port))]
+            assert (await newcomers[0].request("GET", "/1"))[0] == 200
+            assert await read_until_eof(silent) == b""
+            newcomers.append(H1Client(await connect(port)))
+            assert (await newcomers[1].request("GET", "/2"))[0] == 200
+            status, headers, body = await read_raw_response(slow)
+            assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
+            assert body == b"Server busy: request head not received in time\n"
+            assert await read_until_eof(slow) == b""
+            newcomers.append(H1Client(await connect(port)))
+            assert (await newcomers[2].request("GET", "/3"))[0] == 200
+            assert await read_until_eof(idle.stream) == b""
+            assert server.metrics.connections.value("shed") == 3
+            # A connection with a request in progress is never shed: with all three busy,
+            # the next one is turned away.
+            async with trio.open_nursery() as nursery:
+                for client in newcomers:
+                    nursery.start_soon(client.request, "GET", "/block")
+                await wait_for(lambda: gate.entered == 3)
+                late = await connect(port)
+                await late.send_all(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (await read_raw_response(late))[0] == 503
+                gate.release()
+        assert server.metrics.connections.value("shed") == 3
+        assert server.metrics.connections.value("rejected") == 1
+
+
+async def test_idle_http2_connection_is_shed_with_goaway() -> None:
+    limits = Limits(max_connections=1)
+    async with running(limits=limits) as (server, port):
+        h2_client = H2Client(await connect(port))
+        await h2_client.start()
+        assert (await h2_client.request("GET", "/")).status == 200
+        with trio.fail_after(5):
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(f"http://127.0.0.1:{port}/")).status_code == 200
+            while not h2_client.closed:
+                await h2_client.pump()
+        assert h2_client.goaways == [h2.errors.ErrorCodes.NO_ERROR]
+        assert server.metrics.connections.value("shed") == 1
+
+
+async def connect_from(port: int, address: str) -> trio.SocketStream:
+    stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=address)
+    _opened.append(stream)
+    return stream
+
+
+async def test_connections_over_the_per_client_budget_get_429() -> None:
+    limits = Limits(max_connections_per_client=2)
+    async with running(limits=limits) as (server, port):
+        with trio.fail_after(5):
+            mine = [H1Client(await connect_from(port, "127.0.0.1")) for _ in range(2)]
+            for client in mine:
+                assert (await client.request("GET", "/"))[0] == 200
+            extra = await connect_from(port, "127.0.0.1")
+            await extra.send_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, body = await read_raw_response(extra)
+            assert (status, headers["retry-after"], headers["connection"]) == (429, "1", "close")
+            assert body == b"Too many connections from your address (at most 2)\n"
+            assert await read_until_eof(extra) == b""
+            # Another address is not affected, and HTTP/2 hears the same answer.
+            neighbour = H1Client(await connect_from(port, "127.0.0.2"))
+            assert (await neighbour.request("GET", "/"))[0] == 200
+            h2_extra = H2Client(await connect_from(port, "127.0.0.1"))
+            await h2_extra.start()
+            assert (await h2_extra.request("GET", "/")).status == 429
+            # When one of its connections closes, the client may open another.
+            await mine[0].stream.aclose()
+            await wait_for(lambda: server.open_connections == 2)
+            again = H1Client(await connect_from(port, "127.0.0.1"))
+            assert (await again.request("GET", "/"))[0] == 200
+        assert server.metrics.connections.value("over_budget") == 2
+
+
+async def test_trusted_proxies_are_not_held_to_the_per_client_budget() -> None:
+    limits = Limits(max_connections_per_client=1, trusted_proxies=("127.0.0.0/30",))
+    async with running(limits=limits) as (_, port):
+        with trio.fail_after(5):
+            clients = [H1Client(await connect_from(port, "127.0.0.1")) for _ in range(3)]
+            for client in clients:
+                assert (await client.request("GET", "/"))[0] == 200
+            outside = [H1Client(await connect_from(port, "127.0.0.9")) for _ in range(2)]
+            assert (await outside[0].request("GET", "/"))[0] == 200
+            assert (await outside[1].request("GET", "/"))[0] == 429
 
 
 async def wait_for(condition: Callable[[], bool]) -> None:
@@ -956,3 +1152,8 @@ async def test_limits_validation() -> None:
     assert Limits().max_body_bytes == 16 * 1024 * 1024
     with pytest.raises(ValueError, match="max_in_flight"):
         Limits(max_in_flight=0)
+    with pytest.raises(ValueError, match="trusted_proxies"):
+        Limits(trusted_proxies=("10.0.0.0/8", "proxy.example"))
+    with pytest.raises(ValueError, match="shed_idle_at"):
+        Limits(shed_idle_at=0.0)
+    assert Limits(trusted_proxies=["10.0.0.0/8"]).trusted_proxies == ("10.0.0.0/8",)  # type: ignore[arg-type]

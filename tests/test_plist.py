@@ -3,6 +3,7 @@ hand-written XML and hand-built binary plists, hostile input, and the decoding l
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import datetime as dt
@@ -265,6 +266,12 @@ HANDWRITTEN_XML = [
     ),
     ("data_wrapped", xml_plist("<data>\n\tQUJD\n\tREVG\n</data>")),
     ("data_padding", xml_plist("<array><data>QQ==</data><data>QUI=</data></array>")),
+    (
+        "data_extra_padding",
+        xml_plist("<array><data>QUJD====</data><data>QQ=\n==</data><data>=Q=UJD</data></array>"),
+    ),
+    ("data_only_padding", xml_plist("<data>==</data>")),
+    ("data_loose_trailing_bits", xml_plist("<data>QR==</data>")),
     ("integers", xml_plist("<array><integer>-5</integer><integer>0x1F</integer></array>")),
     ("integer_plus", xml_plist("<integer>+7</integer>")),
     (
@@ -771,3 +778,88 @@ def test_corrupted_plists_are_refused_or_read_like_plistlib(data: st.DataObject)
     cut = data.draw(st.integers(0, len(corrupted)))
     _agree_or_refuse(bytes(corrupted))
     _agree_or_refuse(bytes(corrupted[:cut]))
+
+
+# --- <data>: base64 as plistlib reads it ------------------------------------------------------
+
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_XML_SPACE = " \t\n\r"
+
+
+def _data_plist(text: str) -> bytes:
+    return xml_plist(f"<data>{text}</data>")
+
+
+def _plistlib_data(text: str) -> bytes | None:
+    """What plistlib makes of ``<data>text</data>``: the bytes, or ``None`` when it refuses
+    the value or drops base64 characters after the padding that ends a group."""
+    try:
+        value = plistlib.loads(_data_plist(text))
+    except Exception:  # binascii.Error, a ValueError
+        return None
+    assert isinstance(value, bytes)
+    digits = sum(c in _B64_ALPHABET for c in text)
+    if len(value) < digits * 6 // 8:
+        return None  # "QQ==QUJD" is b"A" to plistlib: the rest is dropped, mdmgate refuses
+    return value
+
+
+@st.composite
+def _padded_base64(draw: st.DrawFn) -> str:
+    """Base64 text with extra padding and whitespace anywhere: a value's encoding (padding
+    kept or dropped), or any string of base64 characters."""
+    if draw(st.booleans()):
+        text = base64.b64encode(draw(st.binary(max_size=40))).decode()
+        if draw(st.booleans()):
+            text = text.rstrip("=")
+    else:
+        text = draw(st.text(_B64_ALPHABET, max_size=40))
+    chars = list(text)
+    for _ in range(draw(st.integers(0, 8))):
+        extra = draw(st.sampled_from("=" * 3 + _XML_SPACE))
+        chars.insert(draw(st.integers(0, len(chars))), extra)
+    return "".join(chars)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_padded_base64())
+def test_data_with_extra_padding_and_whitespace_reads_like_plistlib(text: str) -> None:
+    expected = _plistlib_data(text)
+    data = _data_plist(text)
+    if expected is None:
+        with pytest.raises(PlistDecodeError) as info:
+            plist.loads(data)
+        assert info.value.kind == "structure"
+    else:
+        assert canon(plist.loads(data)) == canon(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("QUJD====", b"ABC"),
+        ("QQ===", b"A"),
+        ("QUI==", b"AB"),
+        ("QUI= \n=", b"AB"),
+        ("=QUJD", b"ABC"),
+        ("Q=U=JD", b"ABC"),
+        ("QU=JD", b"ABC"),
+        ("====", b""),
+        ("QR==", b"A"),
+        ("QUJ=", b"AB"),
+        ("QQ", None),  # plistlib: "Incorrect padding"
+        ("QQ=", None),
+        ("Q", None),
+        ("QUJDR===", None),  # one base64 character more than a multiple of 4
+        ("QU==JD", None),  # plistlib drops "JD"
+        ("QQ==QUJD", None),  # two padded groups: plistlib reads b"A"
+        ("QU*JD", None),  # plistlib skips the "*"
+    ],
+)
+def test_data_padding_examples(text: str, expected: bytes | None) -> None:
+    if expected is None:
+        with pytest.raises(PlistDecodeError, match="base64"):
+            plist.loads(_data_plist(text))
+    else:
+        assert plist.loads(_data_plist(text)) == expected
+        assert plistlib.loads(_data_plist(text)) == expected

@@ -381,3 +381,68 @@ async def test_sqlite_read_falls_back_when_the_database_is_busy(tmp_path: Path) 
     finally:
         store._reader = reader
         await store.aclose()
+
+
+async def test_offers_are_counted_and_capped(store: Store) -> None:
+    for c in ("poison", "next", "last"):
+        await store.enqueue(c, "syncml", c.encode(), ["dev-3"])
+    # Without a cap (the Apple channel): offers are counted, nothing is given up.
+    first = await store.take("dev-3", "s1", 10)
+    assert [(d.command_id, d.offers) for d in first] == [("poison", 1), ("next", 1), ("last", 1)]
+    # With a cap, a delivery handed out before without an answer goes out alone: a command
+    # that kills the session does not take the ones behind it down too.
+    assert [
+        (d.command_id, d.offers) for d in await store.take("dev-3", "s2", 10, max_offers=3)
+    ] == [("poison", 2)]
+    assert [d.command_id for d in await store.take("dev-3", "s2", 10, max_offers=3)] == ["next"]
+    assert await store.record_result("dev-3", "next", DeliveryState.ACKNOWLEDGED, "200", None)
+    assert [d.command_id for d in await store.take("dev-3", "s3", 10, max_offers=3)] == ["poison"]
+    # Offered max_offers times without an answer: failed (final, with the reason), and the
+    # next one is handed out in its place.
+    assert [
+        (d.command_id, d.offers) for d in await store.take("dev-3", "s4", 10, max_offers=3)
+    ] == [("last", 2)]
+    status = await store.command_status("poison")
+    assert status is not None
+    (failed,) = status.deliveries
+    assert (failed.state, failed.status, failed.offers) == (
+        DeliveryState.FAILED,
+        "offered 3 times without an answer",
+        3,
+    )
+    assert failed.state.final
+    assert not await store.record_result("dev-3", "poison", DeliveryState.ACKNOWLEDGED, "200", None)
+    assert await store.deliveries("dev-3", [DeliveryState.FAILED]) == [failed]
+    assert await store.queue_depth() == 1  # only "last" is open
+    # An answer that defers (NotNow) is an answer: the count starts again.
+    await store.enqueue("busy", "apple", b"b", ["dev-4"])
+    for session in ("a", "b"):
+        await store.take("dev-4", session, 1, max_offers=2)
+        assert await store.record_result("dev-4", "busy", DeliveryState.NOT_NOW, "NotNow", None)
+    [again] = await store.take("dev-4", "c", 1, max_offers=2)
+    assert (again.command_id, again.offers) == ("busy", 1)
+
+
+async def test_sqlite_upgrade_keeps_deliveries_and_counts_their_offers(tmp_path: Path) -> None:
+    from mdmgate.storage.sqlite import MIGRATIONS  # noqa: PLC0415 - one backend's detail
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:3]:  # the schema before offers were counted
+        db.executescript(script)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (3)")
+    db.execute("INSERT INTO devices VALUES ('w1', 'windows', '/', NULL, NULL, '{}', '{}')")
+    db.execute("INSERT INTO commands VALUES ('c1', 'syncml', x'3c4765742f3e', 0)")
+    db.execute(
+        "INSERT INTO deliveries (command_id, device_id, state, session, updated)"
+        " VALUES ('c1', 'w1', 'sent', 'old', 0)"
+    )
+    db.commit()
+    db.close()
+    store = await SQLiteStore.open(path)
+    try:
+        [delivery] = await store.take("w1", "new", 10, max_offers=5)
+        assert (delivery.command_id, delivery.offers) == ("c1", 1)
+    finally:
+        await store.aclose()

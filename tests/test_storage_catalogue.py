@@ -509,6 +509,6 @@ async def test_sqlite_schema_2_is_migrated_keeping_devices(tmp_path: Path) -> No
         await store.aclose()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
     finally:
         db.close()

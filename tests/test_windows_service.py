@@ -87,7 +87,13 @@ async def test_replayed_message_is_400_and_the_session_goes_on(store: MemoryStor
     first = await service(post(package("win-cert"), cert=CERT))
     reply = syncml.decode(first.body)
     get = next(c for c in reply.commands if c.name == "Get")
-    replay = await service(post(package("win-cert"), cert=CERT))
+    # Message 1 again, without the Alert 1201 that would open a new session in its place.
+    again = Message(
+        Header(session_id="1A", msg_id="1", target="https://gw", source="win-cert"),
+        [Command("Replace", cmd_id="1", items=[Item(source="./DevInfo/Mod", data="Surface")])],
+        True,
+    )
+    replay = await service(post(again.encode(), cert=CERT))
     assert replay.status == 400
     assert b"MsgID" in replay.body
     # The session is intact: the device answers the Get in message 2 and the session ends.

@@ -25,6 +25,7 @@ from mdmgate.windows.session import (
     Session,
     SessionAborted,
     SessionError,
+    opens_session,
 )
 
 SERVER = "https://mdm.example.com/ManagementServer/MDM.svc"
@@ -265,6 +266,36 @@ def test_devinfo_in_unsolicited_results() -> None:
     events = session.receive(device_message(1, [alert(1201), results]))
     assert events[1:] == [DeviceInfo({"Mod": "Surface", "DmV": "1.3"})]
     assert status_codes(session.reply())[2] == ("2", "Results", "200")
+
+
+def test_devinfo_and_other_items_in_one_replace() -> None:
+    # A Dell laptop on Windows 11: DMClient/HWDevID in the same Replace as ./DevInfo/*.
+    session = new_session()
+    hwdevid = Item(source="./Vendor/MSFT/DMClient/HWDevID", data="A4B2")
+    replace = devinfo()
+    replace.items = [*replace.items, hwdevid]
+    add = Command("Add", items=[Item(source="./Vendor/MSFT/X", data="1")])
+    events = session.receive(device_message(1, [alert(1201), replace, add]))
+    info = [e for e in events if isinstance(e, DeviceInfo)]
+    assert [sorted(e.values) for e in info] == [["DevId", "Lang", "Man", "Mod"]]
+    others = [e.command for e in events if isinstance(e, DeviceCommand)]
+    assert [(c.name, [i.source for i in c.items]) for c in others] == [
+        ("Replace", ["./Vendor/MSFT/DMClient/HWDevID"]),
+        ("Add", ["./Vendor/MSFT/X"]),
+    ]
+    assert status_codes(session.reply())[1:] == [
+        ("1", "Alert", "200"),
+        ("2", "Replace", "200"),
+        ("3", "Add", "200"),
+    ]
+
+
+def test_opens_session() -> None:
+    assert opens_session(device_message(1, [alert(1201), devinfo()]))
+    assert opens_session(device_message(1, [alert(1200)]))
+    assert not opens_session(device_message(2, [alert(1201)]))
+    assert not opens_session(device_message(1, [devinfo()]))
+    assert not opens_session(device_message(1, [alert(1224, Item(data="user"))]))
 
 
 # ---------------------------------------------------------------- Final, 1222, the end
@@ -517,6 +548,18 @@ def test_item_level_statuses_and_windows_error_detail() -> None:
     assert answered(events)["c1"].statuses == (PartStatus("Replace", 500, "./V/A", "0x80070057"),)
 
 
+def test_status_data_that_is_no_number() -> None:
+    session = new_session()
+    session.offer([Outgoing("a", get_body("./A")), Outgoing("b", get_body("./B"))])
+    _, reply = start(session)
+    device = answers(reply, codes={"./A": "0", "./B": " OK "})
+    device = [c for c in device if c.name != "Results"]
+    done = answered(session.receive(device_message(2, device)))
+    assert done["a"].statuses == (PartStatus("Get", 0, "./A", None),)
+    assert done["b"].statuses == (PartStatus("Get", 0, "./B", " OK ", numeric=False),)
+    assert done["a"].statuses[0].numeric
+
+
 def test_atomic_stored_command() -> None:
     session = new_session()
     body = (
@@ -541,6 +584,41 @@ def test_atomic_stored_command() -> None:
         ("Atomic", 507),
         ("Replace", 216),
         ("Replace", 500),
+    ]
+
+
+def test_418_inside_atomic_is_not_retried_and_stays_an_error() -> None:
+    session = new_session()
+    add = b"<Add><CmdID>2</CmdID><Item><Target><LocURI>./V/Node</LocURI></Target></Item></Add>"
+    session.offer([Outgoing("atomic", b"<Atomic><CmdID>1</CmdID>" + add + b"</Atomic>")])
+    _, reply = start(session)
+    atomic = server_commands(reply)[0]
+    device = [
+        Command("Status", msg_ref="1", cmd_ref=atomic.cmd_id, cmd="Atomic", data="200"),
+        Command("Status", msg_ref="1", cmd_ref=atomic.commands[0].cmd_id, cmd="Add", data="418"),
+    ]
+    events = session.receive(device_message(2, device))
+    statuses = answered(events)["atomic"].statuses
+    # Only a top-level Add is retried as a Replace: this 418 is the answer itself.
+    assert [(s.cmd, s.code, s.retried) for s in statuses] == [
+        ("Atomic", 200, False),
+        ("Add", 418, False),
+    ]
+    assert server_commands(session.reply()) == []
+
+
+def test_retried_418_is_marked() -> None:
+    session = new_session()
+    add = b"<Add><CmdID>1</CmdID><Item><Target><LocURI>./V/Node</LocURI></Target></Item></Add>"
+    session.offer([Outgoing("add", add)])
+    _, reply = start(session)
+    session.receive(device_message(2, answers(reply, codes={"./V/Node": "418"})))
+    reply = session.reply()
+    events = session.receive(device_message(3, answers(reply)))
+    statuses = answered(events)["add"].statuses
+    assert [(s.cmd, s.code, s.retried) for s in statuses] == [
+        ("Add", 418, True),
+        ("Replace", 200, False),
     ]
 
 
@@ -581,6 +659,54 @@ def test_418_on_add_is_retried_as_replace() -> None:
     done = answered(events)
     assert [(s.cmd, s.code) for s in done["add"].statuses] == [("Add", 418), ("Replace", 200)]
     assert "later" in done
+
+
+def test_later_commands_on_an_added_node_wait_for_the_add() -> None:
+    session = new_session()
+    add = (
+        b"<Add><CmdID>1</CmdID><Item><Target><LocURI>./V/Node</LocURI></Target>"
+        b"<Data>5</Data></Item></Add>"
+    )
+    delete = (
+        b"<Delete><CmdID>1</CmdID><Item><Target><LocURI>./V/Node</LocURI></Target></Item></Delete>"
+    )
+    session.offer(
+        [
+            Outgoing("add", add),
+            Outgoing("other", get_body("./G")),
+            Outgoing("delete", delete),
+            Outgoing("child", get_body("./V/Node/Child?list=StructData")),
+        ]
+    )
+    _, reply = start(session)
+    # The Delete touches the node of an Add in the same message: it and what follows wait.
+    assert [c.name for c in server_commands(reply)] == ["Add", "Get"]
+    assert (reply.sent, reply.final, reply.ended) == (("add", "other"), False, False)
+    session.receive(device_message(2, answers(reply, codes={"./V/Node": "418"})))
+    reply = session.reply()
+    # The Replace for the 418 comes first, then the held commands, in order.
+    names = [(c.name, c.items[0].target) for c in server_commands(reply)]
+    assert names == [
+        ("Replace", "./V/Node"),
+        ("Delete", "./V/Node"),
+        ("Get", "./V/Node/Child?list=StructData"),
+    ]
+    assert (reply.sent, reply.final) == (("delete", "child"), True)
+    events = session.receive(device_message(3, answers(reply)))
+    assert sorted(answered(events)) == ["add", "child", "delete"]
+    assert session.reply().ended
+
+
+def test_held_commands_follow_an_add_answered_200() -> None:
+    session = new_session()
+    add = b"<Add><CmdID>1</CmdID><Item><Target><LocURI>./V/A/B</LocURI></Target></Item></Add>"
+    session.offer([Outgoing("add", add), Outgoing("parent", replace_body("./V/A", "x"))])
+    _, reply = start(session)
+    assert reply.sent == ("add",)
+    session.receive(device_message(2, answers(reply)))
+    reply = session.reply()
+    assert [c.name for c in server_commands(reply)] == ["Replace"]
+    assert reply.sent == ("parent",)
 
 
 # ---------------------------------------------------------------- large objects
@@ -906,8 +1032,10 @@ def test_refusing_a_message_without_receive() -> None:
     first = device_message(1, [alert(1201), devinfo()])
     reply = session.reply(header_status=407, chal=auth.challenge(nonce), to=first)
     decoded = syncml.decode(reply.data)
-    (status,) = decoded.commands
+    status = decoded.commands[0]
     assert (status.cmd, status.msg_ref, status.data) == ("SyncHdr", "1", "407")
+    # Every command of the refused message has its Status too: not executed, 407.
+    assert status_codes(reply)[1:] == [("1", "Alert", "407"), ("2", "Replace", "407")]
     assert status.chal == auth.challenge(nonce)
     assert (reply.final, reply.ended, reply.sent) == (True, False, ())
     # The device retries with credentials: everything starts normally.
@@ -935,12 +1063,44 @@ def test_refusing_after_receive_rolls_the_message_back() -> None:
     events = session.receive(device_message(2, device))
     assert list(answered(events)) == ["c1"]
     refused = session.reply(header_status=401, chal=auth.challenge(b"n"))
-    assert [c.cmd for c in syncml.decode(refused.data).commands] == ["SyncHdr"]
+    assert [(c.cmd, c.data) for c in syncml.decode(refused.data).commands] == [
+        ("SyncHdr", "401"),
+        ("Results", "401"),
+    ]
     assert session.in_flight_ids == ("c1",)
     # The same message again (even the same MsgID) is taken as new.
     events = session.receive(device_message(2, device))
     assert list(answered(events)) == ["c1"]
     assert session.reply().ended
+
+
+def test_a_refused_message_gets_a_status_for_every_command() -> None:
+    session = new_session()
+    session.offer([Outgoing("c1", get_body("./A"))])
+    message = device_message(
+        4,
+        [
+            alert(1201),
+            Command("Status", msg_ref="3", cmd_ref="2", cmd="Get", data="200"),
+            devinfo(),
+            Command("Exec", items=[Item(target="./Vendor/X")]),
+        ],
+    )
+    for code in (401, 407):
+        reply = session.reply(header_status=code, chal=auth.challenge(b"n"), to=message)
+        decoded = syncml.decode(reply.data)
+        assert [(s.msg_ref, s.cmd_ref, s.cmd, s.data) for s in decoded.commands] == [
+            ("4", "0", "SyncHdr", str(code)),
+            ("4", "1", "Alert", str(code)),
+            ("4", "3", "Replace", str(code)),
+            ("4", "4", "Exec", str(code)),
+        ]
+        assert decoded.commands[0].chal is not None
+        assert all(c.chal is None for c in decoded.commands[1:])
+        assert (reply.final, reply.sent) == (True, ())
+    # Nothing was executed: the same message, authenticated, is taken as new.
+    events = session.receive(message)
+    assert [type(e) for e in events] == [DeviceAlert, DeviceInfo, DeviceCommand]
 
 
 def test_reply_needs_a_received_message() -> None:

@@ -4,12 +4,22 @@ It answers what a Windows MDM client answers: Status for the SyncHdr and every c
 order, Results after the Status of each Get (its configuration tree is a dict of LocURI ->
 (format, data)), 202 for a hosted install whose outcome it reports in the next session with
 Alert 1226, and large Results in chunks (MoreData) when they exceed ``chunk_size``.
+
+Options (all off by default) make it a stricter or a broken client: ``auth_type`` sends basic
+credentials instead of MD5; ``server_username``/``server_secret`` make it require the server
+to authenticate (OMA-DM mutual authentication: the server's MD5 ``Cred`` over the nonce the
+device issued, ``server_nonce``; until then it answers 401/407 with a ``Chal`` and refuses
+every command with ``refusal_status``); ``crash_on`` stops the session without an answer when
+a command targets that LocURI; ``mangle_on`` answers such a command with a message the server
+must refuse (a replayed MsgID); :meth:`WindowsDevice.request_unenrollment` queues the user's
+unenrollment alert for the next session.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -22,6 +32,7 @@ XML = "application/vnd.syncml.dm+xml"
 WBXML = "application/vnd.syncml.dm+wbxml"
 PATH = "/ManagementServer/MDM.svc?mode=Maintenance&Platform=WoA"
 EMM = "./Device/Vendor/MSFT/EnterpriseModernAppManagement"
+UNENROLL_TYPE = "com.microsoft:mdm.unenrollment.userrequest"
 
 
 def md5_credentials(username: str, secret: str, nonce: bytes) -> str:
@@ -59,15 +70,94 @@ class WindowsDevice:
     #: Commands the device received, by name and target, in order, across sessions.
     received: list[tuple[str, str | None]] = field(default_factory=list)
     session_count: int = 0
+    #: The credential type it sends: "md5" or "basic".
+    auth_type: str = "md5"
+    #: Set both to require the server to authenticate with these (mutual authentication).
+    server_username: str | None = None
+    server_secret: str | None = None
+    #: The nonce the device issued to the server (the server's MD5 Cred must use it).
+    server_nonce: bytes = b""
+    #: Issue the server a new nonce with every 212 (it does on every 401/407 anyway).
+    rotate_server_nonce: bool = True
+    #: What it answers each command with while the server is not authenticated.
+    refusal_status: str = "407"
+    #: The SyncHdr status it gave each server message it checked (server authentication).
+    server_auth_log: list[str] = field(default_factory=list)
+    #: Commands refused because the server was not authenticated, by name and target.
+    refused: list[tuple[str, str | None]] = field(default_factory=list)
+    #: A command targeting this LocURI makes the device stop mid-session (it crashed).
+    crash_on: str | None = None
+    #: A command targeting this LocURI is answered with a message the server must refuse.
+    mangle_on: str | None = None
+    _server_ok: bool = False
+    _mangle_next: bool = False
+    #: More items for package 1's Replace, after the ./DevInfo ones (LocURI -> data), as a
+    #: Dell laptop sends ./Vendor/MSFT/DMClient/HWDevID.
+    extra_replace_items: dict[str, str] = field(default_factory=dict)
+    #: Answer every server command with this Status Data (e.g. "0") without running it.
+    command_status: str | None = None
+    #: Resend a refused message (SyncHdr 401/407) with credentials, but only when every
+    #: command of it got a Status of that code too (as some clients do).
+    resend_when_refused: bool = False
 
     # -- one session
 
-    async def session(self, client: httpx.AsyncClient, *, limit: int = 100) -> list[Exchange]:
-        """Runs one session to its end (or ``limit`` round trips)."""
+    async def session(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        limit: int = 100,
+        session_id: str | None = None,
+        cut_after: int | None = None,
+    ) -> list[Exchange]:
+        """Runs one session to its end (or ``limit`` round trips). ``session_id`` replaces
+        the counter's SessionID; ``cut_after`` N ends the session after N round trips as if
+        the connection broke: the last reply is neither run nor answered."""
         self.session_count += 1
-        session_id = format(self.session_count, "X")
+        session_id = format(self.session_count, "X") if session_id is None else session_id
         msg_id = 0
+        self._server_ok = False
+        self._mangle_next = False
         log: list[Exchange] = []
+        #: Device messages still to send: (commands, final).
+        queue: list[tuple[list[Command], bool]] = [(self._package_one(), True)]
+        resends = 0
+        for _ in range(limit):
+            body, final = queue.pop(0)
+            if self._mangle_next:
+                self._mangle_next = False  # the same MsgID again: a message it cannot take
+            else:
+                msg_id += 1
+            message = Message(self._header(session_id, str(msg_id)), _number(body), final)
+            exchange = await self._post(client, message)
+            log.append(exchange)
+            reply = exchange.reply
+            if reply is None or len(log) == cut_after:
+                return log
+            if self.resend_when_refused and resends < 3 and _refused_whole(message, reply):
+                resends += 1
+                queue.insert(0, (body, final))  # the same commands, now with the new nonce
+                continue
+            if queue:
+                continue  # more chunks of a large object: the server asked for them (1222)
+            if reply.final and self._only_statuses(reply):
+                return log  # the server had nothing more to say: the session is over
+            if self._crashes_on(reply):
+                return log  # the client died on a command: no answer, the session is cut
+            answers, chunks = self._answer(reply)
+            if not reply.final:
+                # The server's package goes on: ask for its next message.
+                answers.append(Command("Alert", data="1222"))
+            if chunks:
+                # One chunk per message; only the last closes the package.
+                for i, chunk in enumerate(chunks):
+                    queue.append(((answers if i == 0 else []) + [chunk], i == len(chunks) - 1))
+            else:
+                queue.append((answers, True))
+        raise AssertionError(f"session did not end within {limit} messages")
+
+    def _package_one(self) -> list[Command]:
+        """Alert 1201, LoginStatus, the pending alerts, and the DevInfo Replace."""
         commands: list[Command] = [
             Command("Alert", data="1201"),
             Command(
@@ -91,40 +181,28 @@ class WindowsDevice:
                         ("DmV", "1.3"),
                         ("Lang", "it-IT"),
                     )
-                ],
+                ]
+                + [Item(source=uri, data=value) for uri, value in self.extra_replace_items.items()],
             )
         )
-        #: Device messages still to send: (commands, final).
-        queue: list[tuple[list[Command], bool]] = [(commands, True)]
-        for _ in range(limit):
-            body, final = queue.pop(0)
-            msg_id += 1
-            message = Message(self._header(session_id, str(msg_id)), _number(body), final)
-            exchange = await self._post(client, message)
-            log.append(exchange)
-            reply = exchange.reply
-            if reply is None:
-                return log
-            if queue:
-                continue  # more chunks of a large object: the server asked for them (1222)
-            if reply.final and self._only_statuses(reply):
-                return log  # the server had nothing more to say: the session is over
-            answers, chunks = self._answer(reply)
-            if not reply.final:
-                # The server's package goes on: ask for its next message.
-                answers.append(Command("Alert", data="1222"))
-            if chunks:
-                # One chunk per message; only the last closes the package.
-                for i, chunk in enumerate(chunks):
-                    queue.append(((answers if i == 0 else []) + [chunk], i == len(chunks) - 1))
-            else:
-                queue.append((answers, True))
-        raise AssertionError(f"session did not end within {limit} messages")
+        return commands
+
+    async def resume(
+        self, client: httpx.AsyncClient, session_id: str, msg_id: int, reply: Message
+    ) -> Exchange:
+        """Answers ``reply`` (of a session cut with ``cut_after``) as message ``msg_id`` of
+        ``session_id``, with Final: one round trip of the old session."""
+        answers, _ = self._answer(reply)
+        message = Message(self._header(session_id, str(msg_id)), _number(answers), True)
+        return await self._post(client, message)
 
     def _header(self, session_id: str, msg_id: str) -> Header:
         meta = {"MaxMsgSize": str(self.max_msg_size)} if self.max_msg_size else None
         cred_meta = cred_data = None
-        if self.username is not None and self.secret is not None:
+        if self.username is not None and self.secret is not None and self.auth_type == "basic":
+            cred_meta = {"Type": "syncml:auth-basic", "Format": "b64"}
+            cred_data = base64.b64encode(f"{self.username}:{self.secret}".encode()).decode()
+        elif self.username is not None and self.secret is not None:
             cred_meta = {"Type": "syncml:auth-md5", "Format": "b64"}
             cred_data = md5_credentials(self.username, self.secret, self.nonce)
         return Header(
@@ -156,21 +234,57 @@ class WindowsDevice:
     def _only_statuses(reply: Message) -> bool:
         return all(c.name in ("Status", "Results") for c in reply.commands)
 
+    def request_unenrollment(self) -> None:
+        """The user removes the work account: Alert 1226 in the next session."""
+        item = Item(meta={"Type": UNENROLL_TYPE, "Format": "int"}, data="1")
+        self.pending_alerts.append((1226, item))
+
+    def _crashes_on(self, reply: Message) -> bool:
+        for command in reply.commands:
+            target = command.items[0].target if command.items else None
+            if self.crash_on is not None and target == self.crash_on:
+                self.received.append((command.name, target))
+                return True
+        return False
+
+    def _check_server(self, reply: Message) -> tuple[str, dict[str, str | list[str]] | None]:
+        """The SyncHdr status for the server's message, and the Chal to put on it."""
+        if self.server_username is None or self.server_secret is None or self._server_ok:
+            return "200", None
+        expected = md5_credentials(self.server_username, self.server_secret, self.server_nonce)
+        kind = (reply.header.cred_meta or {}).get("Type")
+        given = reply.header.cred_data
+        if given is None:
+            code = "407"
+        elif kind == "syncml:auth-md5" and given.strip() == expected:
+            code = "212"
+            self._server_ok = True
+        else:
+            code = "401"
+        self.server_auth_log.append(code)
+        if code == "212" and not self.rotate_server_nonce:
+            return code, None
+        self.server_nonce = secrets.token_bytes(16)
+        nonce = base64.b64encode(self.server_nonce).decode()
+        return code, {"Type": "syncml:auth-md5", "Format": "b64", "NextNonce": nonce}
+
     # -- answering the server
 
     def _answer(self, reply: Message) -> tuple[list[Command], list[Command]]:
         """Statuses (and Results) for the server's message, and the chunks of a large
         Results when one is too big for one message."""
         msg_ref = reply.header.msg_id
+        header_code, chal = self._check_server(reply)
         answers: list[Command] = [
             Command(
                 "Status",
                 msg_ref=msg_ref,
                 cmd_ref="0",
                 cmd="SyncHdr",
-                data="200",
+                data=header_code,
                 target_refs=[reply.header.target or ""],
                 source_refs=[reply.header.source or ""],
+                chal=chal,
             )
         ]
         chunks: list[Command] = []
@@ -178,7 +292,33 @@ class WindowsDevice:
             if command.name in ("Status", "Results"):
                 continue
             target = command.items[0].target if command.items else None
+            if header_code in ("401", "407"):
+                # The server did not prove itself: nothing runs.
+                self.refused.append((command.name, target))
+                answers.append(
+                    Command(
+                        "Status",
+                        msg_ref=msg_ref,
+                        cmd_ref=command.cmd_id,
+                        cmd=command.name,
+                        data=self.refusal_status,
+                    )
+                )
+                continue
             self.received.append((command.name, target))
+            if self.mangle_on is not None and target == self.mangle_on:
+                self._mangle_next = True
+            if self.command_status is not None:
+                answers.append(
+                    Command(
+                        "Status",
+                        msg_ref=msg_ref,
+                        cmd_ref=command.cmd_id,
+                        cmd=command.name,
+                        data=self.command_status,
+                    )
+                )
+                continue
             code, results = self._run(command)
             status = Command(
                 "Status", msg_ref=msg_ref, cmd_ref=command.cmd_id, cmd=command.name, data=str(code)
@@ -282,6 +422,20 @@ class WindowsDevice:
         return 406, None
 
 
+def _refused_whole(sent: Message, reply: Message) -> bool:
+    """The SyncHdr was refused (401/407) and so was every command of ``sent``, by a Status
+    of the same code that refers to it."""
+    head = reply.commands[0] if reply.commands else None
+    if head is None or head.cmd != "SyncHdr" or head.data not in ("401", "407"):
+        return False
+    refused = {
+        c.cmd_ref
+        for c in reply.commands
+        if c.name == "Status" and c.msg_ref == sent.header.msg_id and c.data == head.data
+    }
+    return all(c.cmd_id in refused for c in sent.commands if c.name != "Status")
+
+
 def _number(commands: list[Command]) -> list[Command]:
     """The same commands with CmdIDs 1, 2, 3 ... (the device's own numbering)."""
     numbered = []
@@ -298,6 +452,7 @@ def _number(commands: list[Command]) -> list[Command]:
                 cmd=c.cmd,
                 target_refs=c.target_refs,
                 source_refs=c.source_refs,
+                chal=c.chal,
             )
         )
     return numbered

@@ -48,21 +48,46 @@ endpoints:
   PUT  /mdm/apple/connect          Apple command channel
   /api/v1/...                      admin API (bearer token); /api/v1/openapi.json describes it
   /api/v1/apps, /api/v1/orgs, ...  app catalogue, install notifications, auto-update  docs/apps.md
-  /healthz, /metrics               health and Prometheus metrics
+  /healthz, /metrics               health; Prometheus metrics (bearer token, see below)
 
 examples:
   MDMGATE_API_TOKEN=s3cret mdmgate serve
   mdmgate serve --listen 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem --client-ca ca.pem
   mdmgate serve --dev --db memory:
   curl -H 'Authorization: Bearer s3cret' http://127.0.0.1:8080/api/v1/openapi.json
+  curl -H 'Authorization: Bearer s3cret' http://127.0.0.1:8080/metrics
+
+/metrics needs the admin API's bearer token on the main port, which faces devices.
+Prometheus sends it with `authorization: {credentials: s3cret}` in the scrape config. Or
+give metrics their own address, where they are open (the Prometheus convention: bind it
+where only the monitoring network reaches); the main port then answers 404 for /metrics:
+  mdmgate serve --listen 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem \\
+                --metrics-listen 10.0.0.5:9100
+  curl http://10.0.0.5:9100/metrics
 
 config file (TOML), every key optional:
   listen = ["0.0.0.0:8080"]    db = "sqlite:///var/lib/mdmgate/mdmgate.db"
   workers = 2    durability = "full"    api_token = "..."    dev = false
+  metrics = "token"   (or "open": no token; default "token", "open" on metrics_listen)
+  metrics_listen = "10.0.0.5:9100"   (cleartext, /metrics and /healthz only)
   [limits]  max_body_bytes = 16777216  read_timeout = 10.0  max_in_flight = 256  ...
+            max_connections = 1000   max_connections_per_client = 250   (one address, or
+            one IPv6 /64: more get 429; devices behind one NAT share it, so raise it for
+            a big site behind one address)
+            trusted_proxies = ["10.0.0.0/8"]   (your reverse proxies and load balancers,
+            exempt from the per-client budget; default none, headers are not trusted)
+            shed_idle_at = 0.9   (from 90% of max_connections each new connection closes
+            the one waiting longest, idle or without a complete request head; above 1:
+            never; 503 only when none waits)
   [apns]    topic = "com.apple.mgmt.External.<uuid>"  cert = "push.pem"  key = "push.key"
             rate = 200.0   (pushes/s; url defaults to https://api.push.apple.com)
             or token auth: auth_key = "AuthKey_ABC123.p8"  key_id = "ABC123"  team_id = "..."
+  [windows] max_offers = 5   (a command handed out this often without any answer ends
+            "failed": it crashes the device or its answer cannot be read; default 5)
+            server_username = "..."  server_secret = "..."   (the gateway's own OMA-DM
+            credentials for devices that require the server to authenticate; a device's
+            auth.server_username/server_secret win)
+            server_auth = "on_challenge"   (or "required": sent from the first message)
 """
 
 SYNCML_EPILOG = """\
@@ -247,6 +272,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", metavar="F", help="TOML configuration file")
     serve.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve /metrics (open, cleartext) on this address instead of the main port,"
+        " where it needs the API token",
+    )
+    serve.add_argument(
         "--apns-url",
         metavar="URL",
         help="APNs base URL (default https://api.push.apple.com; point tests and staging at"
@@ -391,6 +422,7 @@ def _serve(args: argparse.Namespace) -> int:
         "client_ca": args.client_ca,
         "dev": args.dev,
         "apns_url": args.apns_url,
+        "metrics_listen": args.metrics_listen,
     }
     try:
         config = app.load_config(args.config, overrides)

@@ -62,11 +62,15 @@ class Outcome(enum.IntEnum):
     SKIP_NO_LICENCE = 7
     SKIP_ROLLOUT = 8
     OUT_OF_SCOPE = 9
+    #: A take-over query: the user's own copy, taken under management (it is sent).
+    TAKE_OVER = 10
+    #: A take-over query: the user's own copy, on a device that cannot take it over.
+    SKIP_TAKE_OVER_UNSUPPORTED = 11
 
     @property
     def sends(self) -> bool:
         """Whether a device with this outcome is sent the version."""
-        return self in (Outcome.INSTALL, Outcome.UPGRADE, Outcome.DOWNGRADE)
+        return self in (Outcome.INSTALL, Outcome.UPGRADE, Outcome.DOWNGRADE, Outcome.TAKE_OVER)
 
 
 if [o.name.lower() for o in Outcome] != _core.fleet_outcome_names():  # pragma: no cover
@@ -155,9 +159,10 @@ class FleetIndex:
     ``org_ids`` are org numbers from :class:`OrgTree`; ``platforms`` are codes from
     :data:`PLATFORM_CODES`; ``supervised`` is 0 (no), 1 (yes) or 2 (unknown); ``silent``
     is 1 for a device that installs an app without asking its user (default: the
-    supervised ones). The integer columns may be lists or ``bytes``. A query and an
-    update must not run at the same time from two threads (the second gets
-    ``RuntimeError``).
+    supervised ones); ``take_over`` is 1 for a device that can take an app its user
+    installed under management (default: none). The integer columns may be lists or
+    ``bytes``. A query and an update must not run at the same time from two threads (the
+    second gets ``RuntimeError``).
     """
 
     __slots__ = ("_inner",)
@@ -169,20 +174,57 @@ class FleetIndex:
         platforms: Sequence[int],
         supervised: Sequence[int],
         silent: Sequence[int] | None = None,
+        *,
+        take_over: Sequence[int] | None = None,
     ) -> None:
         self._inner = _core.FleetIndex(ids, org_ids, platforms, supervised, silent)
+        if take_over is not None:
+            self._inner.set_take_over(take_over)
 
     def push_device(
-        self, device_id: str, org: int, platform: int, supervised: int, silent: bool
+        self,
+        device_id: str,
+        org: int,
+        platform: int,
+        supervised: int,
+        silent: bool,
+        *,
+        take_over: bool = False,
     ) -> int:
         """Adds a device (no apps, no licences) and returns its number."""
-        return self._inner.push_device(device_id, org, platform, supervised, silent)
+        number = self._inner.push_device(device_id, org, platform, supervised, silent)
+        if take_over:
+            self._inner.set_device_take_over(number, True)
+        return number
 
     def set_device(
-        self, device: int, org: int, platform: int, supervised: int, silent: bool
+        self,
+        device: int,
+        org: int,
+        platform: int,
+        supervised: int,
+        silent: bool,
+        *,
+        take_over: bool = False,
     ) -> None:
         """Changes a device's columns (it moved org, was enrolled again, updated its OS)."""
         self._inner.set_device(device, org, platform, supervised, silent)
+        self._inner.set_device_take_over(device, take_over)
+
+    def can_take_over(self, device: int) -> bool:
+        """Whether the device can take an app its user installed under management."""
+        return self._inner.can_take_over(device)
+
+    def set_user_installed(self, app: int, devices: Sequence[int]) -> None:
+        """Replaces the devices whose copy of ``app`` their user installed (unmanaged)."""
+        self._inner.set_user_installed(app, list(devices))
+
+    def update_user_installed(self, app: int, device: int, user: bool) -> None:
+        """One device's copy of ``app`` is (or is no longer) its user's own."""
+        self._inner.update_user_installed(app, device, user)
+
+    def is_user_installed(self, app: int, device: int) -> bool:
+        return self._inner.is_user_installed(app, device)
 
     def scope(
         self, org_ranges: Sequence[tuple[int, int]] = (), devices: Sequence[int] = ()
@@ -242,6 +284,7 @@ class FleetIndex:
         licences: int | None = None,
         percent: float | None = None,
         seed: str = "",
+        take_over: bool = False,
     ) -> TargetResult:
         """Decide for every device whether it is sent ``version`` of ``app``.
 
@@ -253,6 +296,12 @@ class FleetIndex:
         ``SKIP_ROLLOUT``), and then, unless it holds a licence of the app, once the
         ``licences`` free are taken by earlier devices (``SKIP_NO_LICENCE``); ``None`` means
         the app needs no licence. ``allow_downgrade`` defaults to the platform's rule.
+
+        With ``take_over``, a copy its user installed (:meth:`set_user_installed`) that
+        would be updated, left as it is or downgraded is ``TAKE_OVER`` on a device that can
+        take it over (the ``take_over`` column) and ``SKIP_TAKE_OVER_UNSUPPORTED`` on one
+        that cannot; one above the version that may not go back stays ``SKIP_NEWER``.
+        ``TAKE_OVER`` is then held back by the rollout and the licences like a send.
         """
         if allow_downgrade is None:
             allow_downgrade = _allows_downgrade(version_platform)
@@ -268,6 +317,7 @@ class FleetIndex:
             licences=licences,
             percent=percent,
             seed=seed,
+            take_over=take_over,
         )
         return TargetResult(inner, self._inner)
 

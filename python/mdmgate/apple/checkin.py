@@ -79,8 +79,9 @@ class CheckinMessage(msgspec.Struct, kw_only=True):
 
 
 class Authenticate(CheckinMessage, kw_only=True):
-    """The first message of an enrollment: the device introduces itself. A fresh
-    Authenticate starts the enrollment over (its old command queue is void)."""
+    """The first message of an enrollment: the device introduces itself (OS version,
+    model...). Sent again by an enrolled device, it starts the enrollment over (the old
+    enrollment's command queue is void)."""
 
     topic: str | None = _field(default=None, name="Topic")
     build_version: str | None = _field(default=None, name="BuildVersion")
@@ -138,7 +139,7 @@ class DeclarativeManagement(CheckinMessage, kw_only=True):
             return None
         try:
             return msgspec.json.decode(self.data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise AppleDecodeError(
                 f"DeclarativeManagement Data is not JSON: {exc}", "Data"
             ) from exc
@@ -185,12 +186,14 @@ CHECKIN_TYPES: dict[str, type[CheckinMessage]] = {
 }
 
 
-def decode_checkin(data: bytes, *, platform: str | None = None) -> CheckinMessage:
+def decode_checkin(
+    data: bytes, *, platform: str | None = None, os_version: str | None = None
+) -> CheckinMessage:
     """The typed check-in message in a plist body (XML or binary).
 
     ``platform`` (``ios``, ``macos``…), when known, lets the schema check say which keys
-    the platform has; the channel is read from the message (a user channel names its
-    user).
+    the platform has, and ``os_version`` which keys that version has; the channel is read
+    from the message (a user channel names its user).
     """
     facts_os(platform)  # refuses unknown platform names before anything else
     body = _convert.load_dict(data, "check-in message")
@@ -201,7 +204,7 @@ def decode_checkin(data: bytes, *, platform: str | None = None) -> CheckinMessag
     reserved = [k for k in body if k in _convert.RESERVED]
     clean = {k: v for k, v in body.items() if k not in _convert.RESERVED} if reserved else body
     channel: Channel = "user" if "UserID" in body or "EnrollmentUserID" in body else "device"
-    warnings = validate_checkin(body, platform=platform, channel=channel)
+    warnings = validate_checkin(body, platform=platform, channel=channel, os_version=os_version)
     converted: list[SchemaIssue] = []
     message = _convert.convert(cls, clean, "", converted)
     for key in reserved:

@@ -306,7 +306,7 @@ def declarative_management(
     elif isinstance(tokens, bytes):
         try:
             msgspec.json.decode(tokens)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             rules.append(SchemaIssue("Command.Data", "value", f"Data is not JSON: {exc}"))
     return build(
         "DeclarativeManagement",

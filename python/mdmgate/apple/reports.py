@@ -144,13 +144,18 @@ class CommandReport(msgspec.Struct, kw_only=True):
 
 
 def decode_report(
-    data: bytes, *, request_type: str | None = None, platform: str | None = None
+    data: bytes,
+    *,
+    request_type: str | None = None,
+    platform: str | None = None,
+    os_version: str | None = None,
 ) -> CommandReport:
     """The report in a plist body (XML or binary), read leniently.
 
     ``request_type`` (the RequestType of the command ``CommandUUID`` names, which the
     gateway knows from its queue) lets the result keys be checked against the command's
-    response keys too; ``platform`` lets that check know which keys the platform has.
+    response keys too; ``platform`` lets that check know which keys the platform has, and
+    ``os_version`` which keys the device's OS version has.
     """
     facts_os(platform)  # refuses unknown platform names before anything else
     body = _convert.load_dict(data, "command report")
@@ -177,7 +182,11 @@ def decode_report(
         channel: Literal["device", "user"] = (
             "user" if "UserID" in body or "EnrollmentUserID" in body else "device"
         )
-        warnings.extend(validate_response(request_type, body, platform=platform, channel=channel))
+        warnings.extend(
+            validate_response(
+                request_type, body, platform=platform, channel=channel, os_version=os_version
+            )
+        )
     clean = {k: v for k, v in body.items() if k not in _convert.RESERVED}
     converted: list[SchemaIssue] = []
     chain = clean.pop("ErrorChain", None)

@@ -21,8 +21,13 @@ How the validator reads the facts:
 * ``supportedOS``: a key marked ``"introduced": "n/a"`` for an OS is not supported there,
   and ``devicechannel``/``userchannel: false`` rules it out on that channel. These checks
   need the platform (and channel) to be known; without it they are skipped, and a required
-  key that only some platforms or channels have is not required. OS versions (introduced,
-  deprecated) are not checked: the device's version is not known here.
+  key that only some platforms or channels have is not required.
+* OS versions: given the device's ``os_version`` (and platform), a required key is not
+  required before the version that ``introduced`` it on that OS, nor from the version that
+  ``removed`` it (an iOS 11 device sends no ``IsSecurityResponse``, introduced in iOS 16.2).
+  A key without version data for the OS, or an ``os_version`` that does not start with a
+  dotted number, is required as the facts say. A key present on an OS older than its
+  ``introduced`` is not a problem (``deprecated`` is not one either).
 
 Strict mode (commands the gateway generates) raises
 :class:`~mdmgate.apple.errors.CommandValidationError` listing every problem, and also
@@ -236,7 +241,11 @@ class Erratum(msgspec.Struct, frozen=True):
     * ``optional``: the key is optional although the schema says required;
     * ``one-of``: of the keys in ``values`` (children of ``path``), at least one must be
       present, though the schema requires each (applied to the messages whose schema has
-      any of them).
+      any of them);
+    * ``allow-type``: values of the facts types in ``values`` (``"<integer>"``…) are
+      accepted besides the schema's type (and not checked further);
+    * ``introduced``: ``values`` are ``(facts OS name, version)`` pairs dating a key the
+      facts give no version for on that OS: before it, the key is not required.
 
     ``platforms`` (facts OS names) limits an entry to those OSes; when the platform is not
     known, the entry applies.
@@ -245,7 +254,7 @@ class Erratum(msgspec.Struct, frozen=True):
     scope: str
     name: str
     path: str
-    kind: Literal["allow-values", "optional", "one-of"]
+    kind: Literal["allow-values", "optional", "one-of", "allow-type", "introduced"]
     values: tuple[Any, ...] = ()
     platforms: tuple[str, ...] = ()
     reason: str = ""
@@ -313,6 +322,36 @@ ERRATA: Final[tuple[Erratum, ...]] = (
         "optional",
         reason="App Store apps only",
     ),
+    # AvailableOSUpdates marks Build (and, on iOS, DownloadSize) required without saying
+    # since when; devices on iOS 11 and macOS 10.13 answer without them (issue 14's
+    # captures), so they are required only from the next major release on.
+    Erratum(
+        RESPONSE,
+        "AvailableOSUpdates",
+        "AvailableOSUpdates[].Build",
+        "introduced",
+        (("iOS", "12.0"), ("macOS", "10.14"), ("tvOS", "12.0")),
+        reason="iOS 11 and macOS 10.13 devices do not send it",
+    ),
+    Erratum(
+        RESPONSE,
+        "AvailableOSUpdates",
+        "AvailableOSUpdates[].DownloadSize",
+        "introduced",
+        (("iOS", "12.0"),),
+        reason="iOS 11 devices do not send it (macOS: the facts date it 10.12)",
+    ),
+    # DeviceInformation's OSUpdateSettings.PreviousScanResult is a <string> in the facts;
+    # macOS sends the result code as an integer (0 for success).
+    Erratum(
+        RESPONSE,
+        "DeviceInformation",
+        "QueryResponses.OSUpdateSettings.PreviousScanResult",
+        "allow-type",
+        ("<integer>",),
+        platforms=("macOS",),
+        reason="macOS sends an integer result code",
+    ),
 )
 
 
@@ -372,9 +411,11 @@ class _Node:
         "count",
         "discriminator",
         "expected",
+        "extra_types",
         "extra_values",
         "items",
         "key",
+        "limited",
         "maximum",
         "minimum",
         "one_of",
@@ -384,6 +425,7 @@ class _Node:
         "required_names",
         "supported_os",
         "type",
+        "versioned",
     )
 
     key: str
@@ -392,11 +434,18 @@ class _Node:
     expected: str
     bare: bool
     quick: Callable[[Any, bool], bool] | None
+    #: The OSes whose facts rule the key out (``n/a``, or on a channel): the only ones
+    #: where its platform support needs a look.
+    limited: frozenset[str]
     required: bool
     required_names: tuple[str, ...]
     conditional: bool
     rangelist: tuple[Any, ...] | None
     extra_values: tuple[tuple[tuple[Any, ...], tuple[str, ...]], ...]
+    #: ``allow-type`` errata: the checks of the other types accepted, and on which OSes.
+    extra_types: tuple[tuple[tuple[Callable[[Any, bool], bool], ...], tuple[str, ...]], ...]
+    #: Whether some OS has version data (introduced/removed) for the key.
+    versioned: bool
     minimum: float | None
     maximum: float | None
     count: Range | None
@@ -428,10 +477,13 @@ def _compile(
     root.accepts, root.expected = _TYPE_CHECKS["<dictionary>"]
     root.bare = False
     root.quick = None
+    root.limited = frozenset()
     root.required = False
     root.conditional = False
     root.rangelist = None
     root.extra_values = ()
+    root.extra_types = ()
+    root.versioned = False
     root.minimum = root.maximum = None
     root.count = None
     root.supported_os = {}
@@ -469,10 +521,20 @@ def _compile_key(spec: KeySpec, errata: Mapping[str, list[Erratum]], path: str) 
     node.type = spec.type
     mine = errata.get(path, ())
     node.required = spec.presence == "required" and not any(e.kind == "optional" for e in mine)
-    node.supported_os = spec.supported_os
+    node.supported_os = _dated(spec.supported_os, mine)
     node.conditional = _conditional(spec.supported_os)
+    node.versioned = any(
+        _os_version(entry.get("introduced")) is not None
+        or _os_version(entry.get("removed")) is not None
+        for entry in node.supported_os.values()
+    )
     node.rangelist = spec.rangelist
     node.extra_values = tuple((e.values, e.platforms) for e in mine if e.kind == "allow-values")
+    node.extra_types = tuple(
+        (tuple(_TYPE_CHECKS[t][0] for t in e.values), e.platforms)
+        for e in mine
+        if e.kind == "allow-type"
+    )
     node.minimum = spec.range.min if spec.range is not None else None
     node.maximum = spec.range.max if spec.range is not None else None
     node.count = None
@@ -506,8 +568,31 @@ def _compile_key(spec: KeySpec, errata: Mapping[str, list[Erratum]], path: str) 
         and node.minimum is None
         and node.maximum is None
     )
-    node.quick = node.accepts if node.bare else None
+    node.quick = node.accepts if node.bare and not node.extra_types else None
+    node.limited = frozenset(
+        name
+        for name, entry in spec.supported_os.items()
+        if entry.get("introduced") == "n/a"
+        or entry.get("devicechannel") is False
+        or entry.get("userchannel") is False
+    )
     return node
+
+
+def _dated(
+    supported_os: dict[str, dict[str, Any]], errata: Iterable[Erratum]
+) -> dict[str, dict[str, Any]]:
+    """``supported_os`` with the versions ``introduced`` errata give, where the facts give
+    none for that OS."""
+    dates = [pair for e in errata if e.kind == "introduced" for pair in e.values]
+    if not dates:
+        return supported_os
+    dated = {name: dict(entry) for name, entry in supported_os.items()}
+    for os_name, version in dates:
+        entry = dated.setdefault(os_name, {})
+        if _os_version(entry.get("introduced")) is None and entry.get("introduced") != "n/a":
+            entry["introduced"] = version
+    return dated
 
 
 def _errata_for(scope: str, name: str) -> dict[str, list[Erratum]]:
@@ -545,6 +630,26 @@ _INT_MAX: Final = 2**64 - 1
 _MAX_LISTED = 12
 
 
+_VERSION = re.compile(r"\d+(?:\.\d+)*")
+
+
+def _os_version(text: Any) -> tuple[int, ...] | None:
+    """An OS version as a tuple that orders (``"10.13.6"`` -> ``(10, 13, 6)``, trailing
+    zeros dropped so that ``13.0`` is ``13``); ``None`` for anything else (``"n/a"``)."""
+    if not isinstance(text, str):
+        return None
+    found = _VERSION.match(text.strip())
+    if found is None:
+        return None
+    digits = found.group().split(".")
+    if any(len(p) > 9 for p in digits):  # no OS version; int() of a huge one is refused
+        return None
+    parts = [int(p) for p in digits]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
 def _join(path: str, key: str) -> str:
     if _NAME.match(key):
         return f"{path}.{key}" if path else key
@@ -577,12 +682,20 @@ def _listing(values: Iterable[Any]) -> str:
 class _Run:
     """One validation: the options and the issues found so far."""
 
-    __slots__ = ("channel", "issues", "os", "strict")
+    __slots__ = ("channel", "issues", "os", "os_version", "strict")
 
-    def __init__(self, os: str | None, channel: Channel | None, strict: bool) -> None:
+    def __init__(
+        self,
+        os: str | None,
+        channel: Channel | None,
+        strict: bool,
+        os_version: tuple[int, ...] | None = None,
+    ) -> None:
         self.os = os
         self.channel = channel
         self.strict = strict
+        #: The device's OS version (only meaningful with ``os``).
+        self.os_version = os_version
         self.issues: list[SchemaIssue] = []
 
     def add(self, path: _Path, code: str, message: str) -> None:
@@ -604,16 +717,30 @@ class _Run:
 
     def enforced(self, node: _Node) -> bool:
         """Whether a required key is required here."""
-        if not node.conditional:
+        if node.conditional:
+            if self.os is None:
+                return False
+            entry = node.supported_os.get(self.os) or {}
+            if (entry.get("devicechannel") is False or entry.get("userchannel") is False) and (
+                self.channel is None
+            ):
+                return False
+            if not self.supported(node.supported_os):
+                return False
+        return not node.versioned or self.in_version(node.supported_os)
+
+    def in_version(self, supported_os: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Whether the device's OS version has the key (``True`` when unknown)."""
+        if self.os is None or self.os_version is None:
             return True
-        if self.os is None:
+        entry = supported_os.get(self.os)
+        if not entry:
+            return True
+        introduced = _os_version(entry.get("introduced"))
+        if introduced is not None and self.os_version < introduced:
             return False
-        entry = node.supported_os.get(self.os) or {}
-        if (entry.get("devicechannel") is False or entry.get("userchannel") is False) and (
-            self.channel is None
-        ):
-            return False
-        return self.supported(node.supported_os)
+        removed = _os_version(entry.get("removed"))
+        return removed is None or self.os_version < removed
 
     def place(self) -> str:
         return f"{self.os} ({self.channel} channel)" if self.channel else f"{self.os}"
@@ -627,7 +754,8 @@ class _Run:
                 self.plist(value, path)
             return
         if not accepts(value, self.strict):
-            self.add(path, TYPE, f"expected {node.expected}, got {_describe(value)}")
+            if not self.other_type(node, value):
+                self.add(path, TYPE, f"expected {node.expected}, got {_describe(value)}")
             return
         if node.bare and not self.strict:
             return
@@ -648,6 +776,15 @@ class _Run:
             self.bounds(node, value, path)
         elif kind == "<date>" and self.strict:
             self.date(value, path)
+
+    def other_type(self, node: _Node, value: Any) -> bool:
+        """Whether an ``allow-type`` erratum accepts ``value`` here."""
+        for checks, platforms in node.extra_types:
+            if platforms and self.os is not None and self.os not in platforms:
+                continue
+            if any(check(value, self.strict) for check in checks):
+                return True
+        return False
 
     def text(self, value: str, path: _Path) -> None:
         bad = _BAD_TEXT.search(value)
@@ -683,11 +820,18 @@ class _Run:
             if self.strict:
                 self.plist(value, path)
             return
-        fast = not self.strict and self.os is None
+        fast = not self.strict
+        os = self.os
         for key, item in value.items():
             child = children.get(key, node.any_child)
-            if fast and child is not None and (quick := child.quick) is not None:
-                # The common case of device data, inlined: a scalar without constraints.
+            if (
+                fast
+                and child is not None
+                and (quick := child.quick) is not None
+                and (os is None or os not in child.limited)
+            ):
+                # The common case of device data, inlined: a scalar without constraints
+                # that the OS (if known) has.
                 if not quick(item, False):
                     message = f"expected {child.expected}, got {_describe(item)}"
                     self.add((path, key), TYPE, message)
@@ -761,7 +905,7 @@ class _Run:
             return
         best: list[SchemaIssue] | None = None
         for candidate in node.items:
-            trial = _Run(self.os, self.channel, self.strict)
+            trial = _Run(self.os, self.channel, self.strict, self.os_version)
             trial.value(candidate, item, path)
             if not trial.issues:
                 return
@@ -882,10 +1026,12 @@ def validate_checkin(
     platform: str | None = None,
     channel: Channel | None = None,
     strict: bool = False,
+    os_version: str | None = None,
 ) -> list[SchemaIssue]:
     """Checks a check-in message (by its ``MessageType``) against the facts. Lenient by
-    default: the problems are returned, unknown keys are not problems."""
-    run = _Run(facts_os(platform), channel, strict)
+    default: the problems are returned, unknown keys are not problems. ``os_version`` (the
+    device's, with ``platform``) leaves out keys that version does not have."""
+    run = _Run(facts_os(platform), channel, strict, _os_version(os_version))
     kind = message.get("MessageType")
     tree = _tree(CHECKIN, kind) if isinstance(kind, str) else None
     if tree is None:
@@ -903,12 +1049,14 @@ def validate_response(
     *,
     platform: str | None = None,
     channel: Channel | None = None,
+    os_version: str | None = None,
 ) -> list[SchemaIssue]:
     """Checks the result keys of a command report against the command's response keys,
     leniently (this is what devices send). Keys outside the response keys (``Status``,
     ``UDID``, ``CommandUUID``…) are not looked at; required result keys are only required
-    when the report's ``Status`` is ``Acknowledged``."""
-    run = _Run(facts_os(platform), channel, strict=False)
+    when the report's ``Status`` is ``Acknowledged``, and, given the device's
+    ``os_version`` (with ``platform``), only from the OS version that introduced them."""
+    run = _Run(facts_os(platform), channel, False, _os_version(os_version))
     tree = _tree(RESPONSE, request_type)
     if tree is None:
         return []

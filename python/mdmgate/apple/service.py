@@ -13,7 +13,21 @@ signature of the body whose signer certificate is the identity (verified here wh
 development mode). The identity is the SHA-256 of the certificate's DER. ``Authenticate``
 binds it to the device (``auth = {"method": "certificate", "sha256": ...}``); every later
 message must come with that certificate. Refusals are 403 (400 for an unreadable
-signature), never 401: a 401 can make a device remove its enrollment.
+signature), never 401: a 401 can make a device remove its enrollment. A caller whose
+identity is not proven gets one answer, whether its UDID is unknown, registered or enrolled
+(:data:`NOT_VERIFIED`): the refusal does not tell which UDIDs the gateway knows.
+
+Enrollment. ``Authenticate`` stores what the device says about itself (fact
+``apple_enrollment``, and its ``os_version``, which the install-mode decision and the
+schema checks read) every time. It starts a fresh enrollment: when the device is enrolled
+(a ``TokenUpdate`` was accepted since its last ``Authenticate`` and it has not checked out),
+its open commands end as ``re-enrolled``; commands queued for a device that is not
+enrolled yet (registered, queued, then enrolling, or retrying an enrollment that failed
+before its ``TokenUpdate``) wait for it.
+
+Schema checks. A command report is checked against the command's response keys for the
+device's platform and OS version; the problems go to the access log (``schema_warnings``),
+never to the device.
 
 Exchanges. An ``Idle`` report starts a new command exchange, named by a fresh store session
 key kept in this process's memory per device; a command the device answers ``NotNow`` is
@@ -38,7 +52,7 @@ from typing import Any
 import msgspec
 
 from mdmgate import plist
-from mdmgate.apple import ddm, reports
+from mdmgate.apple import ddm, reports, schema
 from mdmgate.apple.checkin import (
     Authenticate,
     CheckinMessage,
@@ -69,6 +83,7 @@ __all__ = [
     "ACTIVATION_IDENTIFIER",
     "CHECKIN_CONTENT_TYPE",
     "CMS_SUPPORTED",
+    "NOT_VERIFIED",
     "AppleService",
     "expected_install_mode",
 ]
@@ -99,6 +114,13 @@ AUTH_BOOTSTRAP_TOKEN = "bootstrap_token"
 
 _XML = (("content-type", "application/xml"),)
 _JSON = (("content-type", "application/json"),)
+
+#: The answer to a caller whose identity is not proven, whatever its UDID (unknown,
+#: registered, enrolled with another certificate): 403, never 401.
+NOT_VERIFIED = "device identity not verified"
+
+#: At most this many schema warnings of one report are written to the access log.
+_MAX_LOGGED_WARNINGS = 10
 
 _RESULT_STATES = {
     CommandStatus.ACKNOWLEDGED: DeliveryState.ACKNOWLEDGED,
@@ -197,7 +219,8 @@ class AppleService:
     async def _authenticate(
         self, message: Authenticate, device_id: str, device: Device | None, identity: str | None
     ) -> Response:
-        """A fresh enrollment: bind the certificate, void the old queue."""
+        """A fresh enrollment: bind the certificate, store what the device says about
+        itself, void the queue of an earlier enrollment."""
         enrollment = {
             "enrolled": False,
             "topic": message.topic,
@@ -216,7 +239,7 @@ class AppleService:
         if device is None:
             if not self.dev:
                 _log.info("unregistered Apple device %r refused", device_id)
-                raise _Refused(_text(403, "unknown device"))
+                raise _Refused(_not_verified())
             platform = _platform(message)
             await self.store.upsert_devices(
                 [
@@ -238,16 +261,32 @@ class AppleService:
         ):
             # A UDID claimed with another device's certificate (or none at all).
             _log.warning("Apple device %r: Authenticate with a different certificate", device_id)
-            raise _Refused(_text(403, "the device is bound to another certificate"))
+            raise _Refused(_not_verified())
         if identity is None and not self.dev:
-            raise _Refused(_text(403, "no device identity certificate"))
+            _log.info("Apple device %r: Authenticate without an identity", device_id)
+            raise _Refused(_not_verified())
         # A fresh enrollment: the tokens of the old one (unlock, bootstrap) are void too.
         if bound and dict(device.auth) != bound:
             await self.store.set_auth(device_id, bound)
-        await self.store.cancel_open(device_id, "re-enrolled")
+        if _dict(device.facts.get(FACT_ENROLLMENT)).get("enrolled") is True:
+            # Enrolled and enrolling again (a reset device, a new profile): what was
+            # queued for the old enrollment is void. A device not enrolled yet keeps the
+            # commands queued for it.
+            await self.store.cancel_open(device_id, "re-enrolled")
         await self.store.merge_facts(device_id, {FACT_ENROLLMENT: enrollment})
+        if message.os_version and message.os_version != device.os_version:
+            await self._set_os_version(device_id, message.os_version)
         self._exchanges.pop(device_id, None)
         return _plist_response({}, device_id, "Authenticate")
+
+    async def _set_os_version(self, device_id: str, os_version: str) -> None:
+        """Stores the OS version a device reported (read fresh: the facts were just
+        written), and tells the fleet index."""
+        current = await self.store.get_device(device_id)
+        if current is None or current.os_version == os_version:
+            return
+        await self.store.upsert_devices([msgspec.structs.replace(current, os_version=os_version)])
+        self._changed(device_id)
 
     async def _checkin(self, message: CheckinMessage, device: Device) -> Response:
         kind = message.message_type
@@ -378,11 +417,12 @@ class AppleService:
         except _Refused as refused:
             return refused.response
         exchange = self._exchange(device_id, fresh=status is CommandStatus.IDLE)
+        log = {"device": device_id, "status": report.status}
         if status is not CommandStatus.IDLE:
             assert report.command_uuid is not None
-            await self._record(device, exchange, report, status, request.body)
+            warnings = await self._record(device, exchange, report, status, request.body)
+            log["schema_warnings"] = _warnings_text(warnings)
         taken = await self.store.take(device_id, exchange.key, 1)
-        log = {"device": device_id, "status": report.status}
         if not taken:
             return Response(200, (), b"", log)
         (delivery,) = taken
@@ -408,7 +448,9 @@ class AppleService:
         report: CommandReport,
         status: CommandStatus,
         raw: bytes,
-    ) -> None:
+    ) -> list[schema.SchemaIssue]:
+        """Stores the result and the facts it brings; returns the report's schema
+        problems (for the command's RequestType, the device's platform and OS version)."""
         command_id = report.command_uuid or ""
         body = exchange.bodies.pop(command_id, None)
         if body is None and status is not CommandStatus.NOT_NOW:
@@ -423,14 +465,15 @@ class AppleService:
             await self.store.record_result(
                 device.id, command_id, DeliveryState.NOT_NOW, "NotNow", None
             )
-            return
+            return []
         changed = await self.store.record_result(
             device.id, command_id, _RESULT_STATES[status], report.status, raw
         )
         if not changed:  # a repeated report, or a command the device does not hold
-            return
+            return []
         command = _command(body)
         request_type = command.get("RequestType")
+        warnings = _schema_warnings(device, report, request_type)
         facts: dict[str, Any] = {}
         if status is CommandStatus.ACKNOWLEDGED:
             if request_type == "InstalledApplicationList" or (
@@ -445,8 +488,11 @@ class AppleService:
             facts.update(_install_outcome(device, report, command, command_id))
         if facts:
             await self.store.merge_facts(device.id, facts)
-            if FACT_APPS in facts:
+            # The fleet index reads both: installed versions, and which copies are managed
+            # (a user's copy is what a take-over roll-out takes).
+            if FACT_APPS in facts or FACT_MANAGED_APPS in facts:
                 self._changed(device.id)
+        return warnings
 
     # -- identity
 
@@ -475,21 +521,47 @@ class AppleService:
         return hashlib.sha256(cert).hexdigest()
 
     def _authorize(self, device_id: str, device: Device | None, identity: str | None) -> Device:
-        """The device a message after Authenticate comes from, if it is who it says."""
+        """The device a message after Authenticate comes from, if it is who it says. The
+        refusals are all alike (the log tells them apart)."""
         if device is None:
-            raise _Refused(_text(403, "unknown device: Authenticate first"))
+            _log.info("Apple device %r: unknown", device_id)
+            raise _Refused(_not_verified())
         expected = _bound_identity(device)
         if expected is None:
             if self.dev:
                 return device
-            raise _Refused(_text(403, "the device has no bound certificate: Authenticate first"))
+            _log.info("Apple device %r: no certificate bound yet", device_id)
+            raise _Refused(_not_verified())
         if identity is None or not hmac.compare_digest(identity, expected):
             _log.warning("Apple device %r: message with a different certificate", device_id)
-            raise _Refused(_text(403, "the certificate does not match the device"))
+            raise _Refused(_not_verified())
         return device
 
 
 # -- results as state
+
+
+def _schema_warnings(
+    device: Device, report: CommandReport, request_type: Any
+) -> list[schema.SchemaIssue]:
+    """The problems of a report's result keys for the device's platform and OS version."""
+    if not isinstance(request_type, str):
+        return []
+    platform = device.platform if device.platform in schema.PLATFORM_OS else None
+    os_version = device.os_version or _dict(device.facts.get(FACT_ENROLLMENT)).get("os_version")
+    return schema.validate_response(
+        request_type,
+        {"Status": report.status, **report.extra},
+        platform=platform,
+        channel="device",
+        os_version=os_version if isinstance(os_version, str) else None,
+    )
+
+
+def _warnings_text(warnings: Sequence[schema.SchemaIssue]) -> str:
+    shown = "; ".join(str(w) for w in warnings[:_MAX_LOGGED_WARNINGS])
+    more = len(warnings) - _MAX_LOGGED_WARNINGS
+    return f"{shown} (and {more} more)" if more > 0 else shown
 
 
 def _command(body: bytes | None) -> dict[str, Any]:
@@ -731,6 +803,10 @@ def _plist_response(value: Mapping[str, Any], device_id: str, kind: str) -> Resp
 
 def _json_response(value: Any, log: dict[str, str]) -> Response:
     return Response(200, _JSON, msgspec.json.encode(value), log)
+
+
+def _not_verified() -> Response:
+    return _text(403, NOT_VERIFIED)
 
 
 def _text(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:

@@ -12,18 +12,20 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import re
 import zoneinfo
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import msgspec
 
 from mdmgate import plist, versions
 from mdmgate.apple import commands as apple_commands
+from mdmgate.apple import schema as apple_schema
 from mdmgate.apple.errors import CommandValidationError
 from mdmgate.catalogue.model import App, AppVersion, AutoUpdate
-from mdmgate.errors import MdmgateError
+from mdmgate.errors import MdmgateError, UnknownPlatform
 from mdmgate.windows import apps as windows_apps
 
 __all__ = [
@@ -40,7 +42,10 @@ __all__ = [
     "installs_silently",
     "latest_active",
     "next_check",
+    "reported_os_version",
+    "take_over_refusal",
     "upload",
+    "user_installed",
     "version_platform",
 ]
 
@@ -346,6 +351,89 @@ def installs_silently(platform: str, os_version: str | None, supervised: bool | 
     return platform in ("macos", "windows")
 
 
+#: ManagedApplicationList states of an app that is on the device but not (yet) managed:
+#: the user installed it before MDM asked, declined management, or is being asked.
+USER_INSTALLED_STATES = frozenset(
+    {"UserInstalledApp", "ManagementRejected", "PromptingForManagement"}
+)
+
+
+def user_installed(facts: Mapping[str, Any], identifier: str) -> bool:
+    """Whether the device's copy of the app ``identifier`` is its user's own (unmanaged),
+    as its facts say: an ``apps`` entry with ``source`` ``user`` (a console's import) or,
+    for an entry the device reported, its last ``ManagedApplicationList`` (``managed_apps``)
+    either not listing the app or listing it as the user's (:data:`USER_INSTALLED_STATES`).
+    A device that never reported a ManagedApplicationList, or an entry with ``source``
+    ``managed``, is not known to hold the user's copy: ``False``."""
+    apps = facts.get("apps")
+    if not isinstance(apps, list):
+        return False
+    entry = next(
+        (e for e in apps if isinstance(e, dict) and e.get("identifier") == identifier), None
+    )
+    if entry is None:
+        return False
+    source = entry.get("source")
+    if source in ("user", "managed"):
+        return bool(source == "user")
+    managed = facts.get("managed_apps")
+    if not isinstance(managed, dict):
+        return False
+    state = managed.get(identifier)
+    if state is None:
+        return True
+    return isinstance(state, dict) and bool(state.get("status") in USER_INSTALLED_STATES)
+
+
+def reported_os_version(os_version: str | None, facts: Mapping[str, Any]) -> str | None:
+    """A device's OS version: the registered one, else what it said when it enrolled."""
+    if os_version:
+        return os_version
+    enrollment = facts.get("apple_enrollment")
+    found = enrollment.get("os_version") if isinstance(enrollment, dict) else None
+    return found if isinstance(found, str) and found else None
+
+
+@functools.cache
+def _take_over_since() -> dict[str, str | None]:
+    """Per facts OS name, the first version with ``ChangeManagementState`` (``None``: every
+    version), from Apple's facts for ``InstallApplication``."""
+    command = apple_schema.facts().commands["InstallApplication"]
+    (key,) = [k for k in command.payloadkeys if k.key == "ChangeManagementState"]
+    since: dict[str, str | None] = {}
+    for os_name, entry in key.supported_os.items():
+        introduced = entry.get("introduced")
+        if introduced != "n/a":
+            since[os_name] = introduced if isinstance(introduced, str) else None
+    return since
+
+
+@functools.lru_cache(maxsize=4096)  # a fleet has few distinct (platform, OS version) pairs
+def take_over_refusal(platform: str, os_version: str | None) -> str | None:
+    """Why a device cannot take a user-installed app under management
+    (``ChangeManagementState``), or ``None`` when it can. Apple's facts give iOS/iPadOS
+    9.0 and macOS 11.0; a device whose OS version is unknown (or unreadable) is not
+    assumed to have it."""
+    try:
+        os_name = apple_schema.facts_os(platform)
+    except UnknownPlatform:
+        os_name = None
+    since = _take_over_since()
+    if os_name is None or os_name not in since:
+        return f"{platform} devices have no ChangeManagementState"
+    first = since[os_name]
+    needs = f"ChangeManagementState needs {os_name} {first} or later"
+    if not os_version:
+        return f"its OS version is unknown ({needs})"
+    if first is None:
+        return None
+    try:
+        newer = versions.compare(os_version, first, platform=version_platform(platform)) >= 0
+    except (versions.InvalidVersion, UnknownPlatform):
+        return f"its OS version {os_version!r} cannot be read ({needs})"
+    return None if newer else f"it runs {os_name} {os_version} ({needs})"
+
+
 def command_kind(platform: str) -> Literal["apple", "syncml"] | None:
     """The command channel of an app platform (Android has none in this gateway)."""
     return {"ios": "apple", "macos": "apple", "windows": "syncml"}.get(device_platform(platform))  # type: ignore[return-value]
@@ -367,8 +455,10 @@ def deployment(
     """The command that installs (or updates to) ``version`` of ``app``.
 
     Apple: ``InstallApplication`` by iTunes store id (VPP: ``PurchaseMethod`` 1) or by
-    the version's manifest URL; ``take_over`` asks for ``ChangeManagementState``
-    Managed (iOS 9+; a plain install where the app is missing). Windows: StoreInstall
+    the version's manifest URL; ``take_over`` (store apps) asks for
+    ``ChangeManagementState`` Managed, which takes the user's own copy under management
+    and is a plain install where the app is missing: give it only for devices that have
+    the key (:func:`take_over_refusal`). Windows: StoreInstall
     (user context) or HostedInstall from the version's package URL (user or device
     context), with the offline licence first only when ``first_install``.
     """

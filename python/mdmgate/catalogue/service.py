@@ -39,7 +39,7 @@ from mdmgate.fleet import FleetIndex, OrgTree, Outcome, TargetResult, platform_c
 from mdmgate.storage import Device, LicencesExhausted, RevisionConflict, Store, UnknownDevices
 from mdmgate.versions import InvalidVersion, allows_downgrade, sort_key
 
-__all__ = ["OUTCOME_NAMES", "Catalogue", "DevicePreview", "Evaluation", "Preview"]
+__all__ = ["OUTCOME_NAMES", "SENT", "Catalogue", "DevicePreview", "Evaluation", "Preview"]
 
 _log = logging.getLogger("mdmgate.catalogue")
 
@@ -54,7 +54,11 @@ OUTCOME_NAMES: dict[Outcome, str] = {
     Outcome.SKIP_PLATFORM: "platform_mismatch",
     Outcome.SKIP_NO_LICENCE: "no_licence",
     Outcome.SKIP_ROLLOUT: "outside_rollout",
+    Outcome.TAKE_OVER: "take_over",
+    Outcome.SKIP_TAKE_OVER_UNSUPPORTED: "take_over_unsupported",
 }
+#: Outcome names of devices that are sent a command.
+SENT = frozenset({"install", "update", "downgrade", "take_over"})
 #: Devices whose only assignments are on retired versions.
 RETIRED = "retired"
 #: Devices a roll-out reached through no assignment at all (assignment deployments).
@@ -182,6 +186,7 @@ class Catalogue:
             bytes(platform_code(d.platform) for d in devices),
             bytes(_supervised(d) for d in devices),
             bytes(rules.installs_silently(d.platform, d.os_version, d.supervised) for d in devices),
+            take_over=bytes(_takes_over(d) for d in devices),
         )
         fleet = _Fleet(
             tree,
@@ -199,6 +204,7 @@ class Catalogue:
     ) -> None:
         rows: list[int] = []
         found: list[str] = []
+        users: list[int] = []
         platform = rules.version_platform(app.platform)
         for i, device in enumerate(devices):
             if rules.device_platform(device.platform) != app.platform:
@@ -207,7 +213,10 @@ class Catalogue:
             if version is not None:
                 rows.append(i)
                 found.append(version)
+                if _user_installed(device, app):
+                    users.append(i)
         fleet.index.set_installed(number, rows, found, platform=platform)
+        fleet.index.set_user_installed(number, users)
         holders = await self.store.licence_holders(app.id)
         fleet.index.set_licensed(number, [fleet.numbers[d] for d in holders if d in fleet.numbers])
         fleet.apps[app.id] = number
@@ -233,14 +242,15 @@ class Catalogue:
                 _supervised(device),
                 rules.installs_silently(device.platform, device.os_version, device.supervised),
             )
+            take_over = _takes_over(device)
             number = fleet.numbers.get(device.id)
             if number is None:
-                number = fleet.index.push_device(device.id, *flags)
+                number = fleet.index.push_device(device.id, *flags, take_over=take_over)
                 fleet.numbers[device.id] = number
                 fleet.platforms.append(rules.device_platform(device.platform))
                 fleet.orgs.append(org)
             else:
-                fleet.index.set_device(number, *flags)
+                fleet.index.set_device(number, *flags, take_over=take_over)
                 fleet.platforms[number] = rules.device_platform(device.platform)
                 fleet.orgs[number] = org
             for app_id, app_number in fleet.apps.items():
@@ -253,6 +263,8 @@ class Catalogue:
                         device, app.identifier, rules.version_platform(app.platform)
                     )
                 fleet.index.update_installed(app_number, number, version)
+                user = version is not None and _user_installed(device, app)
+                fleet.index.update_user_installed(app_number, number, user)
 
     # --- apps ---------------------------------------------------------------------------------
 
@@ -316,6 +328,7 @@ class Catalogue:
             licences=free,
             percent=notification.percent,
             seed=_seed(app, notification, version),
+            take_over=notification.take_over,
             **scope,
         )
         evaluation = Evaluation(version, result)
@@ -388,6 +401,7 @@ class Catalogue:
                 licences=free,
                 percent=notification.percent,
                 seed=_seed(app, notification, version),
+                take_over=notification.take_over,
             )
             if free is not None:
                 free -= len(result.licensed)
@@ -564,13 +578,15 @@ class Catalogue:
         preview = await self.evaluate(app, notification)
         fleet = preview.fleet
         assert fleet is not None
-        # Devices to send, with the version each gets and whether it holds the app already.
-        chosen: list[tuple[str, Evaluation, bool]] = []
+        # Devices to send, with the version each gets, whether it holds the app already and
+        # whether its command takes the user's copy over (only where the device can).
+        chosen: list[_Send] = []
         for evaluation in preview.evaluations:
             outcomes = evaluation.result.outcomes
             for number in evaluation.result.selected:
                 first = outcomes[number] == Outcome.INSTALL
-                chosen.append((fleet.index.device_id(number), evaluation, first))
+                take_over = notification.take_over and fleet.index.can_take_over(number)
+                chosen.append((fleet.index.device_id(number), evaluation, first, take_over))
         chosen.sort(key=lambda item: item[0])
         start = 0
         if notification.cursor is not None:
@@ -581,27 +597,9 @@ class Catalogue:
         licensed = {
             fleet.index.device_id(n) for e in preview.evaluations for n in e.result.licensed
         }
-        batches: dict[tuple[str, bool], list[str]] = {}
-        versions: dict[str, Evaluation] = {}
-        for device_id, evaluation, first in wave:
-            # Apple's command is the same for an install and an update; Windows sends the
-            # offline licence with a first install only.
-            key = (evaluation.version.file_version, first and app.platform == "windows")
-            batches.setdefault(key, []).append(device_id)
-            versions[evaluation.version.file_version] = evaluation
-        commands: list[CommandBatch] = []
-        for (file_version, first), device_ids in batches.items():
-            command_id = str(uuid.uuid5(_UUIDS, f"{notification.id}/{file_version}/{int(first)}"))
-            built = rules.deployment(
-                app,
-                versions[file_version].version,
-                command_id=command_id,
-                first_install=first,
-                take_over=notification.take_over,
-            )
-            commands.append(CommandBatch(command_id, built.kind, built.body, device_ids))
+        commands = _commands(app, notification, wave)
         grant = None
-        wanted = [d for d, _, _ in wave if d in licensed]
+        wanted = [d for d, *_ in wave if d in licensed]
         if app.vpp and wanted:
             grant = LicenceGrant(app.id, app.licence_total or 0, wanted)
         if commands:
@@ -617,7 +615,7 @@ class Catalogue:
                 for device_id in grant.device_ids:
                     fleet.index.update_licensed(number, fleet.numbers[device_id], True)
             if self.on_enqueued is not None:
-                self.on_enqueued([d for d, _, _ in wave])
+                self.on_enqueued([d for d, *_ in wave])
         counts = dict(notification.counts)
         wave_counts = _wave_counts(preview, wave, first=notification.waves == 0)
         for name, n in wave_counts.items():
@@ -641,14 +639,44 @@ class Catalogue:
         )
 
 
-def _wave_counts(
-    preview: Preview, wave: Sequence[tuple[str, Evaluation, bool]], *, first: bool
-) -> dict[str, int]:
+#: A device a wave sends to: its id, the version's evaluation, whether it is a first
+#: install, and whether the command takes the user's copy over (ChangeManagementState).
+_Send = tuple[str, Evaluation, bool, bool]
+
+
+def _commands(app: App, notification: Notification, wave: Sequence[_Send]) -> list[CommandBatch]:
+    """One command per distinct body for the devices of a wave."""
+    batches: dict[tuple[str, bool, bool], list[str]] = {}
+    versions: dict[str, Evaluation] = {}
+    for device_id, evaluation, first, take_over in wave:
+        # Apple's command is the same for an install and an update (a take-over adds
+        # ChangeManagementState); Windows sends the offline licence with a first install only.
+        key = (evaluation.version.file_version, first and app.platform == "windows", take_over)
+        batches.setdefault(key, []).append(device_id)
+        versions[evaluation.version.file_version] = evaluation
+    commands: list[CommandBatch] = []
+    for (file_version, first, take_over), device_ids in batches.items():
+        name = f"{notification.id}/{file_version}/{int(first)}"
+        if take_over:
+            name += "/take-over"
+        command_id = str(uuid.uuid5(_UUIDS, name))
+        built = rules.deployment(
+            app,
+            versions[file_version].version,
+            command_id=command_id,
+            first_install=first,
+            take_over=take_over,
+        )
+        commands.append(CommandBatch(command_id, built.kind, built.body, device_ids))
+    return commands
+
+
+def _wave_counts(preview: Preview, wave: Sequence[_Send], *, first: bool) -> dict[str, int]:
     """What one wave did: ``queued`` devices; the first wave also records the skips."""
     counts: dict[str, int] = {"queued": len(wave)}
     if first:
         for name, n in preview.counts.items():
-            if name not in ("install", "update", "downgrade"):
+            if name not in SENT:
                 counts[name] = n
     return counts
 
@@ -665,6 +693,16 @@ def _seed(app: App, notification: Notification, version: AppVersion) -> str:
     # Without a seed a percentage picks the same devices for the same app version every
     # time, and a larger percentage only adds devices.
     return notification.seed or f"{app.id}/{version.file_version}"
+
+
+def _takes_over(device: Device) -> bool:
+    """Whether the device can take a user-installed app under management."""
+    os_version = rules.reported_os_version(device.os_version, device.facts)
+    return rules.take_over_refusal(device.platform, os_version) is None
+
+
+def _user_installed(device: Device, app: App) -> bool:
+    return app.platform in ("ios", "macos") and rules.user_installed(device.facts, app.identifier)
 
 
 def _supervised(device: Device) -> int:

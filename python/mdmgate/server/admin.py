@@ -61,6 +61,7 @@ from mdmgate.apple import ddm
 from mdmgate.apple.commands import Command as AppleCommand
 from mdmgate.apple.commands import build as build_apple_command
 from mdmgate.apple.errors import CommandValidationError
+from mdmgate.catalogue import rules as catalogue_rules
 from mdmgate.catalogue.service import Catalogue
 from mdmgate.errors import (
     InvalidVersion,
@@ -94,6 +95,10 @@ from mdmgate.server.api_base import (
     _unknown,
 )
 from mdmgate.server.catalogue_api import CatalogueApi
+from mdmgate.server.device_auth_api import REQUEST_TYPES as AUTH_REQUEST_TYPES
+from mdmgate.server.device_auth_api import RESPONSE_TYPES as AUTH_RESPONSE_TYPES
+from mdmgate.server.device_auth_api import DeviceAuthApi
+from mdmgate.server.device_auth_api import openapi_paths as auth_openapi_paths
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import (
     CommandExists,
@@ -105,7 +110,7 @@ from mdmgate.storage import (
     StoredDeclaration,
     UnknownDevices,
 )
-from mdmgate.windows import apps
+from mdmgate.windows import apps, enrollment
 
 __all__ = [
     "API_PREFIX",
@@ -247,8 +252,11 @@ class InstallEnterpriseApp(_AppleApp, tag="install_enterprise_app", frozen=True)
 
 
 class TakeOverApp(_AppleApp, tag="take_over", frozen=True):
-    """Take a user-installed app under management (`ChangeManagementState: Managed`,
-    iOS 9+); where the app is missing this is a plain install."""
+    """Take a user-installed app under management (`ChangeManagementState: Managed`);
+    where the app is missing this is a plain install. Only for devices with the key
+    (iOS/iPadOS 9 and macOS 11 or later, by their registered or enrollment OS version):
+    any other device, or one of unknown OS version, is refused (422, reason
+    `take_over_unsupported`); send such a device `install_store_app` instead."""
 
     identifier: Annotated[str, Meta(min_length=1, description="The app's bundle id.")]
     itunes_store_id: Annotated[int, Meta(gt=0)] | None = None
@@ -334,6 +342,14 @@ class DeliveryOut(Struct):
         ),
     ]
     result_encoding: Literal["text", "base64"] | None
+    offers: Annotated[
+        int,
+        Meta(
+            description="How many times it was handed out to the device (from 0 again after"
+            " a NotNow). A Windows delivery handed out `[windows] max_offers` times without"
+            " an answer ends `failed`."
+        ),
+    ] = 0
 
 
 class CommandStatusOut(Struct):
@@ -756,6 +772,30 @@ def _apple_app(app: AppleAppIn, platforms: Sequence[str]) -> tuple[str, bytes, b
     return command_id, body, chosen
 
 
+def _check_take_over(app: AppleAppIn, devices: Sequence[Device]) -> None:
+    """Refuses a take-over for devices without ChangeManagementState (iOS/iPadOS before 9,
+    macOS before 11, or an unknown OS version), naming each and why."""
+    if not isinstance(app, TakeOverApp):
+        return
+    refused = []
+    for device in devices:
+        os_version = catalogue_rules.reported_os_version(device.os_version, device.facts)
+        why = catalogue_rules.take_over_refusal(device.platform, os_version)
+        if why is not None:
+            refused.append(f"{device.id}: {why}")
+    if refused:
+        message = (
+            "take_over cannot be sent (send install_store_app for a plain install): "
+            + "; ".join(refused)
+        )
+        raise _Refusal(
+            422,
+            catalogue_api.CatalogueError(
+                message, "$.apple_app.action", reason="take_over_unsupported"
+            ),
+        )
+
+
 def _apple_typed(command: AppleCommandIn, platforms: Sequence[str]) -> tuple[str, bytes, bool]:
     chosen = command.command_uuid is not None
     if command.command_uuid is None:
@@ -833,6 +873,7 @@ def _prepare(
             raise _refuse(
                 422, "apple_app commands are for iOS, iPadOS and macOS devices", "$.apple_app"
             )
+        _check_take_over(command.apple_app, devices)
         command_id, body, chosen = _apple_app(command.apple_app, platforms)
         return _Prepared("apple", command_id, body, chosen)
     if command.windows_app is not None:
@@ -853,6 +894,8 @@ def openapi_document() -> dict[str, Any]:
     _, schemas = msgspec.json.schema_components(
         _REQUEST_TYPES
         + _RESPONSE_TYPES
+        + AUTH_REQUEST_TYPES
+        + AUTH_RESPONSE_TYPES
         + catalogue_api.REQUEST_TYPES
         + catalogue_api.RESPONSE_TYPES,
         ref_template="#/components/schemas/{name}",
@@ -945,6 +988,7 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     paths.update(catalogue_api.openapi_paths())
+    paths.update(auth_openapi_paths())
     schemas["OpenApiDocument"] = {"type": "object", "description": "An OpenAPI 3.1 document."}
     responses = {
         name: {"description": description, "content": _json_content(_ref("Error"))}
@@ -1011,6 +1055,7 @@ class AdminApi:
         #: The app catalogue and its roll-outs (also told when devices change).
         self.catalogue = catalogue if catalogue is not None else Catalogue(store)
         self._catalogue_api = CatalogueApi(self.catalogue)
+        self._device_auth_api = DeviceAuthApi(store)
         self._token = token.encode("utf-8") if token else None
         self.unauthenticated = self._token is None and dev
         if self.unauthenticated:
@@ -1025,6 +1070,16 @@ class AdminApi:
             return await self._route(request)
         except _Refusal as refusal:
             return _json(refusal.status, refusal.body, refusal.headers)
+
+    def token_refusal(self, request: Request) -> Response | None:
+        """The 401 answer for a request without the admin API's token, ``None`` when it
+        carries it (or needs none: ``--dev`` without a token). For other resources guarded
+        by the same token, such as ``/metrics``."""
+        try:
+            self._authorize(request)
+        except _Refusal as refusal:
+            return _json(refusal.status, refusal.body, refusal.headers)
+        return None
 
     def _authorize(self, request: Request) -> None:
         # Everything under /api/v1/ needs the token, the OpenAPI document included: the
@@ -1086,7 +1141,10 @@ class AdminApi:
     async def _route_catalogue(
         self, request: Request, parts: list[str], allow: Callable[..., None]
     ) -> Response:
-        found = await self._catalogue_api.route(request, parts, allow)
+        # /devices/{id}/auth[/rotate] (Windows credentials), then the catalogue's resources.
+        found = await self._device_auth_api.route(request, parts, allow)
+        if found is None:
+            found = await self._catalogue_api.route(request, parts, allow)
         if found is None:
             raise _refuse(404, f"no such resource: {request.path}")
         return found
@@ -1165,6 +1223,15 @@ class AdminApi:
                     }
                     for app in item.apps
                 ]
+        if item.auth and old is not None:
+            # Registered again with credentials: an unenrolled device is admitted again.
+            for key, value in enrollment.reenrolled(
+                facts, "registered again with credentials (POST /api/v1/devices)"
+            ).items():
+                if value is None:
+                    facts.pop(key, None)
+                else:
+                    facts[key] = value
         return Device(
             id=item.id,
             platform=item.platform,
@@ -1407,4 +1474,6 @@ def _enforcement_state(decls: Sequence[ddm.Declaration], device: Device) -> Enfo
 
 def _delivery(delivery: Delivery) -> DeliveryOut:
     result, encoding = _as_text(delivery.result)
-    return DeliveryOut(delivery.device_id, delivery.state, delivery.status, result, encoding)
+    return DeliveryOut(
+        delivery.device_id, delivery.state, delivery.status, result, encoding, delivery.offers
+    )

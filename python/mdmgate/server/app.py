@@ -61,6 +61,14 @@ class Config:
     dev: bool = False
     durability: str = "full"
     limits: Limits = field(default_factory=Limits)
+    #: Who may read ``/metrics``: ``"token"`` (the admin API's bearer token) or ``"open"``
+    #: (anyone who can reach it). Unset: ``"token"`` on the main port, which faces devices
+    #: and the internet; ``"open"`` on ``metrics_listen`` (the Prometheus convention: an
+    #: address only the monitoring network reaches).
+    metrics: str | None = None
+    #: A separate address (cleartext HTTP) serving ``/metrics`` and ``/healthz`` only; the
+    #: main port then answers 404 for ``/metrics``.
+    metrics_listen: tuple[str, int] | None = None
     #: APNs (config table ``[apns]``: url, topic, cert, key, rate). Without a topic the
     #: gateway does not push; devices still get their commands when they check in.
     apns_url: str = APNS_PRODUCTION_URL
@@ -72,6 +80,28 @@ class Config:
     apns_auth_key: str | None = None
     apns_key_id: str | None = None
     apns_team_id: str | None = None
+    #: Windows (config table ``[windows]``): the cap on offers of a command never answered
+    #: (see ``mdmgate.windows.service.MAX_OFFERS``), and the gateway's own OMA-DM server
+    #: credentials for devices that require the server to authenticate (a device's
+    #: ``auth.server_username``/``server_secret`` win), sent ``on_challenge`` or always
+    #: (``required``).
+    windows_max_offers: int = 5
+    windows_server_username: str | None = None
+    windows_server_secret: str | None = None
+    windows_server_auth: str = "on_challenge"
+
+
+def _metrics_access(config: Config) -> str:
+    """``"token"`` or ``"open"``: the ``metrics`` setting, or its default for where
+    ``/metrics`` is served."""
+    if config.metrics is not None:
+        return config.metrics
+    return "open" if config.metrics_listen is not None else "token"
+
+
+def _check_metrics(config: Config) -> None:
+    if config.metrics not in (None, "token", "open"):
+        raise ConfigError(f'metrics must be "token" or "open", not {config.metrics!r}')
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -113,6 +143,29 @@ def _apns(raw: object) -> dict[str, Any]:
     return {f"apns_{k}": v for k, v in raw.items()}
 
 
+def _windows(raw: object) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError("windows must be a table")
+    known = ("max_offers", "server_username", "server_secret", "server_auth")
+    bad = sorted(set(raw) - set(known))
+    if bad:
+        raise ConfigError(f"unknown windows keys: {', '.join(bad)} (known: {', '.join(known)})")
+    return {f"windows_{k}": v for k, v in raw.items()}
+
+
+def _check_windows(config: Config) -> None:
+    offers = config.windows_max_offers
+    if isinstance(offers, bool) or not isinstance(offers, int) or offers < 1:
+        raise ConfigError("windows max_offers must be a whole number of at least 1")
+    server = (config.windows_server_username, config.windows_server_secret)
+    if (server[0] is None) != (server[1] is None):
+        raise ConfigError("windows server_username and server_secret go together")
+    if not all(v is None or (isinstance(v, str) and v) for v in server):
+        raise ConfigError("windows server_username and server_secret must be non-empty strings")
+    if config.windows_server_auth not in ("on_challenge", "required"):
+        raise ConfigError("windows server_auth must be 'on_challenge' or 'required'")
+
+
 def _check(config: Config) -> Config:
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -135,6 +188,8 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"apns url {config.apns_url!r} is not an http(s) URL")
     if config.workers > 1 and not config.db.startswith("sqlite:"):
         raise ConfigError("several workers need a shared database (sqlite:///PATH)")
+    _check_metrics(config)
+    _check_windows(config)
     return config
 
 
@@ -144,16 +199,19 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if os.environ.get("MDMGATE_API_TOKEN"):
         values.setdefault("api_token", os.environ["MDMGATE_API_TOKEN"])
-    unknown = sorted(set(values) - {f.name for f in fields(Config)} - {"apns"})
+    unknown = sorted(set(values) - {f.name for f in fields(Config)} - {"apns", "windows"})
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
     if "apns" in values:
         values.update(_apns(values.pop("apns")))
+    values.update(_windows(values.pop("windows", {})))
     limits = _limits(values.pop("limits")) if "limits" in values else Limits()
     if "listen" in values:
         listen = values["listen"]
         items = [listen] if isinstance(listen, str) else list(listen)
         values["listen"] = tuple(parse_listen(str(v)) for v in items)
+    if "metrics_listen" in values:
+        values["metrics_listen"] = parse_listen(str(values["metrics_listen"]))
     try:
         config = Config(**values, limits=limits)
     except TypeError as e:
@@ -189,8 +247,14 @@ def build_handler(
     metrics: Metrics,
     windows: Handler | None = None,
     apple: AppleEndpoints | None = None,
+    *,
+    metrics_access: str | None = "token",
 ) -> Handler:
-    """Routes a request: health and metrics, the admin API, the device endpoints."""
+    """Routes a request: health and metrics, the admin API, the device endpoints.
+
+    ``metrics_access`` is who may read ``/metrics`` here (see :func:`metrics_handler`);
+    ``None`` when it is served elsewhere (``metrics_listen``): 404."""
+    scrape = None if metrics_access is None else metrics_handler(metrics, admin, metrics_access)
 
     devices: dict[str, Handler] = {}
     if windows is not None:
@@ -202,12 +266,8 @@ def build_handler(
     async def handle(request: Request) -> Response:
         if request.path == "/healthz":
             return _text(200, "ok\n")
-        if request.path == "/metrics":
-            return Response(
-                200,
-                (("content-type", "text/plain; version=0.0.4; charset=utf-8"),),
-                metrics.render(),
-            )
+        if request.path == "/metrics" and scrape is not None:
+            return await scrape(request)
         if request.path.startswith("/api/"):
             return await admin(request)
         device_handler = devices.get(request.path)
@@ -217,6 +277,37 @@ def build_handler(
             # Said plainly rather than answered with a half protocol a device could misread.
             return _text(501, "this device protocol is not served by this version of mdmgate\n")
         return _text(404, "not found\n")
+
+    return handle
+
+
+def metrics_handler(metrics: Metrics, admin: AdminApi, access: str) -> Handler:
+    """``/metrics`` as Prometheus text; with ``access`` ``"token"`` only for requests that
+    carry the admin API's bearer token (others get its 401), with ``"open"`` for anyone."""
+
+    async def scrape(request: Request) -> Response:
+        if access != "open":
+            refusal = admin.token_refusal(request)
+            if refusal is not None:
+                return refusal
+        return Response(
+            200,
+            (("content-type", "text/plain; version=0.0.4; charset=utf-8"),),
+            metrics.render(),
+        )
+
+    return scrape
+
+
+def _metrics_only(scrape: Handler) -> Handler:
+    """The handler of the ``metrics_listen`` address: ``/metrics``, ``/healthz``, else 404."""
+
+    async def handle(request: Request) -> Response:
+        if request.path == "/metrics":
+            return await scrape(request)
+        if request.path == "/healthz":
+            return _text(200, "ok\n")
+        return _text(404, "not found: this address serves /metrics and /healthz only\n")
 
     return handle
 
@@ -233,6 +324,24 @@ def _listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def _metrics_server(
+    config: Config, metrics: Metrics, admin: AdminApi, reuse_port: bool, announce: bool
+) -> tuple[Server, list[Listener]] | None:
+    """The server of ``metrics_listen`` and its listener, if one is configured: cleartext,
+    ``/metrics`` and ``/healthz`` only, with counters of its own (scrapes are not device
+    traffic)."""
+    if config.metrics_listen is None:
+        return None
+    scrape = _metrics_only(metrics_handler(metrics, admin, _metrics_access(config)))
+    host, port = config.metrics_listen
+    sock = _listen_socket(host, port, reuse_port)
+    if announce:
+        bound = sock.getsockname()[1]
+        print(f"mdmgate metrics on http://{host}:{bound}/metrics", flush=True)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    return Server(scrape, config.limits, metrics=Metrics()), [listener]
+
+
 async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     store = await open_store(config.db, config.durability)
     metrics = Metrics()
@@ -242,12 +351,22 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     )
     catalogue = Catalogue(store)
     admin = AdminApi(store, config.api_token, dev=config.dev, catalogue=catalogue)
-    windows = WindowsService(store, dev=config.dev, on_devices_changed=catalogue.note_devices)
+    windows = WindowsService(
+        store,
+        dev=config.dev,
+        on_devices_changed=catalogue.note_devices,
+        max_offers=config.windows_max_offers,
+        server_username=config.windows_server_username,
+        server_secret=config.windows_server_secret,
+        server_auth="required" if config.windows_server_auth == "required" else "on_challenge",
+    )
     metrics.register_gauge(
         "mdmgate_omadm_sessions", "Open OMA-DM sessions.", lambda: windows.open_sessions
     )
     apple = AppleService(store, dev=config.dev, on_devices_changed=catalogue.note_devices)
-    handler = build_handler(store, admin, metrics, windows, apple)
+    # /metrics is served here, or on its own address (metrics_listen).
+    here = None if config.metrics_listen is not None else _metrics_access(config)
+    handler = build_handler(store, admin, metrics, windows, apple, metrics_access=here)
     server = Server(handler, config.limits, metrics=metrics)
     context: ssl.SSLContext | None = None
     if config.tls_cert is not None and config.tls_key is not None:
@@ -261,6 +380,7 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
             bound = sock.getsockname()[1]
             scheme = "https" if context else "http"
             print(f"mdmgate listening on {scheme}://{host}:{bound}", flush=True)
+    scraping = _metrics_server(config, metrics, admin, reuse_port, announce)
 
     async def refresh_gauges() -> None:
         while True:
@@ -271,7 +391,7 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for sig in signals:
                 log.info("draining on %s", signal.Signals(sig).name)
-                server.drain()
+                server.drain()  # (the metrics server is cancelled once it is done)
                 return
 
     try:
@@ -284,6 +404,8 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
             await nursery.start(catalogue.run)
             nursery.start_soon(on_signals, nursery)
             nursery.start_soon(refresh_gauges)
+            if scraping is not None:
+                await nursery.start(scraping[0].run, scraping[1])
             await server.run(listeners)
             nursery.cancel_scope.cancel()
     finally:

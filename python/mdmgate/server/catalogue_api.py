@@ -26,7 +26,7 @@ from mdmgate.catalogue.model import (
     WindowsDeployment,
 )
 from mdmgate.catalogue.rules import CatalogueRefused
-from mdmgate.catalogue.service import Catalogue, Preview, device_list
+from mdmgate.catalogue.service import OUTCOME_NAMES, RETIRED, Catalogue, Preview, device_list
 from mdmgate.server.api_base import (
     DeviceId,
     Error,
@@ -193,8 +193,11 @@ class NotificationIn(Struct, kw_only=True, forbid_unknown_fields=True):
     take_over: Annotated[
         bool,
         Meta(
-            description="Apple store apps: also take a copy the user installed under"
-            " management (iOS 9+; a plain install where the app is missing)."
+            description="Apple store apps: take a copy the user installed under management"
+            " (`ChangeManagementState: Managed`, outcome `take_over`) at or below the version"
+            " (one above it is `downgrade_not_allowed`), on iOS/iPadOS 9+ and macOS 11+."
+            " On older devices, or of unknown OS version, such a copy is skipped"
+            " (`take_over_unsupported`) and the other devices' commands go without the key."
         ),
     ] = False
     assignments: bool = False
@@ -216,7 +219,10 @@ class PreviewIn(NotificationIn, kw_only=True, forbid_unknown_fields=True):
     devices (of one `outcome` if given)."""
 
     limit: Annotated[int, Meta(ge=0, le=10000)] = 100
-    outcome: str | None = None
+    outcome: Annotated[
+        str | None,
+        Meta(description="List only the devices of this outcome (a name of `counts`)."),
+    ] = None
 
 
 # --- response bodies -------------------------------------------------------------------------
@@ -330,9 +336,9 @@ class DevicePreviewOut(Struct):
     outcome: Annotated[
         str,
         Meta(
-            description="install, update, downgrade (sent); already_at_version,"
+            description="install, update, downgrade, take_over (sent); already_at_version,"
             " downgrade_not_allowed, not_installed, platform_mismatch, no_licence,"
-            " outside_rollout, retired (skipped)."
+            " outside_rollout, take_over_unsupported, retired (skipped)."
         ),
     ]
     version: str | None
@@ -859,6 +865,11 @@ class CatalogueApi:
     async def _preview(self, request: Request, app_id: str) -> Response:
         _check_content_type(request)
         given = _decode(request.body, PreviewIn)
+        known = [*OUTCOME_NAMES.values(), RETIRED]
+        if given.outcome is not None and given.outcome not in known:
+            raise _refuse(
+                422, f"outcome {given.outcome!r} is not one of {', '.join(known)}", "$.outcome"
+            )
         app = await self._app(app_id)
         notification = self._notification(app, given)
         preview = await self.catalogue.evaluate(app, notification)

@@ -8,11 +8,16 @@ HTTP/1.1. HTTP/1.1 is parsed by h11, HTTP/2 by h2; both turn into the protocol-n
 
 Everything a client can make the server hold is bounded by :class:`Limits`: request bodies and
 header blocks, the time to send a request, idle keep-alive, HTTP/2 streams per connection,
-queued response bytes per connection, connections and requests in flight across the server.
-Past the last two the server answers at once (503 or 429, with ``Retry-After``) instead of
-queueing. HTTP/2 clients that reset streams or send PING/SETTINGS frames faster than their
-budget (the "rapid reset" and control-frame floods) get ``GOAWAY ENHANCE_YOUR_CALM`` and lose
-their connection; nobody else notices.
+queued response bytes per connection, connections per client address and across the server,
+and requests in flight. Past the last ones the server answers at once (429 or 503, with
+``Retry-After``) instead of queueing. HTTP/2 clients that reset streams or send PING/SETTINGS
+frames faster than their budget (the "rapid reset" and control-frame floods) get ``GOAWAY
+ENHANCE_YOUR_CALM`` and lose their connection; nobody else notices.
+
+Idle connections cannot lock others out: one address gets at most
+``max_connections_per_client`` (429 beyond), and near ``max_connections`` each new
+connection closes the one that has waited longest, idle or still without a complete request
+head (``shed_idle_at``); only when none waits are new ones refused.
 
 Choices worth knowing:
 
@@ -26,6 +31,12 @@ Choices worth knowing:
   ``431`` the same way; one over twice that is not even decoded: the connection is closed with
   ``ENHANCE_YOUR_CALM`` (HPACK state cannot survive an abandoned block).
 * Requests are handed to the handler only once complete (the handler receives ``bytes``).
+* An HTTP/1.1 request with both ``Content-Length`` and ``Transfer-Encoding`` gets ``400`` and
+  the connection is closed: behind a proxy that frames by the other header, the body would be
+  read as a second request (request smuggling). On HTTP/2 ``Transfer-Encoding`` (like any
+  connection-specific header, or a bad name, value or pseudo-header) makes the request
+  malformed: ``400`` on that stream, then ``RST_STREAM PROTOCOL_ERROR`` if the client is still
+  sending; the connection and its other streams carry on (RFC 9113 section 8.1.1).
 * Graceful drain (:meth:`Server.drain`): listeners close, idle connections close, HTTP/2
   connections get ``GOAWAY`` (new streams are refused with ``REFUSED_STREAM``, safe to retry),
   in-flight requests finish and HTTP/1.1 responses carry ``Connection: close``; after
@@ -37,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import http
+import ipaddress
 import logging
 import math
 import os
@@ -53,6 +65,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.utilities
 import h11
 import msgspec
 import trio
@@ -147,8 +160,41 @@ class Limits:
     retry)."""
 
     max_connections: int = 1000
-    """1000 open client connections; more get 503 with Retry-After (a few at a time; the
-    rest are closed at once) instead of queueing."""
+    """1000 open client connections. Near it (``shed_idle_at``) the server makes room by
+    closing connections that wait; past it, with none waiting, new ones get 503 with
+    Retry-After (a tenth of the limit at a time; the rest are closed at once) instead of
+    queueing."""
+
+    max_connections_per_client: int = 250
+    """250 connections at once from one client address (an IPv6 client: its /64), a quarter
+    of ``max_connections``: one address alone cannot fill the server, whatever it opens
+    and leaves idle. More get 429 with Retry-After and are closed (up to a tenth of the
+    budget at a time waits for its request to hear that; the rest are closed at once).
+
+    Devices behind one NAT address share the budget. A device holds a connection only while
+    it talks to the gateway, and those behind one address seldom all talk at once (APNs
+    wakes them at ``[apns] rate``), so a site of thousands of devices stays inside 250. A
+    reverse proxy or load balancer that connects on behalf of every device belongs in
+    ``trusted_proxies``; for a big site behind one NAT, raise this. With ``--workers N``
+    each process counts for itself."""
+
+    trusted_proxies: tuple[str, ...] = ()
+    """Empty: addresses or networks (``"10.0.0.5"``, ``"10.0.0.0/8"``, ``"fd00::/8"``) whose
+    connections are exempt from ``max_connections_per_client`` (they still count towards
+    ``max_connections``). List your reverse proxies and load balancers here, and the
+    proxy's loopback address when it runs on the same host. Nothing a client sends is
+    trusted to say who it is: the budget is decided when a connection opens, from its
+    address, before any ``Forwarded`` or ``X-Forwarded-For`` header could be read."""
+
+    shed_idle_at: float = 0.9
+    """0.9: once open connections reach this share of ``max_connections``, each new
+    connection makes the server close the one that has waited longest: a keep-alive
+    connection idle between requests (HTTP/2: with no stream open), or one still without a
+    complete request head (TLS handshake included; answered 503 if it had begun one).
+    Connections with a request in progress are never shed. Only when no connection waits
+    are new ones refused (503). Above 1, the server never sheds. Idle and slow connections
+    from many addresses (slowloris) thus cost well-behaved clients a reconnection at most,
+    not their service."""
 
     max_in_flight: int = 256
     """256 requests being handled at once across the server; more get 429 with
@@ -162,7 +208,20 @@ class Limits:
     cancelled."""
 
     def __post_init__(self) -> None:
+        proxies = self.trusted_proxies
+        # A config file gives a list (or one string): kept as a tuple, checked.
+        proxies = (proxies,) if isinstance(proxies, str) else tuple(proxies)
+        object.__setattr__(self, "trusted_proxies", proxies)
+        for entry in proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"Limits.trusted_proxies: {entry!r} is not an IP address or network"
+                ) from None
         for name, value in vars(self).items():
+            if name == "trusted_proxies":
+                continue
             if not value > 0 or (isinstance(value, float) and math.isnan(value)):
                 raise ValueError(f"Limits.{name} must be positive, got {value!r}")
 
@@ -370,8 +429,11 @@ class _ConnectionInfo:
     client_cert: bytes | None
     #: When the connection was accepted (Trio clock).
     connected: float
-    #: Over the connection limit: answer 503 and close.
-    reject: bool
+    #: Turned away (over the connection limit, or its client's budget): answer the first
+    #: request with this, and close.
+    reject: _Reply | None
+    #: The connection's place in the server's books.
+    slot: _Slot
 
 
 class _Failure(Exception):
@@ -390,15 +452,43 @@ _WRITING = "writing"
 _DRAINED = "drained"
 
 
+_SHED = "shed"
+
+
 class _Pending:
-    """A connection still in its TLS handshake or first bytes: drain() just cancels it."""
+    """A connection still in its TLS handshake or first bytes: drain() and shed() just
+    cancel it."""
 
     def __init__(self) -> None:
         self.scope: trio.CancelScope | None = None
+        self.shed_requested = False
 
     def drain(self) -> None:
         if self.scope is not None:
             self.scope.cancel()
+
+    def shed(self) -> None:
+        self.shed_requested = True
+        self.drain()
+
+
+class _Slot:
+    """An accepted connection's place in the server's books: the client it counts against,
+    and what to tell to close it when it is shed. While it waits (idle between requests, or
+    without a complete request head) it sits in ``Server._waiting``, oldest first."""
+
+    __slots__ = ("client", "rejecting", "released", "shed", "target")
+
+    def __init__(self, client: str | None, rejecting: bool) -> None:
+        #: The budget key (``None``: exempt, a trusted proxy).
+        self.client = client
+        #: Being turned away: counted in ``Server._rejecting``, never waiting.
+        self.rejecting = rejecting
+        #: Counted out of the books already (shed, or closed).
+        self.released = False
+        #: Shed before the connection had a phase to tell.
+        self.shed = False
+        self.target: _Pending | _H1Connection | _H2Connection | None = None
 
 
 class Server:
@@ -432,7 +522,20 @@ class Server:
         self._open = 0
         self._rejecting = 0
         self._in_flight = 0
-        self._max_rejecting = max(8, self.limits.max_connections // 10)
+        self._max_rejecting = max(8, limits.max_connections // 10)
+        #: Connections held per client (served or being turned away), by budget key.
+        self._clients: dict[str, int] = {}
+        #: A client's connections beyond which even the 429 answer is not waited for.
+        self._client_ceiling = limits.max_connections_per_client + max(
+            8, limits.max_connections_per_client // 10
+        )
+        self._trusted = tuple(
+            ipaddress.ip_network(entry, strict=False) for entry in limits.trusted_proxies
+        )
+        #: Connections that wait (see _Slot), in the order they started waiting.
+        self._waiting: dict[_Slot, None] = {}
+        #: Open connections from which each new one sheds a waiting one.
+        self._shed_from = math.ceil(limits.shed_idle_at * limits.max_connections)
 
     @property
     def open_connections(self) -> int:
@@ -494,6 +597,84 @@ class Server:
             for connection in list(self._watched):
                 connection.check_deadline(now)
 
+    def _client_of(self, stream: _Stream) -> str | None:
+        """The key ``stream``'s client is budgeted under: its IPv4 address, or its IPv6
+        /64 (what one subscriber holds); ``None`` for a trusted proxy (or no IP peer)."""
+        tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        try:
+            peer = tcp.socket.getpeername()
+            address = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+        except (OSError, ValueError, IndexError, TypeError):
+            return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if any(address in network for network in self._trusted):
+            return None
+        if isinstance(address, ipaddress.IPv4Address):
+            return str(address)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+    def _now_waiting(self, slot: _Slot) -> None:
+        """``slot`` waits from now on (a keep-alive connection between requests)."""
+        if not (slot.released or slot.rejecting) and slot not in self._waiting:
+            self._waiting[slot] = None
+
+    def _busy(self, slot: _Slot) -> None:
+        """``slot`` has a request in progress: not to be shed."""
+        self._waiting.pop(slot, None)
+
+    def _release(self, slot: _Slot) -> None:
+        """Count a connection out of the books (once)."""
+        if slot.released:
+            return
+        slot.released = True
+        self._waiting.pop(slot, None)
+        if slot.rejecting:
+            self._rejecting -= 1
+        else:
+            self._open -= 1
+            self.metrics.open_connections -= 1
+        if slot.client is not None:
+            left = self._clients[slot.client] - 1
+            if left:
+                self._clients[slot.client] = left
+            else:
+                del self._clients[slot.client]
+
+    def _shed_one(self) -> bool:
+        """Close the connection that has waited longest; whether there was one."""
+        slot = next(iter(self._waiting), None)
+        if slot is None:
+            return False
+        self._release(slot)
+        slot.shed = True
+        if slot.target is not None:
+            slot.target.shed()
+        self.metrics.connections.inc("shed")
+        return True
+
+    def _admission(self, held: int) -> tuple[str, _Reply | None]:
+        """What becomes of a new connection whose client holds ``held`` others: the outcome
+        (``accepted``, ``over_budget``, ``rejected`` or ``dropped``) and, when it is turned
+        away, the answer to its request."""
+        limits = self.limits
+        if held >= limits.max_connections_per_client:
+            if held >= self._client_ceiling or self._rejecting >= self._max_rejecting:
+                return "dropped", None
+            message = (
+                "Too many connections from your address"
+                f" (at most {limits.max_connections_per_client})"
+            )
+            return "over_budget", _text_reply(429, message, limits.retry_after)
+        if self._open >= self._shed_from:
+            self._shed_one()
+        if self._open < limits.max_connections:
+            return "accepted", None
+        if self._rejecting < self._max_rejecting:
+            message = "Server at its connection limit"
+            return "rejected", _text_reply(503, message, limits.retry_after)
+        return "dropped", None
+
     async def _accept_loop(self, listener: Listener, nursery: trio.Nursery) -> None:
         while True:
             try:
@@ -506,43 +687,45 @@ class Server:
                 self.metrics.error("accept")
                 await trio.sleep(0.1)
                 continue
-            if self._open < self.limits.max_connections:
+            client = self._client_of(stream)
+            held = 0 if client is None else self._clients.get(client, 0)
+            outcome, reject = self._admission(held)
+            self.metrics.connections.inc(outcome)
+            if outcome == "dropped":
+                await trio.aclose_forcefully(stream)
+                continue
+            slot = _Slot(client, rejecting=reject is not None)
+            if client is not None:
+                self._clients[client] = held + 1
+            if reject is None:
                 self._open += 1
                 self.metrics.open_connections += 1
-                self.metrics.connections.inc("accepted")
-                nursery.start_soon(self._handle, stream, False)
-            elif self._rejecting < self._max_rejecting:
+                self._waiting[slot] = None  # no request head yet
+            else:
                 self._rejecting += 1
-                self.metrics.connections.inc("rejected")
-                nursery.start_soon(self._handle, stream, True)
-            else:
-                self.metrics.connections.inc("dropped")
-                await trio.aclose_forcefully(stream)
+            nursery.start_soon(self._handle, stream, slot, reject)
 
-    async def _handle(self, stream: _Stream, reject: bool) -> None:
+    async def _handle(self, stream: _Stream, slot: _Slot, reject: _Reply | None) -> None:
         try:
-            if reject:
-                # Turned away: answer one request with 503, within a hard deadline.
+            if reject is not None:
+                # Turned away: answer one request, within a hard deadline.
                 with trio.move_on_after(self.limits.header_timeout + _LINGER_SECONDS):
-                    await self._serve_stream(stream, reject=True)
-            else:
-                await self._serve_stream(stream, reject=False)
+                    await self._serve_stream(stream, slot, reject)
+            elif not slot.shed:
+                await self._serve_stream(stream, slot, None)
         except (trio.BrokenResourceError, trio.ClosedResourceError, _Close):
             pass
         except Exception:
             _log.exception("connection failed")
             self.metrics.error("connection")
         finally:
-            if reject:
-                self._rejecting -= 1
-            else:
-                self._open -= 1
-                self.metrics.open_connections -= 1
+            self._release(slot)
             await trio.aclose_forcefully(stream)
 
-    async def _serve_stream(self, stream: _Stream, *, reject: bool) -> None:
+    async def _serve_stream(self, stream: _Stream, slot: _Slot, reject: _Reply | None) -> None:
         connected = trio.current_time()
         pending = _Pending()
+        slot.target = pending
         self._connections.add(pending)
         try:
             opening = await self._opening(stream, connected, pending)
@@ -551,12 +734,13 @@ class Server:
         if opening is None:
             return
         alpn, client_cert, initial = opening
-        info = _ConnectionInfo(_peer_name(stream), client_cert, connected, reject)
+        info = _ConnectionInfo(_peer_name(stream), client_cert, connected, reject, slot)
         connection: _H1Connection | _H2Connection
         if alpn == "h2" or initial.startswith(_PREFACE):
             connection = _H2Connection(self, stream, info, initial)
         else:
             connection = _H1Connection(self, stream, info, initial)
+        slot.target = connection
         self._connections.add(connection)
         if self.draining:
             connection.drain()
@@ -593,7 +777,7 @@ class Server:
                         return None
                     initial += data
             return alpn, client_cert, initial
-        if not self.draining:
+        if not self.draining and not pending.shed_requested:
             self.metrics.error("header_timeout")
         return None
 
@@ -663,6 +847,16 @@ async def serve(
 
 
 _H1_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+_AMBIGUOUS_FRAMING = (
+    "Bad request: Content-Length and Transfer-Encoding together are ambiguous framing"
+    " (RFC 9112 section 6.1); send one of them"
+)
+
+
+def _ambiguous_framing(raw: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a request head has both Content-Length and Transfer-Encoding."""
+    names = {name.lower() for name, _ in raw if len(name) in (14, 17)}
+    return b"transfer-encoding" in names and b"content-length" in names
 
 
 class _H1Connection:
@@ -675,6 +869,7 @@ class _H1Connection:
         self._peer = info.peer
         self._client_cert = info.client_cert
         self._reject = info.reject
+        self._slot = info.slot
         self._h11 = h11.Connection(
             h11.SERVER, max_incomplete_event_size=server.limits.max_header_bytes
         )
@@ -695,11 +890,18 @@ class _H1Connection:
         self._deadline = math.inf
         self._expired: str | None = None
         self._watch = trio.CancelScope()
+        #: Shed while a request head was arriving (rather than idle): answered 503.
+        self._shed_reading = False
 
     def drain(self) -> None:
         self._draining = True
         if self._phase == _IDLE:
             self.expire(_DRAINED)
+
+    def shed(self) -> None:
+        """Close to make room: the connection is idle, or its request head incomplete."""
+        self._shed_reading = self._phase == _READING
+        self.expire(_SHED)
 
     def expire(self, phase: str) -> None:
         """End the connection: ``phase`` ran out of time (or the server drains)."""
@@ -730,6 +932,13 @@ class _H1Connection:
             self._server.metrics.error("read_timeout")
             await self._fail(_text_reply(408, "Request not received in time"), self._started)
             return  # without lingering: the client is too slow to deserve it
+        if expired == _SHED:
+            # Its place went to a newcomer: closed at once, not lingering on a slot.
+            if self._shed_reading:
+                message = "Server busy: request head not received in time"
+                reply = _text_reply(503, message, self._limits.retry_after)
+                await self._fail(reply, self._started, min(self._limits.write_timeout, 1.0))
+            return
         if expired == _WRITING:
             self._server.metrics.error("write_timeout")
             return
@@ -774,6 +983,7 @@ class _H1Connection:
         if self._first_started is not None:
             started, self._first_started = self._first_started, None
             return started
+        self._server._now_waiting(self._slot)  # until its head is complete
         if self._h11.trailing_data[0]:
             return trio.current_time()  # pipelined
         if self._draining:
@@ -812,6 +1022,7 @@ class _H1Connection:
             event = await self._next_event()
             if not isinstance(event, h11.Request):
                 raise _Close  # ConnectionClosed between requests
+            self._server._busy(self._slot)
             self._method = event.method.decode("ascii", "replace")
             # h11 bounds only heads that arrive in pieces; a head that came in one read is
             # measured here.
@@ -823,10 +1034,14 @@ class _H1Connection:
                 metrics.error("header_too_large")
                 raise _Failure(_text_reply(431, "Request header fields too large"))
             self._path, query = _split_target(event.target.decode("latin-1"))
-            if self._reject:
-                raise _Failure(
-                    _text_reply(503, "Server at its connection limit", limits.retry_after)
-                )
+            if self._reject is not None:
+                raise _Failure(self._reject)
+            if _ambiguous_framing(raw):
+                # h11 would let chunked win; a proxy in front that went by Content-Length
+                # would see the rest as another request (request smuggling). RFC 9112
+                # section 6.1 allows treating it as an error: the connection closes.
+                metrics.error("bad_request")
+                raise _Failure(_text_reply(400, _AMBIGUOUS_FRAMING))
             self._deadline = started + limits.read_timeout
             body = await self._read_body(event)
         except h11.RemoteProtocolError as exc:
@@ -884,11 +1099,11 @@ class _H1Connection:
             raise _Failure(_text_reply(413, f"Request body exceeds {limit} bytes"))
         return bytes(body)
 
-    async def _fail(self, reply: _Reply, started: float) -> None:
+    async def _fail(self, reply: _Reply, started: float, timeout: float | None = None) -> None:
         """Answer with ``reply`` outside h11's state machine; the connection then closes."""
         # Its own deadline: after a timeout the connection's watch is already cancelled.
         with (
-            trio.move_on_after(self._limits.write_timeout),
+            trio.move_on_after(self._limits.write_timeout if timeout is None else timeout),
             contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
         ):
             await self._stream.send_all(_raw_h1_response(reply))
@@ -1007,6 +1222,26 @@ def _h2_request_head(
     return method, path, authority, headers, size, content_length
 
 
+_PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
+_H2_REQUEST = h2.utilities.HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
+)
+_H2_TRAILERS = _H2_REQUEST._replace(is_trailer=True)
+
+
+def _h2_malformed(
+    raw: Sequence[tuple[bytes, bytes]], flags: h2.utilities.HeaderValidationFlags
+) -> str | None:
+    """What makes a received header block malformed (RFC 9113 section 8.2), by h2's own
+    rules; ``None`` when it is well-formed."""
+    try:
+        for _ in h2.utilities.validate_headers(raw, flags):
+            pass
+    except h2.exceptions.ProtocolError as exc:
+        return str(exc)
+    return None
+
+
 def _goaway_frame(last_stream_id: int, error_code: int) -> bytes:
     """A GOAWAY frame built by hand: h2 considers the connection closed once it sends one, but
     a graceful drain must keep answering the streams it already has."""
@@ -1026,14 +1261,18 @@ class _H2Connection:
         self._client_cert = info.client_cert
         self._initial = initial
         self._reject = info.reject
+        self._slot = info.slot
         # Outbound headers come from _Reply, already lower-case, stripped and checked
         # (_check_header); h2 checking them again cost about 6% of a request. Inbound
-        # headers are validated as h2 does by default.
+        # headers are validated with h2's own rules, by _on_request and _on_trailers: h2
+        # would make a malformed request a connection error, taking the client's other
+        # streams down with it, where RFC 9113 section 8.1.1 asks for a stream error.
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            validate_inbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config)
         self._h2.local_settings = h2.settings.Settings(
@@ -1070,6 +1309,8 @@ class _H2Connection:
         self._eof = False
         #: Torn down without ceremony (write timeout, queue overflow).
         self._aborted = False
+        #: Closed to make room for a newcomer: no lingering.
+        self._shed = False
 
     # -- life cycle
 
@@ -1080,6 +1321,11 @@ class _H2Connection:
         if self._nursery is not None:  # else run() sends GOAWAY after the SETTINGS preface
             self._announce_goaway()
         self._poke()
+
+    def shed(self) -> None:
+        """Close to make room: no stream is open (the connection waits)."""
+        self._shed = True
+        self._close(h2.errors.ErrorCodes.NO_ERROR)
 
     def _announce_goaway(self) -> None:
         """The first, graceful GOAWAY: no new streams; the ones we have still get answers."""
@@ -1103,7 +1349,7 @@ class _H2Connection:
                 while self._outbuf or self._sending:
                     await self._progress.wait()
             nursery.cancel_scope.cancel()
-        if not self._eof and not self._aborted:
+        if not self._eof and not self._aborted and not self._shed:
             # Let the final GOAWAY reach the client before the socket closes.
             await _linger_close(self._stream)
 
@@ -1209,6 +1455,8 @@ class _H2Connection:
             self._on_request(event)
         elif isinstance(event, h2.events.DataReceived):
             self._on_data(event)
+        elif isinstance(event, h2.events.TrailersReceived):
+            self._on_trailers(event)
         elif isinstance(event, h2.events.StreamEnded):
             self._on_stream_ended(event.stream_id)
         elif isinstance(event, h2.events.StreamReset):
@@ -1250,22 +1498,18 @@ class _H2Connection:
         method, path, authority, headers, size, content_length = _h2_request_head(event.headers)
         client_done = event.stream_ended is not None
         probe = _H2Stream(stream_id, method or "-", path or "-", "", (), now, now)
-        if size > limits.max_header_bytes:
-            self._metrics.error("header_too_large")
-            self._refuse(stream_id, 431, "Request header fields too large", probe, client_done)
+        refusal = self._head_refusal(event.headers, method, path, size, content_length)
+        if refusal is not None:
+            kind, status, message = refusal
+            self._metrics.error(kind)
+            # A malformed request is a stream error (RFC 9113 section 8.1.1): after the
+            # 400, RST_STREAM PROTOCOL_ERROR if the client is still sending.
+            reset = _PROTOCOL_ERROR if status == 400 else h2.errors.ErrorCodes.NO_ERROR
+            reply = _text_reply(status, message)
+            self._send_reply_now(stream_id, reply, probe, client_done, reset)
             return
-        if not method or not path:
-            self._metrics.error("bad_request")
-            self._refuse(stream_id, 400, "Bad request: no :method or :path", probe, client_done)
-            return
-        if content_length is not None and content_length > limits.max_body_bytes:
-            self._metrics.error("body_too_large")
-            message = f"Request body exceeds {limits.max_body_bytes} bytes"
-            self._refuse(stream_id, 413, message, probe, client_done)
-            return
-        if self._reject:
-            reply = _text_reply(503, "Server at its connection limit", limits.retry_after)
-            self._send_reply_now(stream_id, reply, probe, client_done)
+        if self._reject is not None:
+            self._send_reply_now(stream_id, self._reject, probe, client_done)
             self.drain()
             return
         if authority and not any(name == "host" for name, _ in headers):
@@ -1274,6 +1518,41 @@ class _H2Connection:
         self._streams[stream_id] = _H2Stream(
             stream_id, method, path, query, tuple(headers), now, now + limits.read_timeout
         )
+        self._server._busy(self._slot)
+
+    def _head_refusal(
+        self,
+        raw: Sequence[tuple[bytes, bytes]],
+        method: str,
+        path: str,
+        size: int,
+        content_length: int | None,
+    ) -> tuple[str, int, str] | None:
+        """``(error kind, status, message)`` when a request head is refused."""
+        limits = self._limits
+        if size > limits.max_header_bytes:
+            return "header_too_large", 431, "Request header fields too large"
+        problem = _h2_malformed(raw, _H2_REQUEST)
+        if problem is not None:
+            # Transfer-Encoding, Connection and the like, bad names or values, pseudo-header
+            # trouble.
+            return "bad_request", 400, f"Bad request: malformed HTTP/2 request: {problem}"
+        if not method or not path:
+            return "bad_request", 400, "Bad request: no :method or :path"
+        if content_length is not None and content_length > limits.max_body_bytes:
+            return "body_too_large", 413, f"Request body exceeds {limits.max_body_bytes} bytes"
+        return None
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        s = self._streams.get(event.stream_id)
+        if s is None or s.ended:
+            return
+        problem = _h2_malformed(event.headers, _H2_TRAILERS)
+        if problem is not None:
+            self._metrics.error("bad_request")
+            self._drop(s)
+            reply = _text_reply(400, f"Bad request: malformed HTTP/2 trailers: {problem}")
+            self._send_reply_now(s.stream_id, reply, s, True, _PROTOCOL_ERROR)
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
         stream_id = event.stream_id
@@ -1327,6 +1606,8 @@ class _H2Connection:
         self._buffered_body -= len(s.body)
         s.body = bytearray()
         self._streams.pop(s.stream_id, None)
+        if not self._streams:
+            self._server._now_waiting(self._slot)
         self._poke()
 
     def _wake_senders(self, stream_id: int) -> None:
@@ -1350,11 +1631,17 @@ class _H2Connection:
         self._send_reply_now(stream_id, _text_reply(status, message), s, client_done)
 
     def _send_reply_now(
-        self, stream_id: int, reply: _Reply, s: _H2Stream, client_done: bool
+        self,
+        stream_id: int,
+        reply: _Reply,
+        s: _H2Stream,
+        client_done: bool,
+        reset: int = h2.errors.ErrorCodes.NO_ERROR,
     ) -> None:
         """Answer a stream at once with a small reply (no waiting on flow control: the body
         goes only if the window allows it). When the client is still sending, the stream is
-        then reset with NO_ERROR: the response is complete, the rest of the request unwanted."""
+        then reset with ``reset`` (by default NO_ERROR: the response is complete, the rest
+        of the request unwanted)."""
         headers = [(b":status", b"%d" % reply.status), *reply.headers]
         sent = 0
         try:
@@ -1366,7 +1653,7 @@ class _H2Connection:
             else:
                 self._h2.end_stream(stream_id)
             if not client_done:
-                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                self._h2.reset_stream(stream_id, reset)
         except h2.exceptions.ProtocolError:
             pass
         self._flush()
@@ -1414,6 +1701,8 @@ class _H2Connection:
             if sent >= 0:
                 status = reply.status
         self._streams.pop(s.stream_id, None)
+        if not self._streams:
+            self._server._now_waiting(self._slot)
         self._last_activity = trio.current_time()
         self._poke()
         self._server._record(

@@ -188,7 +188,9 @@ class Metrics:
         )
         self.connections = Counter(
             "mdmgate_http_connections_total",
-            "Connections accepted (outcome=accepted) or turned away (outcome=rejected).",
+            "New connections by outcome: accepted; rejected (503, at the connection limit);"
+            " over_budget (429, its address at its connection budget); dropped (closed"
+            " unanswered, past both); shed (an open, waiting connection closed to make room).",
             ("outcome",),
         )
         #: Connections currently open.

@@ -10,7 +10,9 @@ protocol layers rely on:
 * each device sees its queue in enqueue order; a delivery moves ``queued`` -> ``sent`` (in a
   session) -> ``acknowledged`` / ``error``, or ``not_now`` (offered again later), or
   ``accepted`` (the device will report the outcome later; not offered again);
-* deliveries sent in a session whose result never came are offered again (at-least-once);
+* deliveries sent in a session whose result never came are offered again (at-least-once),
+  up to a cap the caller may set: then they end ``failed`` (a command that crashes the device
+  or whose answer cannot be read must not break every later session);
 * results are stored once per (command, device): a repeated report changes nothing.
 
 Nothing here assumes SQLite: the PostgreSQL backend for multi-node deployments implements the
@@ -41,6 +43,7 @@ __all__ = [
     "StoreError",
     "StoredDeclaration",
     "UnknownDevices",
+    "offers_exhausted",
     "org_covers",
 ]
 
@@ -54,11 +57,15 @@ class DeliveryState(enum.StrEnum):
     ACKNOWLEDGED = "acknowledged"
     ERROR = "error"
     NOT_NOW = "not_now"
+    #: Given up by the gateway: handed out ``max_offers`` times without any answer (the
+    #: device crashed on it, cut the session, or its answer could not be read); the status
+    #: says so. Final, like ``acknowledged`` and ``error``.
+    FAILED = "failed"
 
     @property
     def final(self) -> bool:
-        """Whether the device has answered for good."""
-        return self in (DeliveryState.ACKNOWLEDGED, DeliveryState.ERROR)
+        """Whether the delivery is over: answered for good, or given up."""
+        return self in (DeliveryState.ACKNOWLEDGED, DeliveryState.ERROR, DeliveryState.FAILED)
 
 
 class StoreError(Exception):
@@ -134,6 +141,11 @@ class StoredDeclaration(msgspec.Struct, frozen=True):
     seq: int = 0
 
 
+def offers_exhausted(offers: int) -> str:
+    """The status of a delivery given up after ``offers`` offers without an answer."""
+    return f"offered {offers} times without an answer"
+
+
 def org_covers(target: str, org: str) -> bool:
     """Whether org path ``target`` is ``org`` or one of its ancestors."""
     target = target.rstrip("/") or "/"
@@ -152,6 +164,9 @@ class Delivery:
     session: str | None = None
     result: bytes | None = None
     status: str | None = None
+    #: How many times :meth:`Store.take` handed it out (a NotNow answer starts the count
+    #: again); more than one while unanswered means the earlier offers got no answer.
+    offers: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,11 +209,21 @@ class Store(Protocol):
         choosing the same id cannot both succeed)."""
         ...
 
-    async def take(self, device_id: str, session: str, limit: int) -> list[Delivery]:
+    async def take(
+        self, device_id: str, session: str, limit: int, *, max_offers: int | None = None
+    ) -> list[Delivery]:
         """Marks up to ``limit`` deliveries as sent in ``session`` and returns them, in
         enqueue order: queued ones, and ``sent``/``not_now`` ones from an earlier session
         (sent without a result, or deferred by the device). What this session was already
-        given, or what the device deferred in it, is not handed out again."""
+        given, or what the device deferred in it, is not handed out again. Each one handed
+        out counts one more offer (:attr:`Delivery.offers`, in the same atomic step).
+
+        With ``max_offers`` (at least 1): a delivery already handed out ``max_offers``
+        times without an answer ends :attr:`DeliveryState.FAILED` with the status
+        ``"offered N times without an answer"`` instead; and one handed out before without
+        an answer (a retry: offers > 0) is handed out alone, as the only delivery of the
+        call, or not in this call when others come before it, so that a command that kills
+        the device's session does not take the commands behind it down too."""
         ...
 
     async def record_result(
@@ -209,9 +234,9 @@ class Store(Protocol):
         status: str | None,
         result: bytes | None,
     ) -> bool:
-        """Stores the device's answer. ``state`` is ACKNOWLEDGED, ERROR or NOT_NOW. Returns
-        False (and changes nothing) when a final result was already stored, or the delivery
-        does not exist."""
+        """Stores the device's answer. ``state`` is ACKNOWLEDGED, ERROR, ACCEPTED or NOT_NOW
+        (which also starts the offer count again). Returns False (and changes nothing) when
+        the delivery is already final (a result stored, or given up), or does not exist."""
         ...
 
     async def command_status(self, command_id: str) -> CommandStatus | None: ...

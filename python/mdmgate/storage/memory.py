@@ -21,6 +21,7 @@ from mdmgate.storage import (
     RevisionConflict,
     StoredDeclaration,
     UnknownDevices,
+    offers_exhausted,
     org_covers,
 )
 
@@ -103,7 +104,9 @@ class MemoryStore:
             added += 1
         return added
 
-    async def take(self, device_id: str, session: str, limit: int) -> list[Delivery]:
+    async def take(
+        self, device_id: str, session: str, limit: int, *, max_offers: int | None = None
+    ) -> list[Delivery]:
         entries = sorted(self._queues.get(device_id, {}).values(), key=lambda e: e.seq)
         taken: list[Delivery] = []
         for entry in entries:
@@ -113,8 +116,20 @@ class MemoryStore:
             in_session = d.session == session and d.state is not DeliveryState.QUEUED
             if d.state not in _OFFERED or in_session:
                 continue
-            entry.delivery = replace(d, state=DeliveryState.SENT, session=session)
+            retry = max_offers is not None and d.offers > 0
+            if max_offers is not None and d.offers >= max_offers:
+                entry.delivery = replace(
+                    d, state=DeliveryState.FAILED, status=offers_exhausted(d.offers)
+                )
+                continue
+            if retry and taken:
+                break  # a retry goes out alone
+            entry.delivery = replace(
+                d, state=DeliveryState.SENT, session=session, offers=d.offers + 1
+            )
             taken.append(entry.delivery)
+            if retry:
+                break
         return taken
 
     async def record_result(
@@ -128,7 +143,10 @@ class MemoryStore:
         entry = self._queues.get(device_id, {}).get(command_id)
         if entry is None or entry.delivery.state.final:
             return False
-        entry.delivery = replace(entry.delivery, state=state, status=status, result=result)
+        offers = 0 if state is DeliveryState.NOT_NOW else entry.delivery.offers
+        entry.delivery = replace(
+            entry.delivery, state=state, status=status, result=result, offers=offers
+        )
         return True
 
     async def command_status(self, command_id: str) -> CommandStatus | None:

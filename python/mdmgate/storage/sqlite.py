@@ -44,6 +44,7 @@ from mdmgate.storage import (
     RevisionConflict,
     StoredDeclaration,
     UnknownDevices,
+    offers_exhausted,
 )
 
 __all__ = ["SQLiteStore"]
@@ -130,13 +131,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX notifications_due ON notifications (due_at, created_at, id)
         WHERE state IN ('scheduled', 'running');
     """,
+    # How many times each delivery was handed out since its last answer (the offer cap).
+    """
+    ALTER TABLE deliveries ADD COLUMN offers INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 #: What take() hands out (the partial index deliveries_open covers these).
 _OFFERED = "('queued', 'sent', 'not_now')"
 #: Not yet answered for good: also what the device accepted and will report on later.
 _OPEN = "('queued', 'sent', 'not_now', 'accepted')"
-_FINAL = "('acknowledged', 'error')"
+_FINAL = "('acknowledged', 'error', 'failed')"
 #: Notifications still to run (the partial index notifications_due covers these).
 _PENDING = "('scheduled', 'running')"
 
@@ -463,7 +468,9 @@ class SQLiteStore:
 
         return await self._run(write)
 
-    async def take(self, device_id: str, session: str, limit: int) -> list[Delivery]:
+    async def take(
+        self, device_id: str, session: str, limit: int, *, max_offers: int | None = None
+    ) -> list[Delivery]:
         # Most check-ins find nothing to hand out: say so from the read connection, without
         # a write transaction. A command queued a moment later waits for the next session,
         # as it would have had it come a moment later still.
@@ -471,9 +478,23 @@ class SQLiteStore:
             return []
 
         def write(db: sqlite3.Connection) -> list[Delivery]:
+            now = time.time()
             with _transaction(db):
+                if max_offers is not None:
+                    # Given up: offered max_offers times and never answered.
+                    for seq, offers in db.execute(
+                        f"SELECT seq, offers FROM deliveries WHERE device_id = ?"
+                        f" AND state IN {_OFFERED} AND offers >= ?"
+                        " AND NOT (state IN ('sent', 'not_now') AND session IS ?)",
+                        (device_id, max_offers, session),
+                    ).fetchall():
+                        db.execute(
+                            "UPDATE deliveries SET state = 'failed', status = ?, updated = ?"
+                            " WHERE seq = ?",
+                            (offers_exhausted(offers), now, seq),
+                        )
                 rows = db.execute(
-                    "SELECT d.seq, d.command_id, c.kind, c.body FROM deliveries d"
+                    "SELECT d.seq, d.command_id, c.kind, c.body, d.offers FROM deliveries d"
                     " JOIN commands c ON c.id = d.command_id"
                     f" WHERE d.device_id = ? AND d.state IN {_OFFERED}"
                     # Neither what this session was already given nor what the device
@@ -482,12 +503,20 @@ class SQLiteStore:
                     " ORDER BY d.seq LIMIT ?",
                     (device_id, session, limit),
                 ).fetchall()
+                if max_offers is not None:
+                    # A retry (handed out before, never answered) goes out alone.
+                    retry = next((i for i, r in enumerate(rows) if r[4] > 0), None)
+                    if retry is not None:
+                        rows = rows[:retry] if retry > 0 else rows[:1]
                 db.executemany(
-                    "UPDATE deliveries SET state = 'sent', session = ?, updated = ? WHERE seq = ?",
-                    [(session, time.time(), r[0]) for r in rows],
+                    "UPDATE deliveries SET state = 'sent', session = ?, updated = ?,"
+                    " offers = offers + 1 WHERE seq = ?",
+                    [(session, now, r[0]) for r in rows],
                 )
             return [
-                Delivery(r[1], device_id, r[2], bytes(r[3]), DeliveryState.SENT, session)
+                Delivery(
+                    r[1], device_id, r[2], bytes(r[3]), DeliveryState.SENT, session, offers=r[4] + 1
+                )
                 for r in rows
             ]
 
@@ -503,10 +532,12 @@ class SQLiteStore:
     ) -> bool:
         def write(db: sqlite3.Connection) -> bool:
             with _transaction(db):
+                # NotNow is an answer: the offer count starts again.
                 cursor = db.execute(
-                    "UPDATE deliveries SET state = ?, status = ?, result = ?, updated = ?"
+                    "UPDATE deliveries SET state = ?, status = ?, result = ?, updated = ?,"
+                    " offers = CASE WHEN ? = 'not_now' THEN 0 ELSE offers END"
                     f" WHERE command_id = ? AND device_id = ? AND state NOT IN {_FINAL}",
-                    (state.value, status, result, time.time(), command_id, device_id),
+                    (state.value, status, result, time.time(), state.value, command_id, device_id),
                 )
             return cursor.rowcount > 0
 
@@ -521,7 +552,7 @@ class SQLiteStore:
                 return None
             kind, body = command[0], bytes(command[1])
             rows = db.execute(
-                "SELECT device_id, state, session, status, result FROM deliveries"
+                "SELECT device_id, state, session, status, result, offers FROM deliveries"
                 " WHERE command_id = ? ORDER BY seq",
                 (command_id,),
             ).fetchall()
@@ -535,6 +566,7 @@ class SQLiteStore:
                     r[2],
                     None if r[4] is None else bytes(r[4]),
                     r[3],
+                    r[5],
                 )
                 for r in rows
             )
@@ -547,8 +579,8 @@ class SQLiteStore:
 
         def read(db: sqlite3.Connection) -> list[Delivery]:
             rows = db.execute(
-                "SELECT d.command_id, c.kind, c.body, d.state, d.session, d.result, d.status"
-                " FROM deliveries d JOIN commands c ON c.id = d.command_id"
+                "SELECT d.command_id, c.kind, c.body, d.state, d.session, d.result, d.status,"
+                " d.offers FROM deliveries d JOIN commands c ON c.id = d.command_id"
                 " WHERE d.device_id = ? AND d.state IN (SELECT value FROM json_each(?))"
                 " ORDER BY d.seq",
                 (device_id, wanted),
@@ -563,6 +595,7 @@ class SQLiteStore:
                     r[4],
                     None if r[5] is None else bytes(r[5]),
                     r[6],
+                    r[7],
                 )
                 for r in rows
             ]

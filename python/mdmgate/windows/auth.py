@@ -14,6 +14,10 @@ The OMA-DM RepPro ``Cred`` example (user ``Bruce2``, password ``OhBehave``, nonc
 digest ``Zz6EivR3yeaaENcRN6lpAQ==``) is a test vector for exactly this construction.
 
 ``syncml:auth-basic`` is ``B64(username ":" password)``.
+
+Authentication is mutual in OMA-DM: a client may require the server to prove itself with
+its own ``Cred`` (:func:`server_credentials`), an MD5 digest over the server's name and
+secret and the nonce the *client* issued to the server.
 """
 
 from __future__ import annotations
@@ -29,11 +33,15 @@ from typing import Literal
 __all__ = [
     "AUTH_BASIC",
     "AUTH_MD5",
+    "FACT_CLIENT_NONCE",
+    "FACT_SERVER_AUTH",
+    "FACT_SERVER_NONCE",
     "basic_credentials",
     "challenge",
     "check_credentials",
     "md5_digest",
     "new_nonce",
+    "server_credentials",
 ]
 
 AUTH_MD5 = "syncml:auth-md5"
@@ -41,6 +49,14 @@ AUTH_BASIC = "syncml:auth-basic"
 
 #: OMA-DM recommends nonces of at least 128 bits.
 _NONCE_BYTES = 16
+
+# Device facts (base64 nonces), shared by every gateway process through the store.
+#: The nonce the device must use in its next MD5 credentials (issued by the gateway).
+FACT_CLIENT_NONCE = "syncml_nonce"
+#: The nonce the gateway must use in its next MD5 server credentials (issued by the device).
+FACT_SERVER_NONCE = "syncml_server_nonce"
+#: ``"required"`` once the device asked the server to authenticate (401/407 on our SyncHdr).
+FACT_SERVER_AUTH = "syncml_server_auth"
 
 
 def md5_digest(username: str, secret: str, nonce: bytes) -> str:
@@ -61,8 +77,13 @@ def check_credentials(
     username: str,
     secret: str,
     nonce: bytes | None,
+    method: Literal["md5", "basic"] | None = None,
 ) -> Literal["ok", "missing", "wrong"]:
     """Checks a SyncHdr ``Cred`` (its ``Meta`` and ``Data``) against the expected account.
+
+    ``method`` is the credential type registered for the device: a ``Cred`` of the other
+    type is ``"wrong"`` even with the right secret (no downgrade from MD5 to basic, which
+    would send the secret itself). ``None`` accepts either type.
 
     ``"missing"`` when there is no credential (answer 407 with a challenge), ``"wrong"`` when
     there is one that does not match (answer 401 with a fresh challenge): an unknown or
@@ -77,6 +98,8 @@ def check_credentials(
     kind = meta.get("Type", AUTH_BASIC)
     form = meta.get("Format", "b64")
     if not isinstance(kind, str) or not isinstance(form, str) or form.strip() != "b64":
+        return "wrong"
+    if method is not None and kind.strip() != (AUTH_MD5 if method == "md5" else AUTH_BASIC):
         return "wrong"
     given = cred_data.strip().encode()
     expected: bytes | None = None
@@ -108,3 +131,10 @@ def challenge(nonce: bytes, *, method: Literal["md5", "basic"] = "md5") -> dict[
         "Format": "b64",
         "NextNonce": base64.b64encode(nonce).decode("ascii"),
     }
+
+
+def server_credentials(username: str, secret: str, nonce: bytes) -> tuple[dict[str, str], str]:
+    """The server's own ``Cred`` for its SyncHdr (its ``Meta`` and ``Data``): MD5 over the
+    server's name and secret and the nonce the client issued to the server (empty when the
+    client has issued none yet: it then challenges with one)."""
+    return {"Type": AUTH_MD5, "Format": "b64"}, md5_digest(username, secret, nonce)

@@ -6,7 +6,15 @@ inventory, install outcomes) and hands the device its queued commands. The sessi
 holds the protocol; this module holds the I/O and the policy.
 
 Sessions live in this process's memory. A session cut short (restart, expiry, another worker)
-loses nothing: what it handed out without an answer is offered again in the next session.
+loses nothing: what it handed out without an answer is offered again in the next session, up
+to ``max_offers`` times; then it ends ``failed`` (a command that crashes the device, or whose
+answer cannot be read, must not break every later session).
+
+Authentication is mutual when the device wants it: the gateway then puts its own ``Cred`` in
+its SyncHdr (server credentials of the device, or the gateway's), over the nonce the device
+issued to it; nonces both ways are kept in the device's facts, so every process shares them.
+A device that refused a message because the server was not authenticated ran none of its
+commands: they are offered again, with the gateway's ``Cred``, in the same session.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import trio
@@ -29,14 +37,17 @@ from mdmgate.errors import SyncMLDecodeError
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import DeliveryState, Device, Store
 from mdmgate.syncml import Message
-from mdmgate.windows import apps, auth
+from mdmgate.windows import apps, auth, enrollment
 from mdmgate.windows.session import (
     CommandAnswered,
     DeviceAlert,
+    DeviceCommand,
     DeviceInfo,
     Outgoing,
+    PartStatus,
     Session,
     SessionError,
+    opens_session,
 )
 
 __all__ = ["CONTENT_TYPES", "WindowsService"]
@@ -56,6 +67,11 @@ FACT_DEVINFO = "devinfo"
 FACT_APPS = "apps"
 FACT_WINDOWS_APPS = "windows_apps"
 FACT_INSTALLS = "app_installs"
+#: Other nodes the device reported in its own Add/Replace (LocURI -> data), merged.
+FACT_NODES = "nodes"
+#: Bounds on FACT_NODES: a value longer than this is not kept, nor nodes past the count.
+NODE_VALUE_MAX = 64 * 1024
+NODES_MAX = 1000
 #: The nonce the device must use in its next MD5 credentials (base64).
 FACT_NONCE = "syncml_nonce"
 
@@ -70,6 +86,34 @@ class _Live:
     bodies: dict[str, bytes] = field(default_factory=dict)
     lock: trio.Lock = field(default_factory=trio.Lock)
     last_used: float = 0.0
+    #: A new session with the same SessionID took this one's place (it was stale).
+    replaced: bool = False
+    #: Server authentication: the device answered the gateway's Cred with 212 (for the
+    #: whole session), asked for it (401/407), how often it refused, and the nonce it
+    #: issued last (None: the stored one).
+    server_authenticated: bool = False
+    server_challenged: bool = False
+    server_refusals: int = 0
+    server_nonce: bytes | None = None
+    #: The device message being handled refused the gateway's last message (401/407 on
+    #: its SyncHdr): the statuses of its commands are no answers; they go out again.
+    refusing: bool = False
+    refused: list[Outgoing] = field(default_factory=list)
+    #: The device asked to be unenrolled in this session: nothing more is handed out.
+    unenrolled: bool = False
+
+
+#: Default cap on how often a delivery is handed out without any answer before it ends
+#: ``failed``. A healthy device answers in the session it gets a command; a session cut by
+#: the network now and then may cost one more offer. Five sessions in a row without an
+#: answer (about a day and a half on Windows' 8-hour schedule, minutes when pushed) means the
+#: command itself kills the session, and every later session with it.
+MAX_OFFERS = 5
+#: Times a device may refuse the gateway's credentials in one session before the gateway
+#: stops offering the refused commands again (they wait for a later session).
+SERVER_AUTH_TRIES = 2
+
+ServerAuth = Literal["on_challenge", "required"]
 
 
 class WindowsService:
@@ -86,8 +130,24 @@ class WindowsService:
         session_ttl: float = 600.0,
         max_sessions: int = 100_000,
         on_devices_changed: Callable[[Iterable[str]], None] | None = None,
+        max_offers: int = MAX_OFFERS,
+        server_username: str | None = None,
+        server_secret: str | None = None,
+        server_auth: ServerAuth = "on_challenge",
     ) -> None:
+        if max_offers < 1:
+            raise ValueError("max_offers must be at least 1")
+        if (server_username is None) != (server_secret is None):
+            raise ValueError("server_username and server_secret go together")
         self.store = store
+        #: A delivery handed out this often without an answer ends ``failed``.
+        self.max_offers = max_offers
+        #: The gateway's own credentials for devices that require the server to
+        #: authenticate (a device's ``auth.server_username``/``server_secret`` win), and
+        #: when to send them: once the device asks, or from its first message on.
+        self.server_username = server_username
+        self.server_secret = server_secret
+        self.server_auth = server_auth
         #: Told when a device is registered or reports its inventory (the fleet index).
         self.on_devices_changed = on_devices_changed
         self.dev = dev
@@ -113,8 +173,11 @@ class WindowsService:
         device_id = message.header.source or ""
         self._expire(trio.current_time())
         live = self._sessions.get((device_id, message.header.session_id))
-        if live is None:
-            if len(self._sessions) >= self.max_sessions:
+        # SessionIDs are unique only among live sessions: a message that opens a session
+        # (MsgID 1, Alert 1200/1201) starts a new one, which replaces a stale one holding
+        # the same SessionID once it authenticates (in _exchange).
+        if live is None or opens_session(message):
+            if live is None and len(self._sessions) >= self.max_sessions:
                 # Windows honours 429 + Retry-After and comes back later.
                 return _text(429, "too many open OMA-DM sessions", (("retry-after", "5"),))
             live = _Live(self._new_session(message), uuid.uuid4().hex)
@@ -144,11 +207,13 @@ class WindowsService:
 
         def answer(data: bytes, *, keep: bool) -> Response:
             if keep:
-                live.last_used = trio.current_time()
-                self._sessions[key] = live
-                self._sessions.move_to_end(key)
-            else:
-                self._sessions.pop(key, None)
+                if not live.replaced:
+                    live.last_used = trio.current_time()
+                    self._sessions[key] = live
+                    self._sessions.move_to_end(key)
+            elif self._sessions.get(key) is live:
+                # Never another session's entry: a refused opening leaves the live one.
+                del self._sessions[key]
             return Response(200, (("content-type", content_type),), data)
 
         device = await self.store.get_device(device_id)
@@ -160,6 +225,16 @@ class WindowsService:
             device = Device(device_id, "windows")
             await self.store.upsert_devices([device])
             self._changed(device_id)
+        if not live.authenticated and enrollment.FACT_UNENROLLED in device.facts:
+            # Refused exactly as an unknown device is, before any credentials are checked:
+            # an unauthenticated caller must not learn that this id was ever enrolled.
+            _log.info(
+                "unenrolled Windows device %r refused: %s",
+                device_id,
+                device.facts[enrollment.FACT_UNENROLLED],
+            )
+            reply = session.reply(header_status=403, wbxml=wbxml, to=message)
+            return answer(reply.data, keep=False)
         if not live.authenticated:
             verdict = await self._authenticate(device, message, request)
             if verdict.status >= 300:
@@ -169,22 +244,29 @@ class WindowsService:
                 return answer(reply.data, keep=False)
             live.authenticated = True
             header_status, chal = verdict.status, verdict.chal
+            self._replace_stale(key, live)
         else:
             header_status, chal = 200, None
         try:
             events = session.receive(message)
         except SessionError as exc:
             return _text(400, f"SyncML session error: {exc}")
+        await self._server_status(device, message, live)
         for event in events:
             await self._apply(device, event, live)
+        if live.refused:
+            self._offer_refused(device, live)
         more = False
-        if message.final and session.pending < self.batch:
-            taken = await self.store.take(device_id, live.key, self.batch)
+        if message.final and session.pending < self.batch and not live.unenrolled:
+            taken = await self.store.take(
+                device_id, live.key, self.batch, max_offers=self.max_offers
+            )
             for delivery in taken:
                 live.bodies[delivery.command_id] = delivery.body
             session.offer(Outgoing(d.command_id, d.body) for d in taken)
             # A full batch: the queue may hold more, so the package must not end yet.
             more = len(taken) == self.batch
+        session.server_cred = await self._server_cred(device, live)
         reply = session.reply(header_status=header_status, chal=chal, wbxml=wbxml, more=more)
         for dropped in reply.dropped:
             await self.store.record_result(
@@ -195,6 +277,16 @@ class WindowsService:
                 b"the command does not fit the device's MaxMsgSize",
             )
         return answer(reply.data, keep=not reply.ended)
+
+    def _replace_stale(self, key: tuple[str, str], live: _Live) -> None:
+        """``live`` opened a session and authenticated: a stale one holding its SessionID
+        goes. What that one handed out unanswered is offered again: its deliveries stay
+        sent under its store key, which take() hands out anew."""
+        stale = self._sessions.get(key)
+        if stale is not None and stale is not live:
+            _log.info("Windows device %r reopened session %r", key[0], key[1])
+            stale.replaced = True
+            del self._sessions[key]
 
     # -- authentication
 
@@ -217,12 +309,14 @@ class WindowsService:
             secret = str(device.auth.get("secret", ""))
             stored = device.facts.get(FACT_NONCE)
             nonce = base64.b64decode(stored) if isinstance(stored, str) else None
+            # Only the registered type: no downgrade from a digest to the secret itself.
             outcome = auth.check_credentials(
                 message.header.cred_meta,
                 message.header.cred_data,
                 username=username,
                 secret=secret,
                 nonce=nonce,
+                method="md5" if method == "md5" else "basic",
             )
             # A fresh nonce with every answer: a digest is never accepted twice.
             next_nonce = auth.new_nonce()
@@ -236,6 +330,90 @@ class WindowsService:
         _log.warning("Windows device %r has unknown auth method %r", device.id, method)
         return _Verdict(403)
 
+    # -- server authentication (the device authenticates the gateway)
+
+    def _server_account(self, device: Device) -> tuple[str, str] | None:
+        """The server credentials for this device: its own, else the gateway's."""
+        username = device.auth.get("server_username")
+        secret = device.auth.get("server_secret")
+        if isinstance(username, str) and isinstance(secret, str):
+            return username, secret
+        if self.server_username is not None and self.server_secret is not None:
+            return self.server_username, self.server_secret
+        return None
+
+    async def _server_status(self, device: Device, message: Message, live: _Live) -> None:
+        """Reads the device's Status for the gateway's last SyncHdr: 212 authenticated for
+        the session, 401/407 refused (a Chal's NextNonce is the nonce to use next)."""
+        live.refusing = False
+        found = _server_auth_status(message)
+        if found is None:
+            return
+        code, next_nonce = found
+        changes: dict[str, Any] = {}
+        if next_nonce is not None:
+            live.server_nonce = next_nonce
+            changes[auth.FACT_SERVER_NONCE] = base64.b64encode(next_nonce).decode()
+        if code in (401, 407):
+            live.refusing = True
+            live.server_authenticated = False
+            live.server_challenged = True
+            live.server_refusals += 1
+            if device.facts.get(auth.FACT_SERVER_AUTH) != "required":
+                changes[auth.FACT_SERVER_AUTH] = "required"
+            _log.info(
+                "Windows device %r refused the server's credentials (%d): its commands were"
+                " not run",
+                device.id,
+                code,
+            )
+        elif code == 212:
+            live.server_authenticated = True
+        if changes:
+            await self.store.merge_facts(device.id, changes)
+
+    def _offer_refused(self, device: Device, live: _Live) -> None:
+        """Offers the commands the device refused unexecuted again in this session, now
+        with the gateway's Cred, unless it has refused too often: they then wait (sent, not
+        answered) for a later session."""
+        refused, live.refused = live.refused, []
+        if self._server_account(device) is None:
+            _log.warning(
+                "Windows device %r requires the server to authenticate, and no server"
+                " credentials are configured (auth.server_username/server_secret, or"
+                " [windows] in the config)",
+                device.id,
+            )
+            return
+        if live.server_refusals > SERVER_AUTH_TRIES:
+            _log.warning(
+                "Windows device %r keeps refusing the server's credentials: check its"
+                " server_username/server_secret and server nonce",
+                device.id,
+            )
+            return
+        for outgoing in refused:
+            live.bodies[outgoing.command_id] = outgoing.body
+        live.session.forget(o.command_id for o in refused)
+        live.session.offer(refused)
+
+    async def _server_cred(self, device: Device, live: _Live) -> tuple[dict[str, str], str] | None:
+        """The gateway's Cred for its next message, when the device requires one and has
+        not accepted the gateway for the session yet."""
+        if live.server_authenticated:
+            return None
+        mode = device.auth.get("server_auth", self.server_auth)
+        asked = live.server_challenged or device.facts.get(auth.FACT_SERVER_AUTH) == "required"
+        if mode != "required" and not asked:
+            return None
+        account = self._server_account(device)
+        if account is None:
+            return None
+        nonce = live.server_nonce
+        if nonce is None:
+            nonce = _b64_fact(device.facts.get(auth.FACT_SERVER_NONCE)) or b""
+        return auth.server_credentials(*account, nonce)
+
     # -- state
 
     async def _apply(self, device: Device, event: object, live: _Live) -> None:
@@ -243,18 +421,80 @@ class WindowsService:
             values = {**device.facts.get(FACT_DEVINFO, {}), **event.values}
             if values != device.facts.get(FACT_DEVINFO):  # every session sends the same
                 await self.store.merge_facts(device.id, {FACT_DEVINFO: values})
+        elif isinstance(event, DeviceAlert) and enrollment.is_unenroll_request(
+            event.code, event.items
+        ):
+            await self._unenroll(device, live)
         elif isinstance(event, DeviceAlert):
             result = apps.parse_app_alert(event.code, event.items)
             if result is not None:
                 await self._complete_from_alert(device, result)
+        elif isinstance(event, CommandAnswered) and live.refusing:
+            # Refused because the gateway had not authenticated: not run, no answer.
+            body = live.bodies.pop(event.command_id, b"")
+            live.refused.append(Outgoing(event.command_id, body))
         elif isinstance(event, CommandAnswered):
             await self._record_answer(device, event, live.bodies.pop(event.command_id, b""))
+        elif isinstance(event, DeviceCommand) and event.command.name in ("Add", "Replace"):
+            await self._store_nodes(device.id, event.command)
+
+    async def _store_nodes(self, device_id: str, command: syncml.Command) -> None:
+        """Merges the nodes of a device's own Add/Replace into FACT_NODES (its DevInfo
+        items come as DeviceInfo). Binary data that is not UTF-8 is kept base64-encoded."""
+        values: dict[str, str] = {}
+        for item in command.items:
+            uri = item.source or item.target
+            if not uri:
+                continue
+            data = item.data
+            if isinstance(data, bytes):
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    text = base64.b64encode(data).decode()
+            else:
+                text = data or ""
+            if len(text) > NODE_VALUE_MAX:
+                _log.info("node %r of %r too large to keep as a fact", uri, device_id)
+                continue
+            values[uri] = text
+        if not values:
+            return
+        current = await self.store.get_device(device_id)
+        stored = current.facts.get(FACT_NODES) if current is not None else None
+        nodes: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
+        merged = dict(nodes)
+        for uri, text in values.items():
+            if uri in merged or len(merged) < NODES_MAX:
+                merged[uri] = text
+        if merged != nodes:  # every session sends the same
+            await self.store.merge_facts(device_id, {FACT_NODES: merged})
+
+    async def _unenroll(self, device: Device, live: _Live) -> None:
+        """The user removed the work account: the device is marked unenrolled (and the
+        event recorded in its facts), its open deliveries end, and its later sessions are
+        refused until it is registered or enrols again."""
+        live.unenrolled = True
+        current = await self.store.get_device(device.id)
+        facts = current.facts if current is not None else device.facts
+        if enrollment.FACT_UNENROLLED in facts:
+            return  # the same alert again
+        await self.store.merge_facts(device.id, enrollment.unenrolled(facts))
+        ended = await self.store.cancel_open(device.id, "unenrolled")
+        _log.warning(
+            "Windows device %r unenrolled at the user's request: %d open deliveries ended,"
+            " later sessions refused until it is registered again",
+            device.id,
+            ended,
+        )
 
     async def _record_answer(self, device: Device, event: CommandAnswered, body: bytes) -> None:
         codes = [s.code for s in event.statuses]
-        failed = [s for s in event.statuses if s.code >= 300 and s.code != 418]
+        # Only 200-299 are success; 0, 1xx or no number at all is the device's error. A 418
+        # on an Add that is retried is not: its Replace's status stands in.
+        failed = [s for s in event.statuses if not _succeeded(s) and not s.retried]
         if failed:
-            state, status = DeliveryState.ERROR, str(failed[0].code)
+            state, status = DeliveryState.ERROR, _status_text(failed[0])
         elif 202 in codes:
             state, status = DeliveryState.ACCEPTED, "202"
         else:
@@ -418,6 +658,47 @@ def _inventory_scope(target: str) -> _Coverage | None:
                 return None
             padded: list[str | None] = [*rest, None, None]
             return _Coverage(scope, padded[0], padded[1])
+    return None
+
+
+#: 2xx codes that say the command did not run: 214 cancelled, 215 not executed, 216 rolled
+#: back with its Atomic. Recorded as the device's error, keeping the code.
+NOT_RUN = frozenset({214, 215, 216})
+
+
+def _succeeded(status: PartStatus) -> bool:
+    return status.numeric and 200 <= status.code < 300 and status.code not in NOT_RUN
+
+
+def _status_text(status: PartStatus) -> str:
+    """The delivery status for a device Status: its code, or what it sent instead."""
+    if status.numeric:
+        return str(status.code)
+    return (status.data or "").strip()[:64]
+
+
+def _b64_fact(value: object) -> bytes | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+
+
+def _server_auth_status(message: Message) -> tuple[int, bytes | None] | None:
+    """The device's Status for the gateway's SyncHdr (code, and the NextNonce its Chal
+    issues), or None when the message carries none."""
+    for command in message.commands:
+        if command.name != "Status" or command.cmd_ref != "0":
+            continue
+        data = command.data if isinstance(command.data, str) else ""
+        try:
+            code = int(data.strip())
+        except ValueError:
+            code = 0
+        nonce = (command.chal or {}).get("NextNonce")
+        return code, _b64_fact(nonce.strip()) if isinstance(nonce, str) else None
     return None
 
 

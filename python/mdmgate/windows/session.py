@@ -18,7 +18,8 @@ One HTTP request is one device message::
 Authenticate *before* calling :meth:`Session.receive`. A refused message is answered with
 ``reply(header_status=401 or 407, chal=..., to=message)`` and never touches the session. If
 ``receive`` was called anyway, a non-2xx ``reply`` rolls the session back to before that
-``receive`` (its events must then be ignored) and answers only the SyncHdr.
+``receive`` (its events must then be ignored). A refusal gives the SyncHdr and every
+command of the message the same status (nothing executed), with Final.
 
 Stored commands (:class:`Outgoing`) hold the XML of one or more SyncML commands as an
 admin stored them; their CmdIDs are placeholders, replaced by fresh ones per message. The
@@ -31,7 +32,7 @@ empty message is dropped and reported in :attr:`Reply.dropped`, not in a later
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -52,9 +53,12 @@ __all__ = [
     "Session",
     "SessionAborted",
     "SessionError",
+    "opens_session",
 ]
 
 # Alert codes (OMA-DM 1.2).
+SERVER_INITIATED = 1200
+CLIENT_INITIATED = 1201
 NEXT_MESSAGE = 1222
 SESSION_ABORT = 1223
 END_OF_DATA_MISSING = 1225
@@ -111,8 +115,10 @@ class DeviceAlert:
 
 @dataclass(frozen=True)
 class DeviceCommand:
-    """Any other command the device sent (not a Status, a DevInfo Replace, or Results the
-    session matched to a Get); large objects come reassembled."""
+    """Any other command the device sent (not a Status, or Results the session matched to
+    a Get); large objects come reassembled. The ``./DevInfo/*`` items of an Add or Replace
+    come as :class:`DeviceInfo` instead: such a command comes here with its other items
+    only, and not at all when it has none."""
 
     command: Command
 
@@ -121,9 +127,11 @@ class DeviceCommand:
 class PartStatus:
     """One device Status for one SyncML command of a stored command.
 
-    ``code`` is the status code (0 when the device's Data was no number; then ``data`` holds
-    it), ``target`` the Status's first TargetRef or the command's first target LocURI,
-    ``data`` the ``msft:originalerror`` HRESULT or the Status Item's data when present.
+    ``code`` is the status code (0 with ``numeric`` False when the device's Data was no
+    number; then ``data`` holds it), ``target`` the Status's first TargetRef or the
+    command's first target LocURI, ``data`` the ``msft:originalerror`` HRESULT or the Status
+    Item's data when present. Only 200-299 are success; any other code (0, 1xx, ...) is
+    the device's error.
     A chunked Results the session could not reassemble adds ``cmd="Results"`` with code
     413 (larger than ``max_object_size``), 424 (size mismatch) or 1225 (chunks stopped).
     """
@@ -132,6 +140,10 @@ class PartStatus:
     code: int
     target: str | None
     data: str | None
+    numeric: bool = True
+    #: A 418 on an Add that the session retries as a Replace: the Replace's status stands
+    #: in for it. A 418 not retried (an Add inside Atomic or Sequence) is an error.
+    retried: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,6 +304,8 @@ class _Incoming:
     source: str | None
     final: bool
     asks_next: bool
+    # (CmdID, name) of each command owed a Status, in order (what a refusal answers).
+    commands: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -341,6 +355,9 @@ class Session:
         self._saved: _Progress | None = None
         self._incoming: _Incoming | None = None
         self._ended = False
+        #: The server's own ``Cred`` (Meta, Data) for the SyncHdr of the next reply, when
+        #: the device requires the server to authenticate; the driver sets it per message.
+        self.server_cred: tuple[Mapping[str, str], str] | None = None
 
     # ------------------------------------------------------------ public API
 
@@ -375,6 +392,11 @@ class Session:
     @property
     def ended(self) -> bool:
         return self._ended
+
+    def forget(self, command_ids: Iterable[str]) -> None:
+        """Lets stored commands the device answered in this session be offered again in it
+        (a device that refused them unexecuted because the server had not authenticated)."""
+        self._known.difference_update(command_ids)
 
     def offer(self, outgoing: Iterable[Outgoing]) -> None:
         """Queues stored commands (FIFO). A command_id already offered in this session is
@@ -427,6 +449,7 @@ class Session:
             asks_next=any(
                 c.name == "Alert" and _alert_code(c) == NEXT_MESSAGE for c in message.commands
             ),
+            commands=_owed(message),
         )
         return events
 
@@ -443,8 +466,9 @@ class Session:
 
         ``header_status`` is the SyncHdr status (200, or 212 once authenticated for the
         session); ``chal`` goes on it (a ``NextNonce`` for the next message, say). A non-2xx
-        status (401/407 with ``chal``, 403) answers only the SyncHdr, with Final, and acts
-        on nothing in that message: if ``receive`` took it, the session is rolled back.
+        status (401/407 with ``chal``, 403) gives the SyncHdr and every command of that
+        message the same status, with Final, and acts on nothing in it: if ``receive``
+        took it, the session is rolled back.
         Refusing a message that ``receive`` never saw, pass it as ``to`` so the status
         refers to it exactly; without ``to`` the session uses what it knows (its device id,
         and the MsgID after the last one it accepted, 1 at first).
@@ -623,11 +647,16 @@ class Session:
         if collected.pending:
             return CHUNK_BUFFERED
         items = collected.items
+        if command.name in ("Replace", "Add"):
+            # Package 1 of real devices mixes ./DevInfo/* with other nodes (a Dell laptop
+            # sends DMClient/HWDevID in the same Replace): report both.
+            info = _devinfo(items)
+            if info:
+                events.append(DeviceInfo(info))
+                items = [i for i in items if not _is_devinfo(i)]
+                if not items:
+                    return OK
         whole = command if _same_items(items, command.items) else _with_items(command, items)
-        info = _devinfo(items)
-        if command.name in ("Replace", "Add") and items and len(info) == len(items):
-            events.append(DeviceInfo(info))
-            return OK
         events.append(DeviceCommand(whole))
         return status_for(whole) if status_for is not None else OK
 
@@ -641,18 +670,26 @@ class Session:
         part = p.parts.get(ref)
         if part is None:
             return  # our SyncHdr, our own alerts, or something already answered
-        code, data = _status_code(command)
+        code, data, numeric = _status_code(command)
         answer = p.answers[part.command_id]
         target = command.target_refs[0] if command.target_refs else _first_target(part.command)
-        answer.statuses.append(
-            PartStatus(cmd=command.cmd or part.command.name, code=code, target=target, data=data)
-        )
-        if (
+        retry = (
             code == ALREADY_EXISTS
             and part.command.name == "Add"
             and ref in answer.required
             and not part.superseded
-        ):
+        )
+        answer.statuses.append(
+            PartStatus(
+                cmd=command.cmd or part.command.name,
+                code=code,
+                target=target,
+                data=data,
+                numeric=numeric,
+                retried=retry,
+            )
+        )
+        if retry:
             self._retry_as_replace(ref, part, command)
         if part.answered:
             return  # a further item-level status for the same command
@@ -813,11 +850,16 @@ class Session:
     # ------------------------------------------------------------ replying
 
     def _header(self, incoming: _Incoming) -> Header:
+        cred = self.server_cred
+        cred_meta: dict[str, str | list[str]] | None = dict(cred[0]) if cred else None
+        cred_data = cred[1] if cred else None
         return Header(
             session_id=incoming.session_id,
             msg_id=str(self._msg_id),
             target=incoming.source or self._device_id,
             source=self._server_uri,
+            cred_meta=cred_meta,
+            cred_data=cred_data,
         )
 
     def _refuse(
@@ -832,6 +874,7 @@ class Session:
                 source=to.header.source,
                 final=to.final,
                 asks_next=False,
+                commands=_owed(to),
             )
             size = to.header.max_msg_size
         elif self._incoming is not None:
@@ -856,6 +899,14 @@ class Session:
         )
         if builder.push(_header_status(incoming, header_status, chal)) is None:
             raise SessionError("the device's MaxMsgSize cannot hold even a status")
+        # Every command gets the same status, not executed: some clients resend a refused
+        # message (with credentials) only when they see its commands refused.
+        for cmd_id, name in incoming.commands:
+            status = Command(
+                "Status", msg_ref=incoming.msg_id, cmd_ref=cmd_id, cmd=name, data=str(header_status)
+            )
+            if builder.push(status) is None:
+                break  # the rest cannot fit: the device has the SyncHdr's status
         data = builder.finish(final=True)
         self._msg_id += 1
         self._incoming = None
@@ -875,13 +926,20 @@ class Session:
     ) -> _Composed:
         """Fills one message: the statuses and alerts owed, then whole stored commands in
         order. A push that fails leaves no room for later ones (MessageBuilder), so a
-        stored command cut in half or found too large means building the message again."""
+        stored command cut in half or found too large means building the message again.
+
+        A stored command touching the node of an Add placed earlier in the message waits
+        for the next message, and so does everything after it: should the Add get 418, its
+        Replace must run before them (the device executes in order), and retries go first
+        in a message."""
         dropped: list[_Entry] = []
         while True:
             builder = MessageBuilder(header, size, wbxml=wbxml)
             sent = _push_all(builder, fixed)
             placed: list[tuple[_Entry, list[str]]] = []
             blocked: _Entry | None = None
+            held = False
+            added: list[str] = []
             cut = False
             if sent == len(fixed):
                 if mode == "ask":
@@ -889,11 +947,16 @@ class Session:
                 for entry in entries:
                     if any(entry is d for d in dropped):
                         continue
+                    if added and _touches(entry, added):
+                        held = True
+                        break
                     ids = _push_entry(builder, entry)
                     if isinstance(ids, int):
                         blocked, cut = entry, ids > 0
                         break
                     placed.append((entry, ids))
+                    if entry.replaces is None:
+                        added += _added_nodes(entry)
             if blocked is not None and not _fits_alone(header, size, wbxml, fixed[0], blocked):
                 dropped.append(blocked)
                 continue
@@ -905,7 +968,7 @@ class Session:
                     if isinstance(ids, int):  # same pushes as a moment ago: cannot happen
                         raise RuntimeError("a stored command no longer fits on rebuilding")
                     placed[index] = (entry, ids)
-            complete = blocked is None and sent == len(fixed) and not (more and placed)
+            complete = blocked is None and not held and sent == len(fixed) and not (more and placed)
             final = mode == "abort" or (mode == "place" and complete)
             return _Composed(builder.finish(final=final), sent, placed, dropped, final)
 
@@ -1010,6 +1073,45 @@ def _push_entry(builder: MessageBuilder, entry: _Entry) -> list[str] | int:
     return ids
 
 
+def _owed(message: Message) -> tuple[tuple[str, str], ...]:
+    """The commands of a device message that get a Status (every one with a CmdID but the
+    device's own Statuses), as (CmdID, name)."""
+    return tuple((c.cmd_id, c.name) for c in message.commands if c.cmd_id and c.name != "Status")
+
+
+def _node(uri: str) -> str:
+    """A LocURI as a node path: no query, device scope spelt one way."""
+    path = uri.partition("?")[0].rstrip("/")
+    return (
+        "./Vendor/" + path[len("./Device/Vendor/") :]
+        if path.startswith("./Device/Vendor/")
+        else path
+    )
+
+
+def _added_nodes(entry: _Entry) -> list[str]:
+    """The nodes of the entry's Adds that a 418 would retry as a Replace (top level)."""
+    return [_node(i.target) for c in entry.commands if c.name == "Add" for i in c.items if i.target]
+
+
+def _touches(entry: _Entry, nodes: list[str]) -> bool:
+    """Whether a command of the entry targets one of ``nodes``, inside or above it."""
+    for command in entry.commands:
+        for nested in _walk(command):
+            for item in nested.items:
+                if not item.target:
+                    continue
+                node = _node(item.target)
+                for other in nodes:
+                    if (
+                        node == other
+                        or node.startswith(other + "/")
+                        or other.startswith(node + "/")
+                    ):
+                        return True
+    return False
+
+
 def _header_status(incoming: _Incoming, code: int, chal: dict[str, str] | None) -> Command:
     return Command(
         "Status",
@@ -1033,17 +1135,32 @@ def _alert_code(command: Command) -> int | None:
         return None
 
 
-def _status_code(status: Command) -> tuple[int, str | None]:
+def _status_code(status: Command) -> tuple[int, str | None, bool]:
+    """The code, the detail, and whether the device's Data was a number at all."""
     text = _text(status.data) or ""
     try:
         code = int(text.strip())
     except ValueError:
-        return 0, text
+        return 0, text, False
     detail = status.data_attrs.get("msft:originalerror")
     if detail is None and status.items:
         item_data = status.items[0].data
         detail = _text(item_data)
-    return code, detail
+    return code, detail, True
+
+
+def opens_session(message: Message) -> bool:
+    """Whether the message opens a session: MsgID 1 with Alert 1200 or 1201. SessionIDs are
+    unique only among live sessions, so such a message may start over a session id that a
+    cut-off session still holds (the driver decides, after authenticating it)."""
+    try:
+        first = int(message.header.msg_id.strip()) == 1
+    except ValueError:
+        return False
+    return first and any(
+        c.name == "Alert" and _alert_code(c) in (SERVER_INITIATED, CLIENT_INITIATED)
+        for c in message.commands
+    )
 
 
 def _text(data: str | bytes | None) -> str | None:
@@ -1104,12 +1221,16 @@ def _assembled(obj: _LargeObject) -> Item:
     )
 
 
+def _is_devinfo(item: Item) -> bool:
+    loc = _loc(item)
+    return loc.startswith(_DEVINFO) and len(loc) > len(_DEVINFO)
+
+
 def _devinfo(items: list[Item]) -> dict[str, str]:
     values: dict[str, str] = {}
     for item in items:
-        loc = _loc(item)
-        if loc.startswith(_DEVINFO) and len(loc) > len(_DEVINFO):
-            values[loc[len(_DEVINFO) :]] = _text(item.data) or ""
+        if _is_devinfo(item):
+            values[_loc(item)[len(_DEVINFO) :]] = _text(item.data) or ""
     return values
 
 

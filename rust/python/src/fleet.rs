@@ -123,6 +123,32 @@ impl PyFleetIndex {
         self.inner.is_licensed(app, device).map_err(error)
     }
 
+    fn set_take_over(&mut self, flags: Vec<u8>) -> PyResult<()> {
+        self.inner.set_take_over(&flags).map_err(error)
+    }
+
+    fn set_device_take_over(&mut self, device: usize, on: bool) -> PyResult<()> {
+        self.inner.set_device_take_over(device, on).map_err(error)
+    }
+
+    fn can_take_over(&self, device: usize) -> PyResult<bool> {
+        self.inner.can_take_over(device).map_err(error)
+    }
+
+    fn set_user_installed(&mut self, app: u32, devices: Vec<u32>) -> PyResult<()> {
+        self.inner.set_user_installed(app, &devices).map_err(error)
+    }
+
+    fn update_user_installed(&mut self, app: u32, device: usize, user: bool) -> PyResult<()> {
+        self.inner
+            .update_user_installed(app, device, user)
+            .map_err(error)
+    }
+
+    fn is_user_installed(&self, app: u32, device: usize) -> PyResult<bool> {
+        self.inner.is_user_installed(app, device).map_err(error)
+    }
+
     fn __len__(&self) -> usize {
         self.inner.len()
     }
@@ -190,7 +216,7 @@ impl PyFleetIndex {
     #[pyo3(signature = (
         app, *, version, version_platform, org_range = None, scope = None,
         installed_only = false, platform = None, allow_downgrade = false, licences = None,
-        percent = None, seed = ""
+        percent = None, seed = "", take_over = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn target(
@@ -207,6 +233,7 @@ impl PyFleetIndex {
         licences: Option<u64>,
         percent: Option<f64>,
         seed: &str,
+        take_over: bool,
     ) -> PyResult<PyTargetResult> {
         let query = Query {
             org_range,
@@ -219,6 +246,7 @@ impl PyFleetIndex {
             licences,
             percent,
             seed,
+            take_over,
         };
         let inner = &self.inner;
         let result = maybe_detach(py, inner.len(), || inner.target(app, &query)).map_err(error)?;
@@ -323,6 +351,8 @@ fn fleet_outcome_names() -> Vec<&'static str> {
             Outcome::SkipNoLicence => "skip_no_licence",
             Outcome::SkipRollout => "skip_rollout",
             Outcome::OutOfScope => "out_of_scope",
+            Outcome::TakeOver => "take_over",
+            Outcome::SkipTakeOverUnsupported => "skip_take_over_unsupported",
         })
         .collect()
 }

@@ -41,10 +41,16 @@ pub enum Outcome {
     SkipRollout,
     /// Outside the organisation range: not part of the query.
     OutOfScope,
+    /// A take-over query: the user installed the app themselves, and the device can take it
+    /// under management: send the version (with `ChangeManagementState`).
+    TakeOver,
+    /// A take-over query: the user installed the app themselves, but the device cannot
+    /// take it under management (its OS is too old, or unknown).
+    SkipTakeOverUnsupported,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Install,
         Outcome::Upgrade,
         Outcome::SkipSame,
@@ -55,13 +61,15 @@ impl Outcome {
         Outcome::SkipNoLicence,
         Outcome::SkipRollout,
         Outcome::OutOfScope,
+        Outcome::TakeOver,
+        Outcome::SkipTakeOverUnsupported,
     ];
 
     /// Whether the device is sent the version (before licences and rollout apply).
     pub fn sends(self) -> bool {
         matches!(
             self,
-            Outcome::Install | Outcome::Upgrade | Outcome::Downgrade
+            Outcome::Install | Outcome::Upgrade | Outcome::Downgrade | Outcome::TakeOver
         )
     }
 }
@@ -317,6 +325,11 @@ pub struct Query<'a> {
     /// Percentage of devices in the rollout, decided by [`rollout_point`].
     pub percent: Option<f64>,
     pub seed: &'a str,
+    /// Take copies the user installed under management: such a copy (see
+    /// [`FleetIndex::set_user_installed`]) at, below or (when downgrades are allowed)
+    /// above the version is `TakeOver` on a device that can take it over (see
+    /// [`FleetIndex::set_take_over`]) and `SkipTakeOverUnsupported` on one that cannot.
+    pub take_over: bool,
 }
 
 /// What [`FleetIndex::target`] answers.
@@ -349,8 +362,12 @@ pub struct FleetIndex {
     platforms: Vec<Vec<u64>>,
     supervised: Vec<u64>,
     silent: Vec<u64>,
+    /// Devices that can take a user-installed app under management.
+    take_over: Vec<u64>,
     apps: FxHashMap<u32, Installed>,
     licensed: FxHashMap<u32, Vec<u64>>,
+    /// Per app, the devices whose installed copy the user installed (not managed).
+    user_installed: FxHashMap<u32, Vec<u64>>,
 }
 
 fn bitset(len: usize) -> Vec<u64> {
@@ -360,6 +377,14 @@ fn bitset(len: usize) -> Vec<u64> {
 #[inline]
 fn bit(bits: &[u64], i: usize) -> bool {
     bits[i / 64] >> (i % 64) & 1 == 1
+}
+
+fn set_bit(bits: &mut [u64], i: usize, on: bool) {
+    if on {
+        bits[i / 64] |= 1 << (i % 64);
+    } else {
+        bits[i / 64] &= !(1 << (i % 64));
+    }
 }
 
 impl FleetIndex {
@@ -387,6 +412,7 @@ impl FleetIndex {
             id_hashes: Vec::with_capacity(n),
             platforms: vec![bitset(n); Platform::ALL.len()],
             supervised: bitset(n),
+            take_over: bitset(n),
             ..FleetIndex::default()
         };
         for id in ids {
@@ -456,7 +482,7 @@ impl FleetIndex {
     }
 
     /// Adds a device at the end (number `len()` before the call) and returns its number.
-    /// It has no app installed and holds no licence.
+    /// It has no app installed, holds no licence and cannot take apps over.
     pub fn push_device(
         &mut self,
         id: &str,
@@ -486,7 +512,9 @@ impl FleetIndex {
         self.platforms.iter_mut().for_each(grow);
         grow(&mut self.supervised);
         grow(&mut self.silent);
+        grow(&mut self.take_over);
         self.licensed.values_mut().for_each(grow);
+        self.user_installed.values_mut().for_each(grow);
         for installed in self.apps.values_mut() {
             installed.rows.push(MISSING);
         }
@@ -604,6 +632,76 @@ impl FleetIndex {
         Ok(())
     }
 
+    /// Sets, for every device, whether it can take a user-installed app under management
+    /// (`flags[i]` non-zero: it can).
+    pub fn set_take_over(&mut self, flags: &[u8]) -> Result<(), FleetError> {
+        if flags.len() != self.len() {
+            return Err(FleetError::Lengths {
+                what: "take_over",
+                expected: self.len(),
+                got: flags.len(),
+            });
+        }
+        let mut bits = bitset(self.len());
+        for (i, &flag) in flags.iter().enumerate() {
+            if flag != 0 {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+        }
+        self.take_over = bits;
+        Ok(())
+    }
+
+    /// Whether one device can take a user-installed app under management.
+    pub fn set_device_take_over(&mut self, device: usize, on: bool) -> Result<(), FleetError> {
+        self.check_device(device)?;
+        set_bit(&mut self.take_over, device, on);
+        Ok(())
+    }
+
+    /// Whether `device` can take a user-installed app under management.
+    pub fn can_take_over(&self, device: usize) -> Result<bool, FleetError> {
+        self.check_device(device)?;
+        Ok(bit(&self.take_over, device))
+    }
+
+    /// Replaces the devices whose copy of `app` the user installed themselves.
+    pub fn set_user_installed(&mut self, app: u32, devices: &[u32]) -> Result<(), FleetError> {
+        let mut bits = bitset(self.len());
+        for &device in devices {
+            self.check_device(device as usize)?;
+            bits[device as usize / 64] |= 1 << (device % 64);
+        }
+        self.user_installed.insert(app, bits);
+        Ok(())
+    }
+
+    /// One device's copy of `app` is (`true`) or is no longer the user's own.
+    pub fn update_user_installed(
+        &mut self,
+        app: u32,
+        device: usize,
+        user: bool,
+    ) -> Result<(), FleetError> {
+        self.check_device(device)?;
+        let len = self.len();
+        let bits = self
+            .user_installed
+            .entry(app)
+            .or_insert_with(|| bitset(len));
+        set_bit(bits, device, user);
+        Ok(())
+    }
+
+    /// Whether the copy of `app` on `device` is marked as the user's own.
+    pub fn is_user_installed(&self, app: u32, device: usize) -> Result<bool, FleetError> {
+        self.check_device(device)?;
+        Ok(self
+            .user_installed
+            .get(&app)
+            .is_some_and(|bits| bit(bits, device)))
+    }
+
     /// Whether `device` holds a licence of `app`.
     pub fn is_licensed(&self, app: u32, device: usize) -> Result<bool, FleetError> {
         self.check_device(device)?;
@@ -646,7 +744,13 @@ impl FleetIndex {
             + self.platforms.iter().map(|b| b.len() * 8).sum::<usize>()
             + self.supervised.len() * 8
             + self.silent.len() * 8
+            + self.take_over.len() * 8
             + self.licensed.values().map(|b| b.len() * 8).sum::<usize>()
+            + self
+                .user_installed
+                .values()
+                .map(|b| b.len() * 8)
+                .sum::<usize>()
             + apps
     }
 
@@ -742,7 +846,9 @@ impl FleetIndex {
 
     /// Decides, for every device, whether it is sent `query.version` of `app` and why
     /// not. In order: outside the org range or the scope → `OutOfScope`; other platform →
-    /// `SkipPlatform`; then the installed version against the asked one; a device that
+    /// `SkipPlatform`; then the installed version against the asked one (and, for a
+    /// take-over, a copy the user installed → `TakeOver` or `SkipTakeOverUnsupported`,
+    /// unless it is above the version and downgrades are not allowed); a device that
     /// would be sent the version is then held back by the rollout (`SkipRollout`), and
     /// after that, if it holds no licence, by the free licences, which go to the first
     /// devices in device order (`SkipNoLicence`).
@@ -781,6 +887,12 @@ impl FleetIndex {
             }
         }
         let holders = self.licensed.get(&app);
+        // A take-over query over an app whose copies are all managed asks nothing more.
+        let users = if query.take_over {
+            self.user_installed.get(&app)
+        } else {
+            None
+        };
         let platform_bits = match query.platform {
             None => None,
             Some(code) => Some(
@@ -833,11 +945,27 @@ impl FleetIndex {
         };
         let rows = &installed.rows;
         let skip_platform = Outcome::SkipPlatform as u8;
+        let take_over = &self.take_over;
         let decide = |i: usize, id: u32| -> (u8, u32) {
             // Selects by arithmetic, not branches (MISSING is u32::MAX, above every slot).
             let found = table[id.min(missing_slot) as usize];
             let other = (platform_bits[i / 64] >> (i % 64) & 1) as u8 ^ 1;
             let mut outcome = found ^ ((found ^ skip_platform) & other.wrapping_neg());
+            if let Some(users) = users {
+                // The user's own copy (installed, of the platform) is taken over, unless
+                // it is above the version and may not go back.
+                if id != MISSING
+                    && other == 0
+                    && outcome != Outcome::SkipNewer as u8
+                    && bit(users, i)
+                {
+                    outcome = if bit(take_over, i) {
+                        Outcome::TakeOver as u8
+                    } else {
+                        Outcome::SkipTakeOverUnsupported as u8
+                    };
+                }
+            }
             let mut send = (send_mask >> outcome) & 1;
             if let Some(p) = percent {
                 if send == 1 && rollout_point(self.id_hashes[i], seed_hash) >= p {
@@ -867,7 +995,12 @@ impl FleetIndex {
                 let slice = &self.by_org[lo..hi];
                 // Numbered in org order, `by_org` is the identity: the slice is a run.
                 let run = self.in_org_order && !slice.is_empty();
-                if run && scope.is_none() && percent.is_none() && table.len() <= 256 {
+                if run
+                    && scope.is_none()
+                    && percent.is_none()
+                    && users.is_none()
+                    && table.len() <= 256
+                {
                     // The common question in one tight pass: a run of devices, a small
                     // version table, no rollout.
                     let mut small = [absent as u8; 256];

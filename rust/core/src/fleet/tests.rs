@@ -31,6 +31,7 @@ fn query(version: &str) -> Query<'_> {
         licences: None,
         percent: None,
         seed: "seed",
+        take_over: false,
     }
 }
 
@@ -335,4 +336,146 @@ fn an_org_range_over_scattered_devices_visits_exactly_its_devices() {
     index.set_device(1, 2, IOS, 0, false).unwrap();
     index.set_device(3, 2, IOS, 0, false).unwrap();
     assert_eq!(index.target(1, &q).unwrap().selected, [0, 1, 3, 4]);
+}
+
+#[test]
+fn take_over_user_installed_copies() {
+    // 0: user's copy below, 1: user's at, 2: user's above, 3: managed at, 4: missing,
+    // 5: user's copy at, on a device that cannot take over, 6: another platform.
+    let mut index = FleetIndex::new(
+        ["a", "b", "c", "d", "e", "f", "g"],
+        vec![0; 7],
+        &[IOS, IOS, IOS, IOS, IOS, IOS, ANDROID],
+        &[1; 7],
+        None,
+    )
+    .unwrap();
+    index
+        .set_installed(
+            1,
+            Platform::Ios,
+            &[0, 1, 2, 3, 5, 6],
+            &["1", "2", "3", "2", "2", "2"],
+        )
+        .unwrap();
+    index.set_user_installed(1, &[0, 1, 2, 5, 6]).unwrap();
+    index.set_take_over(&[1, 1, 1, 1, 1, 0, 1]).unwrap();
+    let mut q = query("2");
+    q.platform = Some(IOS);
+    // Without take_over nothing changes.
+    let plain = index.target(1, &q).unwrap();
+    assert_eq!(
+        outcomes(&plain)[..6],
+        [
+            Outcome::Upgrade,
+            Outcome::SkipSame,
+            Outcome::SkipNewer,
+            Outcome::SkipSame,
+            Outcome::Install,
+            Outcome::SkipSame
+        ]
+    );
+    q.take_over = true;
+    let t = index.target(1, &q).unwrap();
+    assert_eq!(
+        outcomes(&t),
+        [
+            Outcome::TakeOver,
+            Outcome::TakeOver,
+            Outcome::SkipNewer,
+            Outcome::SkipSame,
+            Outcome::Install,
+            Outcome::SkipTakeOverUnsupported,
+            Outcome::SkipPlatform
+        ]
+    );
+    assert_eq!(t.selected, [0, 1, 4]);
+    assert_eq!(t.counts[Outcome::TakeOver as usize], 2);
+    // Where downgrades are allowed, the copy above is taken over too.
+    q.allow_downgrade = true;
+    assert_eq!(
+        outcomes(&index.target(1, &q).unwrap())[2],
+        Outcome::TakeOver
+    );
+    // Licences and rollouts hold take-overs back like any other command.
+    q.licences = Some(1);
+    let t = index.target(1, &q).unwrap();
+    assert_eq!(t.selected, [0]);
+    assert_eq!(t.counts[Outcome::SkipNoLicence as usize], 3);
+    q.licences = None;
+    q.percent = Some(0.0);
+    assert_eq!(
+        index.target(1, &q).unwrap().counts[Outcome::SkipRollout as usize],
+        4
+    );
+    // Updates: the copy became managed, the device learned to take over; pushed devices.
+    index.update_user_installed(1, 1, false).unwrap();
+    index.set_device_take_over(5, true).unwrap();
+    assert!(!index.is_user_installed(1, 1).unwrap());
+    assert!(index.can_take_over(5).unwrap());
+    let n = index.push_device("h", 0, IOS, 1, true).unwrap();
+    index.update_installed(1, n, Some("2")).unwrap();
+    index.update_user_installed(1, n, true).unwrap();
+    q.percent = None;
+    q.allow_downgrade = false;
+    let t = index.target(1, &q).unwrap();
+    assert_eq!(outcomes(&t)[1], Outcome::SkipSame);
+    assert_eq!(outcomes(&t)[5], Outcome::TakeOver);
+    assert_eq!(outcomes(&t)[n], Outcome::SkipTakeOverUnsupported);
+    // A mark on a device without the app (or an app never marked) changes nothing.
+    index.update_user_installed(1, 4, true).unwrap();
+    assert_eq!(outcomes(&index.target(1, &q).unwrap())[4], Outcome::Install);
+    index.set_installed(2, Platform::Ios, &[0], &["2"]).unwrap();
+    assert_eq!(
+        outcomes(&index.target(2, &q).unwrap())[0],
+        Outcome::SkipSame
+    );
+    assert!(matches!(
+        index.set_take_over(&[1]),
+        Err(FleetError::Lengths { .. })
+    ));
+    assert!(index.set_user_installed(1, &[99]).is_err());
+    assert!(index.update_user_installed(1, 99, true).is_err());
+}
+
+#[test]
+fn take_over_run_path_agrees_with_the_general_path() {
+    // Numbered in org order the plain question takes the run path; a take-over query
+    // walks the general one, and both agree on every device that is not the user's.
+    let n = 300;
+    let ids: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
+    let mut index = FleetIndex::new(
+        ids.iter().map(String::as_str),
+        vec![0; n],
+        &vec![IOS; n],
+        &vec![1; n],
+        None,
+    )
+    .unwrap();
+    let rows: Vec<u32> = (0..n as u32).filter(|d| d % 3 != 0).collect();
+    let versions: Vec<&str> = rows
+        .iter()
+        .map(|d| ["1", "2", "3"][*d as usize % 3])
+        .collect();
+    index
+        .set_installed(1, Platform::Ios, &rows, &versions)
+        .unwrap();
+    let users: Vec<u32> = rows.iter().copied().filter(|d| d % 5 == 0).collect();
+    index.set_user_installed(1, &users).unwrap();
+    index.set_take_over(&vec![1; n]).unwrap();
+    let mut q = query("2");
+    q.org_range = Some((0, 0));
+    let plain = index.target(1, &q).unwrap();
+    q.take_over = true;
+    let taken = index.target(1, &q).unwrap();
+    for d in 0..n {
+        let user = users.contains(&(d as u32));
+        let before = Outcome::ALL[plain.outcomes[d] as usize];
+        let after = Outcome::ALL[taken.outcomes[d] as usize];
+        if user && before != Outcome::SkipNewer {
+            assert_eq!(after, Outcome::TakeOver, "device {d}");
+        } else {
+            assert_eq!(after, before, "device {d}");
+        }
+    }
 }

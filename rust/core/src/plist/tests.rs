@@ -225,6 +225,38 @@ fn hostile_inputs_are_refused() {
     refused(&data, ErrorKind::Limit);
 }
 
+/// `<data>` as plistlib (`binascii.a2b_base64`) reads it: padding beyond what a group needs
+/// is skipped, loose trailing bits are dropped; base64 digits after the padding that ends a
+/// group (which plistlib drops) and characters outside the alphabet are refused.
+#[test]
+fn data_padding_as_plistlib_reads_it() {
+    let read = |text: &str| {
+        let doc = format!("<plist><data>{text}</data></plist>");
+        decode(doc.as_bytes(), &limits()).map_err(|e| e.kind)
+    };
+    for (text, bytes) in [
+        ("QUJD", &b"ABC"[..]),
+        ("QUJD====", b"ABC"),
+        ("QQ===", b"A"),
+        ("QUI==", b"AB"),
+        ("QUI= \n\t=", b"AB"),
+        ("=QUJD", b"ABC"),
+        ("Q=U=JD", b"ABC"),
+        ("QU=JD", b"ABC"),
+        ("====", b""),
+        ("", b""),
+        ("QR==", b"A"),
+        ("QUJ=", b"AB"),
+    ] {
+        assert_eq!(read(text), Ok(Value::Data(bytes.to_vec())), "{text:?}");
+    }
+    for text in [
+        "QQ", "QQ=", "Q", "QUJDR===", "QU==JD", "QQ==QUJD", "QU*JD", "!!!!",
+    ] {
+        assert_eq!(read(text), Err(ErrorKind::Structure), "{text:?}");
+    }
+}
+
 #[test]
 fn encoder_refuses_what_plists_cannot_hold() {
     let too_big = Value::Array(vec![Value::Integer(MAX_INTEGER + 1)]);

@@ -390,11 +390,60 @@ const KNOWN: [&str; 11] = [
     "plist", "dict", "key", "array", "string", "integer", "real", "true", "false", "date", "data",
 ];
 
-/// Padded standard base64, as plistlib requires.
+/// Standard base64 (whitespace already removed) as plistlib reads it with
+/// `binascii.a2b_base64`: canonical input takes the fast path; otherwise `=` that does not
+/// end a group is skipped, padding beyond what the last group needs is skipped, and loose
+/// trailing bits are dropped. Refused where plistlib refuses (a group of one digit, or two
+/// or three digits without their padding), and where it would read something else than the
+/// text says: characters outside the alphabet (plistlib skips them) and base64 digits
+/// after the padding that ends a group (plistlib stops there and drops them).
 fn decode_base64(compact: &[u8]) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD
-        .decode(compact)
-        .ok()
+    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(compact) {
+        return Some(bytes);
+    }
+    let mut out = Vec::with_capacity(compact.len() / 4 * 3 + 2);
+    // `quad`: digits of the current group read so far; `pads`: `=` counted towards it.
+    let (mut quad, mut pads, mut left) = (0u32, 0u32, 0u32);
+    for (i, &c) in compact.iter().enumerate() {
+        if c == b'=' {
+            if quad >= 2 {
+                pads += 1;
+                if quad + pads >= 4 {
+                    // The group is complete: what follows may only be more padding.
+                    return compact[i + 1..].iter().all(|&b| b == b'=').then_some(out);
+                }
+            }
+            continue;
+        }
+        let digit = base64_digit(c)?;
+        pads = 0;
+        #[allow(clippy::cast_possible_truncation)] // each byte is masked to 8 bits
+        match quad {
+            0 => left = digit,
+            1 => {
+                out.push(((left << 2 | digit >> 4) & 0xFF) as u8);
+                left = digit & 0x0F;
+            }
+            2 => {
+                out.push(((left << 4 | digit >> 2) & 0xFF) as u8);
+                left = digit & 0x03;
+            }
+            _ => out.push(((left << 6 | digit) & 0xFF) as u8),
+        }
+        quad = (quad + 1) % 4;
+    }
+    (quad == 0).then_some(out)
+}
+
+fn base64_digit(c: u8) -> Option<u32> {
+    Some(u32::from(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => return None,
+    }))
 }
 
 /// Python's `int()` as plistlib uses it: optional sign, decimal or `0x` hexadecimal.
