@@ -23,12 +23,13 @@ import trustme
 from mdmgate import plist
 from mdmgate.apple.push import ApnsClient
 from mdmgate.apple.pusher import DevicePusher
-from mdmgate.apple.service import AppleService
+from mdmgate.apple.service import MAX_OFFERS, AppleService
 from mdmgate.server.admin import AdminApi
-from mdmgate.server.app import build_handler
+from mdmgate.server.app import ConfigError, build_handler, load_config
 from mdmgate.server.http import Limits, Server, listener_port, open_listeners, server_ssl_context
 from mdmgate.server.metrics import Metrics
 from mdmgate.storage import Device
+from mdmgate.storage.memory import MemoryStore
 from mdmgate.storage.sqlite import SQLiteStore
 from tests.apns_server import UNREGISTERED, ApnsServer, running
 
@@ -287,6 +288,45 @@ async def test_not_now_then_idle(tmp_path: Path, pki: Pki) -> None:
                 is None
             )
             assert (await delivery(admin, first))["state"] == "acknowledged"
+
+
+async def test_a_command_never_answered_fails_after_max_offers(tmp_path: Path, pki: Pki) -> None:
+    async with gateway(tmp_path, pki) as gw, gw.admin() as admin:
+        identity, _ = pki.device_identity(tmp_path, "phone-poison")
+        await register(gw, "udid-poison")
+        async with gw.device(identity) as client:
+            phone = AppleDevice(client, "udid-poison", bytes.fromhex("0bad0bad"))
+            await phone.enroll()
+            poison = await enqueue(admin, "udid-poison", "DeviceInformation", Queries=["UDID"])
+            after = await enqueue(admin, "udid-poison", "DeviceInformation", Queries=["Model"])
+            # The device's MDM client dies on the command: it never answers, and asks for
+            # the next one when it comes back.
+            for _ in range(MAX_OFFERS):
+                command = await phone.next_command()
+                assert command is not None
+                assert command["CommandUUID"] == poison
+            found = await delivery(admin, poison)
+            assert (found["state"], found["status"]) == ("sent", None)
+            # Offered MAX_OFFERS times without an answer: given up, and the queue moves on.
+            command = await phone.next_command()
+            assert command is not None
+            assert command["CommandUUID"] == after
+            found = await delivery(admin, poison)
+            assert (found["state"], found["status"]) == (
+                "failed",
+                f"offered {MAX_OFFERS} times without an answer",
+            )
+
+
+def test_apple_max_offers_config(tmp_path: Path) -> None:
+    assert AppleService(MemoryStore()).max_offers == MAX_OFFERS == 5
+    config = tmp_path / "mdmgate.toml"
+    config.write_text("[apple]\nmax_offers = 2\n")
+    assert load_config(str(config), {}).apple_max_offers == 2
+    for bad, needle in (("[apple]\nmax_offers = 0\n", "max_offers"), ("[apple]\nx = 1\n", "x")):
+        config.write_text(bad)
+        with pytest.raises(ConfigError, match=needle):
+            load_config(str(config), {})
 
 
 async def test_dead_token_from_apns(tmp_path: Path, pki: Pki) -> None:

@@ -88,6 +88,8 @@ config file (TOML), every key optional:
             credentials for devices that require the server to authenticate; a device's
             auth.server_username/server_secret win)
             server_auth = "on_challenge"   (or "required": sent from the first message)
+  [apple]   max_offers = 5   (likewise for Apple commands: the device asked for the next
+            command instead of answering this one; a NotNow starts the count again)
 """
 
 SYNCML_EPILOG = """\

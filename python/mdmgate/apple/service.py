@@ -146,6 +146,13 @@ class _Exchange:
     bodies: dict[str, bytes] = field(default_factory=dict)
 
 
+#: Default cap on how often a command goes out without any answer. A healthy device answers
+#: every command it gets (Acknowledged, Error, NotNow; a NotNow starts the count again); one
+#: that asks for the next command instead has lost this one. Five in a row means the command
+#: itself is the problem, and it must not stand in front of the device's queue for ever.
+MAX_OFFERS = 5
+
+
 class _Refused(Exception):
     def __init__(self, response: Response) -> None:
         super().__init__(response.status)
@@ -165,8 +172,14 @@ class AppleService:
         dev: bool = False,
         max_exchanges: int = 100_000,
         on_devices_changed: Callable[[Iterable[str]], None] | None = None,
+        max_offers: int = MAX_OFFERS,
     ) -> None:
+        if max_offers < 1:
+            raise ValueError("max_offers must be at least 1")
         self.store = store
+        #: A command handed out this often without any answer (the device asked for the
+        #: next one instead: it crashed on it, or its answer never arrived) ends ``failed``.
+        self.max_offers = max_offers
         #: Told when a device is registered or reports its inventory (the fleet index).
         self.on_devices_changed = on_devices_changed
         self.dev = dev
@@ -422,7 +435,7 @@ class AppleService:
             assert report.command_uuid is not None
             warnings = await self._record(device, exchange, report, status, request.body)
             log["schema_warnings"] = _warnings_text(warnings)
-        taken = await self.store.take(device_id, exchange.key, 1)
+        taken = await self.store.take(device_id, exchange.key, 1, max_offers=self.max_offers)
         if not taken:
             return Response(200, (), b"", log)
         (delivery,) = taken

@@ -86,6 +86,9 @@ class Config:
     #: ``auth.server_username``/``server_secret`` win), sent ``on_challenge`` or always
     #: (``required``).
     windows_max_offers: int = 5
+    #: Apple (config table ``[apple]``): the cap on offers of a command never answered (see
+    #: ``mdmgate.apple.service.MAX_OFFERS``).
+    apple_max_offers: int = 5
     windows_server_username: str | None = None
     windows_server_secret: str | None = None
     windows_server_auth: str = "on_challenge"
@@ -153,10 +156,24 @@ def _windows(raw: object) -> dict[str, Any]:
     return {f"windows_{k}": v for k, v in raw.items()}
 
 
-def _check_windows(config: Config) -> None:
-    offers = config.windows_max_offers
+def _apple(raw: object) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError("apple must be a table")
+    known = ("max_offers",)
+    bad = sorted(set(raw) - set(known))
+    if bad:
+        raise ConfigError(f"unknown apple keys: {', '.join(bad)} (known: {', '.join(known)})")
+    return {f"apple_{k}": v for k, v in raw.items()}
+
+
+def _check_offers(table: str, offers: object) -> None:
     if isinstance(offers, bool) or not isinstance(offers, int) or offers < 1:
-        raise ConfigError("windows max_offers must be a whole number of at least 1")
+        raise ConfigError(f"{table} max_offers must be a whole number of at least 1")
+
+
+def _check_windows(config: Config) -> None:
+    _check_offers("windows", config.windows_max_offers)
+    _check_offers("apple", config.apple_max_offers)
     server = (config.windows_server_username, config.windows_server_secret)
     if (server[0] is None) != (server[1] is None):
         raise ConfigError("windows server_username and server_secret go together")
@@ -199,12 +216,13 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if os.environ.get("MDMGATE_API_TOKEN"):
         values.setdefault("api_token", os.environ["MDMGATE_API_TOKEN"])
-    unknown = sorted(set(values) - {f.name for f in fields(Config)} - {"apns", "windows"})
+    unknown = sorted(set(values) - {f.name for f in fields(Config)} - {"apns", "windows", "apple"})
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
     if "apns" in values:
         values.update(_apns(values.pop("apns")))
     values.update(_windows(values.pop("windows", {})))
+    values.update(_apple(values.pop("apple", {})))
     limits = _limits(values.pop("limits")) if "limits" in values else Limits()
     if "listen" in values:
         listen = values["listen"]
@@ -363,7 +381,12 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     metrics.register_gauge(
         "mdmgate_omadm_sessions", "Open OMA-DM sessions.", lambda: windows.open_sessions
     )
-    apple = AppleService(store, dev=config.dev, on_devices_changed=catalogue.note_devices)
+    apple = AppleService(
+        store,
+        dev=config.dev,
+        on_devices_changed=catalogue.note_devices,
+        max_offers=config.apple_max_offers,
+    )
     # /metrics is served here, or on its own address (metrics_listen).
     here = None if config.metrics_listen is not None else _metrics_access(config)
     handler = build_handler(store, admin, metrics, windows, apple, metrics_access=here)
