@@ -46,11 +46,13 @@ class Clock:
 class Console:
     """An admin API client over a handler, plus what a test needs to look behind it."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, *, node_id: str | None = None) -> None:
         self.store = store
         self.clock = clock
         self.pushed: list[str] = []
-        self.catalogue = Catalogue(store, now=clock, on_enqueued=self.pushed.extend)
+        self.catalogue = Catalogue(
+            store, now=clock, on_enqueued=self.pushed.extend, node_id=node_id
+        )
         self.api = AdminApi(store, TOKEN, catalogue=self.catalogue)
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -1092,7 +1093,7 @@ async def test_drain_finishes_in_flight_requests_then_returns() -> None:
 
 
 async def test_metrics_render_prometheus_text() -> None:
-    metrics = Metrics(buckets=(0.1, 1.0))
+    metrics = Metrics(buckets=(0.1, 1.0), node="gw-1")
     metrics.observe_request("GET", 200, "HTTP/2", 0.05)
     metrics.observe_request("GET", 204, "HTTP/2", 0.5)
     metrics.observe_request("BREW", 418, "HTTP/1.1", 2.0)
@@ -1103,20 +1104,33 @@ async def test_metrics_render_prometheus_text() -> None:
     text = metrics.render().decode()
     assert text.endswith("\n")
     lines = text.splitlines()
+    node = 'node="gw-1"'
     assert "# TYPE mdmgate_http_requests_total counter" in lines
-    assert 'mdmgate_http_requests_total{method="GET",status="2xx",protocol="HTTP/2"} 2' in lines
-    assert 'mdmgate_http_requests_total{method="OTHER",status="4xx",protocol="HTTP/1.1"} 1' in lines
+    assert (
+        f'mdmgate_http_requests_total{{{node},method="GET",status="2xx",protocol="HTTP/2"}} 2'
+        in lines
+    )
+    assert (
+        f'mdmgate_http_requests_total{{{node},method="OTHER",status="4xx",protocol="HTTP/1.1"}} 1'
+        in lines
+    )
     assert "# TYPE mdmgate_http_request_duration_seconds histogram" in lines
-    series = 'method="GET",status="2xx",protocol="HTTP/2"'
+    series = f'{node},method="GET",status="2xx",protocol="HTTP/2"'
     assert f'mdmgate_http_request_duration_seconds_bucket{{{series},le="0.1"}} 1' in lines
     assert f'mdmgate_http_request_duration_seconds_bucket{{{series},le="1.0"}} 2' in lines
     assert f'mdmgate_http_request_duration_seconds_bucket{{{series},le="+Inf"}} 2' in lines
     assert f"mdmgate_http_request_duration_seconds_sum{{{series}}} 0.55" in lines
     assert f"mdmgate_http_request_duration_seconds_count{{{series}}} 2" in lines
-    assert 'mdmgate_http_errors_total{kind="handler"} 1' in lines
+    assert f'mdmgate_http_errors_total{{{node},kind="handler"}} 1' in lines
     assert "# TYPE mdmgate_queue_depth gauge" in lines
-    assert "mdmgate_queue_depth 7" in lines
-    assert "mdmgate_http_open_connections 0" in lines
+    assert f"mdmgate_queue_depth{{{node}}} 7" in lines
+    assert f"mdmgate_http_open_connections{{{node}}} 0" in lines
+    # Every series names the node; by default the process (host:pid).
+    samples = [line for line in lines if line and not line.startswith("#")]
+    assert samples
+    assert all(f"{{{node}" in line for line in samples)
+    assert Metrics().node == f"{socket.gethostname()}:{os.getpid()}"
+    assert 'node="a\\"b"' in Metrics(node='a"b').render().decode()
     with pytest.raises(ValueError, match="already registered"):
         metrics.register_gauge("mdmgate_queue_depth", "again", lambda: 0)
     with pytest.raises(ValueError, match="invalid metric name"):

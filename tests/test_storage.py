@@ -2,28 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from mdmgate.storage import (
+    Change,
     CommandExists,
     DeliveryState,
     Device,
+    RevisionConflict,
     Store,
     StoredDeclaration,
+    StoredSession,
+    StoreError,
     UnknownDevices,
 )
 from mdmgate.storage.sqlite import SQLiteStore
-from tests.stores import BACKENDS, open_backend
+from tests.stores import (
+    BACKENDS,
+    SHARED_BACKENDS,
+    claim_each,
+    database_url,
+    merge_keys,
+    open_backend,
+    open_peer,
+    race_in_processes,
+    take_all,
+)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -446,3 +464,537 @@ async def test_sqlite_upgrade_keeps_deliveries_and_counts_their_offers(tmp_path:
         assert (delivery.command_id, delivery.offers) == ("c1", 1)
     finally:
         await store.aclose()
+
+
+# -- concurrent writers -------------------------------------------------------------------
+# Every promise of the contract holds for concurrent writers: tasks on one store (every
+# backend), two stores on one database (two connections, as two gateway nodes have), and
+# two OS processes. The racers start together; none sleeps to arrange an interleaving.
+
+
+@pytest.fixture(params=SHARED_BACKENDS)
+def shared(request: pytest.FixtureRequest) -> str:
+    """A backend whose database several stores and processes share."""
+    kind: str = request.param
+    return kind
+
+
+async def _two_stores(kind: str, tmp_path: Path) -> tuple[Store, Store]:
+    first = await open_backend(kind, tmp_path)
+    await first.upsert_devices([Device(f"dev-{i}", "windows", "/acme") for i in range(5)])
+    return first, await open_peer(kind, tmp_path)
+
+
+# Keys a JSON path handles badly: dots, brackets, quotes, backslashes, non-ASCII, empty.
+_ODD_KEYS = ["a.b", "[0]", "$", 'say "hi"', "back\\slash", "x'y", "日本", "\U0001d518", "", "ü"]
+
+
+async def test_merge_facts_keys_and_values_are_stored_as_given(store: Store) -> None:
+    facts: dict[str, Any] = {k: {"key": k, "nested": None, "list": [None, 1.5]} for k in _ODD_KEYS}
+    facts["float"] = 0.1 + 0.2  # an untouched value keeps every digit
+    facts["big"] = 2**70
+    assert await store.merge_facts("dev-1", facts)
+    device = await store.get_device("dev-1")
+    assert device is not None
+    assert device.facts == facts
+    # A value replaces the old one whole (no merge of nested objects); None removes a key.
+    assert await store.merge_facts("dev-1", {"a.b": {"other": 1}, 'say "hi"': None, "日本": None})
+    assert await store.merge_facts("dev-1", {"back\\slash": None, "never there": None})
+    expected = {k: v for k, v in facts.items() if k not in ('say "hi"', "日本", "back\\slash")}
+    expected["a.b"] = {"other": 1}
+    device = await store.get_device("dev-1")
+    assert device is not None
+    assert device.facts == expected
+    # Removing every fact leaves none; a merge of nothing changes nothing.
+    assert await store.merge_facts("dev-1", dict.fromkeys(expected))
+    assert await store.merge_facts("dev-1", {})
+    device = await store.get_device("dev-1")
+    assert device is not None
+    assert device.facts == {}
+
+
+async def test_concurrent_fact_merges_all_survive(store: Store) -> None:
+    keys = [f"k{i}" for i in range(40)] + _ODD_KEYS
+    async with trio.open_nursery() as nursery:
+        for i, key in enumerate(keys):
+            nursery.start_soon(store.merge_facts, "dev-2", {key: i})
+            # The same device's fields change meanwhile: nothing merged is undone.
+            if i % 10 == 0:
+                nursery.start_soon(store.update_device, "dev-2", {"os_version": f"10.{i}"})
+    device = await store.get_device("dev-2")
+    assert device is not None
+    assert device.facts == {key: i for i, key in enumerate(keys)}
+    assert device.os_version is not None
+
+
+async def test_fact_merges_from_two_stores_all_survive(shared: str, tmp_path: Path) -> None:
+    first, second = await _two_stores(shared, tmp_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            for n, s in enumerate((first, second)):
+                for t in range(4):
+                    keys = [f"s{n}-t{t}-{i}" for i in range(15)]
+                    nursery.start_soon(merge_keys, s, "dev-3", keys)
+        for s in (first, second):
+            device = await s.get_device("dev-3")
+            assert device is not None
+            assert len(device.facts) == 2 * 4 * 15
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_fact_merges_from_two_processes_all_survive(shared: str, tmp_path: Path) -> None:
+    store = await open_backend(shared, tmp_path)
+    try:
+        await store.upsert_devices([Device("dev-1", "windows")])
+        url = database_url(shared, tmp_path)
+        assert url is not None
+        keys = [[f"p{p}-{i}" for i in range(60)] for p in range(2)]
+        await race_in_processes(url, [("merge_keys", {"device": "dev-1", "keys": k}) for k in keys])
+        device = await store.get_device("dev-1")
+        assert device is not None
+        assert sorted(device.facts) == sorted(keys[0] + keys[1])
+        assert device.facts["p1-59"] == {"n": 59, "by": "p1-59"}
+    finally:
+        await store.aclose()
+
+
+async def test_update_device_sets_fields_and_keeps_the_rest(store: Store) -> None:
+    await store.upsert_devices(
+        [Device("mac-1", "macos", "/acme", "14.0", None, {"cert": "c"}, {"model": "Mac"})]
+    )
+    assert await store.update_device("mac-1", {"os_version": "15.1", "supervised": True})
+    assert await store.get_device("mac-1") == Device(
+        "mac-1", "macos", "/acme", "15.1", True, {"cert": "c"}, {"model": "Mac"}
+    )
+    assert await store.update_device("mac-1", {"org": "/acme/sales", "os_version": None})
+    assert await store.update_device("mac-1", {"platform": "ios", "supervised": False})
+    assert await store.update_device("mac-1", {})
+    assert await store.get_device("mac-1") == Device(
+        "mac-1", "ios", "/acme/sales", None, False, {"cert": "c"}, {"model": "Mac"}
+    )
+    assert not await store.update_device("ghost", {"org": "/x"})
+    wrong_fields: list[dict[str, Any]] = [
+        {"facts": {}},
+        {"auth": {}},
+        {"id": "other"},
+        {"org": "/y", "colour": "red"},
+    ]
+    for wrong in wrong_fields:
+        with pytest.raises(ValueError, match="not a device field"):
+            await store.update_device("mac-1", wrong)
+    device = await store.get_device("mac-1")
+    assert device is not None
+    assert device.org == "/acme/sales"
+
+
+async def test_update_device_from_another_store_keeps_merged_facts(
+    shared: str, tmp_path: Path
+) -> None:
+    first, second = await _two_stores(shared, tmp_path)
+    try:
+
+        async def check_ins(s: Store, n: int) -> None:
+            for i in range(20):
+                await s.update_device("dev-4", {"os_version": f"{n}.{i}"})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(merge_keys, first, "dev-4", [f"a{i}" for i in range(20)])
+            nursery.start_soon(merge_keys, second, "dev-4", [f"b{i}" for i in range(20)])
+            nursery.start_soon(check_ins, first, 1)
+            nursery.start_soon(check_ins, second, 2)
+        device = await first.get_device("dev-4")
+        assert device is not None
+        assert len(device.facts) == 40
+        assert device.os_version in ("1.19", "2.19")
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+def _check_handed_out_once(results: list[list[list[Any]]], commands: list[str]) -> None:
+    """Each delivery was handed out exactly once, to exactly one racer (``max_offers=1``:
+    a second offer would be a double hand-out), and every one was handed out."""
+    handed = [command for got in results for command, _ in got]
+    assert sorted(handed) == sorted(commands)
+    assert {offers for got in results for _, offers in got} == {1}
+
+
+async def test_concurrent_sessions_never_take_the_same_delivery(store: Store) -> None:
+    commands = [f"c{i:03d}" for i in range(60)]
+    for c in commands:
+        await store.enqueue(c, "syncml", c.encode(), ["dev-0"])
+    results: list[list[list[Any]]] = []
+
+    async def session(name: str) -> None:
+        results.append(await take_all(store, "dev-0", name, 3))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(session, f"s{i}")
+    _check_handed_out_once(results, commands)
+    # Each session got its share in enqueue order.
+    for got in results:
+        assert [c for c, _ in got] == sorted(c for c, _ in got)
+
+
+async def test_two_stores_never_take_the_same_delivery(shared: str, tmp_path: Path) -> None:
+    first, second = await _two_stores(shared, tmp_path)
+    try:
+        commands = [f"c{i:03d}" for i in range(80)]
+        await first.enqueue("bulk", "syncml", b"x", ["dev-1"])
+        for c in commands:
+            await second.enqueue(c, "syncml", c.encode(), ["dev-1"])
+        results: list[list[list[Any]]] = []
+
+        async def session(s: Store, name: str) -> None:
+            results.append(await take_all(s, "dev-1", name, 2))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(session, first, f"a{i}")
+                nursery.start_soon(session, second, f"b{i}")
+        _check_handed_out_once(results, ["bulk", *commands])
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_two_processes_never_take_the_same_delivery(shared: str, tmp_path: Path) -> None:
+    store = await open_backend(shared, tmp_path)
+    try:
+        await store.upsert_devices([Device("dev-1", "windows")])
+        commands = [f"c{i:03d}" for i in range(150)]
+        for c in commands:
+            await store.enqueue(c, "syncml", c.encode(), ["dev-1"])
+        url = database_url(shared, tmp_path)
+        assert url is not None
+        results = await race_in_processes(
+            url,
+            [("take_all", {"device": "dev-1", "session": f"p{i}", "limit": 2}) for i in range(2)],
+        )
+        _check_handed_out_once(results, commands)
+        assert await store.take("dev-1", "after", 10) == []
+    finally:
+        await store.aclose()
+
+
+# -- sessions -----------------------------------------------------------------------------
+
+
+async def test_sessions_compare_and_set(store: Store) -> None:
+    later = time.time() + 3600
+    assert await store.load_session("omadm", "dev-1/7") is None
+    assert await store.save_session("omadm", "dev-1/7", b"one", expected_rev=None, expires_at=later)
+    assert await store.load_session("omadm", "dev-1/7") == StoredSession(b"one", 1, later)
+    assert (
+        await store.save_session("omadm", "dev-1/7", b"two", expected_rev=1, expires_at=later + 1)
+        == 2
+    )
+    # Another node answered the same message from revision 1: it cannot save.
+    with pytest.raises(RevisionConflict) as stale:
+        await store.save_session("omadm", "dev-1/7", b"lost", expected_rev=1, expires_at=later)
+    assert (stale.value.expected, stale.value.stored) == (1, 2)
+    assert await store.load_session("omadm", "dev-1/7") == StoredSession(b"two", 2, later + 1)
+    # Kinds and keys are separate exchanges.
+    assert await store.load_session("apple", "dev-1/7") is None
+    with pytest.raises(RevisionConflict) as missing:
+        await store.save_session("apple", "dev-1/7", b"x", expected_rev=1, expires_at=later)
+    assert (missing.value.expected, missing.value.stored) == (1, None)
+    assert await store.load_session("apple", "dev-1/7") is None
+    # A new exchange (expected_rev None) replaces the stale one, whatever its revision.
+    assert await store.save_session("omadm", "dev-1/7", b"new", expected_rev=None, expires_at=later)
+    assert await store.load_session("omadm", "dev-1/7") == StoredSession(b"new", 1, later)
+    # Dropping: only at the given revision, once.
+    assert not await store.drop_session("omadm", "dev-1/7", expected_rev=2)
+    assert await store.drop_session("omadm", "dev-1/7", expected_rev=1)
+    assert not await store.drop_session("omadm", "dev-1/7")
+    assert await store.load_session("omadm", "dev-1/7") is None
+    await store.save_session(
+        "apple", "dev-2", bytes(range(256)), expected_rev=None, expires_at=later
+    )
+    assert await store.drop_session("apple", "dev-2")
+
+
+async def test_sessions_expire(store: Store) -> None:
+    now = time.time()
+    await store.save_session("omadm", "stale", b"s", expected_rev=None, expires_at=now - 10)
+    await store.save_session("omadm", "fresh", b"f", expected_rev=None, expires_at=now + 3600)
+    await store.save_session("apple", "stale", b"s", expected_rev=None, expires_at=now - 5)
+    # An expired exchange is gone for readers and compare-and-set, before it is dropped.
+    assert await store.load_session("omadm", "stale") is None
+    with pytest.raises(RevisionConflict):
+        await store.save_session("omadm", "stale", b"x", expected_rev=1, expires_at=now + 60)
+    assert not await store.drop_session("omadm", "stale")
+    assert await store.expire_sessions(now) == 2
+    assert await store.expire_sessions(now) == 0
+    fresh = await store.load_session("omadm", "fresh")
+    assert fresh is not None
+    assert fresh.state == b"f"
+    # A new exchange may reuse an expired key.
+    await store.save_session("apple", "stale", b"again", expected_rev=None, expires_at=now + 60)
+    again = await store.load_session("apple", "stale")
+    assert again is not None
+    assert (again.state, again.rev) == (b"again", 1)
+    assert await store.expire_sessions(now + 3601) == 2
+
+
+async def test_two_nodes_answering_one_message_cannot_both_save(store: Store) -> None:
+    later = time.time() + 60
+    await store.save_session("omadm", "k", b"0", expected_rev=None, expires_at=later)
+    saved: list[bytes] = []
+
+    async def answer(state: bytes) -> None:
+        with contextlib.suppress(RevisionConflict):
+            await store.save_session("omadm", "k", state, expected_rev=1, expires_at=later)
+            saved.append(state)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(answer, str(i).encode())
+    assert len(saved) == 1
+    assert await store.load_session("omadm", "k") == StoredSession(saved[0], 2, later)
+
+
+async def test_sessions_saved_by_one_store_are_read_by_another(shared: str, tmp_path: Path) -> None:
+    first, second = await _two_stores(shared, tmp_path)
+    try:
+        later = time.time() + 60
+        await first.save_session("omadm", "k", b"1", expected_rev=None, expires_at=later)
+        loaded = await second.load_session("omadm", "k")
+        assert loaded == StoredSession(b"1", 1, later)
+        outcomes: list[tuple[str, int | None]] = []
+
+        async def answer(s: Store, state: bytes) -> None:
+            try:
+                rev = await s.save_session("omadm", "k", state, expected_rev=1, expires_at=later)
+            except RevisionConflict as exc:
+                outcomes.append(("conflict", exc.stored))
+            else:
+                outcomes.append(("saved", rev))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(answer, first, b"first")
+                nursery.start_soon(answer, second, b"second")
+        # One saved revision 2; every other found it there.
+        assert sorted(outcomes) == [("conflict", 2)] * 5 + [("saved", 2)]
+        loaded = await second.load_session("omadm", "k")
+        assert loaded is not None
+        assert loaded.rev == 2
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+# -- change feed --------------------------------------------------------------------------
+
+
+def _kinds(changes: Sequence[Change]) -> list[tuple[str, str]]:
+    return [(c.kind, c.key) for c in changes]
+
+
+async def test_device_writes_are_in_the_change_feed(store: Store) -> None:
+    # The fixture registered dev-0..dev-4: five changes, numbered from 1, in order.
+    first = await store.changes(0, 100)
+    assert _kinds(first) == [("device", f"dev-{i}") for i in range(5)]
+    assert [c.seq for c in first] == sorted({c.seq for c in first})
+    assert first[0].seq >= 1
+    last = await store.last_change()
+    assert last == first[-1].seq
+    await store.upsert_devices([Device("new-1", "ios"), Device("dev-0", "ios")])
+    assert await store.merge_facts("dev-1", {"model": "x"})
+    assert await store.update_device("dev-2", {"org": "/other"})
+    # What changes nothing the index derives from, or fails, records nothing.
+    assert not await store.merge_facts("ghost", {"model": "x"})
+    assert not await store.update_device("ghost", {"org": "/x"})
+    with pytest.raises(ValueError, match="not a device field"):
+        await store.update_device("dev-1", {"colour": "red"})
+    await store.enqueue("c1", "syncml", b"x", ["dev-1"])
+    await store.take("dev-1", "s", 10)
+    later = await store.changes(last, 100)
+    assert _kinds(later) == [
+        ("device", "new-1"),
+        ("device", "dev-0"),
+        ("device", "dev-1"),
+        ("device", "dev-2"),
+    ]
+    seqs = [c.seq for c in later]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 4
+    assert seqs[0] > last
+    assert await store.last_change() == seqs[-1]
+    # Paging: limit and after.
+    assert await store.changes(last, 2) == later[:2]
+    assert await store.changes(later[1].seq, 100) == later[2:]
+    assert await store.changes(seqs[-1], 100) == []
+    assert await store.changes(0, 0) == []
+
+
+async def test_change_feed_from_concurrent_writers_is_complete_and_ordered(store: Store) -> None:
+    last = await store.last_change()
+    async with trio.open_nursery() as nursery:
+        for i in range(30):
+            nursery.start_soon(store.merge_facts, f"dev-{i % 5}", {f"k{i}": i})
+    found = await store.changes(last, 1000)
+    assert len(found) == 30
+    assert sorted(_kinds(found)) == sorted(("device", f"dev-{i % 5}") for i in range(30))
+    assert [c.seq for c in found] == sorted({c.seq for c in found})
+
+
+async def test_wait_for_changes_wakes_on_a_write_from_another_task(store: Store) -> None:
+    last = await store.last_change()
+    with trio.fail_after(5):
+        await store.wait_for_changes(last - 1)  # one exists: at once
+        woken = trio.Event()
+
+        async def wait() -> None:
+            await store.wait_for_changes(last)
+            woken.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not woken.is_set()
+            await store.merge_facts("dev-3", {"x": 1})
+            await woken.wait()
+    # Cancellable.
+    with trio.move_on_after(0.01) as scope:
+        await store.wait_for_changes(await store.last_change())
+    assert scope.cancelled_caught
+
+
+async def test_wait_for_changes_sees_another_store(shared: str, tmp_path: Path) -> None:
+    first, second = await _two_stores(shared, tmp_path)
+    try:
+        last = await first.last_change()
+        assert await second.last_change() == last
+        woken = trio.Event()
+
+        async def wait() -> None:
+            await first.wait_for_changes(last)
+            woken.set()
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not woken.is_set()
+                await second.update_device("dev-0", {"org": "/moved"})
+                await woken.wait()
+        [change] = await first.changes(last, 10)
+        assert (change.kind, change.key) == ("device", "dev-0")
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+# -- leases -------------------------------------------------------------------------------
+
+
+async def test_leases_are_exclusive_until_they_expire(store: Store) -> None:
+    assert await store.claim_lease("wave:n-1", "node-a", now=100.0, until=110.0)
+    assert not await store.claim_lease("wave:n-1", "node-b", now=105.0, until=200.0)
+    # The holder renews.
+    assert await store.claim_lease("wave:n-1", "node-a", now=105.0, until=120.0)
+    assert not await store.claim_lease("wave:n-1", "node-b", now=119.9, until=200.0)
+    assert await store.live_leases("wave:", now=119.9) == ["node-a"]
+    # Expired: anyone takes it (a node that died mid-wave loses its wave).
+    assert await store.live_leases("wave:", now=120.0) == []
+    assert await store.claim_lease("wave:n-1", "node-b", now=120.0, until=130.0)
+    assert not await store.claim_lease("wave:n-1", "node-a", now=121.0, until=140.0)
+    # Only the holder releases.
+    assert not await store.release_lease("wave:n-1", "node-a")
+    assert not await store.release_lease("wave:none", "node-b")
+    assert await store.release_lease("wave:n-1", "node-b")
+    assert not await store.release_lease("wave:n-1", "node-b")
+    assert await store.claim_lease("wave:n-1", "node-a", now=122.0, until=140.0)
+
+
+async def test_live_leases_by_prefix(store: Store) -> None:
+    assert await store.live_leases("node:", now=0.0) == []
+    await store.claim_lease("node:b", "b", now=0.0, until=100.0)
+    await store.claim_lease("node:a", "a", now=0.0, until=100.0)
+    await store.claim_lease("node:old", "old", now=0.0, until=50.0)
+    await store.claim_lease("nodes", "not a node", now=0.0, until=100.0)
+    await store.claim_lease("wave:1", "a", now=0.0, until=100.0)
+    # A prefix is a prefix (not a LIKE pattern): "_" and "%" are characters.
+    await store.claim_lease("n_%x", "odd", now=0.0, until=100.0)
+    await store.claim_lease("nX%x", "other", now=0.0, until=100.0)
+    assert sorted(await store.live_leases("node:", now=60.0)) == ["a", "b"]
+    assert sorted(await store.live_leases("node:", now=10.0)) == ["a", "b", "old"]
+    assert await store.live_leases("n_%", now=10.0) == ["odd"]
+    assert sorted(await store.live_leases("", now=10.0)) == [
+        "a",
+        "a",
+        "b",
+        "not a node",
+        "odd",
+        "old",
+        "other",
+    ]
+
+
+async def test_one_of_many_concurrent_claims_wins(store: Store) -> None:
+    won: list[str] = []
+
+    async def claim(holder: str) -> None:
+        if await store.claim_lease("wave:n-9", holder, now=1.0, until=60.0):
+            won.append(holder)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            nursery.start_soon(claim, f"node-{i}")
+    assert len(won) == 1
+    assert await store.live_leases("wave:", now=2.0) == won
+
+
+async def test_leases_claimed_by_two_stores_and_two_processes(shared: str, tmp_path: Path) -> None:
+    first, second = await _two_stores(shared, tmp_path)
+    names = [f"wave:{i}" for i in range(40)]
+    try:
+        async with trio.open_nursery() as nursery:
+            results: dict[str, list[str]] = {}
+
+            async def claim(s: Store, holder: str) -> None:
+                results[holder] = await claim_each(s, names, holder)
+
+            nursery.start_soon(claim, first, "a")
+            nursery.start_soon(claim, second, "b")
+        assert sorted(results["a"] + results["b"]) == sorted(names)
+        url = database_url(shared, tmp_path)
+        assert url is not None
+        others = [f"other:{i}" for i in range(60)]
+        won = await race_in_processes(
+            url, [("claim_each", {"names": others, "holder": f"p{i}"}) for i in range(2)]
+        )
+        assert sorted(won[0] + won[1]) == sorted(others)
+        assert len(await first.live_leases("other:", now=2.0)) == 60
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_sqlite_closed_with_writes_in_flight(tmp_path: Path) -> None:
+    """Writes racing aclose() either commit or fail with a StoreError naming the closed
+    store; the writer never dies with an exception (a system task's error ends the run)."""
+    for attempt in range(20):
+        store = await SQLiteStore.open(tmp_path / f"closing-{attempt}.db")
+        await store.upsert_devices([Device("d", "windows")])
+        outcomes: list[str] = []
+
+        async def merge(key: str, store: SQLiteStore = store, out: list[str] = outcomes) -> None:
+            try:
+                await store.merge_facts("d", {key: 1})
+                out.append("committed")
+            except StoreError as exc:
+                assert "closed" in str(exc)
+                out.append("refused")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(merge, f"k{i}")
+            await trio.sleep(0)
+            await store.aclose()
+        assert len(outcomes) == 3

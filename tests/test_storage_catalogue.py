@@ -29,7 +29,15 @@ from mdmgate.storage import (
     UnknownDevices,
 )
 from mdmgate.storage.sqlite import MIGRATIONS, SQLiteStore
-from tests.stores import BACKENDS, open_backend
+from tests.stores import (
+    BACKENDS,
+    SHARED_BACKENDS,
+    database_url,
+    grant_each,
+    open_backend,
+    open_peer,
+    race_in_processes,
+)
 
 DEVICES = [f"dev-{i}" for i in range(6)]
 
@@ -40,6 +48,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await s.upsert_devices([Device(d, "ios", "/acme") for d in DEVICES])
     yield s
     await s.aclose()
+
+
+@pytest.fixture(params=SHARED_BACKENDS)
+def shared(request: pytest.FixtureRequest) -> str:
+    """A backend whose database several stores and processes share."""
+    kind: str = request.param
+    return kind
 
 
 def full_app(app_id: str = "app-1") -> App:
@@ -219,14 +234,15 @@ async def test_orgs_in_path_order_and_replaced(store: Store) -> None:
 
 async def test_notification_crud(store: Store) -> None:
     assert await store.get_notification("n-1") is None
-    full = full_notification()
-    await store.put_notification(full)
+    full = await store.put_notification(msgspec.structs.replace(full_notification(), rev=9))
+    assert full == msgspec.structs.replace(full_notification(), rev=1)  # the store sets it
     assert await store.get_notification("n-1") == full
 
     done = msgspec.structs.replace(
         full, state="done", waves=4, counts={"queued": 12}, cursor=None, error=None
     )
-    await store.put_notification(done)
+    done = await store.put_notification(done, expected_rev=1)
+    assert done.rev == 2
     assert await store.get_notification("n-1") == done
     assert await store.list_notifications() == [done]
 
@@ -267,12 +283,157 @@ async def test_due_notifications_and_next_due(store: Store) -> None:
     # A notification that finishes, or moves its due time, leaves or moves in the schedule.
     first = await store.get_notification("early")
     assert first is not None
-    await store.put_notification(msgspec.structs.replace(first, state="done"))
+    await store.put_notification(msgspec.structs.replace(first, state="done"), expected_rev=1)
     assert await store.next_due() == 100.0
     tie_old = await store.get_notification("tie-old")
     assert tie_old is not None
-    await store.put_notification(msgspec.structs.replace(tie_old, due_at=500.0))
+    await store.put_notification(msgspec.structs.replace(tie_old, due_at=500.0), expected_rev=1)
     assert [n.id for n in await store.due_notifications(1e12)] == ["tie-new", "late", "tie-old"]
+
+
+async def test_notifications_compare_and_set(store: Store) -> None:
+    created = await store.put_notification(note("n-1", due_at=10.0))
+    assert created.rev == 1
+    # Creating what exists, replacing what does not: refused, nothing changes.
+    with pytest.raises(RevisionConflict) as exists:
+        await store.put_notification(note("n-1", due_at=99.0))
+    assert (exists.value.expected, exists.value.stored) == (None, 1)
+    with pytest.raises(RevisionConflict) as missing:
+        await store.put_notification(note("ghost"), expected_rev=1)
+    assert (missing.value.expected, missing.value.stored) == (1, None)
+    assert await store.get_notification("ghost") is None
+
+    # A wave reads the notification, a cancel lands, the wave writes its stale copy back.
+    wave = await store.get_notification("n-1")
+    assert wave is not None
+    running = await store.put_notification(
+        msgspec.structs.replace(wave, state="running"), expected_rev=wave.rev
+    )
+    assert running.rev == 2
+    wave = await store.get_notification("n-1")
+    assert wave == running
+    cancelled = await store.put_notification(
+        msgspec.structs.replace(running, state="cancelled"), expected_rev=running.rev
+    )
+    assert cancelled.rev == 3
+    with pytest.raises(RevisionConflict) as stale:
+        await store.put_notification(
+            msgspec.structs.replace(wave, waves=1, counts={"queued": 5}), expected_rev=wave.rev
+        )
+    assert (stale.value.expected, stale.value.stored) == (2, 3)
+    # The cancel won: stored as it was written, and out of the schedule.
+    assert await store.get_notification("n-1") == cancelled
+    assert await store.due_notifications(1e12) == []
+    assert await store.next_due() is None
+
+
+async def test_concurrent_notification_writers_one_wins(store: Store) -> None:
+    await store.put_notification(note("n-1"))
+    won: list[int] = []
+
+    async def write(i: int) -> None:
+        try:
+            await store.put_notification(note("n-1", due_at=float(i)), expected_rev=1)
+        except RevisionConflict as exc:
+            assert exc.stored == 2
+            return
+        won.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(write, i)
+    assert len(won) == 1
+    stored = await store.get_notification("n-1")
+    assert stored is not None
+    assert (stored.rev, stored.due_at) == (2, float(won[0]))
+
+
+async def test_fan_out_stores_the_notification_in_the_same_step(store: Store) -> None:
+    made = await store.fan_out(
+        [CommandBatch("c1", "apple", b"x", ["dev-0", "dev-1"])],
+        licences=LicenceGrant("app-1", 5, ["dev-0", "dev-1"]),
+        notification=note("n-1", state="running"),
+    )
+    assert made == 2
+    created = await store.get_notification("n-1")
+    assert created is not None
+    assert (created.rev, created.state) == (1, "running")
+    wave = msgspec.structs.replace(created, waves=1, counts={"queued": 2}, cursor="dev-1")
+    made = await store.fan_out(
+        [CommandBatch("c1", "apple", b"x", ["dev-2"])], notification=wave, expected_rev=1
+    )
+    assert made == 1
+    assert await store.get_notification("n-1") == msgspec.structs.replace(wave, rev=2)
+
+
+async def test_a_cancel_during_a_wave_wins_and_the_wave_writes_nothing(store: Store) -> None:
+    await store.put_app(simple_app("app-1"), expected_rev=None)
+    created = await store.put_notification(note("n-1", state="running"))
+    wave = msgspec.structs.replace(created, waves=1, counts={"queued": 3}, cursor="dev-2")
+    # The cancel lands between the wave's read and its write.
+    cancelled = await store.put_notification(
+        msgspec.structs.replace(created, state="cancelled"), expected_rev=created.rev
+    )
+    last = await store.last_change()
+    depth = await store.queue_depth()
+    with pytest.raises(RevisionConflict) as conflict:
+        await store.fan_out(
+            [CommandBatch("wave-1", "apple", b"x", DEVICES[:3])],
+            licences=LicenceGrant("app-1", 10, DEVICES[:3]),
+            notification=wave,
+            expected_rev=created.rev,
+        )
+    assert (conflict.value.expected, conflict.value.stored) == (1, 2)
+    # Nothing of the wave was written: no deliveries, no licences, no counts, no changes.
+    assert await store.get_notification("n-1") == cancelled
+    assert await store.command_status("wave-1") is None
+    assert await store.queue_depth() == depth
+    assert await store.licence_holders("app-1") == []
+    assert await store.changes(last, 10) == []
+    # Nor when the fan-out itself fails: the notification is not written either.
+    with pytest.raises(UnknownDevices):
+        await store.fan_out(
+            [CommandBatch("wave-1", "apple", b"x", ["ghost"])],
+            notification=msgspec.structs.replace(cancelled, waves=9),
+            expected_rev=cancelled.rev,
+        )
+    await store.fan_out([], licences=LicenceGrant("app-1", 1, ["dev-5"]))
+    with pytest.raises(LicencesExhausted):
+        await store.fan_out(
+            [CommandBatch("wave-1", "apple", b"x", ["dev-4"])],
+            licences=LicenceGrant("app-1", 1, ["dev-4"]),
+            notification=note("n-new"),
+        )
+    assert await store.get_notification("n-1") == cancelled
+    assert await store.get_notification("n-new") is None
+    assert await store.command_status("wave-1") is None
+
+
+async def test_catalogue_writes_are_in_the_change_feed(store: Store) -> None:
+    last = await store.last_change()
+    await store.put_org(Org(path="/acme"))
+    app = await store.put_app(simple_app("app-1"), expected_rev=None)
+    with pytest.raises(RevisionConflict):
+        await store.put_app(simple_app("app-1"), expected_rev=None)
+    await store.put_app(app, expected_rev=1)
+    await store.fan_out([CommandBatch("c1", "apple", b"x", ["dev-0"])])  # no licences
+    await store.fan_out([], licences=LicenceGrant("app-1", 3, ["dev-0", "dev-1"]))
+    await store.fan_out([], licences=LicenceGrant("app-1", 3, ["dev-1"]))  # held: no move
+    with pytest.raises(LicencesExhausted):
+        await store.fan_out([], licences=LicenceGrant("app-1", 3, DEVICES[2:]))
+    assert await store.release_licences("app-1", ["dev-5"]) == 0
+    assert await store.release_licences("app-1", ["dev-0"]) == 1
+    await store.put_notification(note("n-1"))
+    found = await store.changes(last, 100)
+    assert [(c.kind, c.key) for c in found] == [
+        ("org", "/acme"),
+        ("app", "app-1"),
+        ("app", "app-1"),
+        ("licence", "app-1"),
+        ("licence", "app-1"),
+    ]
+    assert [c.seq for c in found] == sorted({c.seq for c in found})
+    assert found[0].seq > last
 
 
 # -- device paging ------------------------------------------------------------------------
@@ -449,6 +610,61 @@ async def test_concurrent_grants_cannot_overdraw_the_pool(store: Store) -> None:
     assert await store.queue_depth() == 3
 
 
+async def test_concurrent_grants_from_two_stores_stay_in_the_pool(
+    shared: str, tmp_path: Path
+) -> None:
+    first = await open_backend(shared, tmp_path)
+    fleet = [f"fleet-{i:02d}" for i in range(40)]
+    await first.upsert_devices([Device(d, "ios") for d in fleet])
+    second = await open_peer(shared, tmp_path)
+    try:
+        granted: list[list[str]] = []
+
+        async def grant(s: Store, devices: list[str]) -> None:
+            granted.append(await grant_each(s, "app-1", 13, devices))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(grant, first if i % 2 else second, fleet[i::4])
+        every = _check_pool(granted, 13)
+        assert await second.licence_holders("app-1") == sorted(every)
+        for device in fleet:
+            status = await first.command_status(f"install-{device}")
+            assert (status is not None) == (device in every)
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_concurrent_grants_from_two_processes_stay_in_the_pool(
+    shared: str, tmp_path: Path
+) -> None:
+    store = await open_backend(shared, tmp_path)
+    try:
+        fleet = [f"fleet-{i:02d}" for i in range(60)]
+        await store.upsert_devices([Device(d, "ios") for d in fleet])
+        url = database_url(shared, tmp_path)
+        assert url is not None
+        granted = await race_in_processes(
+            url,
+            [
+                ("grant_each", {"app": "app-1", "total": 25, "devices": fleet[i::2]})
+                for i in range(2)
+            ],
+        )
+        every = _check_pool(granted, 25)
+        assert await store.licence_holders("app-1") == sorted(every)
+    finally:
+        await store.aclose()
+
+
+def _check_pool(granted: list[list[str]], total: int) -> list[str]:
+    """Exactly ``total`` grants succeeded, each device at most once; returns them."""
+    every = [device for some in granted for device in some]
+    assert len(every) == len(set(every)) == total
+    return every
+
+
 # -- SQLite specifics ---------------------------------------------------------------------
 
 
@@ -458,7 +674,7 @@ async def test_sqlite_catalogue_survives_reopening(tmp_path: Path) -> None:
     await store.upsert_devices([Device(d, "windows") for d in DEVICES])
     app = await store.put_app(full_app(), expected_rev=None)
     await store.put_org(Org(path="/acme", name="ACME"))
-    await store.put_notification(full_notification())
+    notification = await store.put_notification(full_notification())
     await store.fan_out(
         [CommandBatch("install", "syncml", b"<Exec/>", DEVICES[:2])],
         licences=LicenceGrant("app-1", 25, DEVICES[:2]),
@@ -469,7 +685,7 @@ async def test_sqlite_catalogue_survives_reopening(tmp_path: Path) -> None:
     try:
         assert await store.get_app("app-1") == app
         assert await store.list_orgs() == [Org(path="/acme", name="ACME")]
-        assert await store.get_notification("n-1") == full_notification()
+        assert await store.get_notification("n-1") == notification
         assert await store.next_due() == full_notification().due_at
         assert await store.licence_holders("app-1") == DEVICES[:2]
         [delivery] = await store.take("dev-1", "s1", 10)
@@ -512,3 +728,39 @@ async def test_sqlite_schema_2_is_migrated_keeping_devices(tmp_path: Path) -> No
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
     finally:
         db.close()
+
+
+async def test_sqlite_schema_4_notifications_get_revisions(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for script in MIGRATIONS[:4]:
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    db.execute("INSERT INTO schema_version VALUES (4)")
+    old = full_notification()
+    doc = msgspec.json.encode(old).decode().replace(',"rev":0', "")
+    assert '"rev"' not in doc  # as an older mdmgate wrote it
+    db.execute(
+        "INSERT INTO notifications VALUES (?, ?, ?, ?, ?, ?)",
+        (old.id, old.app_id, old.state, old.due_at, old.created_at, doc),
+    )
+    db.close()
+
+    store = await SQLiteStore.open(path)
+    try:
+        stored = await store.get_notification(old.id)
+        assert stored == msgspec.structs.replace(old, rev=1)
+        assert await store.list_notifications() == [stored]
+        with pytest.raises(RevisionConflict):
+            await store.put_notification(old)
+        replaced = await store.put_notification(
+            msgspec.structs.replace(old, state="done"), expected_rev=1
+        )
+        assert replaced.rev == 2
+        assert await store.last_change() == 0
+        assert await store.load_session("omadm", "x") is None
+        assert await store.claim_lease("wave:x", "a", now=0.0, until=1.0)
+    finally:
+        await store.aclose()

@@ -111,7 +111,7 @@ async def test_a_cut_session_is_replaced_by_a_new_one_with_the_same_session_id(
         reply = log[0].reply
         assert reply is not None
         assert [c.name for c in reply.commands if c.name != "Status"] == ["Get"]
-        assert gw.windows.open_sessions == 1
+        assert await gw.windows.session_open("win-cut", "5")
         # The device starts over with the same SessionID: a new session, the Get again.
         log = await device.session(client, session_id="5")
         assert log[0].status == 200, log[0].text
@@ -119,7 +119,7 @@ async def test_a_cut_session_is_replaced_by_a_new_one_with_the_same_session_id(
         assert header_status(log[0].reply) == "212"
         assert device.received == [("Get", "./DevDetail/SwV")]
         assert await gw.state(client, command_id) == ("acknowledged", "200")
-        assert gw.windows.open_sessions == 0
+        assert not await gw.windows.session_open("win-cut", "5")
 
 
 async def test_an_unauthenticated_first_message_leaves_the_live_session(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ async def test_an_unauthenticated_first_message_leaves_the_live_session(tmp_path
         log = await intruder.session(client, session_id="9")
         assert log[0].reply is not None
         assert header_status(log[0].reply) == "401"
-        assert gw.windows.open_sessions == 1
+        assert await gw.windows.session_open("win-live", "9")
         # The live session goes on: the device answers the Get in its message 2.
         exchange = await device.resume(client, "9", 2, cut)
         assert exchange.status == 200, exchange.text

@@ -162,7 +162,7 @@ async def test_check_in_with_devinfo(tmp_path: Path, http2: bool) -> None:
         facts = r.json()["facts"]
         assert facts["devinfo"]["Mod"] == "Surface Laptop"
         assert facts["devinfo"]["Lang"] == "it-IT"
-        assert gw.windows.open_sessions == 0
+        assert not await gw.windows.session_open("win-checkin", "1")
 
 
 async def test_md5_challenge_then_wrong_password(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 
 import pytest
+import trio
 
 from mdmgate import syncml
 from mdmgate.server.admin import AdminApi
@@ -115,7 +116,7 @@ async def test_replayed_message_is_400_and_the_session_goes_on(store: MemoryStor
     )
     last = await service(post(answer.encode(), cert=CERT))
     assert header_status(last) == "200"
-    assert service.open_sessions == 0
+    assert not await service.session_open("win-cert", "1A")
     status = await store.command_status("c1")
     assert status is not None
     (delivery,) = status.deliveries
@@ -124,19 +125,63 @@ async def test_replayed_message_is_400_and_the_session_goes_on(store: MemoryStor
     assert json.loads(delivery.result)[0]["data"] == "10.0.26100"
 
 
-async def test_too_many_sessions_is_429_with_retry_after(store: MemoryStore) -> None:
-    await store.enqueue(
+class HeldStore(MemoryStore):
+    """Holds the next ``get_device`` once ``gate`` is set, until the gate opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: trio.Event | None = None
+        self.entered = trio.Event()
+
+    async def get_device(self, device_id: str) -> Device | None:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            self.entered.set()
+            await gate.wait()
+        return await super().get_device(device_id)
+
+
+async def test_too_many_messages_in_flight_is_429_for_new_sessions(
+    store: MemoryStore, nursery: trio.Nursery
+) -> None:
+    held = HeldStore()
+    device = await store.get_device("win-cert")
+    assert device is not None
+    await held.upsert_devices([device])
+    await held.enqueue(
         "c1",
         "syncml",
         b"<Get><CmdID>1</CmdID><Item><Target><LocURI>./A</LocURI></Target></Item></Get>",
         ["win-cert"],
     )
-    service = WindowsService(store, max_sessions=1)
+    service = WindowsService(held, max_sessions=1)
     assert header_status(await service(post(package("win-cert"), cert=CERT))) == "212"
-    assert service.open_sessions == 1  # waiting for the Get's status
+    # Waiting for the Get's status: open in the store, no message in flight.
+    assert await service.session_open("win-cert", "1A")
+    assert service.open_sessions == 0
+    gate = held.gate = trio.Event()
+    done: list[Response] = []
+    finished = trio.Event()
+
+    async def slow() -> None:
+        done.append(await service(post(package("win-cert", session_id="2"), cert=CERT)))
+        finished.set()
+
+    nursery.start_soon(slow)
+    await held.entered.wait()
+    assert service.open_sessions == 1
+    # The node is busy: a new session is told to come back later...
     busy = await service(post(package("win-cert", session_id="other"), cert=CERT))
     assert busy.status == 429
     assert dict(busy.headers)["retry-after"] == "5"
+    # ... and a message of an open session is still served.
+    header = Header(session_id="1A", msg_id="2", target="https://gw", source="win-cert")
+    status = Command("Status", cmd_id="1", msg_ref="1", cmd_ref="0", cmd="SyncHdr", data="200")
+    assert header_status(await service(post(Message(header, [status], True).encode(), cert=CERT)))
+    gate.set()
+    await finished.wait()
+    assert header_status(done[0]) == "212"
+    assert service.open_sessions == 0
 
 
 async def test_windows_app_refusals_name_the_field(store: MemoryStore) -> None:

@@ -48,7 +48,8 @@ endpoints:
   PUT  /mdm/apple/connect          Apple command channel
   /api/v1/...                      admin API (bearer token); /api/v1/openapi.json describes it
   /api/v1/apps, /api/v1/orgs, ...  app catalogue, install notifications, auto-update  docs/apps.md
-  /healthz, /metrics               health; Prometheus metrics (bearer token, see below)
+  /healthz, /readyz                liveness; readiness (the database answers) for balancers
+  /metrics                         Prometheus metrics (bearer token, see below)
 
 examples:
   MDMGATE_API_TOKEN=s3cret mdmgate serve
@@ -69,7 +70,9 @@ config file (TOML), every key optional:
   listen = ["0.0.0.0:8080"]    db = "sqlite:///var/lib/mdmgate/mdmgate.db"
   workers = 2    durability = "full"    api_token = "..."    dev = false
   metrics = "token"   (or "open": no token; default "token", "open" on metrics_listen)
-  metrics_listen = "10.0.0.5:9100"   (cleartext, /metrics and /healthz only)
+  metrics_listen = "10.0.0.5:9100"   (cleartext, /metrics, /healthz and /readyz only)
+  node_name = "gw-1"   (this node among the gateways sharing the database: the `node` label
+            of every metric; default hostname:pid; with workers, "gw-1/0", "gw-1/1", ...)
   [limits]  max_body_bytes = 16777216  read_timeout = 10.0  max_in_flight = 256  ...
             max_connections = 1000   max_connections_per_client = 250   (one address, or
             one IPv6 /64: more get 429; devices behind one NAT share it, so raise it for
@@ -90,6 +93,9 @@ config file (TOML), every key optional:
             server_auth = "on_challenge"   (or "required": sent from the first message)
   [apple]   max_offers = 5   (likewise for Apple commands: the device asked for the next
             command instead of answering this one; a NotNow starts the count again)
+  [testing] clock_scale = 30.0  clock_epoch = 1767225600.0   (tests only: the catalogue's
+            clock runs 30x as fast from that Unix time, the same on every node, so waves
+            paced per minute come every 2 s)
 """
 
 SYNCML_EPILOG = """\
@@ -264,7 +270,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--db",
         metavar="URL",
-        help="sqlite:///PATH (default sqlite:///./mdmgate.db) or memory: (nothing is kept)",
+        help="sqlite:///PATH (default sqlite:///./mdmgate.db; one node), "
+        "postgresql://[USER[:PASSWORD]@][HOST][:PORT]/DB (libpq URL, e.g. "
+        "?host=/run/postgresql for a socket; PGHOST, PGUSER, PGPASSWORD... fill in what it "
+        "leaves out; several nodes may share it), or memory: (nothing is kept)",
     )
     serve.add_argument("--workers", type=int, metavar="N", help="processes sharing the port")
     serve.add_argument("--tls-cert", metavar="F", help="server certificate chain (PEM)")
@@ -273,6 +282,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--client-ca", metavar="F", help="CA whose device certificates are accepted (PEM)"
     )
     serve.add_argument("--config", metavar="F", help="TOML configuration file")
+    serve.add_argument(
+        "--node-name",
+        metavar="NAME",
+        help="this node's name among the gateways sharing the database (metrics label `node`,"
+        " leases; default hostname:pid)",
+    )
     serve.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",
@@ -425,6 +440,7 @@ def _serve(args: argparse.Namespace) -> int:
         "dev": args.dev,
         "apns_url": args.apns_url,
         "metrics_listen": args.metrics_listen,
+        "node_name": args.node_name,
     }
     try:
         config = app.load_config(args.config, overrides)

@@ -30,7 +30,9 @@ jitter between them, capped at ``max_backoff``):
 
 Pacing: with ``max_pushes_per_second`` every attempt takes a slot from a token bucket (bucket
 size ``burst``) on the Trio clock, so a bulk :meth:`ApnsClient.push_many` does not wake the
-whole fleet at once (every woken device checks in).
+whole fleet at once (every woken device checks in). The pace can be changed while pushing
+(:meth:`ApnsClient.set_max_pushes_per_second`): a node of a cluster takes its share of one
+budget for the whole cluster (:mod:`mdmgate.apple.pusher`).
 """
 
 from __future__ import annotations
@@ -135,6 +137,17 @@ class TokenBucket:
         self._interval = 1.0 / rate
         self._burst = burst
         self._next: float | None = None  # theoretical time of the next take (GCRA)
+
+    @property
+    def rate(self) -> float:
+        """Takes per second."""
+        return 1.0 / self._interval
+
+    def set_rate(self, rate: float) -> None:
+        """Paces the takes from now on at ``rate`` (slots already reserved keep their time)."""
+        if not rate > 0 or math.isinf(rate):
+            raise ValueError(f"rate must be positive and finite, got {rate!r}")
+        self._interval = 1.0 / rate
 
     async def take(self) -> None:
         """Wait for a slot."""
@@ -511,6 +524,7 @@ class ApnsClient:
             context.set_alpn_protocols(["h2"])
             self._ssl_context = context
         self._jwt_signer = jwt_signer
+        self._burst = burst
         self._bucket = (
             TokenBucket(max_pushes_per_second, burst) if max_pushes_per_second is not None else None
         )
@@ -551,6 +565,19 @@ class ApnsClient:
             stack, self._stack, self._nursery = self._stack, None, None
             result = await stack.__aexit__(exc_type, exc, tb)
         return result
+
+    @property
+    def max_pushes_per_second(self) -> float | None:
+        """The current pace (``None``: unpaced)."""
+        return None if self._bucket is None else self._bucket.rate
+
+    def set_max_pushes_per_second(self, rate: float) -> None:
+        """Paces every attempt from now on at ``rate`` per second: e.g. this node's share of
+        a budget for a whole cluster of gateways, which changes as nodes come and go."""
+        if self._bucket is None:
+            self._bucket = TokenBucket(rate, self._burst)
+        else:
+            self._bucket.set_rate(rate)
 
     # -- connections
 

@@ -29,24 +29,27 @@ Schema checks. A command report is checked against the command's response keys f
 device's platform and OS version; the problems go to the access log (``schema_warnings``),
 never to the device.
 
-Exchanges. An ``Idle`` report starts a new command exchange, named by a fresh store session
-key kept in this process's memory per device; a command the device answers ``NotNow`` is
-not handed out again in the same exchange (the device would spin) and is offered again
-after the next ``Idle``. A restart only loses the key: the next ``Idle`` makes a new one.
+Exchanges. An ``Idle`` report starts a new command exchange, named by a fresh key (the
+``session`` of ``Store.take``); a command the device answers ``NotNow`` is not handed out
+again in the same exchange (the device would spin) and is offered again after the next
+``Idle``. The key lives in the store (its ``SessionStore`` role, kind :data:`EXCHANGE_KIND`,
+keyed by device id), not in a process, so an ``Idle`` answered by one gateway node and the
+``Acknowledged`` answered by another belong to one exchange; it expires ``exchange_ttl``
+after its ``Idle``, and ``Authenticate`` and ``CheckOut`` end it. The body of a command the
+device answers is read back from the store with its delivery, never kept in a process.
 """
 
 from __future__ import annotations
 
 import base64
-import collections
 import datetime as dt
 import hashlib
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -83,6 +86,7 @@ __all__ = [
     "ACTIVATION_IDENTIFIER",
     "CHECKIN_CONTENT_TYPE",
     "CMS_SUPPORTED",
+    "EXCHANGE_KIND",
     "NOT_VERIFIED",
     "AppleService",
     "expected_install_mode",
@@ -137,13 +141,19 @@ _CATEGORIES = {
 }
 
 
-@dataclass
-class _Exchange:
-    """One device's current command exchange (from its last Idle)."""
+#: The SessionStore kind of Apple command exchanges (keyed by device id).
+EXCHANGE_KIND = "apple"
 
+
+class _Exchange(msgspec.Struct, array_like=True, frozen=True, tag=1):
+    """One device's current command exchange (from its last Idle), as the store holds it
+    (msgpack, versioned by the tag)."""
+
+    #: The store's name for the exchange (``take``).
     key: str
-    #: The bodies of the commands handed out in it, by CommandUUID, until answered.
-    bodies: dict[str, bytes] = field(default_factory=dict)
+
+
+_EXCHANGE = msgspec.msgpack.Decoder(_Exchange)
 
 
 #: Default cap on how often a command goes out without any answer. A healthy device answers
@@ -170,9 +180,10 @@ class AppleService:
         store: Store,
         *,
         dev: bool = False,
-        max_exchanges: int = 100_000,
         on_devices_changed: Callable[[Iterable[str]], None] | None = None,
         max_offers: int = MAX_OFFERS,
+        exchange_ttl: float = 86_400.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_offers < 1:
             raise ValueError("max_offers must be at least 1")
@@ -183,8 +194,12 @@ class AppleService:
         #: Told when a device is registered or reports its inventory (the fleet index).
         self.on_devices_changed = on_devices_changed
         self.dev = dev
-        self.max_exchanges = max_exchanges
-        self._exchanges: collections.OrderedDict[str, _Exchange] = collections.OrderedDict()
+        #: Seconds an exchange lives after the Idle that started it (a later report without
+        #: one starts a new exchange).
+        self.exchange_ttl = exchange_ttl
+        #: Unix time (the store's expiry is in Unix time); tests move it.
+        self.clock = clock
+        self._next_sweep = 0.0
 
     def _changed(self, device_id: str) -> None:
         if self.on_devices_changed is not None:
@@ -289,7 +304,7 @@ class AppleService:
         await self.store.merge_facts(device_id, {FACT_ENROLLMENT: enrollment})
         if message.os_version and message.os_version != device.os_version:
             await self._set_os_version(device_id, message.os_version)
-        self._exchanges.pop(device_id, None)
+        await self.store.drop_session(EXCHANGE_KIND, device_id)
         return _plist_response({}, device_id, "Authenticate")
 
     async def _set_os_version(self, device_id: str, os_version: str) -> None:
@@ -309,7 +324,7 @@ class AppleService:
             enrollment = {**_dict(device.facts.get(FACT_ENROLLMENT)), "enrolled": False}
             await self.store.merge_facts(device.id, {FACT_ENROLLMENT: enrollment})
             await self.store.cancel_open(device.id, "checked out")
-            self._exchanges.pop(device.id, None)
+            await self.store.drop_session(EXCHANGE_KIND, device.id)
             return _plist_response({}, device.id, kind)
         if isinstance(message, GetBootstrapToken):
             stored = device.auth.get(AUTH_BOOTSTRAP_TOKEN)
@@ -429,35 +444,44 @@ class AppleService:
             device = self._authorize(device_id, await self.store.get_device(device_id), identity)
         except _Refused as refused:
             return refused.response
-        exchange = self._exchange(device_id, fresh=status is CommandStatus.IDLE)
+        key = await self._exchange(device_id, fresh=status is CommandStatus.IDLE)
         log = {"device": device_id, "status": report.status}
         if status is not CommandStatus.IDLE:
             assert report.command_uuid is not None
-            warnings = await self._record(device, exchange, report, status, request.body)
+            warnings = await self._record(device, report, status, request.body)
             log["schema_warnings"] = _warnings_text(warnings)
-        taken = await self.store.take(device_id, exchange.key, 1, max_offers=self.max_offers)
+        taken = await self.store.take(device_id, key, 1, max_offers=self.max_offers)
         if not taken:
             return Response(200, (), b"", log)
         (delivery,) = taken
-        exchange.bodies[delivery.command_id] = delivery.body
         log["command"] = delivery.command_id
         return Response(200, _XML, delivery.body, log)
 
-    def _exchange(self, device_id: str, *, fresh: bool) -> _Exchange:
-        exchange = self._exchanges.get(device_id)
-        if exchange is None or fresh:
-            exchange = _Exchange(uuid.uuid4().hex)
-            self._exchanges[device_id] = exchange
-            while len(self._exchanges) > self.max_exchanges:
-                # The oldest exchange only loses its key; its device gets a new one.
-                self._exchanges.popitem(last=False)
-        self._exchanges.move_to_end(device_id)
-        return exchange
+    async def _exchange(self, device_id: str, *, fresh: bool) -> str:
+        """The key of the device's current exchange: a new one after an Idle (or when none
+        is stored), kept in the store for whichever node gets the device's next report."""
+        now = self.clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + 60.0
+            await self.store.expire_sessions(now)
+        if not fresh:
+            stored = await self.store.load_session(EXCHANGE_KIND, device_id)
+            if stored is not None:
+                try:
+                    return _EXCHANGE.decode(stored.state).key
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    _log.warning("Apple exchange of %r dropped: %s", device_id, exc)
+        key = uuid.uuid4().hex
+        state = msgspec.msgpack.encode(_Exchange(key))
+        # A new exchange replaces whatever the device had (expected_rev None).
+        await self.store.save_session(
+            EXCHANGE_KIND, device_id, state, expected_rev=None, expires_at=now + self.exchange_ttl
+        )
+        return key
 
     async def _record(
         self,
         device: Device,
-        exchange: _Exchange,
         report: CommandReport,
         status: CommandStatus,
         raw: bytes,
@@ -465,9 +489,10 @@ class AppleService:
         """Stores the result and the facts it brings; returns the report's schema
         problems (for the command's RequestType, the device's platform and OS version)."""
         command_id = report.command_uuid or ""
-        body = exchange.bodies.pop(command_id, None)
-        if body is None and status is not CommandStatus.NOT_NOW:
-            # Handed out before a restart (or in an evicted exchange): find it in the store.
+        body = None
+        if status is not CommandStatus.NOT_NOW:
+            # The body of the command answered, from the store (whichever node handed it
+            # out): what it asked for tells how to read the answer.
             for delivery in await self.store.deliveries(
                 device.id, [DeliveryState.SENT, DeliveryState.NOT_NOW]
             ):

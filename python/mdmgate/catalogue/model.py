@@ -155,6 +155,8 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     #: The version it resolved to when it ran.
     resolved_version: str | None = None
     error: str | None = None
+    #: Compare-and-set revision, set by the store (0: never stored).
+    rev: int = 0
 
 
 class CommandBatch(msgspec.Struct, frozen=True):

@@ -1,11 +1,26 @@
 """The catalogue service: apps, versions, assignments, licences, install notifications
 and automatic updates over the store, with the fleet index answering "who gets what".
 
-The fleet index (:mod:`mdmgate.fleet`) is built from the store on first use and kept up
-to date incrementally: whoever changes a device (the admin API, the device protocols when
-an inventory arrives) calls :meth:`Catalogue.note_devices`, and the changed rows are read
-again before the next question. A device in an org the index has not seen, or a new app,
-rebuilds it. Each gateway process keeps its own index (see docs/apps.md for workers).
+Several gateway nodes (processes, machines) share one store, and nothing the catalogue does
+rests on the others telling it anything:
+
+* **The fleet index follows the store's change feed.** Each :class:`Catalogue` keeps an
+  in-process index (:mod:`mdmgate.fleet`) and the ``seq`` of the last change it applied.
+  Before it answers any question (a preview, a wave, "why not" for a device) it reads the
+  changes after that cursor and applies them: the changed devices are read again, a licence
+  change reloads that app's holders, an unseen organisation or a new app (or a changed
+  identifier) rebuilds the index. So an answer is current as of the moment it was asked,
+  whichever node the change went through. :meth:`Catalogue.follow` also applies changes as
+  they come (woken by the feed), so the work is done before a question arrives.
+  :meth:`Catalogue.note_devices` only wakes it sooner.
+* **Each due wave runs once in the cluster.** A node claims the wave's lease
+  (``notification:<id>``) before it runs it, renews it while it runs and releases it after.
+  The wave's deliveries, licences and the notification's new counts, cursor and state are one
+  atomic ``fan_out`` that stores the notification only if it is still at the revision the
+  wave read; a node that stops mid-wave leaves its lease to expire and another node runs the
+  wave from the stored state, so nothing is queued or counted twice. A cancel is a
+  compare-and-set of the notification too: it is never overwritten by a wave's stale copy,
+  and a wave it overtakes queues nothing.
 
 Roll-outs are :class:`~mdmgate.catalogue.model.Notification` records: due now, at a set
 time, or in waves of ``pace_per_minute`` commands. :meth:`Catalogue.run_due` runs what is
@@ -15,8 +30,11 @@ due; :meth:`Catalogue.run` calls it whenever something falls due.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import math
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -36,10 +54,25 @@ from mdmgate.catalogue.model import (
 )
 from mdmgate.catalogue.rules import CatalogueRefused
 from mdmgate.fleet import FleetIndex, OrgTree, Outcome, TargetResult, platform_code
-from mdmgate.storage import Device, LicencesExhausted, RevisionConflict, Store, UnknownDevices
+from mdmgate.storage import (
+    Change,
+    Device,
+    LicencesExhausted,
+    RevisionConflict,
+    Store,
+    UnknownDevices,
+)
 from mdmgate.versions import InvalidVersion, allows_downgrade, sort_key
 
-__all__ = ["OUTCOME_NAMES", "SENT", "Catalogue", "DevicePreview", "Evaluation", "Preview"]
+__all__ = [
+    "LEASE_SECONDS",
+    "OUTCOME_NAMES",
+    "SENT",
+    "Catalogue",
+    "DevicePreview",
+    "Evaluation",
+    "Preview",
+]
 
 _log = logging.getLogger("mdmgate.catalogue")
 
@@ -65,6 +98,20 @@ RETIRED = "retired"
 NOT_ASSIGNED = "not_assigned"
 
 _PAGE = 5000
+#: Changes read from the feed at once, and devices read again at once.
+_CHANGES = 5000
+_READ = 1000
+#: Notification states with waves to run.
+_PENDING = ("scheduled", "running")
+#: How long a wave's claim lasts unless renewed (it is renewed every third of it).
+LEASE_SECONDS = 30.0
+#: The shortest pause (Trio seconds) between two looks at a wave's lease.
+_LOOK_SECONDS = 0.05
+#: After the follower failed (the store is away), it tries again this much later.
+_FOLLOW_RETRY_SECONDS = 1.0
+#: Compare-and-set attempts before a write gives up (each conflict is another writer's
+#: progress: a wave or a cancel).
+_ATTEMPTS = 20
 _UUIDS = uuid.UUID("6d1f3c52-8a1e-4f0b-9c55-2f7a6c1d0e9b")
 
 
@@ -119,7 +166,13 @@ class Preview:
 
 class Catalogue:
     """Apps and their roll-outs over ``store``. ``now`` is the wall clock (Unix time);
-    ``on_enqueued`` is told which devices got commands (the APNs pusher paces pushes)."""
+    ``on_enqueued`` is told which devices got commands (the APNs pusher paces pushes).
+
+    ``node_id`` names this node in the leases of the waves it runs: unique among the nodes
+    sharing the store (``mdmgate serve`` passes its node name, ``host:pid`` by default; the
+    default here adds a random part, so two instances in one process are two nodes).
+    ``lease_seconds`` (of ``now``'s clock) is how long a wave's claim lasts without renewal:
+    how long the wave of a node that died waits before another node runs it."""
 
     def __init__(
         self,
@@ -127,45 +180,102 @@ class Catalogue:
         *,
         now: Callable[[], float] = time.time,
         on_enqueued: Callable[[Sequence[str]], None] | None = None,
+        node_id: str | None = None,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
         self.store = store
         self.now = now
         self.on_enqueued = on_enqueued
+        if node_id is None:
+            node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.node_id = node_id
+        self.lease_seconds = lease_seconds
         self._fleet: _Fleet | None = None
-        self._dirty: set[str] = set()
+        #: The seq of the last change of the feed the index reflects.
+        self._cursor = 0
         self._lock = trio.Lock()
         self._wake = trio.Event()
+        self._nudge = trio.Event()
+        #: Notifications whose wave runs in this process now.
+        self._running: set[str] = set()
 
     # --- the fleet index ----------------------------------------------------------------------
 
+    @property
+    def cursor(self) -> int:
+        """The seq of the last change of the store's feed the index has applied."""
+        return self._cursor
+
     def note_devices(self, device_ids: Iterable[str]) -> None:
-        """Devices changed (registered, moved, reported an inventory): read them again
-        before the next question. Never waits."""
-        if self._fleet is not None:
-            self._dirty.update(device_ids)
+        """Devices changed through this process: :meth:`follow` applies the change now
+        rather than when the store's feed wakes it. Never waits; not needed for
+        correctness (every question applies the feed first)."""
+        self._nudge.set()
 
     def invalidate(self) -> None:
         """Builds the index again before the next question."""
         self._fleet = None
-        self._dirty.clear()
 
     async def fleet(self) -> _Fleet:
-        """The index, current with every change noted so far."""
+        """The index, current with every change the store recorded before the call."""
         async with self._lock:
-            if self._fleet is not None and self._dirty:
-                await self._refresh()
+            return await self._catch_up()
+
+    async def follow(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keeps the index current for ever: builds it, then applies the store's changes as
+        they are recorded (woken by the feed, or by :meth:`note_devices`), so that a
+        question finds little or nothing left to apply."""
+        task_status.started()
+        while True:
+            try:
+                async with self._lock:
+                    await self._catch_up()
+                self._nudge = trio.Event()
+                await self._changed(self._cursor)
+            except Exception:  # a store that is away for a while must not stop following
+                _log.exception("following the change feed failed")
+                await trio.sleep(_FOLLOW_RETRY_SECONDS)
+
+    async def _changed(self, after: int) -> None:
+        """Returns once the feed has a change after ``after``, or :meth:`note_devices` was
+        called."""
+        async with trio.open_nursery() as nursery:
+
+            async def feed() -> None:
+                await self.store.wait_for_changes(after)
+                nursery.cancel_scope.cancel()
+
+            async def nudged() -> None:
+                await self._nudge.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(feed)
+            nursery.start_soon(nudged)
+
+    async def _catch_up(self) -> _Fleet:
+        """Applies every change after the cursor (building the index first if there is
+        none). Called with the lock held. Every await comes before the index is changed,
+        and the cursor moves after, so a cancelled or failed call leaves an index that the
+        next call brings up to date."""
+        while True:
             if self._fleet is None:
+                # Changes from here on are applied over the build (reading a device again
+                # is harmless): the index misses nothing recorded while it was built.
+                cursor = await self.store.last_change()
                 self._fleet = await self._build()
-            apps = await self.store.list_apps()
-            for app in apps:
-                if self._fleet.loaded.get(app.id) != (app.identifier, app.platform):
-                    # A new app (or a changed identifier) needs every inventory again.
-                    self._fleet = await self._build()
-                    break
-            return self._fleet
+                self._cursor = cursor
+            changes = await self.store.changes(self._cursor, _CHANGES)
+            if changes:
+                await self._apply(self._fleet, changes)
+                self._cursor = changes[-1].seq
+            if self._fleet is not None and len(changes) < _CHANGES:
+                return self._fleet
 
     async def _build(self) -> _Fleet:
-        self._dirty.clear()
         apps = await self.store.list_apps()
         devices: list[Device] = []
         after: str | None = None
@@ -195,76 +305,44 @@ class Catalogue:
             [rules.device_platform(d.platform) for d in devices],
             [tree.number(d.org) for d in devices],
         )
+        holders = {app.id: await self.store.licence_holders(app.id) for app in apps}
         for number, app in enumerate(apps):
-            await self._load_app(fleet, app, number, devices)
+            _load_app(fleet, app, number, devices, holders[app.id])
         return fleet
 
-    async def _load_app(
-        self, fleet: _Fleet, app: App, number: int, devices: Sequence[Device]
-    ) -> None:
-        rows: list[int] = []
-        found: list[str] = []
-        users: list[int] = []
-        platform = rules.version_platform(app.platform)
-        for i, device in enumerate(devices):
-            if rules.device_platform(device.platform) != app.platform:
-                continue
-            version = _installed(device, app.identifier, platform)
-            if version is not None:
-                rows.append(i)
-                found.append(version)
-                if _user_installed(device, app):
-                    users.append(i)
-        fleet.index.set_installed(number, rows, found, platform=platform)
-        fleet.index.set_user_installed(number, users)
-        holders = await self.store.licence_holders(app.id)
-        fleet.index.set_licensed(number, [fleet.numbers[d] for d in holders if d in fleet.numbers])
-        fleet.apps[app.id] = number
-        fleet.loaded[app.id] = (app.identifier, app.platform)
-
-    async def _refresh(self) -> None:
-        fleet = self._fleet
-        assert fleet is not None
-        ids = sorted(self._dirty)
-        self._dirty.clear()
+    async def _apply(self, fleet: _Fleet, changes: Sequence[Change]) -> None:
+        """Applies a page of the feed to ``fleet``, or drops the index (``self._fleet``
+        ``None``) when it must be built again."""
+        device_ids = list(dict.fromkeys(c.key for c in changes if c.kind == "device"))
+        licences = list(dict.fromkeys(c.key for c in changes if c.kind == "licence"))
+        orgs = {c.key for c in changes if c.kind == "org"}
+        if any(o not in fleet.tree for o in orgs):
+            self._fleet = None  # a new organisation renumbers the tree
+            return
+        apps: dict[str, App] = {}
+        if device_ids or any(c.kind == "app" for c in changes):
+            apps = {a.id: a for a in await self.store.list_apps()}
+        if any(fleet.loaded.get(a.id) != (a.identifier, a.platform) for a in apps.values()):
+            self._fleet = None  # a new app (or identifier) needs every inventory again
+            return
         found: dict[str, Device] = {}
-        for start in range(0, len(ids), 1000):
-            found.update(await self.store.get_devices(ids[start : start + 1000]))
+        for start in range(0, len(device_ids), _READ):
+            found.update(await self.store.get_devices(device_ids[start : start + _READ]))
         if any(d.org not in fleet.tree for d in found.values()):
             self._fleet = None
             return
-        apps = {a.id: a for a in await self.store.list_apps()}
+        holders = {
+            app_id: await self.store.licence_holders(app_id)
+            for app_id in licences
+            if app_id in fleet.apps
+        }
+        # Read: from here on nothing awaits.
         for device in found.values():
-            org = fleet.tree.number(device.org)
-            flags = (
-                org,
-                platform_code(device.platform),
-                _supervised(device),
-                rules.installs_silently(device.platform, device.os_version, device.supervised),
+            _update_device(fleet, device, apps)
+        for app_id, held in holders.items():
+            fleet.index.set_licensed(
+                fleet.apps[app_id], [fleet.numbers[d] for d in held if d in fleet.numbers]
             )
-            take_over = _takes_over(device)
-            number = fleet.numbers.get(device.id)
-            if number is None:
-                number = fleet.index.push_device(device.id, *flags, take_over=take_over)
-                fleet.numbers[device.id] = number
-                fleet.platforms.append(rules.device_platform(device.platform))
-                fleet.orgs.append(org)
-            else:
-                fleet.index.set_device(number, *flags, take_over=take_over)
-                fleet.platforms[number] = rules.device_platform(device.platform)
-                fleet.orgs[number] = org
-            for app_id, app_number in fleet.apps.items():
-                app = apps.get(app_id)
-                if app is None:
-                    continue
-                version = None
-                if rules.device_platform(device.platform) == app.platform:
-                    version = _installed(
-                        device, app.identifier, rules.version_platform(app.platform)
-                    )
-                fleet.index.update_installed(app_number, number, version)
-                user = version is not None and _user_installed(device, app)
-                fleet.index.update_user_installed(app_number, number, user)
 
     # --- apps ---------------------------------------------------------------------------------
 
@@ -282,13 +360,9 @@ class Catalogue:
     async def _scope_args(
         self, orgs: Sequence[str], devices: Sequence[str]
     ) -> tuple[_Fleet, dict[str, Any]]:
+        # Current with every change recorded before this call, through whichever node:
+        # a device or organisation missing from it is unknown.
         fleet = await self.fleet()
-        if any(d not in fleet.numbers for d in devices) or any(o not in fleet.tree for o in orgs):
-            # Registered through another process, perhaps: read them before refusing.
-            self._dirty.update(d for d in devices if d not in fleet.numbers)
-            if any(o not in fleet.tree for o in orgs):
-                self.invalidate()
-            fleet = await self.fleet()
         unknown_orgs = [o for o in orgs if o not in fleet.tree]
         if unknown_orgs:
             raise CatalogueRefused(
@@ -460,31 +534,47 @@ class Catalogue:
         return app
 
     async def submit(self, notification: Notification) -> Notification:
-        """Stores a notification; one due now runs its first wave at once."""
+        """Stores a notification; one due now runs its first wave at once (unless another
+        node's scheduler claimed it first: then that node runs it, and the notification is
+        returned as stored)."""
         await self.check(notification)
-        await self.store.put_notification(notification)
-        if notification.due_at <= self.now():
-            notification = await self._run_one(notification)
+        stored = await self.store.put_notification(notification)
+        if stored.due_at <= self.now():
+            ran = await self._claim_and_run(stored.id)
+            if ran is None:
+                ran = await self.store.get_notification(stored.id)
+            stored = ran if ran is not None else stored
         # The scheduler sleeps until what it knew was due: this may be sooner (a later wave).
         self._wake.set()
-        return notification
+        return stored
 
     async def cancel(self, notification_id: str) -> Notification | None:
-        found = await self.store.get_notification(notification_id)
-        if found is None or found.state not in ("scheduled", "running"):
-            return found
-        cancelled = msgspec.structs.replace(found, state="cancelled", updated_at=self.now())
-        await self.store.put_notification(cancelled)
-        return cancelled
+        """Cancels a ``scheduled`` or ``running`` notification and returns it as stored; a
+        notification in another state (or none) is returned as it is. A cancel is a
+        compare-and-set: if a wave (on any node) wrote the notification in between, it is
+        read again and cancelled at its new revision, unless that wave was its last."""
+        for _ in range(_ATTEMPTS):
+            found = await self.store.get_notification(notification_id)
+            if found is None or found.state not in _PENDING:
+                return found
+            cancelled = msgspec.structs.replace(found, state="cancelled", updated_at=self.now())
+            try:
+                return await self.store.put_notification(cancelled, expected_rev=found.rev)
+            except RevisionConflict:
+                continue
+        raise RevisionConflict(f"notification {notification_id!r}", None, None)
 
     async def run_due(self) -> list[Notification]:
-        """Runs the automatic update checks and the notifications that are due."""
+        """Runs the automatic update checks and the notifications that are due; returns
+        the notifications whose wave ran here (a wave another node holds is left to it)."""
         now = self.now()
         for app in await self.store.list_apps():
             await self._check_auto_update(app, now)
         done = []
         for notification in await self.store.due_notifications(now):
-            done.append(await self._run_one(notification))
+            ran = await self._claim_and_run(notification.id)
+            if ran is not None:
+                done.append(ran)
         return done
 
     async def next_wakeup(self) -> float | None:
@@ -500,16 +590,25 @@ class Catalogue:
         return min(times) if times else None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Runs what falls due, for ever; :meth:`submit` and settings changes wake it."""
+        """Runs what falls due, for ever; :meth:`submit` and settings changes wake it. Every
+        node runs it: the leases decide which node runs each wave."""
         task_status.started()
         while True:
             self._wake = trio.Event()
+            ran: list[Notification] = []
+            wakeup: float | None
             try:
-                await self.run_due()
+                ran = await self.run_due()
+                wakeup = await self.next_wakeup()
             except Exception:  # one bad record must not stop every later roll-out
                 _log.exception("running due roll-outs failed")
-            wakeup = await self.next_wakeup()
-            delay = math.inf if wakeup is None else max(0.0, wakeup - self.now())
+                wakeup = self.now() + self.lease_seconds / 3
+            now = self.now()
+            if wakeup is not None and wakeup <= now and not ran:
+                # Due, yet nothing ran: another node holds the wave (or it keeps failing).
+                # Look again once that node had time to renew or lose its lease.
+                wakeup = now + self.lease_seconds / 3
+            delay = math.inf if wakeup is None else max(0.0, wakeup - now)
             with trio.move_on_after(min(delay, 3600.0)):
                 await self._wake.wait()
 
@@ -527,54 +626,138 @@ class Catalogue:
         # Missed checks collapse into the latest one: it sees every version published by then.
         check = rules.check_before(auto, now)
         version = rules.latest_active(app, published_by=check)
+        if version is not None:
+            # The run first, the check's record after: a node that stops in between leaves
+            # the check due, and the next pass (on any node) finds the run made already.
+            # (A conflict: made by another node's scheduler, or by this one before it stopped.)
+            with contextlib.suppress(RevisionConflict):
+                await self.store.put_notification(
+                    Notification(
+                        id=f"auto-{app.id}-{int(check)}",
+                        app_id=app.id,
+                        kind="auto_update",
+                        version=version.file_version,
+                        orgs=auto.orgs,
+                        all_devices=not auto.orgs,
+                        installed_only=True,
+                        due_at=check,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
         updated = msgspec.structs.replace(
             auto,
             last_check=check,
             last_version=version.file_version if version else auto.last_version,
         )
         try:
-            stored = await self.store.put_app(
+            await self.store.put_app(
                 msgspec.structs.replace(app, auto_update=updated), expected_rev=app.rev
             )
         except RevisionConflict:
             return  # changed meanwhile: the next pass sees the new settings
-        if version is None:
-            return
-        notification = Notification(
-            id=f"auto-{app.id}-{int(check)}",
-            app_id=stored.id,
-            kind="auto_update",
-            version=version.file_version,
-            orgs=auto.orgs,
-            all_devices=not auto.orgs,
-            installed_only=True,
-            due_at=check,
-            created_at=now,
-            updated_at=now,
-        )
-        await self.store.put_notification(notification)
 
-    async def _run_one(self, notification: Notification) -> Notification:
+    async def _claim_and_run(self, notification_id: str) -> Notification | None:
+        """Runs the notification's due wave if this node gets its lease; returns it as
+        stored after the wave, or ``None`` when another node holds the wave, or there was
+        no wave to run any more (cancelled, finished, or its next wave not due yet)."""
+        if notification_id in self._running:
+            return None  # (this process runs it already: the lease is this node's)
+        name = f"notification:{notification_id}"
         now = self.now()
-        app = await self.store.get_app(notification.app_id)
+        claimed = await self.store.claim_lease(
+            name, self.node_id, now=now, until=now + self.lease_seconds
+        )
+        if not claimed:
+            return None
+        self._running.add(notification_id)
+        outcome: list[Notification | None] = []
+        failure: list[Exception] = []
         try:
-            if app is None:
-                raise CatalogueRefused(f"app {notification.app_id!r} was deleted")
-            done = await self._wave(app, notification, now)
-        except (CatalogueRefused, UnknownDevices, InvalidVersion) as exc:
-            done = msgspec.structs.replace(
-                notification, state="failed", error=str(exc), updated_at=now
-            )
-        except Exception as exc:
-            # Left due, it would be retried at once, for ever: record it as failed.
-            _log.exception("install notification %s failed", notification.id)
-            done = msgspec.structs.replace(
-                notification, state="failed", error=f"internal error: {exc!r}", updated_at=now
-            )
-        await self.store.put_notification(done)
-        return done
+            async with trio.open_nursery() as nursery:
+
+                async def wave() -> None:
+                    try:
+                        outcome.append(await self._run_one(notification_id))
+                    except Exception as exc:
+                        failure.append(exc)
+                    finally:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(self._keep_lease, name, nursery.cancel_scope)
+                nursery.start_soon(wave)
+        finally:
+            self._running.discard(notification_id)
+        if failure:
+            # The lease is left to expire: a write of this wave may still land (a commit
+            # whose answer was lost), and the next attempt starts from what is stored.
+            raise failure[0]
+        if not outcome:
+            return None  # the lease was lost: the wave was stopped, another node runs it
+        # (A node that stops mid-wave never gets here: its lease expires instead.)
+        await self.store.release_lease(name, self.node_id)
+        return outcome[0]
+
+    async def _keep_lease(self, name: str, wave: trio.CancelScope) -> None:
+        """Renews a wave's lease every third of its length; stops the wave if it was lost
+        (this node stalled past its expiry and another node claimed the wave). The length
+        is in ``now``'s seconds, which may pass faster than Trio's (a test clock): the
+        pace is measured as it goes, starting with a short look."""
+        third = self.lease_seconds / 3
+        renewed = self.now()
+        seen = (trio.current_time(), renewed)
+        pause = min(third, _LOOK_SECONDS)
+        while True:
+            await trio.sleep(pause)
+            at, now = trio.current_time(), self.now()
+            rate = max(1.0, (now - seen[1]) / max(at - seen[0], 1e-9))
+            seen = (at, now)
+            if now - renewed >= third:
+                kept = await self.store.claim_lease(
+                    name, self.node_id, now=now, until=now + self.lease_seconds
+                )
+                if not kept:
+                    _log.warning("lost %s to another node: its wave stops here", name)
+                    wave.cancel()
+                    return
+                renewed = now
+            pause = max(_LOOK_SECONDS, (third - (now - renewed)) / rate)
+
+    async def _run_one(self, notification_id: str) -> Notification | None:
+        """Runs the notification's wave if it is still due, as stored now (the due list
+        was read before the lease was claimed: another node may have run the wave
+        since). Each attempt reads the notification, evaluates the fleet and writes the
+        wave and the notification at once, at the revision read; if the notification
+        changed in between, nothing was written and it is read again: a cancel wins,
+        anything else is evaluated again."""
+        for _ in range(_ATTEMPTS):
+            current = await self.store.get_notification(notification_id)
+            now = self.now()
+            if current is None or current.state not in _PENDING or current.due_at > now:
+                return None
+            app = await self.store.get_app(current.app_id)
+            try:
+                if app is None:
+                    raise CatalogueRefused(f"app {current.app_id!r} was deleted")
+                return await self._wave(app, current, now)
+            except RevisionConflict:
+                continue
+            except (CatalogueRefused, UnknownDevices, InvalidVersion) as exc:
+                error = str(exc)
+            except Exception as exc:
+                # Left due, it would be retried at once, for ever: record it as failed.
+                _log.exception("install notification %s failed", notification_id)
+                error = f"internal error: {exc!r}"
+            failed = msgspec.structs.replace(current, state="failed", error=error, updated_at=now)
+            try:
+                return await self.store.put_notification(failed, expected_rev=current.rev)
+            except RevisionConflict:
+                continue
+        raise RevisionConflict(f"notification {notification_id!r}", None, None)
 
     async def _wave(self, app: App, notification: Notification, now: float) -> Notification:
+        """Evaluates and writes one wave of ``notification`` (as read, at its revision);
+        :class:`RevisionConflict` when it changed meanwhile (nothing is written)."""
         preview = await self.evaluate(app, notification)
         fleet = preview.fleet
         assert fleet is not None
@@ -602,26 +785,12 @@ class Catalogue:
         wanted = [d for d, *_ in wave if d in licensed]
         if app.vpp and wanted:
             grant = LicenceGrant(app.id, app.licence_total or 0, wanted)
-        if commands:
-            try:
-                await self.store.fan_out(commands, licences=grant)
-            except LicencesExhausted as exc:
-                # Another roll-out took licences meanwhile: the next wave re-evaluates.
-                return msgspec.structs.replace(
-                    notification, error=str(exc), due_at=now + 60.0, updated_at=now
-                )
-            if grant is not None:
-                number = fleet.apps[app.id]
-                for device_id in grant.device_ids:
-                    fleet.index.update_licensed(number, fleet.numbers[device_id], True)
-            if self.on_enqueued is not None:
-                self.on_enqueued([d for d, *_ in wave])
         counts = dict(notification.counts)
         wave_counts = _wave_counts(preview, wave, first=notification.waves == 0)
         for name, n in wave_counts.items():
             counts[name] = counts.get(name, 0) + n
         resolved = preview.version
-        return msgspec.structs.replace(
+        updated = msgspec.structs.replace(
             notification,
             state="running" if more else "done",
             waves=notification.waves + 1,
@@ -637,6 +806,41 @@ class Catalogue:
             updated_at=now,
             error=None,
         )
+        if not commands:
+            return await self.store.put_notification(updated, expected_rev=notification.rev)
+        try:
+            made = await self.store.fan_out(
+                commands, licences=grant, notification=updated, expected_rev=notification.rev
+            )
+        except LicencesExhausted as exc:
+            # Another roll-out took licences meanwhile: the next wave re-evaluates.
+            retry = msgspec.structs.replace(
+                notification, error=str(exc), due_at=now + 60.0, updated_at=now
+            )
+            return await self.store.put_notification(retry, expected_rev=notification.rev)
+        stored = msgspec.structs.replace(updated, rev=notification.rev + 1)
+        if self.on_enqueued is not None:
+            self.on_enqueued([d for d, *_ in wave])
+        if made < len(wave):
+            # Some devices held the wave's command already (queued by an earlier attempt
+            # that stored no counts): count only what this wave queued.
+            stored = await self._uncount(stored, len(wave) - made)
+        return stored
+
+    async def _uncount(self, notification: Notification, extra: int) -> Notification:
+        """Takes ``extra`` back from the ``queued`` count of a notification just stored."""
+        for _ in range(_ATTEMPTS):
+            counts = dict(notification.counts)
+            counts["queued"] = max(0, counts.get("queued", 0) - extra)
+            fixed = msgspec.structs.replace(notification, counts=counts)
+            try:
+                return await self.store.put_notification(fixed, expected_rev=notification.rev)
+            except RevisionConflict:
+                found = await self.store.get_notification(notification.id)
+                if found is None:
+                    return notification
+                notification = found
+        raise RevisionConflict(f"notification {notification.id!r}", None, None)
 
 
 #: A device a wave sends to: its id, the version's evaluation, whether it is a first
@@ -693,6 +897,63 @@ def _seed(app: App, notification: Notification, version: AppVersion) -> str:
     # Without a seed a percentage picks the same devices for the same app version every
     # time, and a larger percentage only adds devices.
     return notification.seed or f"{app.id}/{version.file_version}"
+
+
+def _load_app(
+    fleet: _Fleet, app: App, number: int, devices: Sequence[Device], holders: Sequence[str]
+) -> None:
+    """Loads an app's installed versions (devices in index order) and licence holders."""
+    rows: list[int] = []
+    found: list[str] = []
+    users: list[int] = []
+    platform = rules.version_platform(app.platform)
+    for i, device in enumerate(devices):
+        if rules.device_platform(device.platform) != app.platform:
+            continue
+        version = _installed(device, app.identifier, platform)
+        if version is not None:
+            rows.append(i)
+            found.append(version)
+            if _user_installed(device, app):
+                users.append(i)
+    fleet.index.set_installed(number, rows, found, platform=platform)
+    fleet.index.set_user_installed(number, users)
+    fleet.index.set_licensed(number, [fleet.numbers[d] for d in holders if d in fleet.numbers])
+    fleet.apps[app.id] = number
+    fleet.loaded[app.id] = (app.identifier, app.platform)
+
+
+def _update_device(fleet: _Fleet, device: Device, apps: dict[str, App]) -> None:
+    """Adds a device to the index, or changes its row and installed versions, as read
+    from the store (its org is in the tree)."""
+    org = fleet.tree.number(device.org)
+    flags = (
+        org,
+        platform_code(device.platform),
+        _supervised(device),
+        rules.installs_silently(device.platform, device.os_version, device.supervised),
+    )
+    take_over = _takes_over(device)
+    number = fleet.numbers.get(device.id)
+    if number is None:
+        number = fleet.index.push_device(device.id, *flags, take_over=take_over)
+        fleet.numbers[device.id] = number
+        fleet.platforms.append(rules.device_platform(device.platform))
+        fleet.orgs.append(org)
+    else:
+        fleet.index.set_device(number, *flags, take_over=take_over)
+        fleet.platforms[number] = rules.device_platform(device.platform)
+        fleet.orgs[number] = org
+    for app_id, app_number in fleet.apps.items():
+        app = apps.get(app_id)
+        if app is None:
+            continue
+        version = None
+        if rules.device_platform(device.platform) == app.platform:
+            version = _installed(device, app.identifier, rules.version_platform(app.platform))
+        fleet.index.update_installed(app_number, number, version)
+        user = version is not None and _user_installed(device, app)
+        fleet.index.update_user_installed(app_number, number, user)
 
 
 def _takes_over(device: Device) -> bool:

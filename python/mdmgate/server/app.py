@@ -11,7 +11,9 @@ import signal
 import socket
 import ssl
 import sys
+import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,12 +24,21 @@ from mdmgate.apple.push import APNS_PRODUCTION_URL, ApnsClient, es256_jwt_signer
 from mdmgate.apple.pusher import DevicePusher
 from mdmgate.apple.service import AppleService
 from mdmgate.catalogue.service import Catalogue
+from mdmgate.server import cluster
 from mdmgate.server.admin import AdminApi
 from mdmgate.server.http import Limits, Listener, Server, server_ssl_context
 from mdmgate.server.metrics import Metrics
 from mdmgate.server.types import Handler, Request, Response
 from mdmgate.storage import Store
 from mdmgate.storage.memory import MemoryStore
+from mdmgate.storage.pgwire import PgError
+from mdmgate.storage.postgres import (
+    POSTGRES_SCHEMES,
+    PostgresStore,
+    SchemaTooNew,
+    check_postgres_url,
+    redact_url,
+)
 from mdmgate.storage.sqlite import SQLiteStore
 from mdmgate.windows.service import WindowsService
 
@@ -43,6 +54,8 @@ APPLE_CONNECT_PATH = "/mdm/apple/connect"
 DEVICE_PATHS = (WINDOWS_PATH, APPLE_CHECKIN_PATH, APPLE_CONNECT_PATH)
 #: How often the queue-depth gauge is refreshed (a scrape must not wait for the database).
 GAUGE_REFRESH_SECONDS = 5.0
+#: With a ``[testing] clock_scale``: how often the scheduler looks for due waves.
+TESTING_TICK_SECONDS = 0.1
 
 
 class ConfigError(ValueError):
@@ -92,6 +105,16 @@ class Config:
     windows_server_username: str | None = None
     windows_server_secret: str | None = None
     windows_server_auth: str = "on_challenge"
+    #: This node's name among the gateway nodes sharing the database: the ``node`` label of
+    #: every metric and the holder of its leases. Default ``hostname:pid``; with
+    #: ``--workers N`` each worker is ``<node_name>/<index>`` (or its own ``hostname:pid``).
+    node_name: str | None = None
+    #: For tests only (config table ``[testing]``): the catalogue's clock runs
+    #: ``clock_scale`` times as fast as the wall clock from ``clock_epoch`` (Unix time, the
+    #: same on every node) on, and its scheduler looks for due waves every
+    #: ``TESTING_TICK_SECONDS``, so that a roll-out paced per minute takes seconds.
+    testing_clock_scale: float = 1.0
+    testing_clock_epoch: float | None = None
 
 
 def _metrics_access(config: Config) -> str:
@@ -166,6 +189,29 @@ def _apple(raw: object) -> dict[str, Any]:
     return {f"apple_{k}": v for k, v in raw.items()}
 
 
+def _testing(raw: object) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError("testing must be a table")
+    known = ("clock_scale", "clock_epoch")
+    bad = sorted(set(raw) - set(known))
+    if bad:
+        raise ConfigError(f"unknown testing keys: {', '.join(bad)} (known: {', '.join(known)})")
+    return {f"testing_{k}": v for k, v in raw.items()}
+
+
+def _check_cluster(config: Config) -> None:
+    name = config.node_name
+    if name is not None and (not isinstance(name, str) or not name.strip() or "\n" in name):
+        raise ConfigError("node_name must be a non-empty line of text")
+    scale = config.testing_clock_scale
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale <= 3600:
+        raise ConfigError("testing clock_scale must be a number from above 0 to 3600")
+    if scale != 1 and not isinstance(config.testing_clock_epoch, int | float):
+        raise ConfigError(
+            "testing clock_scale needs clock_epoch (the same Unix time on every node)"
+        )
+
+
 def _check_offers(table: str, offers: object) -> None:
     if isinstance(offers, bool) or not isinstance(offers, int) or offers < 1:
         raise ConfigError(f"{table} max_offers must be a whole number of at least 1")
@@ -192,8 +238,7 @@ def _check(config: Config) -> Config:
         raise ConfigError("--workers must be from 1 to 64")
     if config.durability not in ("full", "normal"):
         raise ConfigError("durability must be 'full' or 'normal'")
-    if config.db not in ("memory:", "memory://") and not config.db.startswith("sqlite:///"):
-        raise ConfigError(f"unsupported database URL {config.db!r}; use sqlite:///PATH or memory:")
+    _check_db(config.db)
     if (config.apns_cert is None) != (config.apns_key is None):
         raise ConfigError("apns cert and key go together")
     token_auth = (config.apns_auth_key, config.apns_key_id, config.apns_team_id)
@@ -203,9 +248,10 @@ def _check(config: Config) -> Config:
         raise ConfigError("apns rate must be a positive number of pushes per second")
     if not config.apns_url.startswith(("https://", "http://")):
         raise ConfigError(f"apns url {config.apns_url!r} is not an http(s) URL")
-    if config.workers > 1 and not config.db.startswith("sqlite:"):
-        raise ConfigError("several workers need a shared database (sqlite:///PATH)")
+    if config.workers > 1 and not config.db.startswith(("sqlite:", *POSTGRES_SCHEMES)):
+        raise ConfigError("several workers need a shared database (sqlite:///PATH, postgresql://)")
     _check_metrics(config)
+    _check_cluster(config)
     _check_windows(config)
     return config
 
@@ -216,13 +262,16 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if os.environ.get("MDMGATE_API_TOKEN"):
         values.setdefault("api_token", os.environ["MDMGATE_API_TOKEN"])
-    unknown = sorted(set(values) - {f.name for f in fields(Config)} - {"apns", "windows", "apple"})
+    unknown = sorted(
+        set(values) - {f.name for f in fields(Config)} - {"apns", "windows", "apple", "testing"}
+    )
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
     if "apns" in values:
         values.update(_apns(values.pop("apns")))
     values.update(_windows(values.pop("windows", {})))
     values.update(_apple(values.pop("apple", {})))
+    values.update(_testing(values.pop("testing", {})))
     limits = _limits(values.pop("limits")) if "limits" in values else Limits()
     if "listen" in values:
         listen = values["listen"]
@@ -237,8 +286,25 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     return _check(config)
 
 
+_DB_URLS = "sqlite:///PATH, postgresql://[USER@][HOST][:PORT]/DATABASE or memory:"
+
+
+def _check_db(url: str) -> None:
+    if url in ("memory:", "memory://") or url.startswith("sqlite:///"):
+        return
+    if not url.startswith(POSTGRES_SCHEMES):
+        raise ConfigError(f"unsupported database URL {url!r}; use {_DB_URLS}")
+    try:
+        check_postgres_url(url)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 async def open_store(url: str, durability: str = "full") -> Store:
-    """``sqlite:///relative/path``, ``sqlite:////absolute/path`` or ``memory:``."""
+    """``sqlite:///relative/path``, ``sqlite:////absolute/path``, ``memory:``, or a libpq URL
+    ``postgresql://`` (or ``postgres://``; the ``PG*`` environment variables fill in what it
+    leaves out). A PostgreSQL server that cannot be reached, or whose database this mdmgate
+    cannot use, raises ``OSError`` with libpq's reason (the password left out)."""
     if url in ("memory:", "memory://"):
         return MemoryStore()
     if url.startswith("sqlite:///"):
@@ -247,7 +313,14 @@ async def open_store(url: str, durability: str = "full") -> Store:
         return await SQLiteStore.open(
             path, durability="normal" if durability == "normal" else "full"
         )
-    raise ConfigError(f"unsupported database URL {url!r}; use sqlite:///PATH or memory:")
+    if url.startswith(POSTGRES_SCHEMES):
+        _check_db(url)
+        try:
+            return await PostgresStore.open(url)
+        except (PgError, SchemaTooNew) as e:
+            reason = " ".join(str(e).split())  # libpq's reason, on one line
+            raise OSError(f"cannot use the database {redact_url(url)}: {reason}") from e
+    raise ConfigError(f"unsupported database URL {url!r}; use {_DB_URLS}")
 
 
 def _text(status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
@@ -267,12 +340,15 @@ def build_handler(
     apple: AppleEndpoints | None = None,
     *,
     metrics_access: str | None = "token",
+    ready: Handler | None = None,
 ) -> Handler:
-    """Routes a request: health and metrics, the admin API, the device endpoints.
+    """Routes a request: health, readiness and metrics, the admin API, the device endpoints.
 
     ``metrics_access`` is who may read ``/metrics`` here (see :func:`metrics_handler`);
-    ``None`` when it is served elsewhere (``metrics_listen``): 404."""
+    ``None`` when it is served elsewhere (``metrics_listen``): 404. ``ready`` answers
+    ``/readyz`` (default: :func:`~mdmgate.server.cluster.readiness_handler` over ``store``)."""
     scrape = None if metrics_access is None else metrics_handler(metrics, admin, metrics_access)
+    readyz = ready if ready is not None else cluster.readiness_handler(store)
 
     devices: dict[str, Handler] = {}
     if windows is not None:
@@ -281,6 +357,9 @@ def build_handler(
         devices[APPLE_CHECKIN_PATH] = apple.checkin
         devices[APPLE_CONNECT_PATH] = apple.connect
 
+    # By exact path: readiness, and the device endpoints.
+    exact: dict[str, Handler] = {"/readyz": readyz, **devices}
+
     async def handle(request: Request) -> Response:
         if request.path == "/healthz":
             return _text(200, "ok\n")
@@ -288,9 +367,9 @@ def build_handler(
             return await scrape(request)
         if request.path.startswith("/api/"):
             return await admin(request)
-        device_handler = devices.get(request.path)
-        if device_handler is not None:
-            return await device_handler(request)
+        found = exact.get(request.path)
+        if found is not None:
+            return await found(request)
         if request.path in DEVICE_PATHS:
             # Said plainly rather than answered with a half protocol a device could misread.
             return _text(501, "this device protocol is not served by this version of mdmgate\n")
@@ -317,15 +396,18 @@ def metrics_handler(metrics: Metrics, admin: AdminApi, access: str) -> Handler:
     return scrape
 
 
-def _metrics_only(scrape: Handler) -> Handler:
-    """The handler of the ``metrics_listen`` address: ``/metrics``, ``/healthz``, else 404."""
+def _metrics_only(scrape: Handler, ready: Handler) -> Handler:
+    """The handler of the ``metrics_listen`` address: ``/metrics``, ``/healthz``,
+    ``/readyz``, else 404."""
 
     async def handle(request: Request) -> Response:
         if request.path == "/metrics":
             return await scrape(request)
         if request.path == "/healthz":
             return _text(200, "ok\n")
-        return _text(404, "not found: this address serves /metrics and /healthz only\n")
+        if request.path == "/readyz":
+            return await ready(request)
+        return _text(404, "not found: this address serves /metrics, /healthz and /readyz only\n")
 
     return handle
 
@@ -343,31 +425,38 @@ def _listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 
 def _metrics_server(
-    config: Config, metrics: Metrics, admin: AdminApi, reuse_port: bool, announce: bool
+    config: Config,
+    metrics: Metrics,
+    admin: AdminApi,
+    reuse_port: bool,
+    announce: bool,
+    *,
+    ready: Handler,
 ) -> tuple[Server, list[Listener]] | None:
     """The server of ``metrics_listen`` and its listener, if one is configured: cleartext,
-    ``/metrics`` and ``/healthz`` only, with counters of its own (scrapes are not device
-    traffic)."""
+    ``/metrics``, ``/healthz`` and ``/readyz`` only, with counters of its own (scrapes are
+    not device traffic)."""
     if config.metrics_listen is None:
         return None
-    scrape = _metrics_only(metrics_handler(metrics, admin, _metrics_access(config)))
+    scrape = _metrics_only(metrics_handler(metrics, admin, _metrics_access(config)), ready)
     host, port = config.metrics_listen
     sock = _listen_socket(host, port, reuse_port)
     if announce:
         bound = sock.getsockname()[1]
         print(f"mdmgate metrics on http://{host}:{bound}/metrics", flush=True)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-    return Server(scrape, config.limits, metrics=Metrics()), [listener]
+    return Server(scrape, config.limits, metrics=Metrics(node=metrics.node)), [listener]
 
 
 async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     store = await open_store(config.db, config.durability)
-    metrics = Metrics()
+    metrics, presence = _node(config, store)
     depth = [0.0]
     metrics.register_gauge(
         "mdmgate_queue_depth", "Deliveries waiting for a device's answer.", lambda: depth[0]
     )
-    catalogue = Catalogue(store)
+    clock = _catalogue_clock(config)
+    catalogue = Catalogue(store, node_id=presence.name, now=clock)
     admin = AdminApi(store, config.api_token, dev=config.dev, catalogue=catalogue)
     windows = WindowsService(
         store,
@@ -379,7 +468,9 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
         server_auth="required" if config.windows_server_auth == "required" else "on_challenge",
     )
     metrics.register_gauge(
-        "mdmgate_omadm_sessions", "Open OMA-DM sessions.", lambda: windows.open_sessions
+        "mdmgate_omadm_sessions",
+        "OMA-DM messages in flight on this node (sessions themselves live in the store).",
+        lambda: windows.open_sessions,
     )
     apple = AppleService(
         store,
@@ -389,21 +480,11 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     )
     # /metrics is served here, or on its own address (metrics_listen).
     here = None if config.metrics_listen is not None else _metrics_access(config)
-    handler = build_handler(store, admin, metrics, windows, apple, metrics_access=here)
+    ready = cluster.readiness_handler(store, draining=lambda: server.draining)
+    handler = build_handler(store, admin, metrics, windows, apple, metrics_access=here, ready=ready)
     server = Server(handler, config.limits, metrics=metrics)
-    context: ssl.SSLContext | None = None
-    if config.tls_cert is not None and config.tls_key is not None:
-        context = server_ssl_context(config.tls_cert, config.tls_key, config.client_ca)
-    listeners: list[Listener] = []
-    for host, port in config.listen:
-        sock = _listen_socket(host, port, reuse_port)
-        tcp = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        listeners.append(tcp if context is None else trio.SSLListener(tcp, context))
-        if announce:
-            bound = sock.getsockname()[1]
-            scheme = "https" if context else "http"
-            print(f"mdmgate listening on {scheme}://{host}:{bound}", flush=True)
-    scraping = _metrics_server(config, metrics, admin, reuse_port, announce)
+    listeners = _listeners(config, reuse_port, announce)
+    scraping = _metrics_server(config, metrics, admin, reuse_port, announce, ready=ready)
 
     async def refresh_gauges() -> None:
         while True:
@@ -419,11 +500,15 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
 
     try:
         async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as stack:
+            await nursery.start(presence.run)
             if config.apns_topic:
                 client = await stack.enter_async_context(_apns_client(config))
-                pusher = DevicePusher(store, client)
+                pusher = _pusher(config, store, client, presence, metrics)
                 admin.on_enqueued = catalogue.on_enqueued = pusher.wake
                 nursery.start_soon(pusher.run)
+            if clock is not time.time:
+                nursery.start_soon(cluster.tick, catalogue.wake, TESTING_TICK_SECONDS)
+            await nursery.start(catalogue.follow)
             await nursery.start(catalogue.run)
             nursery.start_soon(on_signals, nursery)
             nursery.start_soon(refresh_gauges)
@@ -433,6 +518,63 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
             nursery.cancel_scope.cancel()
     finally:
         await store.aclose()
+
+
+def _listeners(config: Config, reuse_port: bool, announce: bool) -> list[Listener]:
+    """The main port's listeners (under TLS when configured)."""
+    context: ssl.SSLContext | None = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        context = server_ssl_context(config.tls_cert, config.tls_key, config.client_ca)
+    listeners: list[Listener] = []
+    for host, port in config.listen:
+        sock = _listen_socket(host, port, reuse_port)
+        tcp = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        listeners.append(tcp if context is None else trio.SSLListener(tcp, context))
+        if announce:
+            bound = sock.getsockname()[1]
+            scheme = "https" if context else "http"
+            print(f"mdmgate listening on {scheme}://{host}:{bound}", flush=True)
+    return listeners
+
+
+def _node(config: Config, store: Store) -> tuple[Metrics, cluster.NodePresence]:
+    """This node's metrics (labelled with its name) and its presence in the cluster."""
+    node = cluster.node_name(config.node_name)
+    log.info("mdmgate node %s", node)
+    metrics = Metrics(node=node)
+    presence = cluster.NodePresence(store, node)
+    metrics.register_gauge(
+        "mdmgate_cluster_nodes",
+        "Gateway nodes alive (unexpired node leases in the database), this one included.",
+        lambda: len(presence.live),
+    )
+    return metrics, presence
+
+
+def _catalogue_clock(config: Config) -> Callable[[], float]:
+    """The wall clock, or the ``[testing]`` one that runs faster."""
+    if config.testing_clock_scale != 1 and config.testing_clock_epoch is not None:
+        return cluster.scaled_clock(config.testing_clock_scale, config.testing_clock_epoch)
+    return time.time
+
+
+def _pusher(
+    config: Config,
+    store: Store,
+    client: ApnsClient,
+    presence: cluster.NodePresence,
+    metrics: Metrics,
+) -> DevicePusher:
+    """The APNs pusher: ``[apns] rate`` is the whole cluster's budget, this node paces at
+    its share of it."""
+    pusher = DevicePusher(store, client, rate=config.apns_rate)
+    presence.subscribe(pusher.share)
+    metrics.register_gauge(
+        "mdmgate_apns_push_rate",
+        "Pushes per second this node paces at: its share of [apns] rate.",
+        lambda: client.max_pushes_per_second or 0.0,
+    )
+    return pusher
 
 
 def _apns_client(config: Config) -> ApnsClient:
@@ -458,8 +600,15 @@ def _apns_client(config: Config) -> ApnsClient:
     )
 
 
+async def _open_once(config: Config) -> None:
+    store = await open_store(config.db, config.durability)
+    await store.aclose()
+
+
 def _worker(config: Config, index: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if config.node_name is not None:
+        config = replace(config, node_name=cluster.node_name(config.node_name, index))
     trio.run(_serve, config, True, index == 0)
 
 
@@ -471,6 +620,8 @@ def run(config: Config) -> int:
     if config.workers == 1:
         trio.run(_serve, config, False, True)
         return 0
+    # The schema is created (or migrated) here, once, before the workers open the database.
+    trio.run(_open_once, config)
     # One process per worker, each with its own listening socket on the shared port.
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(config, i)) for i in range(config.workers)]

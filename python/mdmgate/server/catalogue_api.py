@@ -562,8 +562,13 @@ class CatalogueApi:
             raise _refuse(404, f"no install notification {notification_id!r}")
         if found.state not in ("scheduled", "running"):
             raise _refuse(409, f"the notification is {found.state} already")
+        # A wave running meanwhile (on any node) does not undo the cancel: it is retried at
+        # the new revision. Only a wave that was the last one makes it a conflict.
         cancelled = await self.catalogue.cancel(notification_id)
-        assert cancelled is not None
+        if cancelled is None:
+            raise _refuse(404, f"no install notification {notification_id!r}")
+        if cancelled.state != "cancelled":
+            raise _refuse(409, f"the notification is {cancelled.state} already")
         return _json(200, _notification_out(cancelled))
 
     # --- orgs ---------------------------------------------------------------------------------
@@ -574,7 +579,6 @@ class CatalogueApi:
         await self.store.put_org(
             Org(path=_norm(given.path), name=given.name, created_at=self.now())
         )
-        self.catalogue.invalidate()
         return _json(201, await self._org_out(_norm(given.path)))
 
     async def _orgs(self, request: Request | None = None) -> Response:
@@ -756,7 +760,6 @@ class CatalogueApi:
         given = _decode(request.body, LicenceReleaseIn)
         app = await self._app(app_id)
         await self.store.release_licences(app_id, given.devices)
-        self.catalogue.invalidate()
         return _json(200, await self._licences_out(app))
 
     async def _licences_out(self, app: App) -> LicencesOut:
@@ -1187,7 +1190,9 @@ def _paths() -> dict[str, Any]:
                 parameter=("notification_id", "The notification id."),
             ),
             "delete": _operation(
-                "Cancel a scheduled or running notification (queued commands stay queued).",
+                "Cancel a scheduled or running notification (queued commands stay queued); a"
+                " wave running meanwhile queues nothing more. 409 when it is done, failed or"
+                " cancelled already, or its last wave finished first.",
                 ("200", "The cancelled notification.", "NotificationOut"),
                 ("404", "409"),
                 parameter=("notification_id", "The notification id."),

@@ -10,11 +10,13 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import os
 import re
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_BUCKETS", "Counter", "Histogram", "Metrics"]
+__all__ = ["DEFAULT_BUCKETS", "Counter", "Histogram", "Metrics", "default_node_name"]
 
 _log = logging.getLogger("mdmgate.server")
 
@@ -63,8 +65,15 @@ def _format_value(value: float) -> str:
     return repr(float(value))
 
 
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{name}="{_escape_label(value)}"' for name, value in zip(names, values, strict=True)]
+def default_node_name() -> str:
+    """``hostname:pid``: a name no other gateway process has at the same time."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _labels(names: Sequence[str], values: Sequence[str], extra: str = "", const: str = "") -> str:
+    """``{const,name="value",...,extra}`` (``const`` and ``extra`` are rendered pairs)."""
+    parts = [const] if const else []
+    parts += [f'{name}="{_escape_label(value)}"' for name, value in zip(names, values, strict=True)]
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""
@@ -96,11 +105,13 @@ class Counter:
         """The current count for ``labelvalues`` (0 when never incremented)."""
         return self._values.get(labelvalues, 0)
 
-    def render(self) -> Iterable[str]:
+    def render(self, const: str = "") -> Iterable[str]:
+        """The text lines; ``const`` (rendered pairs, e.g. ``node="a"``) goes on every series."""
         yield f"# HELP {self.name} {_escape_help(self.help)}"
         yield f"# TYPE {self.name} counter"
         for labelvalues, value in sorted(self._values.items()):
-            yield f"{self.name}{_labels(self.labelnames, labelvalues)} {_format_value(value)}"
+            labels = _labels(self.labelnames, labelvalues, const=const)
+            yield f"{self.name}{labels} {_format_value(value)}"
 
 
 @dataclass
@@ -142,7 +153,8 @@ class Histogram:
         series = self._series.get(labelvalues)
         return 0 if series is None else series.count
 
-    def render(self) -> Iterable[str]:
+    def render(self, const: str = "") -> Iterable[str]:
+        """The text lines; ``const`` (rendered pairs, e.g. ``node="a"``) goes on every series."""
         yield f"# HELP {self.name} {_escape_help(self.help)}"
         yield f"# TYPE {self.name} histogram"
         names = self.labelnames
@@ -151,10 +163,10 @@ class Histogram:
             for bound, count in zip(self.buckets, series.counts[:-1], strict=True):
                 running += count
                 le = f'le="{float(bound)!r}"'
-                yield f"{self.name}_bucket{_labels(names, labelvalues, le)} {running}"
-            inf = _labels(names, labelvalues, 'le="+Inf"')
+                yield f"{self.name}_bucket{_labels(names, labelvalues, le, const)} {running}"
+            inf = _labels(names, labelvalues, 'le="+Inf"', const)
             yield f"{self.name}_bucket{inf} {series.count}"
-            plain = _labels(names, labelvalues)
+            plain = _labels(names, labelvalues, const=const)
             yield f"{self.name}_sum{plain} {_format_value(series.total)}"
             yield f"{self.name}_count{plain} {series.count}"
 
@@ -167,9 +179,15 @@ class _Gauge:
 
 
 class Metrics:
-    """The gateway's metrics: HTTP requests, errors and connections, plus registered gauges."""
+    """The gateway's metrics: HTTP requests, errors and connections, plus registered gauges,
+    every series labelled ``node`` (``node``, default :func:`default_node_name`)."""
 
-    def __init__(self, buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
+    def __init__(
+        self, buckets: tuple[float, ...] = DEFAULT_BUCKETS, *, node: str | None = None
+    ) -> None:
+        #: The value of the ``node`` label on every series.
+        self.node = node if node is not None else default_node_name()
+        self._const = f'node="{_escape_label(self.node)}"'
         self.requests = Counter(
             "mdmgate_http_requests_total",
             "HTTP requests answered, by method, status class and protocol.",
@@ -238,7 +256,7 @@ class Metrics:
         """All metrics in the Prometheus text format 0.0.4 (``text/plain; version=0.0.4``)."""
         lines: list[str] = []
         for metric in (self.requests, self.latency, self.errors, self.connections):
-            lines.extend(metric.render())
+            lines.extend(metric.render(self._const))
         for gauge in self._gauges.values():
             try:
                 value = float(gauge.callback())
@@ -247,6 +265,6 @@ class Metrics:
                 continue
             lines.append(f"# HELP {gauge.name} {_escape_help(gauge.help)}")
             lines.append(f"# TYPE {gauge.name} gauge")
-            lines.append(f"{gauge.name} {_format_value(value)}")
+            lines.append(f"{gauge.name}{{{self._const}}} {_format_value(value)}")
         lines.append("")
         return "\n".join(lines).encode()

@@ -15,8 +15,9 @@ protocol layers rely on:
   or whose answer cannot be read must not break every later session);
 * results are stored once per (command, device): a repeated report changes nothing.
 
-Nothing here assumes SQLite: the PostgreSQL backend for multi-node deployments implements the
-same protocol.
+Nothing here assumes SQLite or a single writer: several gateway nodes share one PostgreSQL
+database, and every promise below holds for concurrent writers. The interface is split into
+roles (:class:`DeviceStore`, :class:`QueueStore`, ...); :class:`Store` is their union.
 """
 
 from __future__ import annotations
@@ -32,16 +33,26 @@ if TYPE_CHECKING:
     from mdmgate.catalogue.model import App, CommandBatch, LicenceGrant, Notification, Org
 
 __all__ = [
+    "CatalogueStore",
+    "Change",
+    "ChangeFeed",
     "CommandExists",
     "CommandStatus",
+    "DeclarationStore",
     "Delivery",
     "DeliveryState",
     "Device",
+    "DeviceStore",
+    "LeaseStore",
     "LicencesExhausted",
+    "NotificationStore",
+    "QueueStore",
     "RevisionConflict",
+    "SessionStore",
     "Store",
     "StoreError",
     "StoredDeclaration",
+    "StoredSession",
     "UnknownDevices",
     "offers_exhausted",
     "org_covers",
@@ -176,13 +187,35 @@ class CommandStatus:
     deliveries: tuple[Delivery, ...]
 
 
-class Store(Protocol):
-    """What every backend provides. All methods are async. Blocking work runs off the Trio
-    thread; a backend may answer bounded point reads (a device by id) on it when that is
-    cheaper than a thread round trip, as long as they never wait for a lock."""
+class StoredSession(msgspec.Struct, frozen=True):
+    """A protocol exchange between two device messages, as its engine serialized it."""
+
+    state: bytes
+    #: Compare-and-set revision: 1 when first saved.
+    rev: int
+    #: Unix time (the wall clock every node shares, not a process's monotonic clock) from
+    #: which it is stale: expired once ``expires_at <= now``.
+    expires_at: float
+
+
+class Change(msgspec.Struct, frozen=True):
+    """One entry of the change feed: something a node's in-process index derives from
+    changed (``kind`` ``device``: a device's fields or facts, ``key`` its id; ``org``: an
+    organisation, ``key`` its path; ``app``: an app, ``key`` its id; ``licence``: an app's
+    licence holders, ``key`` the app id)."""
+
+    seq: int
+    kind: str
+    key: str
+
+
+class DeviceStore(Protocol):
+    """Devices: who they are, how they prove themselves, and what they reported. Every
+    operation stays inside one device's row, except the bulk reads and ``upsert_devices``."""
 
     async def upsert_devices(self, devices: Sequence[Device]) -> int:
-        """Registers or replaces devices; returns how many were written."""
+        """Registers or replaces devices; returns how many were written. Records a
+        ``device`` change for each."""
         ...
 
     async def get_device(self, device_id: str) -> Device | None: ...
@@ -191,6 +224,39 @@ class Store(Protocol):
         """The known devices among ``device_ids``, by id, in one round trip (unknown ids are
         left out)."""
         ...
+
+    async def list_devices(self, after: str | None, limit: int) -> list[Device]:
+        """Up to ``limit`` devices with ids above ``after`` (all when ``None``), in id order
+        (code-point order of the id): pages through the fleet."""
+        ...
+
+    async def set_auth(self, device_id: str, auth: Mapping[str, Any]) -> bool:
+        """Replaces how the device proves itself (e.g. the identity certificate bound at an
+        Apple Authenticate). Records no change (no index reads credentials). False when the
+        device is unknown."""
+        ...
+
+    async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
+        """Sets the given facts of a device in one atomic step (a key set to ``None`` is
+        removed; other facts are kept). Concurrent merges of different keys, from any
+        connection or process, all survive (no read-modify-write in the caller or the
+        backend). Records a ``device`` change. False when the device is unknown."""
+        ...
+
+    async def update_device(self, device_id: str, fields: Mapping[str, Any]) -> bool:
+        """Sets some of a device's own fields (``org`` and ``platform``: str;
+        ``os_version``: str or None; ``supervised``: bool or None; any other name, or a value
+        of another type, raises ``ValueError``) in one atomic step, keeping
+        its auth and facts as they are at that moment (an OS version reported at check-in
+        must not undo a fact merged meanwhile). Records a ``device`` change. False when the
+        device is unknown."""
+        ...
+
+
+class QueueStore(Protocol):
+    """Per-device command queues. Every operation but ``enqueue`` (one body, many devices),
+    ``command_status`` and ``queue_depth`` stays inside one device's deliveries, so the
+    queue can be partitioned by device id without changing this contract."""
 
     async def enqueue(
         self,
@@ -223,7 +289,11 @@ class Store(Protocol):
         ``"offered N times without an answer"`` instead; and one handed out before without
         an answer (a retry: offers > 0) is handed out alone, as the only delivery of the
         call, or not in this call when others come before it, so that a command that kills
-        the device's session does not take the commands behind it down too."""
+        the device's session does not take the commands behind it down too.
+
+        Exclusive under concurrent callers: two sessions of the same device taking at once,
+        on any connection or process, never get the same delivery from one round of calls
+        (a per-device lock or row locks; the order of the device's queue is kept)."""
         ...
 
     async def record_result(
@@ -246,16 +316,19 @@ class Store(Protocol):
         device accepted, to match the result it reports later)."""
         ...
 
-    async def set_auth(self, device_id: str, auth: Mapping[str, Any]) -> bool:
-        """Replaces how the device proves itself (e.g. the identity certificate bound at an
-        Apple Authenticate). False when the device is unknown."""
-        ...
-
     async def cancel_open(self, device_id: str, status: str) -> int:
         """Ends every delivery of the device not yet answered for good, as ``error`` with
         ``status`` (a device that enrolls again starts with an empty queue). Returns how
         many were ended."""
         ...
+
+    async def queue_depth(self) -> int:
+        """Deliveries not yet answered for good, across all devices."""
+        ...
+
+
+class DeclarationStore(Protocol):
+    """Apple declarative-management declarations and whom they target."""
 
     async def put_declaration(self, declaration: StoredDeclaration) -> None:
         """Stores (or replaces, by identifier) a declaration and its targets."""
@@ -268,38 +341,15 @@ class Store(Protocol):
         ``org`` (``/acme`` covers ``/acme/sales``), oldest first (assignment order)."""
         ...
 
-    async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
-        """Sets the given facts of a device in one atomic step (a key set to ``None`` is
-        removed; other facts are kept). False when the device is unknown."""
-        ...
 
-    async def list_devices(self, after: str | None, limit: int) -> list[Device]:
-        """Up to ``limit`` devices with ids above ``after`` (all when ``None``), in id order
-        (code-point order of the id): pages through the fleet."""
-        ...
-
-    async def fan_out(
-        self, batches: Sequence[CommandBatch], *, licences: LicenceGrant | None = None
-    ) -> int:
-        """Queues every batch (as :meth:`enqueue` would, without ``new``) and assigns the
-        licences, all in one atomic step: if a device is unknown (:class:`UnknownDevices`)
-        or the pool would hold fewer licences than are assigned (:class:`LicencesExhausted`),
-        nothing is written. Returns the deliveries made."""
-        ...
-
-    async def licence_holders(self, app_id: str) -> list[str]:
-        """Devices holding a licence of the app, in id order."""
-        ...
-
-    async def release_licences(self, app_id: str, device_ids: Sequence[str]) -> int:
-        """Returns the devices' licences to the pool; returns how many were held."""
-        ...
+class CatalogueStore(Protocol):
+    """Apps, organisations and licence pools; ``fan_out`` queues a roll-out's commands."""
 
     async def put_app(self, app: App, *, expected_rev: int | None) -> App:
         """Stores ``app`` and returns it as stored, its ``rev`` set: 1 when
         ``expected_rev`` is ``None`` (the app must not exist), else ``expected_rev + 1``
         (the stored one must be at ``expected_rev``). A mismatch raises
-        :class:`RevisionConflict` and changes nothing."""
+        :class:`RevisionConflict` and changes nothing. Records an ``app`` change."""
         ...
 
     async def get_app(self, app_id: str) -> App | None: ...
@@ -309,15 +359,55 @@ class Store(Protocol):
         ...
 
     async def put_org(self, org: Org) -> None:
-        """Creates or replaces an organisation."""
+        """Creates or replaces an organisation. Records an ``org`` change."""
         ...
 
     async def list_orgs(self) -> list[Org]:
         """Organisations created through :meth:`put_org`, in path order."""
         ...
 
-    async def put_notification(self, notification: Notification) -> None:
-        """Creates or replaces (by id) a notification."""
+    async def fan_out(
+        self,
+        batches: Sequence[CommandBatch],
+        *,
+        licences: LicenceGrant | None = None,
+        notification: Notification | None = None,
+        expected_rev: int | None = None,
+    ) -> int:
+        """Queues every batch (as :meth:`enqueue` would, without ``new``) and assigns the
+        licences, all in one atomic step: if a device is unknown (:class:`UnknownDevices`)
+        or the pool would hold fewer licences than are assigned (:class:`LicencesExhausted`),
+        nothing is written. With ``notification``, it is stored in the same step as
+        :meth:`NotificationStore.put_notification` with ``expected_rev`` would
+        (:class:`RevisionConflict`: nothing is written), so a wave's deliveries and the
+        counts it adds land together or not at all. Returns the deliveries made.
+
+        Crosses devices. Licence grants never exceed the pool under concurrent fan-outs
+        from any number of connections or processes (the pool is locked, not counted
+        after the fact). Records a ``licence`` change for the app when licences move."""
+        ...
+
+    async def licence_holders(self, app_id: str) -> list[str]:
+        """Devices holding a licence of the app, in id order."""
+        ...
+
+    async def release_licences(self, app_id: str, device_ids: Sequence[str]) -> int:
+        """Returns the devices' licences to the pool; returns how many were held. Records a
+        ``licence`` change for the app when any was held."""
+        ...
+
+
+class NotificationStore(Protocol):
+    """Install notifications and automatic-update runs, with compare-and-set revisions."""
+
+    async def put_notification(
+        self, notification: Notification, *, expected_rev: int | None = None
+    ) -> Notification:
+        """Stores ``notification`` and returns it as stored, its ``rev`` set: 1 when
+        ``expected_rev`` is ``None`` (it must not exist), else ``expected_rev + 1`` (the
+        stored one must be at ``expected_rev``). A mismatch raises :class:`RevisionConflict`
+        and changes nothing: a cancel that lands while a wave runs is never overwritten by
+        the wave's stale copy."""
         ...
 
     async def get_notification(self, notification_id: str) -> Notification | None: ...
@@ -335,8 +425,99 @@ class Store(Protocol):
         """The earliest ``due_at`` of a ``scheduled`` or ``running`` notification."""
         ...
 
-    async def queue_depth(self) -> int:
-        """Deliveries not yet answered for good, across all devices."""
+
+class SessionStore(Protocol):
+    """Protocol state between two device messages (an OMA-DM session, an Apple command
+    exchange), so that any node can answer any message: ``kind`` names the protocol
+    (``omadm``, ``apple``), ``key`` the exchange (e.g. device id and SessionID)."""
+
+    async def load_session(self, kind: str, key: str) -> StoredSession | None:
+        """The saved state, or ``None`` (never saved, dropped, or expired)."""
         ...
+
+    async def save_session(
+        self,
+        kind: str,
+        key: str,
+        state: bytes,
+        *,
+        expected_rev: int | None,
+        expires_at: float,
+    ) -> int:
+        """Saves the state and returns its new revision: 1 when ``expected_rev`` is
+        ``None`` (a new exchange; one already saved under the key is replaced, whatever its
+        revision: a device that opens a new session supersedes its stale one), else
+        ``expected_rev + 1`` (the saved one must be at ``expected_rev``: two nodes that
+        answered the same message cannot both save; the loser gets
+        :class:`RevisionConflict`)."""
+        ...
+
+    async def drop_session(self, kind: str, key: str, *, expected_rev: int | None = None) -> bool:
+        """Removes the state (only at ``expected_rev`` when given). True when it was there."""
+        ...
+
+    async def expire_sessions(self, now: float) -> int:
+        """Drops every state whose ``expires_at`` has passed; returns how many."""
+        ...
+
+
+class ChangeFeed(Protocol):
+    """A monotonically numbered log of the changes in-process indexes follow (the fleet
+    index of every node): written in the same transaction as the change itself, so a
+    reader that has applied every change up to ``seq`` and reads the store's state is
+    current as of ``seq``."""
+
+    async def changes(self, after: int, limit: int) -> list[Change]:
+        """Up to ``limit`` changes with ``seq > after``, in ``seq`` order."""
+        ...
+
+    async def last_change(self) -> int:
+        """The highest ``seq`` so far (0 before any change)."""
+        ...
+
+    async def wait_for_changes(self, after: int) -> None:
+        """Returns once a change with ``seq > after`` exists (at once if one does).
+        PostgreSQL is woken by LISTEN/NOTIFY; other backends poll or wake in-process.
+        Cancellable."""
+        ...
+
+
+class LeaseStore(Protocol):
+    """Time-bounded claims: exactly one node runs a due roll-out wave, and nodes announce
+    that they are alive (``node:...`` leases) so a budget can be shared among them."""
+
+    async def claim_lease(self, name: str, holder: str, *, now: float, until: float) -> bool:
+        """Takes (or renews) the lease ``name`` for ``holder`` until ``until``: True when
+        nobody else holds it at ``now`` (free, expired, or already ``holder``'s), in one
+        atomic step, so that of two nodes claiming at once exactly one wins."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """Gives the lease up if ``holder`` holds it."""
+        ...
+
+    async def live_leases(self, prefix: str, *, now: float) -> list[str]:
+        """The holders of unexpired leases (``until > now``) whose names start with
+        ``prefix``, in no particular order."""
+        ...
+
+
+class Store(
+    DeviceStore,
+    QueueStore,
+    DeclarationStore,
+    CatalogueStore,
+    NotificationStore,
+    SessionStore,
+    ChangeFeed,
+    LeaseStore,
+    Protocol,
+):
+    """What every backend provides: the union of the roles. A consumer names the roles it
+    uses. All methods are async; blocking work runs off the Trio thread (a backend may
+    answer bounded point reads on it when that is cheaper, as long as they never wait for
+    a lock). Every promise holds for concurrent writers, from several connections and
+    processes: none rests on one backend having a single writer.
+    """
 
     async def aclose(self) -> None: ...

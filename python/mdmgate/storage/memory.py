@@ -1,17 +1,25 @@
-"""An in-memory store: for tests, ``--dev`` and benchmarks. Nothing survives the process."""
+"""An in-memory store: for tests, ``--dev`` and benchmarks. Nothing survives the process.
+
+Every operation runs on the Trio thread without awaiting in the middle, so each is one
+atomic step and concurrent callers (tasks) cannot interleave inside it: ``take`` is
+exclusive, ``merge_facts`` loses nothing, licence grants are checked and made at once.
+"""
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
+import trio
 
 from mdmgate.catalogue.model import App, CommandBatch, LicenceGrant, Notification, Org
 from mdmgate.storage import (
+    Change,
     CommandExists,
     CommandStatus,
     Delivery,
@@ -20,6 +28,7 @@ from mdmgate.storage import (
     LicencesExhausted,
     RevisionConflict,
     StoredDeclaration,
+    StoredSession,
     UnknownDevices,
     offers_exhausted,
     org_covers,
@@ -36,6 +45,23 @@ _PENDING = ("scheduled", "running")
 _APP = msgspec.json.Decoder(App)
 _ORG = msgspec.json.Decoder(Org)
 _NOTIFICATION = msgspec.json.Decoder(Notification)
+
+#: The fields :meth:`MemoryStore.update_device` may set, and the types they take.
+_DEVICE_FIELDS: dict[str, tuple[type, ...]] = {
+    "org": (str,),
+    "platform": (str,),
+    "os_version": (str, type(None)),
+    "supervised": (bool, type(None)),
+}
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    wrong = sorted(set(fields) - set(_DEVICE_FIELDS))
+    if wrong:
+        raise ValueError(f"not a device field that can be updated: {', '.join(wrong)}")
+    for name, value in fields.items():
+        if not isinstance(value, _DEVICE_FIELDS[name]):
+            raise ValueError(f"device field {name}: {value!r} is not of the right type")
 
 
 @dataclass
@@ -60,12 +86,24 @@ class MemoryStore:
         self._apps: dict[str, tuple[int, bytes]] = {}
         self._orgs: dict[str, bytes] = {}
         self._notifications: dict[str, tuple[Notification, bytes]] = {}
+        self._sessions: dict[tuple[str, str], StoredSession] = {}
+        #: The change feed: entry i has seq i + 1. Unbounded (a test and dev store).
+        self._changes: list[Change] = []
+        #: Set (and replaced) on every change: wakes wait_for_changes in this process.
+        self._changed = trio.Event()
+        self._leases: dict[str, tuple[str, float]] = {}
+
+    def _record(self, kind: str, key: str) -> None:
+        self._changes.append(Change(len(self._changes) + 1, kind, key))
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def upsert_devices(self, devices: Sequence[Device]) -> int:
         for d in devices:
             if d.id not in self._devices:
                 self._ordered = None
             self._devices[d.id] = d
+            self._record("device", d.id)
         return len(devices)
 
     async def get_device(self, device_id: str) -> Device | None:
@@ -202,6 +240,16 @@ class MemoryStore:
         merged = {**device.facts, **facts}
         merged = {k: v for k, v in merged.items() if v is not None}
         self._devices[device_id] = msgspec.structs.replace(device, facts=merged)
+        self._record("device", device_id)
+        return True
+
+    async def update_device(self, device_id: str, fields: Mapping[str, Any]) -> bool:
+        _check_fields(fields)
+        device = self._devices.get(device_id)
+        if device is None:
+            return False
+        self._devices[device_id] = msgspec.structs.replace(device, **fields)
+        self._record("device", device_id)
         return True
 
     async def list_devices(self, after: str | None, limit: int) -> list[Device]:
@@ -213,7 +261,12 @@ class MemoryStore:
         return [self._devices[i] for i in self._ordered[start : start + limit]]
 
     async def fan_out(
-        self, batches: Sequence[CommandBatch], *, licences: LicenceGrant | None = None
+        self,
+        batches: Sequence[CommandBatch],
+        *,
+        licences: LicenceGrant | None = None,
+        notification: Notification | None = None,
+        expected_rev: int | None = None,
     ) -> int:
         # Everything is checked before anything changes (and nothing here awaits): the
         # whole fan-out happens at once or not at all.
@@ -225,12 +278,20 @@ class MemoryStore:
         unknown = [d for d in named if d not in self._devices]
         if unknown:
             raise UnknownDevices(unknown)
+        new: list[str] = []
         if licences is not None:
             held = self._licences.get(licences.app_id, set())
             new = [d for d in dict.fromkeys(licences.device_ids) if d not in held]
             if new and len(held) + len(new) > licences.total:
                 raise LicencesExhausted(licences.app_id, licences.total, len(held) + len(new))
+        if notification is not None:
+            self._check_notification(notification.id, expected_rev)
+        # Checked: from here on nothing fails.
+        if licences is not None and new:
             self._licences.setdefault(licences.app_id, set()).update(new)
+            self._record("licence", licences.app_id)
+        if notification is not None:
+            self._store_notification(notification, expected_rev)
         return sum(self._queue(b.command_id, b.kind, b.body, b.device_ids) for b in batches)
 
     async def licence_holders(self, app_id: str) -> list[str]:
@@ -240,6 +301,8 @@ class MemoryStore:
         held = self._licences.get(app_id, set())
         released = [d for d in dict.fromkeys(device_ids) if d in held]
         held.difference_update(released)
+        if released:
+            self._record("licence", app_id)
         return len(released)
 
     async def put_app(self, app: App, *, expected_rev: int | None) -> App:
@@ -249,6 +312,7 @@ class MemoryStore:
             raise RevisionConflict(f"app {app.id!r}", expected_rev, stored_rev)
         stored = msgspec.structs.replace(app, rev=1 if expected_rev is None else expected_rev + 1)
         self._apps[app.id] = (stored.rev, msgspec.json.encode(stored))
+        self._record("app", app.id)
         return stored
 
     async def get_app(self, app_id: str) -> App | None:
@@ -260,14 +324,33 @@ class MemoryStore:
 
     async def put_org(self, org: Org) -> None:
         self._orgs[org.path] = msgspec.json.encode(org)
+        self._record("org", org.path)
 
     async def list_orgs(self) -> list[Org]:
         return [_ORG.decode(self._orgs[p]) for p in sorted(self._orgs)]
 
-    async def put_notification(self, notification: Notification) -> None:
+    def _check_notification(self, notification_id: str, expected_rev: int | None) -> None:
+        found = self._notifications.get(notification_id)
+        stored_rev = None if found is None else found[0].rev
+        if stored_rev != expected_rev:
+            raise RevisionConflict(f"notification {notification_id!r}", expected_rev, stored_rev)
+
+    def _store_notification(
+        self, notification: Notification, expected_rev: int | None
+    ) -> Notification:
+        stored = msgspec.structs.replace(
+            notification, rev=1 if expected_rev is None else expected_rev + 1
+        )
         # The decoded copy answers the queries; the encoding is what readers get.
-        encoded = msgspec.json.encode(notification)
-        self._notifications[notification.id] = (_NOTIFICATION.decode(encoded), encoded)
+        encoded = msgspec.json.encode(stored)
+        self._notifications[stored.id] = (_NOTIFICATION.decode(encoded), encoded)
+        return stored
+
+    async def put_notification(
+        self, notification: Notification, *, expected_rev: int | None = None
+    ) -> Notification:
+        self._check_notification(notification.id, expected_rev)
+        return self._store_notification(notification, expected_rev)
 
     async def get_notification(self, notification_id: str) -> Notification | None:
         found = self._notifications.get(notification_id)
@@ -297,6 +380,85 @@ class MemoryStore:
         return sum(
             1 for q in self._queues.values() for e in q.values() if e.delivery.state in _OPEN
         )
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def _live_session(self, kind: str, key: str) -> StoredSession | None:
+        found = self._sessions.get((kind, key))
+        if found is not None and found.expires_at <= time.time():
+            return None
+        return found
+
+    async def load_session(self, kind: str, key: str) -> StoredSession | None:
+        return self._live_session(kind, key)
+
+    async def save_session(
+        self,
+        kind: str,
+        key: str,
+        state: bytes,
+        *,
+        expected_rev: int | None,
+        expires_at: float,
+    ) -> int:
+        if expected_rev is not None:
+            found = self._live_session(kind, key)
+            stored_rev = None if found is None else found.rev
+            if stored_rev != expected_rev:
+                raise RevisionConflict(f"{kind} session {key!r}", expected_rev, stored_rev)
+        rev = 1 if expected_rev is None else expected_rev + 1
+        self._sessions[kind, key] = StoredSession(bytes(state), rev, expires_at)
+        return rev
+
+    async def drop_session(self, kind: str, key: str, *, expected_rev: int | None = None) -> bool:
+        found = self._live_session(kind, key)
+        if found is None or (expected_rev is not None and found.rev != expected_rev):
+            return False
+        del self._sessions[kind, key]
+        return True
+
+    async def expire_sessions(self, now: float) -> int:
+        stale = [k for k, s in self._sessions.items() if s.expires_at <= now]
+        for k in stale:
+            del self._sessions[k]
+        return len(stale)
+
+    # -- change feed -----------------------------------------------------------------------
+
+    async def changes(self, after: int, limit: int) -> list[Change]:
+        start = max(after, 0)
+        return self._changes[start : start + max(limit, 0)]
+
+    async def last_change(self) -> int:
+        return len(self._changes)
+
+    async def wait_for_changes(self, after: int) -> None:
+        await trio.lowlevel.checkpoint()
+        while len(self._changes) <= after:
+            await self._changed.wait()
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def claim_lease(self, name: str, holder: str, *, now: float, until: float) -> bool:
+        found = self._leases.get(name)
+        if found is not None and found[0] != holder and found[1] > now:
+            return False
+        self._leases[name] = (holder, until)
+        return True
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        found = self._leases.get(name)
+        if found is None or found[0] != holder:
+            return False
+        del self._leases[name]
+        return True
+
+    async def live_leases(self, prefix: str, *, now: float) -> list[str]:
+        return [
+            holder
+            for name, (holder, until) in sorted(self._leases.items())
+            if name.startswith(prefix) and until > now
+        ]
 
     async def aclose(self) -> None:
         return None

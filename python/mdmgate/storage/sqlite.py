@@ -5,10 +5,23 @@ returns, so a command the admin API acknowledged survives a power cut. ``normal`
 last transactions before a power cut (not a process crash) for fewer fsyncs.
 
 Writes and long reads block, so they run in a worker thread (``trio.to_thread``) on one
-connection: SQLite serialises writers anyway, and a single connection keeps the queue's
-read-modify-write steps (take, record) atomic without retry loops. Calls that arrive while a
-transaction commits are grouped into the next one (each in its own savepoint), so a burst of
-check-ins costs one thread round trip and one fsync, not one per call.
+connection: SQLite serialises writers anyway. Calls that arrive while a transaction commits
+are grouped into the next one (each in its own savepoint), so a burst of check-ins costs one
+thread round trip and one fsync, not one per call.
+
+Concurrent writers: every write runs inside ``BEGIN IMMEDIATE``, which takes the database's
+write lock (for every connection and process on the file) before the first read, so a step
+that reads then writes (``take``, the licence check of ``fan_out``, the revision checks) sees
+the latest committed state and nobody commits in between: several stores on one file, in one
+process or several (``--workers N``), keep the contract of :class:`mdmgate.storage.Store`.
+``merge_facts`` and ``update_device`` are moreover single ``UPDATE`` statements, computed by
+SQLite from the row as it is, not from a copy read earlier.
+
+The change feed (table ``changes``) is written in the same transaction as the change. Another
+process's writes are seen by polling ``max(seq)`` on the read connection
+(:attr:`SQLiteStore.poll_interval`); this store's own writes wake waiters at once. The log is
+not trimmed yet: it grows by one row per recorded change (a few dozen bytes). Trimming it must
+keep the newest row, so that ``max(seq)`` never goes back.
 
 Point reads by primary key (a device by id, a few devices) run on the Trio thread instead, on
 a second, read-only connection. A thread round trip costs about 25 times the ~9 µs such a read
@@ -35,6 +48,7 @@ import trio
 
 from mdmgate.catalogue.model import App, CommandBatch, LicenceGrant, Notification, Org
 from mdmgate.storage import (
+    Change,
     CommandExists,
     CommandStatus,
     Delivery,
@@ -43,6 +57,8 @@ from mdmgate.storage import (
     LicencesExhausted,
     RevisionConflict,
     StoredDeclaration,
+    StoredSession,
+    StoreError,
     UnknownDevices,
     offers_exhausted,
 )
@@ -135,6 +151,31 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deliveries ADD COLUMN offers INTEGER NOT NULL DEFAULT 0;
     """,
+    # Scale-out: protocol sessions, the change feed, leases, and notification revisions
+    # (notifications stored before count as revision 1, in the column and the document).
+    """
+    CREATE TABLE sessions (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        state BLOB NOT NULL,
+        rev INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+    CREATE TABLE changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL
+    );
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        until REAL NOT NULL
+    );
+    ALTER TABLE notifications ADD COLUMN rev INTEGER NOT NULL DEFAULT 1;
+    UPDATE notifications SET doc = json_set(doc, '$.rev', 1);
+    """,
 )
 
 #: What take() hands out (the partial index deliveries_open covers these).
@@ -210,22 +251,39 @@ def _run_group(db: sqlite3.Connection, jobs: list[_Job]) -> None:
                 job.result, job.error = None, exc
 
 
+def _set_wal(db: sqlite3.Connection) -> None:
+    # Switching to WAL does not always wait through the busy handler (SQLite answers
+    # "locked" at once while another connection holds the file); retry for as long as the
+    # busy timeout would have waited.
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _migrate(db: sqlite3.Connection) -> None:
-    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = db.execute("SELECT version FROM schema_version").fetchone()
-    current = row[0] if row else 0
-    if current > len(MIGRATIONS):
-        raise RuntimeError(
-            f"database schema version {current} is newer than this mdmgate ({len(MIGRATIONS)})"
-        )
+    # The version is read inside the write transaction: two processes opening a new
+    # database at once must not both run the migrations.
     with _transaction(db):
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+        current = row[0] if row else 0
+        if current > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database schema version {current} is newer than this mdmgate ({len(MIGRATIONS)})"
+            )
         for script in MIGRATIONS[current:]:
             for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)
         if row is None:
             db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
-        else:
+        elif current != len(MIGRATIONS):
             db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
 
 
@@ -272,6 +330,66 @@ def _queue(
 _APP = msgspec.json.Decoder(App)
 _ORG = msgspec.json.Decoder(Org)
 _NOTIFICATION = msgspec.json.Decoder(Notification)
+
+
+def _record(db: sqlite3.Connection, kind: str, key: str) -> None:
+    """Adds a change to the feed (in the caller's transaction)."""
+    db.execute("INSERT INTO changes (kind, key) VALUES (?, ?)", (kind, key))
+
+
+def _last_change(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
+    return int(row[0])
+
+
+#: The fields update_device may set, and the types they take.
+_DEVICE_FIELDS: dict[str, tuple[type, ...]] = {
+    "org": (str,),
+    "platform": (str,),
+    "os_version": (str, type(None)),
+    "supervised": (bool, type(None)),
+}
+
+# merge_facts in one statement. SQLite's JSON paths cannot name every key (3.40 matches a
+# quoted label byte for byte against the stored, escaped text, and has no escape for '"'),
+# so no paths are used: json_patch with {key: null, ...} removes every key the merge names
+# (a top-level merge patch compares keys as the encoded text, and every document here is
+# encoded by json.dumps the same way), and the new members, encoded here, are appended to
+# the object that remains. A merge patch cannot set them: it would merge nested objects
+# into the old ones and drop the nulls inside them.
+_MERGE_FACTS = (
+    "UPDATE devices SET facts = ("
+    " SELECT CASE WHEN ?2 = '' THEN r WHEN r = '{}' THEN '{' || ?2 || '}'"
+    " ELSE substr(r, 1, length(r) - 1) || ',' || ?2 || '}' END"
+    " FROM (SELECT json_patch(devices.facts, ?1) AS r)"
+    ") WHERE id = ?3"
+)
+
+
+def _put_notification(
+    db: sqlite3.Connection, notification: Notification, expected_rev: int | None
+) -> Notification:
+    """Compare-and-set of a notification, in the caller's transaction."""
+    n = msgspec.structs.replace(notification, rev=1 if expected_rev is None else expected_rev + 1)
+    doc = _document(n)
+    if expected_rev is None:
+        cursor = db.execute(
+            "INSERT INTO notifications (id, app_id, state, due_at, created_at, doc, rev)"
+            " VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (id) DO NOTHING",
+            (n.id, n.app_id, n.state, n.due_at, n.created_at, doc),
+        )
+    else:
+        cursor = db.execute(
+            "UPDATE notifications SET app_id = ?, state = ?, due_at = ?, created_at = ?,"
+            " doc = ?, rev = ? WHERE id = ? AND rev = ?",
+            (n.app_id, n.state, n.due_at, n.created_at, doc, n.rev, n.id, expected_rev),
+        )
+    if cursor.rowcount == 0:
+        row = db.execute("SELECT rev FROM notifications WHERE id = ?", (n.id,)).fetchone()
+        raise RevisionConflict(
+            f"notification {n.id!r}", expected_rev, None if row is None else row[0]
+        )
+    return n
 
 
 def _document(value: msgspec.Struct) -> str:
@@ -334,9 +452,15 @@ def _read_devices(db: sqlite3.Connection, ids: list[str]) -> dict[str, Device]:
 
 
 class SQLiteStore:
+    #: How often :meth:`wait_for_changes` looks for changes written by other processes.
+    poll_interval = 0.05
+
     def __init__(self, db: sqlite3.Connection, reader: sqlite3.Connection) -> None:
         self._db = db
         self._reader = reader
+        #: Set (and replaced) after each group of this store's writes commits: wakes
+        #: wait_for_changes without waiting for the next poll.
+        self._committed = trio.Event()
         self._jobs, self._incoming = trio.open_memory_channel[_Job](math.inf)
         self._writer_done = trio.Event()
         trio.lowlevel.spawn_system_task(self._writer, name="mdmgate-sqlite-writer")
@@ -345,10 +469,12 @@ class SQLiteStore:
     async def open(cls, path: str | Path, *, durability: Durability = "full") -> SQLiteStore:
         def connect() -> sqlite3.Connection:
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode = WAL")
+            # The busy timeout first: several processes opening a new file at once contend
+            # for the lock that switching it to WAL takes.
+            db.execute("PRAGMA busy_timeout = 5000")
+            _set_wal(db)
             db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
             db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA busy_timeout = 5000")
             _migrate(db)
             return db
 
@@ -376,7 +502,10 @@ class SQLiteStore:
         that arrive while the previous group commits (group commit: one thread round trip
         and one fsync for all of them). Returns once ``fn``'s transaction is committed."""
         job = _Job(fn)
-        self._jobs.send_nowait(job)
+        try:
+            self._jobs.send_nowait(job)
+        except trio.ClosedResourceError:
+            raise StoreError("the SQLite store is closed") from None
         await job.done.wait()
         if job.error is not None:
             raise job.error
@@ -390,7 +519,9 @@ class SQLiteStore:
                 while len(jobs) < GROUP_MAX:
                     try:
                         jobs.append(self._incoming.receive_nowait())
-                    except trio.WouldBlock:
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        # EndOfChannel: closed by aclose(); the loop ends after this group
+                        # (a system task must never raise: it would crash the whole run).
                         break
                 try:
                     await trio.to_thread.run_sync(_run_group, self._db, jobs)
@@ -399,6 +530,8 @@ class SQLiteStore:
                         failed.error = failed.error or exc
                 for done in jobs:
                     done.done.set()
+                self._committed.set()
+                self._committed = trio.Event()
         finally:
             self._writer_done.set()
 
@@ -424,6 +557,10 @@ class SQLiteStore:
                     " os_version = excluded.os_version, supervised = excluded.supervised,"
                     " auth = excluded.auth, facts = excluded.facts",
                     rows,
+                )
+                db.executemany(
+                    "INSERT INTO changes (kind, key) VALUES ('device', ?)",
+                    [(r[0],) for r in rows],
                 )
             return len(rows)
 
@@ -672,23 +809,39 @@ class SQLiteStore:
         return await self._read_inline(read)
 
     async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
-        changes = dict(facts)
-        json.dumps(changes)  # refuse what cannot be stored before taking the write lock
+        # Encoded before the write lock is taken, and refused here if it cannot be (NaN and
+        # infinities are not JSON: SQLite would refuse the document at the next merge).
+        removed = json.dumps(dict.fromkeys(facts))
+        kept = {k: v for k, v in facts.items() if v is not None}
+        members = json.dumps(kept, allow_nan=False)[1:-1]
 
         def write(db: sqlite3.Connection) -> bool:
             with _transaction(db):
-                row = db.execute("SELECT facts FROM devices WHERE id = ?", (device_id,)).fetchone()
-                if row is None:
+                if db.execute(_MERGE_FACTS, (removed, members, device_id)).rowcount == 0:
                     return False
-                merged = json.loads(row[0])
-                for key, value in changes.items():
-                    if value is None:
-                        merged.pop(key, None)
-                    else:
-                        merged[key] = value
-                db.execute(
-                    "UPDATE devices SET facts = ? WHERE id = ?", (json.dumps(merged), device_id)
-                )
+                _record(db, "device", device_id)
+            return True
+
+        return await self._run(write)
+
+    async def update_device(self, device_id: str, fields: Mapping[str, Any]) -> bool:
+        wrong = sorted(set(fields) - set(_DEVICE_FIELDS))
+        if wrong:
+            raise ValueError(f"not a device field that can be updated: {', '.join(wrong)}")
+        for name, value in fields.items():
+            if not isinstance(value, _DEVICE_FIELDS[name]):
+                raise ValueError(f"device field {name}: {value!r} is not of the right type")
+        # The names are checked above: nothing the caller wrote reaches the SQL text.
+        assignments = ", ".join(f"{name} = ?" for name in fields) or "id = id"
+        params = (*fields.values(), device_id)  # a bool is stored as 0/1
+
+        def write(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                # Only the named columns: auth and facts stay as they are at this moment.
+                cursor = db.execute(f"UPDATE devices SET {assignments} WHERE id = ?", params)
+                if cursor.rowcount == 0:
+                    return False
+                _record(db, "device", device_id)
             return True
 
         return await self._run(write)
@@ -710,7 +863,12 @@ class SQLiteStore:
         return await self._read_inline(read)
 
     async def fan_out(
-        self, batches: Sequence[CommandBatch], *, licences: LicenceGrant | None = None
+        self,
+        batches: Sequence[CommandBatch],
+        *,
+        licences: LicenceGrant | None = None,
+        notification: Notification | None = None,
+        expected_rev: int | None = None,
     ) -> int:
         # Everything is encoded before the write lock is taken: one JSON array of ids per
         # batch, and one of every id named, for the single unknown-device check.
@@ -739,6 +897,8 @@ class SQLiteStore:
                 if unknown:
                     raise UnknownDevices(unknown)
                 if grant is not None:
+                    # Inside the write transaction (BEGIN IMMEDIATE holds the database's
+                    # write lock): no other connection or process grants in between.
                     app_id, total, ids = grant
                     added = db.execute(
                         "INSERT INTO licences (app_id, device_id)"
@@ -752,6 +912,9 @@ class SQLiteStore:
                         ).fetchone()[0]
                         if held > total:
                             raise LicencesExhausted(app_id, total, held)  # rolls back
+                        _record(db, "licence", app_id)
+                if notification is not None:
+                    _put_notification(db, notification, expected_rev)  # a conflict rolls back
                 return sum(_queue(db, *step, now=now) for step in steps)
 
         return await self._run(write)
@@ -770,12 +933,14 @@ class SQLiteStore:
 
         def write(db: sqlite3.Connection) -> int:
             with _transaction(db):
-                cursor = db.execute(
+                released = db.execute(
                     "DELETE FROM licences WHERE app_id = ?"
                     " AND device_id IN (SELECT value FROM json_each(?))",
                     (app_id, ids),
-                )
-            return cursor.rowcount
+                ).rowcount
+                if released:
+                    _record(db, "licence", app_id)
+            return released
 
         return await self._run(write)
 
@@ -801,6 +966,7 @@ class SQLiteStore:
                     raise RevisionConflict(
                         f"app {app.id!r}", expected_rev, None if row is None else row[0]
                     )
+                _record(db, "app", app.id)
 
         await self._run(write)
         return stored
@@ -828,6 +994,7 @@ class SQLiteStore:
                     " SET doc = excluded.doc",
                     (org.path, doc),
                 )
+                _record(db, "org", org.path)
 
         await self._run(write)
 
@@ -837,21 +1004,14 @@ class SQLiteStore:
 
         return await self._run(read)
 
-    async def put_notification(self, notification: Notification) -> None:
-        n = notification
-        row = (n.id, n.app_id, n.state, n.due_at, n.created_at, _document(n))
-
-        def write(db: sqlite3.Connection) -> None:
+    async def put_notification(
+        self, notification: Notification, *, expected_rev: int | None = None
+    ) -> Notification:
+        def write(db: sqlite3.Connection) -> Notification:
             with _transaction(db):
-                db.execute(
-                    "INSERT INTO notifications VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id)"
-                    " DO UPDATE SET app_id = excluded.app_id, state = excluded.state,"
-                    " due_at = excluded.due_at, created_at = excluded.created_at,"
-                    " doc = excluded.doc",
-                    row,
-                )
+                return _put_notification(db, notification, expected_rev)
 
-        await self._run(write)
+        return await self._run(write)
 
     async def get_notification(self, notification_id: str) -> Notification | None:
         def read(db: sqlite3.Connection) -> Notification | None:
@@ -903,6 +1063,144 @@ class SQLiteStore:
             return int(row[0])
 
         return await self._run(read)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def load_session(self, kind: str, key: str) -> StoredSession | None:
+        def read(db: sqlite3.Connection) -> StoredSession | None:
+            row = db.execute(
+                "SELECT state, rev, expires_at FROM sessions"
+                " WHERE kind = ? AND key = ? AND expires_at > ?",
+                (kind, key, time.time()),
+            ).fetchone()
+            return None if row is None else StoredSession(bytes(row[0]), row[1], row[2])
+
+        return await self._read_inline(read)
+
+    async def save_session(
+        self,
+        kind: str,
+        key: str,
+        state: bytes,
+        *,
+        expected_rev: int | None,
+        expires_at: float,
+    ) -> int:
+        state = bytes(state)
+
+        def write(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                if expected_rev is None:
+                    # A new exchange replaces whatever was saved under the key.
+                    db.execute(
+                        "INSERT INTO sessions VALUES (?, ?, ?, 1, ?) ON CONFLICT (kind, key)"
+                        " DO UPDATE SET state = excluded.state, rev = 1,"
+                        " expires_at = excluded.expires_at",
+                        (kind, key, state, expires_at),
+                    )
+                    return 1
+                now = time.time()
+                cursor = db.execute(
+                    "UPDATE sessions SET state = ?, rev = ?, expires_at = ?"
+                    " WHERE kind = ? AND key = ? AND rev = ? AND expires_at > ?",
+                    (state, expected_rev + 1, expires_at, kind, key, expected_rev, now),
+                )
+                if cursor.rowcount == 0:
+                    row = db.execute(
+                        "SELECT rev FROM sessions WHERE kind = ? AND key = ? AND expires_at > ?",
+                        (kind, key, now),
+                    ).fetchone()
+                    raise RevisionConflict(
+                        f"{kind} session {key!r}", expected_rev, None if row is None else row[0]
+                    )
+                return expected_rev + 1
+
+        return await self._run(write)
+
+    async def drop_session(self, kind: str, key: str, *, expected_rev: int | None = None) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                cursor = db.execute(
+                    "DELETE FROM sessions WHERE kind = ? AND key = ? AND expires_at > ?"
+                    " AND (?4 IS NULL OR rev = ?4)",
+                    (kind, key, time.time(), expected_rev),
+                )
+            return cursor.rowcount > 0
+
+        return await self._run(write)
+
+    async def expire_sessions(self, now: float) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                cursor = db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+            return cursor.rowcount
+
+        return await self._run(write)
+
+    # -- change feed -----------------------------------------------------------------------
+
+    async def changes(self, after: int, limit: int) -> list[Change]:
+        def read(db: sqlite3.Connection) -> list[Change]:
+            rows = db.execute(
+                "SELECT seq, kind, key FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            )
+            return [Change(*r) for r in rows]
+
+        if limit > INLINE_READ_MAX:
+            return await self._run(read)
+        return await self._read_inline(read)
+
+    async def last_change(self) -> int:
+        return await self._read_inline(_last_change)
+
+    async def wait_for_changes(self, after: int) -> None:
+        while True:
+            # Taken before looking, so that a commit in between still wakes this wait.
+            committed = self._committed
+            if await self._read_inline(_last_change) > after:
+                return
+            # Another process's writes are seen at the next poll; this store's at once.
+            with trio.move_on_after(self.poll_interval):
+                await committed.wait()
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def claim_lease(self, name: str, holder: str, *, now: float, until: float) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                # One statement: taken when free, expired, or already the holder's.
+                cursor = db.execute(
+                    "INSERT INTO leases VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE"
+                    " SET holder = excluded.holder, until = excluded.until"
+                    " WHERE leases.holder = excluded.holder OR leases.until <= ?4",
+                    (name, holder, until, now),
+                )
+            return cursor.rowcount > 0
+
+        return await self._run(write)
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                cursor = db.execute(
+                    "DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder)
+                )
+            return cursor.rowcount > 0
+
+        return await self._run(write)
+
+    async def live_leases(self, prefix: str, *, now: float) -> list[str]:
+        def read(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT holder FROM leases WHERE substr(name, 1, length(?1)) = ?1"
+                " AND until > ?2 ORDER BY name",
+                (prefix, now),
+            )
+            return [r[0] for r in rows]
+
+        # A few rows (one per node, one per wave being run): read here.
+        return await self._read_inline(read)
 
     async def aclose(self) -> None:
         await self._jobs.aclose()

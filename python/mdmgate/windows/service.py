@@ -5,10 +5,28 @@ authenticates the device, turns the session's events into stored state (results,
 inventory, install outcomes) and hands the device its queued commands. The session object
 holds the protocol; this module holds the I/O and the policy.
 
-Sessions live in this process's memory. A session cut short (restart, expiry, another worker)
-loses nothing: what it handed out without an answer is offered again in the next session, up
-to ``max_offers`` times; then it ends ``failed`` (a command that crashes the device, or whose
-answer cannot be read, must not break every later session).
+Sessions live in the store (its ``SessionStore`` role, kind :data:`SESSION_KIND`, keyed by
+device id and SessionID), not in a process: every message is load, engine, save. The engine's
+:meth:`~mdmgate.windows.session.Session.snapshot` travels with what this module knows about the
+session (the store's name for it, the bodies of the commands handed out and not yet
+answered, the server-authentication state, whether the device asked to be unenrolled), so
+any gateway node, or any worker, answers any message of any session: Windows opens new
+connections mid-session. The state is saved with compare-and-set on its revision *before* the
+reply goes out; of two nodes that answered the same message at once (a device, or a load
+balancer, that sent it twice) one saves, and the other answers 400 as a replayed message,
+exactly as one process does when the same message comes twice. A session whose reply ended
+it is dropped; one left idle expires ``session_ttl`` after its last message.
+
+A session cut short (restart, expiry) loses nothing: what it handed out without an answer is
+offered again in the next session, up to ``max_offers`` times; then it ends ``failed`` (a
+command that crashes the device, or whose answer cannot be read, must not break every later
+session).
+
+Overload: ``max_sessions`` bounds the OMA-DM messages one node handles at once; past it, a
+message that would open a new session gets 429 with ``Retry-After`` (Windows comes back
+later), and messages of open sessions are still served. :attr:`WindowsService.open_sessions`
+(the ``mdmgate_omadm_sessions`` gauge) counts those messages in flight on this node: the store
+holds the sessions themselves, and counting them there would cost a scan per new session.
 
 Authentication is mutual when the device wants it: the gateway then puts its own ``Cred`` in
 its SyncHdr (server credentials of the device, or the gateway's), over the nonce the device
@@ -20,12 +38,13 @@ commands: they are offered again, with the gateway's ``Cred``, in the same sessi
 from __future__ import annotations
 
 import base64
-import collections
 import hashlib
 import hmac
 import logging
+import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +54,7 @@ import trio
 from mdmgate import syncml
 from mdmgate.errors import SyncMLDecodeError
 from mdmgate.server.types import Request, Response
-from mdmgate.storage import DeliveryState, Device, Store
+from mdmgate.storage import DeliveryState, Device, RevisionConflict, Store, StoredSession
 from mdmgate.syncml import Message
 from mdmgate.windows import apps, auth, enrollment
 from mdmgate.windows.session import (
@@ -47,10 +66,11 @@ from mdmgate.windows.session import (
     PartStatus,
     Session,
     SessionError,
+    SnapshotError,
     opens_session,
 )
 
-__all__ = ["CONTENT_TYPES", "WindowsService"]
+__all__ = ["CONTENT_TYPES", "SESSION_KIND", "WindowsService", "session_key"]
 
 _log = logging.getLogger("mdmgate.windows")
 
@@ -76,18 +96,53 @@ NODES_MAX = 1000
 FACT_NONCE = "syncml_nonce"
 
 
+#: The SessionStore kind of OMA-DM sessions.
+SESSION_KIND = "omadm"
+
+
+def session_key(device_id: str, session_id: str) -> str:
+    """The SessionStore key of a device's OMA-DM session: a SessionID is unique only per
+    device (and only among its live sessions). The length prefix keeps it unambiguous
+    whatever the device id holds."""
+    return f"{len(device_id)}:{device_id}:{session_id}"
+
+
+class _Saved(msgspec.Struct, array_like=True, frozen=True, tag=1):
+    """What the store holds per session between two messages (msgpack, versioned by the
+    tag: a session saved in another format starts over)."""
+
+    engine: bytes
+    key: str
+    bodies: dict[str, bytes]
+    server_authenticated: bool
+    server_challenged: bool
+    server_refusals: int
+    server_nonce: bytes | None
+    unenrolled: bool
+
+
+_SAVED = msgspec.msgpack.Decoder(_Saved)
+_ENCODER = msgspec.msgpack.Encoder()
+
+
 @dataclass
 class _Live:
+    """One session while one of its messages is handled: loaded from the store, saved back
+    before the reply goes out."""
+
     session: Session
-    #: The store's name for this session: device SessionIDs repeat across sessions.
+    #: Its SessionStore key (:func:`session_key`).
+    name: str
+    #: The store's name for this session (``take``): device SessionIDs repeat across sessions.
     key: str
+    #: The stored revision this message continues; None: a session this message opens.
+    rev: int | None = None
+    #: A session this message opens in place of a stale one with its SessionID: that one's
+    #: revision (the new one replaces it only if nobody changed it meanwhile).
+    stale_rev: int | None = None
     authenticated: bool = False
     #: The stored bodies of the commands handed out, by command id, until answered.
     bodies: dict[str, bytes] = field(default_factory=dict)
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    last_used: float = 0.0
-    #: A new session with the same SessionID took this one's place (it was stale).
-    replaced: bool = False
     #: Server authentication: the device answered the gateway's Cred with 212 (for the
     #: whole session), asked for it (401/407), how often it refused, and the nonce it
     #: issued last (None: the stored one).
@@ -97,10 +152,52 @@ class _Live:
     server_nonce: bytes | None = None
     #: The device message being handled refused the gateway's last message (401/407 on
     #: its SyncHdr): the statuses of its commands are no answers; they go out again.
+    #: (This message only: not saved.)
     refusing: bool = False
     refused: list[Outgoing] = field(default_factory=list)
     #: The device asked to be unenrolled in this session: nothing more is handed out.
     unenrolled: bool = False
+
+    def saved(self) -> bytes:
+        return _ENCODER.encode(
+            _Saved(
+                self.session.snapshot(),
+                self.key,
+                self.bodies,
+                self.server_authenticated,
+                self.server_challenged,
+                self.server_refusals,
+                self.server_nonce,
+                self.unenrolled,
+            )
+        )
+
+    @classmethod
+    def restored(cls, name: str, stored: StoredSession) -> _Live:
+        """The session as saved; SnapshotError when it cannot be read."""
+        try:
+            saved = _SAVED.decode(stored.state)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise SnapshotError(f"unreadable OMA-DM session state: {exc}") from None
+        return cls(
+            Session.restore(saved.engine),
+            name,
+            saved.key,
+            rev=stored.rev,
+            authenticated=True,  # only authenticated sessions are saved
+            bodies=dict(saved.bodies),
+            server_authenticated=saved.server_authenticated,
+            server_challenged=saved.server_challenged,
+            server_refusals=saved.server_refusals,
+            server_nonce=saved.server_nonce,
+            unenrolled=saved.unenrolled,
+        )
+
+
+@dataclass
+class _KeyLock:
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    users: int = 0
 
 
 #: Default cap on how often a delivery is handed out without any answer before it ends
@@ -134,6 +231,7 @@ class WindowsService:
         server_username: str | None = None,
         server_secret: str | None = None,
         server_auth: ServerAuth = "on_challenge",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_offers < 1:
             raise ValueError("max_offers must be at least 1")
@@ -153,9 +251,17 @@ class WindowsService:
         self.dev = dev
         self.server_uri = server_uri
         self.batch = batch
+        #: Seconds a session lives after its last message (the store drops it then).
         self.session_ttl = session_ttl
+        #: OMA-DM messages this node handles at once before it refuses new sessions (429).
         self.max_sessions = max_sessions
-        self._sessions: collections.OrderedDict[tuple[str, str], _Live] = collections.OrderedDict()
+        #: Unix time (the store's expiry is in Unix time); tests move it.
+        self.clock = clock
+        self._in_flight = 0
+        #: Messages of one session on this node take turns (a repeat waits, then is refused
+        #: as a replay, instead of racing the original to the store).
+        self._locks: dict[str, _KeyLock] = {}
+        self._next_sweep = 0.0
 
     def _changed(self, device_id: str) -> None:
         if self.on_devices_changed is not None:
@@ -163,7 +269,15 @@ class WindowsService:
 
     @property
     def open_sessions(self) -> int:
-        return len(self._sessions)
+        """OMA-DM messages this node is handling right now (the ``mdmgate_omadm_sessions``
+        gauge; the sessions themselves are in the store)."""
+        return self._in_flight
+
+    async def session_open(self, device_id: str, session_id: str) -> bool:
+        """Whether the store holds a live session of the device with this SessionID (one
+        that neither ended nor expired)."""
+        stored = await self.store.load_session(SESSION_KIND, session_key(device_id, session_id))
+        return stored is not None
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -171,18 +285,46 @@ class WindowsService:
         except _Refused as refused:
             return refused.response
         device_id = message.header.source or ""
-        self._expire(trio.current_time())
-        live = self._sessions.get((device_id, message.header.session_id))
-        # SessionIDs are unique only among live sessions: a message that opens a session
-        # (MsgID 1, Alert 1200/1201) starts a new one, which replaces a stale one holding
-        # the same SessionID once it authenticates (in _exchange).
-        if live is None or opens_session(message):
-            if live is None and len(self._sessions) >= self.max_sessions:
-                # Windows honours 429 + Retry-After and comes back later.
-                return _text(429, "too many open OMA-DM sessions", (("retry-after", "5"),))
-            live = _Live(self._new_session(message), uuid.uuid4().hex)
-        async with live.lock:
-            return await self._exchange(live, message, request, wbxml, content_type)
+        name = session_key(device_id, message.header.session_id)
+        self._in_flight += 1
+        try:
+            now = self.clock()
+            if now >= self._next_sweep:
+                self._next_sweep = now + min(60.0, self.session_ttl)
+                await self.store.expire_sessions(now)
+            async with self._turn(name):
+                stored = await self.store.load_session(SESSION_KIND, name)
+                # SessionIDs are unique only among live sessions: a message that opens a
+                # session (MsgID 1, Alert 1200/1201) starts a new one, which replaces a stale
+                # one holding the same SessionID once it authenticates.
+                live = None
+                if stored is not None and not opens_session(message):
+                    live = _restore(name, stored)
+                if live is None:
+                    if stored is None and self._in_flight > self.max_sessions:
+                        # Windows honours 429 + Retry-After and comes back later.
+                        return _text(
+                            429, "too many OMA-DM messages in flight", (("retry-after", "5"),)
+                        )
+                    live = _Live(self._new_session(message), name, uuid.uuid4().hex)
+                    live.stale_rev = stored.rev if stored is not None else None
+                return await self._exchange(live, message, request, wbxml, content_type)
+        finally:
+            self._in_flight -= 1
+
+    @asynccontextmanager
+    async def _turn(self, name: str) -> AsyncIterator[None]:
+        entry = self._locks.get(name)
+        if entry is None:
+            entry = self._locks[name] = _KeyLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._locks[name]
 
     def _new_session(self, message: Message) -> Session:
         return Session(
@@ -191,41 +333,53 @@ class WindowsService:
             server_uri=self.server_uri,
         )
 
-    def _expire(self, now: float) -> None:
-        while self._sessions:
-            key, live = next(iter(self._sessions.items()))
-            if now - live.last_used < self.session_ttl:
-                return
-            del self._sessions[key]
+    async def _save(self, live: _Live) -> bool:
+        """Saves the session for its next message (compare-and-set): False when another
+        node saved it meanwhile, so this message's reply must not go out."""
+        expected = live.rev if live.rev is not None else live.stale_rev
+        try:
+            await self.store.save_session(
+                SESSION_KIND,
+                live.name,
+                live.saved(),
+                expected_rev=expected,
+                expires_at=self.clock() + self.session_ttl,
+            )
+        except RevisionConflict:
+            return False
+        return True
 
-    async def _exchange(
-        self, live: _Live, message: Message, request: Request, wbxml: bool, content_type: str
-    ) -> Response:
+    async def _drop(self, live: _Live) -> bool:
+        """Forgets a session that ended (or a stale one a new session ended at once): False
+        when another node changed it meanwhile."""
+        if live.rev is not None:
+            return await self.store.drop_session(SESSION_KIND, live.name, expected_rev=live.rev)
+        if live.stale_rev is not None:
+            # The device started over and was done at once: the stale one goes too, unless
+            # it changed meanwhile (then it expires).
+            await self.store.drop_session(SESSION_KIND, live.name, expected_rev=live.stale_rev)
+        return True
+
+    async def _admit(
+        self, live: _Live, message: Message, request: Request, wbxml: bool
+    ) -> tuple[Device, int, dict[str, str] | None] | bytes:
+        """The device and the SyncHdr status (and Chal) for a message it may send, or the
+        refusal to answer it with."""
         device_id = message.header.source or ""
         session = live.session
-        key = (device_id, message.header.session_id)
-
-        def answer(data: bytes, *, keep: bool) -> Response:
-            if keep:
-                if not live.replaced:
-                    live.last_used = trio.current_time()
-                    self._sessions[key] = live
-                    self._sessions.move_to_end(key)
-            elif self._sessions.get(key) is live:
-                # Never another session's entry: a refused opening leaves the live one.
-                del self._sessions[key]
-            return Response(200, (("content-type", content_type),), data)
-
         device = await self.store.get_device(device_id)
         if device is None:
             if not self.dev:
                 _log.info("unknown Windows device %r refused", device_id)
-                reply = session.reply(header_status=403, wbxml=wbxml, to=message)
-                return answer(reply.data, keep=False)
+                if live.rev is not None:  # removed mid-session: the session goes too
+                    await self.store.drop_session(SESSION_KIND, live.name, expected_rev=live.rev)
+                return session.reply(header_status=403, wbxml=wbxml, to=message).data
             device = Device(device_id, "windows")
             await self.store.upsert_devices([device])
             self._changed(device_id)
-        if not live.authenticated and enrollment.FACT_UNENROLLED in device.facts:
+        if live.authenticated:
+            return device, 200, None
+        if enrollment.FACT_UNENROLLED in device.facts:
             # Refused exactly as an unknown device is, before any credentials are checked:
             # an unauthenticated caller must not learn that this id was ever enrolled.
             _log.info(
@@ -233,20 +387,29 @@ class WindowsService:
                 device_id,
                 device.facts[enrollment.FACT_UNENROLLED],
             )
-            reply = session.reply(header_status=403, wbxml=wbxml, to=message)
-            return answer(reply.data, keep=False)
-        if not live.authenticated:
-            verdict = await self._authenticate(device, message, request)
-            if verdict.status >= 300:
-                reply = session.reply(
-                    header_status=verdict.status, chal=verdict.chal, wbxml=wbxml, to=message
-                )
-                return answer(reply.data, keep=False)
-            live.authenticated = True
-            header_status, chal = verdict.status, verdict.chal
-            self._replace_stale(key, live)
-        else:
-            header_status, chal = 200, None
+            return session.reply(header_status=403, wbxml=wbxml, to=message).data
+        verdict = await self._authenticate(device, message, request)
+        if verdict.status >= 300:
+            # Not saved: a refused opening leaves a live session with its SessionID.
+            reply = session.reply(
+                header_status=verdict.status, chal=verdict.chal, wbxml=wbxml, to=message
+            )
+            return reply.data
+        live.authenticated = True
+        if live.stale_rev is not None:
+            _log.info("Windows device %r reopened session %r", device_id, session.session_id)
+        return device, verdict.status, verdict.chal
+
+    async def _exchange(
+        self, live: _Live, message: Message, request: Request, wbxml: bool, content_type: str
+    ) -> Response:
+        device_id = message.header.source or ""
+        session = live.session
+        headers = (("content-type", content_type),)
+        admitted = await self._admit(live, message, request, wbxml)
+        if isinstance(admitted, bytes):
+            return Response(200, headers, admitted)
+        device, header_status, chal = admitted
         try:
             events = session.receive(message)
         except SessionError as exc:
@@ -276,17 +439,22 @@ class WindowsService:
                 "413",
                 b"the command does not fit the device's MaxMsgSize",
             )
-        return answer(reply.data, keep=not reply.ended)
-
-    def _replace_stale(self, key: tuple[str, str], live: _Live) -> None:
-        """``live`` opened a session and authenticated: a stale one holding its SessionID
-        goes. What that one handed out unanswered is offered again: its deliveries stay
-        sent under its store key, which take() hands out anew."""
-        stale = self._sessions.get(key)
-        if stale is not None and stale is not live:
-            _log.info("Windows device %r reopened session %r", key[0], key[1])
-            stale.replaced = True
-            del self._sessions[key]
+        saved = await (self._drop(live) if reply.ended else self._save(live))
+        if not saved:
+            # Another node answered this very message first (the device, or a balancer,
+            # sent it twice): that answer stands, and this one is a replay's.
+            _log.info(
+                "Windows device %r: message %s of session %r answered elsewhere meanwhile",
+                device_id,
+                message.header.msg_id,
+                session.session_id,
+            )
+            return _text(
+                400,
+                f"SyncML session error: MsgID {message.header.msg_id} was answered meanwhile:"
+                " a replayed or reordered message",
+            )
+        return Response(200, headers, reply.data)
 
     # -- authentication
 
@@ -588,6 +756,16 @@ class WindowsService:
                 code,
                 msgspec.json.encode(install),
             )
+
+
+def _restore(name: str, stored: StoredSession) -> _Live | None:
+    """The saved session, or None (it then starts over) when this gateway cannot read it
+    (saved by another version)."""
+    try:
+        return _Live.restored(name, stored)
+    except SnapshotError as exc:
+        _log.warning("OMA-DM session state dropped: %s", exc)
+        return None
 
 
 class _Refused(Exception):

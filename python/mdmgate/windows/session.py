@@ -21,6 +21,14 @@ Authenticate *before* calling :meth:`Session.receive`. A refused message is answ
 ``receive`` (its events must then be ignored). A refusal gives the SyncHdr and every
 command of the message the same status (nothing executed), with Final.
 
+Between two device messages the whole session fits in :meth:`Session.snapshot` (compact
+bytes: msgpack of plain data, versioned by :data:`SNAPSHOT_VERSION`), which
+:meth:`Session.restore` turns back into a session that answers every later message exactly
+as the original would; so a driver can keep sessions in a database and let any process
+answer any message (``session = Session.restore(saved)`` ... ``saved = session.snapshot()``).
+Commands queued and not yet placed stay in the snapshot's bytes until a reply places them,
+so a long queue costs a copy per message, not a parse.
+
 Stored commands (:class:`Outgoing`) hold the XML of one or more SyncML commands as an
 admin stored them; their CmdIDs are placeholders, replaced by fresh ones per message. The
 session places a stored command's SyncML commands whole or not at all, in FIFO order, while
@@ -33,8 +41,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
 
 from mdmgate import syncml
 from mdmgate.errors import MdmgateError, SyncMLDecodeError
@@ -53,6 +63,7 @@ __all__ = [
     "Session",
     "SessionAborted",
     "SessionError",
+    "SnapshotError",
     "opens_session",
 ]
 
@@ -84,6 +95,10 @@ _WRAP_TAIL = b"</SyncBody></SyncML>"
 
 class SessionError(MdmgateError):
     """A device message that cannot belong to this session (answer it with HTTP 400)."""
+
+
+class SnapshotError(MdmgateError, ValueError):
+    """A snapshot :meth:`Session.restore` cannot read: another format version, or damaged."""
 
 
 @dataclass(frozen=True)
@@ -123,9 +138,9 @@ class DeviceCommand:
     command: Command
 
 
-@dataclass(frozen=True)
-class PartStatus:
-    """One device Status for one SyncML command of a stored command.
+class PartStatus(msgspec.Struct, frozen=True, array_like=True):
+    """One device Status for one SyncML command of a stored command (a frozen value, as
+    the events are; a msgspec Struct, so that sessions snapshot it as it is).
 
     ``code`` is the status code (0 with ``numeric`` False when the device's Data was no
     number; then ``data`` holds it), ``target`` the Status's first TargetRef or the
@@ -199,20 +214,54 @@ class Reply:
 _Ref = tuple[str, str]
 
 
-@dataclass(frozen=True, eq=False)
 class _Entry:
     """A stored command waiting to be placed, or the Replace standing in for an Add that
-    got 418 (``replaces`` is that Add's ref)."""
+    got 418 (``replaces`` is that Add's ref).
+
+    A restored session holds its waiting commands as the snapshot's bytes and reads them
+    only when it places them: a long queue costs a copy per message, not a parse."""
+
+    __slots__ = ("_commands", "_raw", "command_id", "replaces")
+
+    def __init__(
+        self,
+        command_id: str,
+        commands: tuple[Command, ...] | None,
+        replaces: _Ref | None = None,
+        *,
+        raw: msgspec.Raw | None = None,
+    ) -> None:
+        self.command_id = command_id
+        self.replaces = replaces
+        self._commands = commands
+        self._raw = raw
+
+    @property
+    def commands(self) -> tuple[Command, ...]:
+        commands = self._commands
+        if commands is None:
+            assert self._raw is not None
+            commands = tuple(_command_of(c) for c in _COMMANDS.decode(self._raw))
+            # From now on the commands are the state (placing them numbers them).
+            self._commands, self._raw = commands, None
+        return commands
+
+    def raw(self) -> msgspec.Raw:
+        if self._raw is not None:
+            return self._raw
+        assert self._commands is not None
+        return msgspec.Raw(_ENCODER.encode([_command_state(c) for c in self._commands]))
+
+
+class _Part(msgspec.Struct, array_like=True):
+    """A placed SyncML command (nested ones too) waiting for its Status."""
 
     command_id: str
-    commands: tuple[Command, ...]
-    replaces: _Ref | None = None
-
-
-@dataclass
-class _Part:
-    command_id: str
-    command: Command
+    #: The command's name and first target LocURI: what its Status reports.
+    name: str
+    target: str | None
+    #: An Add's items and meta, which a 418 retries as a Replace (None for other commands).
+    add: _CommandState | None = None
     answered: bool = False
     has_results: bool = False
     # A Get answered 2xx whose Results have not come yet.
@@ -224,27 +273,26 @@ class _Part:
     failure: PartStatus | None = None
 
 
-@dataclass
-class _Answer:
+class _Answer(msgspec.Struct, array_like=True):
     command_id: str
-    required: list[_Ref]
-    refs: list[_Ref]
-    statuses: list[PartStatus] = field(default_factory=list)
-    results: list[Item] = field(default_factory=list)
+    required: list[_Ref] = []
+    refs: list[_Ref] = []
+    statuses: list[PartStatus] = []
+    # The Results items of its Gets (as plain data until the answer is complete).
+    results: list[_ItemState] = []
     # Chunked Results for its Gets still being reassembled.
     objects: int = 0
 
 
-@dataclass
-class _LargeObject:
+class _LargeObject(msgspec.Struct, array_like=True):
     kind: str
     loc: str
-    first: Item
-    chunks: list[str | bytes]
+    first: _ItemState
+    chunks: list[Any]  # str | bytes
     size: int
     declared: int | None
     # Complete items that preceded the chunked one in its command.
-    held: list[Item]
+    held: list[_ItemState]
     # The Get a chunked Results answers.
     ref: _Ref | None
     # MsgRef/CmdRef of the command that brought the first chunk.
@@ -274,9 +322,9 @@ class _Progress:
         return _Progress(
             last_msg_id=self.last_msg_id,
             max_msg_size=self.max_msg_size,
-            parts={ref: replace(part) for ref, part in self.parts.items()},
+            parts={ref: msgspec.structs.replace(part) for ref, part in self.parts.items()},
             answers={
-                key: replace(
+                key: msgspec.structs.replace(
                     a,
                     required=list(a.required),
                     refs=list(a.refs),
@@ -287,7 +335,9 @@ class _Progress:
             },
             seen=set(self.seen),
             retries=list(self.retries),
-            obj=None if obj is None else replace(obj, chunks=list(obj.chunks), held=list(obj.held)),
+            obj=None
+            if obj is None
+            else msgspec.structs.replace(obj, chunks=list(obj.chunks), held=list(obj.held)),
             outbox=list(self.outbox),
             alerts=list(self.alerts),
             aborted=self.aborted,
@@ -358,6 +408,86 @@ class Session:
         #: The server's own ``Cred`` (Meta, Data) for the SyncHdr of the next reply, when
         #: the device requires the server to authenticate; the driver sets it per message.
         self.server_cred: tuple[Mapping[str, str], str] | None = None
+
+    # ------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> bytes:
+        """The whole session as compact bytes (msgpack of plain data, versioned), for
+        :meth:`restore` in any process: take it after a :meth:`reply` (or a refusal), before
+        the next :meth:`receive`; the restored session answers every later message exactly
+        as this one would. :attr:`server_cred` is kept too. Raises RuntimeError between
+        ``receive`` and ``reply``."""
+        if self._incoming is not None:
+            raise RuntimeError("a device message awaits its reply(): snapshot after replying")
+        p = self._progress
+        cred = self.server_cred
+        state = _SessionState(
+            device_id=self._device_id,
+            session_id=self._session_id,
+            server_uri=self._server_uri,
+            default_max_msg_size=self._default_max_msg_size,
+            max_object_size=self._max_object_size,
+            msg_id=self._msg_id,
+            device_source=self._device_source,
+            ended=self._ended,
+            server_cred=None if cred is None else (dict(cred[0]), cred[1]),
+            fresh=[_EntryState(e.command_id, e.raw(), e.replaces) for e in self._fresh],
+            known=sorted(self._known),
+            last_msg_id=p.last_msg_id,
+            max_msg_size=p.max_msg_size,
+            parts=list(p.parts.items()),
+            answers=list(p.answers.values()),
+            seen=sorted(p.seen),
+            retries=[_EntryState(e.command_id, e.raw(), e.replaces) for e in p.retries],
+            obj=p.obj,
+            outbox=[_command_state(c) for c in p.outbox],
+            alerts=[_command_state(c) for c in p.alerts],
+            aborted=p.aborted,
+        )
+        return _ENCODER.encode(state)
+
+    @classmethod
+    def restore(cls, data: bytes) -> Session:
+        """The session :meth:`snapshot` saved. Raises :class:`SnapshotError` for bytes it
+        cannot read (a snapshot of another format version, or damaged)."""
+        try:
+            state = _DECODER.decode(data)
+            session = cls(
+                device_id=state.device_id,
+                session_id=state.session_id,
+                server_uri=state.server_uri,
+                default_max_msg_size=state.default_max_msg_size,
+                max_object_size=state.max_object_size,
+            )
+            session._msg_id = state.msg_id
+            session._device_source = state.device_source
+            session._ended = state.ended
+            session.server_cred = state.server_cred
+            session._fresh = deque(_entry_of(e) for e in state.fresh)
+            session._known = set(state.known)
+            session._progress = _Progress(
+                last_msg_id=state.last_msg_id,
+                max_msg_size=state.max_msg_size,
+                parts=dict(state.parts),
+                answers={a.command_id: a for a in state.answers},
+                seen=set(state.seen),
+                retries=[_entry_of(e) for e in state.retries],
+                obj=state.obj,
+                outbox=[_command_of(c) for c in state.outbox],
+                alerts=[_command_of(c) for c in state.alerts],
+                aborted=state.aborted,
+            )
+        except msgspec.ValidationError as exc:
+            version = _snapshot_version(data)
+            if version is not None and version != SNAPSHOT_VERSION:
+                raise SnapshotError(
+                    f"OMA-DM session snapshot of format {version}; this gateway reads"
+                    f" {SNAPSHOT_VERSION}"
+                ) from None
+            raise SnapshotError(f"damaged OMA-DM session snapshot: {exc}") from None
+        except (msgspec.DecodeError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"damaged OMA-DM session snapshot: {exc}") from None
+        return session
 
     # ------------------------------------------------------------ public API
 
@@ -625,7 +755,8 @@ class Session:
         if collected.items:
             info = _devinfo(collected.items)
             if part is not None:
-                self._progress.answers[part.command_id].results.extend(collected.items)
+                results = self._progress.answers[part.command_id].results
+                results.extend(_item_state(i) for i in collected.items)
                 part.has_results = True
                 part.awaiting_results = False
                 part.failure = None
@@ -672,16 +803,16 @@ class Session:
             return  # our SyncHdr, our own alerts, or something already answered
         code, data, numeric = _status_code(command)
         answer = p.answers[part.command_id]
-        target = command.target_refs[0] if command.target_refs else _first_target(part.command)
+        target = command.target_refs[0] if command.target_refs else part.target
         retry = (
             code == ALREADY_EXISTS
-            and part.command.name == "Add"
+            and part.name == "Add"
             and ref in answer.required
             and not part.superseded
         )
         answer.statuses.append(
             PartStatus(
-                cmd=command.cmd or part.command.name,
+                cmd=command.cmd or part.name,
                 code=code,
                 target=target,
                 data=data,
@@ -694,16 +825,18 @@ class Session:
         if part.answered:
             return  # a further item-level status for the same command
         part.answered = True
-        if part.command.name == "Get" and 200 <= code < 300 and not part.has_results:
+        if part.name == "Get" and 200 <= code < 300 and not part.has_results:
             part.awaiting_results = True
 
     def _retry_as_replace(self, ref: _Ref, part: _Part, status: Command) -> None:
         # Retry only the items the 418 names, when it names any.
         wanted = set(status.target_refs)
-        items = [i for i in part.command.items if not wanted or i.target in wanted]
+        add = part.add
+        assert add is not None  # a retry is for an Add
+        items = [_item_of(i) for i in add.items if not wanted or i.target in wanted]
         if not items:
-            items = list(part.command.items)
-        retry = Command("Replace", items=items, meta=part.command.meta)
+            items = [_item_of(i) for i in add.items]
+        retry = Command("Replace", items=items, meta=add.meta)
         part.superseded = True
         self._progress.retries.append(_Entry(part.command_id, (retry,), replaces=ref))
 
@@ -735,11 +868,11 @@ class Session:
         obj = _LargeObject(
             kind=command.name,
             loc=_loc(item),
-            first=item,
+            first=_item_state(item),
             chunks=[],
             size=0,
             declared=declared,
-            held=out.items,
+            held=[_item_state(i) for i in out.items],
             ref=ref,
             origin=_ref_of(command),
         )
@@ -778,7 +911,7 @@ class Session:
             out.failed = SIZE_MISMATCH
             self._object_failed(obj, SIZE_MISMATCH, "size mismatch")
             return
-        out.items.extend(obj.held)
+        out.items.extend(_item_of(i) for i in obj.held)
         out.items.append(_assembled(obj))
         if obj.ref is not None:
             p.answers[p.parts[obj.ref].command_id].objects -= 1
@@ -832,14 +965,14 @@ class Session:
             # A successful Get waits for the end of the device's package: its Results may
             # go on over several messages (a big StructData inventory does).
             if not final and any(
-                p.parts[r].awaiting_results
-                or (p.parts[r].command.name == "Get" and p.parts[r].has_results)
+                p.parts[r].awaiting_results or (p.parts[r].name == "Get" and p.parts[r].has_results)
                 for r in answer.refs
             ):
                 continue
             del p.answers[command_id]
             failures = [part.failure for r in answer.refs if (part := p.parts.pop(r)).failure]
-            yield CommandAnswered(command_id, (*answer.statuses, *failures), tuple(answer.results))
+            results = tuple(_item_of(i) for i in answer.results)
+            yield CommandAnswered(command_id, (*answer.statuses, *failures), results)
 
     def _part_done(self, ref: _Ref) -> bool:
         part = self._progress.parts[ref]
@@ -996,7 +1129,11 @@ class Session:
                         nested_ref = (msg_id, nested.cmd_id)
                         # NoResp: no Status will come, so do not wait for one.
                         p.parts[nested_ref] = _Part(
-                            entry.command_id, nested, answered=nested.no_resp
+                            entry.command_id,
+                            nested.name,
+                            _first_target(nested),
+                            add=_command_state(nested) if nested.name == "Add" else None,
+                            answered=nested.no_resp,
                         )
                         answer.refs.append(nested_ref)
         return tuple(sent)
@@ -1253,3 +1390,166 @@ def _with_items(command: Command, items: list[Item]) -> Command:
         source_refs=list(command.source_refs),
         correlator=command.correlator,
     )
+
+
+# ---------------------------------------------------------------- snapshots
+
+#: The format of :meth:`Session.snapshot`: the first element of its msgpack array. A
+#: change to what a snapshot holds takes a new number (and a reader of the old one, or
+#: sessions in flight during an upgrade start over).
+SNAPSHOT_VERSION = 1
+
+# Plain data mirroring the session's state, as msgpack arrays (no field names). SyncML
+# commands and items keep every attribute of the codec's pyclasses; ``data`` and ``meta``
+# stay untyped (Any) because msgpack itself tells str from bytes, which msgspec's typed
+# unions cannot.
+
+
+class _ItemState(msgspec.Struct, array_like=True, frozen=True):
+    target: str | None
+    source: str | None
+    meta: dict[str, Any] | None
+    data: Any
+    data_attrs: dict[str, str]
+    more_data: bool
+    target_name: str | None
+    source_name: str | None
+
+
+class _CommandState(msgspec.Struct, array_like=True, frozen=True):
+    name: str
+    cmd_id: str | None
+    msg_ref: str | None
+    cmd_ref: str | None
+    cmd: str | None
+    data: Any
+    items: list[_ItemState]
+    meta: dict[str, Any] | None
+    data_attrs: dict[str, str]
+    no_resp: bool
+    target_refs: list[str]
+    source_refs: list[str]
+    chal: dict[str, Any] | None
+    correlator: str | None
+    target: str | None
+    source: str | None
+    commands: list[_CommandState]
+
+
+class _EntryState(msgspec.Struct, array_like=True, frozen=True):
+    command_id: str
+    #: list[_CommandState], read when the entry is placed (see _Entry).
+    commands: msgspec.Raw
+    replaces: tuple[str, str] | None
+
+
+class _SessionState(msgspec.Struct, array_like=True, frozen=True, tag=SNAPSHOT_VERSION):
+    device_id: str
+    session_id: str
+    server_uri: str
+    default_max_msg_size: int
+    max_object_size: int
+    msg_id: int
+    device_source: str | None
+    ended: bool
+    server_cred: tuple[dict[str, str], str] | None
+    fresh: list[_EntryState]
+    known: list[str]
+    last_msg_id: int | None
+    max_msg_size: int | None
+    parts: list[tuple[tuple[str, str], _Part]]
+    answers: list[_Answer]
+    seen: list[tuple[str, ...]]
+    retries: list[_EntryState]
+    obj: _LargeObject | None
+    outbox: list[_CommandState]
+    alerts: list[_CommandState]
+    aborted: bool
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(_SessionState)
+_COMMANDS = msgspec.msgpack.Decoder(list[_CommandState])
+
+
+def _snapshot_version(data: bytes) -> int | None:
+    """The format number a snapshot claims, when it is a msgpack array at all."""
+    try:
+        head = msgspec.msgpack.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return head[0] if isinstance(head, list) and head and isinstance(head[0], int) else None
+
+
+def _item_state(item: Item) -> _ItemState:
+    return _ItemState(
+        item.target,
+        item.source,
+        item.meta,
+        item.data,
+        item.data_attrs,
+        item.more_data,
+        item.target_name,
+        item.source_name,
+    )
+
+
+def _item_of(s: _ItemState) -> Item:
+    return Item(
+        target=s.target,
+        source=s.source,
+        meta=s.meta,
+        data=s.data,
+        data_attrs=s.data_attrs,
+        more_data=s.more_data,
+        target_name=s.target_name,
+        source_name=s.source_name,
+    )
+
+
+def _command_state(c: Command) -> _CommandState:
+    return _CommandState(
+        c.name,
+        c.cmd_id,
+        c.msg_ref,
+        c.cmd_ref,
+        c.cmd,
+        c.data,
+        [_item_state(i) for i in c.items],
+        c.meta,
+        c.data_attrs,
+        c.no_resp,
+        c.target_refs,
+        c.source_refs,
+        c.chal,
+        c.correlator,
+        c.target,
+        c.source,
+        [_command_state(n) for n in c.commands],
+    )
+
+
+def _command_of(s: _CommandState) -> Command:
+    return Command(
+        s.name,
+        cmd_id=s.cmd_id,
+        items=[_item_of(i) for i in s.items],
+        meta=s.meta,
+        data=s.data,
+        data_attrs=s.data_attrs,
+        no_resp=s.no_resp,
+        msg_ref=s.msg_ref,
+        cmd_ref=s.cmd_ref,
+        cmd=s.cmd,
+        target_refs=s.target_refs,
+        source_refs=s.source_refs,
+        chal=s.chal,
+        correlator=s.correlator,
+        target=s.target,
+        source=s.source,
+        commands=[_command_of(n) for n in s.commands],
+    )
+
+
+def _entry_of(s: _EntryState) -> _Entry:
+    return _Entry(s.command_id, None, s.replaces, raw=s.commands)
