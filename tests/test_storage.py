@@ -998,3 +998,16 @@ async def test_sqlite_closed_with_writes_in_flight(tmp_path: Path) -> None:
             await trio.sleep(0)
             await store.aclose()
         assert len(outcomes) == 3
+
+
+async def test_merge_facts_kept_off_the_change_feed(store: Store) -> None:
+    """Bookkeeping facts (a rotated nonce) are stored, but announced to no index."""
+    await store.upsert_devices([Device("d", "windows")])
+    before = await store.last_change()
+    assert await store.merge_facts("d", {"syncml_nonce": "bm9uY2U="}, feed=False)
+    assert await store.last_change() == before
+    device = await store.get_device("d")
+    assert device is not None
+    assert device.facts["syncml_nonce"] == "bm9uY2U="
+    assert await store.merge_facts("d", {"devinfo": {"Man": "Dell"}})
+    assert [c.kind for c in await store.changes(before, 10)] == ["device"]

@@ -174,3 +174,18 @@ async def test_client_that_resends_only_refused_commands_authenticates(tmp_path:
         assert await gw.state(client, command_id) == ("acknowledged", "200")
         facts = (await client.get("/api/v1/devices/win-resend", headers=AUTH)).json()["facts"]
         assert facts["devinfo"]["Mod"] == "Surface Laptop"
+
+
+# --- scale-out: a session's bookkeeping is not announced to every node's index -------------
+
+
+async def test_a_repeated_check_in_writes_nothing_to_the_change_feed(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw, gw.client() as client:
+        device = WindowsDevice("win-quiet")
+        await gw.enroll(device)
+        await device.session(client)
+        before = await gw.store.last_change()
+        # The same DevInfo again and a rotated MD5 nonce: nothing an index reads changed.
+        log = await device.session(client)
+        assert header_status(log[0].reply) == "212"
+        assert await gw.store.last_change() == before

@@ -236,11 +236,15 @@ class DeviceStore(Protocol):
         device is unknown."""
         ...
 
-    async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
+    async def merge_facts(
+        self, device_id: str, facts: Mapping[str, Any], *, feed: bool = True
+    ) -> bool:
         """Sets the given facts of a device in one atomic step (a key set to ``None`` is
         removed; other facts are kept). Concurrent merges of different keys, from any
         connection or process, all survive (no read-modify-write in the caller or the
-        backend). Records a ``device`` change. False when the device is unknown."""
+        backend). Records a ``device`` change, unless ``feed`` is False: protocol bookkeeping
+        no index derives anything from (an OMA-DM nonce, rotated in every session) must not
+        make every node re-read the device. False when the device is unknown."""
         ...
 
     async def update_device(self, device_id: str, fields: Mapping[str, Any]) -> bool:

@@ -233,14 +233,17 @@ class MemoryStore:
         ]
         return sorted(found, key=lambda d: d.seq)
 
-    async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
+    async def merge_facts(
+        self, device_id: str, facts: Mapping[str, Any], *, feed: bool = True
+    ) -> bool:
         device = self._devices.get(device_id)
         if device is None:
             return False
         merged = {**device.facts, **facts}
         merged = {k: v for k, v in merged.items() if v is not None}
         self._devices[device_id] = msgspec.structs.replace(device, facts=merged)
-        self._record("device", device_id)
+        if feed:
+            self._record("device", device_id)
         return True
 
     async def update_device(self, device_id: str, fields: Mapping[str, Any]) -> bool:

@@ -314,7 +314,9 @@ class PostgresStore:
         query = "UPDATE devices SET auth = $2::jsonb WHERE id = $1"
         return await self._execute(query, device_id, _json(dict(auth))) > 0
 
-    async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
+    async def merge_facts(
+        self, device_id: str, facts: Mapping[str, Any], *, feed: bool = True
+    ) -> bool:
         kept = {k: v for k, v in facts.items() if v is not None}
         dropped = [k for k, v in facts.items() if v is None]
         write = (
@@ -322,7 +324,7 @@ class PostgresStore:
             " RETURNING id AS key"
         )
         params = (device_id, _json(kept), text_array(dropped))
-        [result] = await self._write([(logged(write, "device"), params)])
+        [result] = await self._write([(logged(write, "device") if feed else write, params)])
         return result.rowcount > 0
 
     async def update_device(self, device_id: str, fields: Mapping[str, Any]) -> bool:

@@ -808,7 +808,9 @@ class SQLiteStore:
 
         return await self._read_inline(read)
 
-    async def merge_facts(self, device_id: str, facts: Mapping[str, Any]) -> bool:
+    async def merge_facts(
+        self, device_id: str, facts: Mapping[str, Any], *, feed: bool = True
+    ) -> bool:
         # Encoded before the write lock is taken, and refused here if it cannot be (NaN and
         # infinities are not JSON: SQLite would refuse the document at the next merge).
         removed = json.dumps(dict.fromkeys(facts))
@@ -819,7 +821,8 @@ class SQLiteStore:
             with _transaction(db):
                 if db.execute(_MERGE_FACTS, (removed, members, device_id)).rowcount == 0:
                     return False
-                _record(db, "device", device_id)
+                if feed:
+                    _record(db, "device", device_id)
             return True
 
         return await self._run(write)

@@ -488,8 +488,9 @@ class WindowsService:
             )
             # A fresh nonce with every answer: a digest is never accepted twice.
             next_nonce = auth.new_nonce()
+            # No index reads nonces: not announced on the change feed.
             await self.store.merge_facts(
-                device.id, {FACT_NONCE: base64.b64encode(next_nonce).decode()}
+                device.id, {FACT_NONCE: base64.b64encode(next_nonce).decode()}, feed=False
             )
             challenge = auth.challenge(next_nonce, method="md5" if method == "md5" else "basic")
             if outcome == "ok":
@@ -538,7 +539,7 @@ class WindowsService:
         elif code == 212:
             live.server_authenticated = True
         if changes:
-            await self.store.merge_facts(device.id, changes)
+            await self.store.merge_facts(device.id, changes, feed=False)
 
     def _offer_refused(self, device: Device, live: _Live) -> None:
         """Offers the commands the device refused unexecuted again in this session, now
