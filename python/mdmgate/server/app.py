@@ -159,44 +159,23 @@ def _limits(raw: object) -> Limits:
         raise ConfigError(f"limits: {e}") from None
 
 
-def _apns(raw: object) -> dict[str, Any]:
+#: The keys of each config table whose values become ``Config`` fields ``<table>_<key>``.
+_TABLES: dict[str, tuple[str, ...]] = {
+    "apns": ("url", "topic", "cert", "key", "rate", "auth_key", "key_id", "team_id"),
+    "windows": ("max_offers", "server_username", "server_secret", "server_auth"),
+    "apple": ("max_offers",),
+    "testing": ("clock_scale", "clock_epoch"),
+}
+
+
+def _table(name: str, raw: object) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise ConfigError("apns must be a table")
-    known = ("url", "topic", "cert", "key", "rate", "auth_key", "key_id", "team_id")
+        raise ConfigError(f"{name} must be a table")
+    known = _TABLES[name]
     bad = sorted(set(raw) - set(known))
     if bad:
-        raise ConfigError(f"unknown apns keys: {', '.join(bad)} (known: {', '.join(known)})")
-    return {f"apns_{k}": v for k, v in raw.items()}
-
-
-def _windows(raw: object) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ConfigError("windows must be a table")
-    known = ("max_offers", "server_username", "server_secret", "server_auth")
-    bad = sorted(set(raw) - set(known))
-    if bad:
-        raise ConfigError(f"unknown windows keys: {', '.join(bad)} (known: {', '.join(known)})")
-    return {f"windows_{k}": v for k, v in raw.items()}
-
-
-def _apple(raw: object) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ConfigError("apple must be a table")
-    known = ("max_offers",)
-    bad = sorted(set(raw) - set(known))
-    if bad:
-        raise ConfigError(f"unknown apple keys: {', '.join(bad)} (known: {', '.join(known)})")
-    return {f"apple_{k}": v for k, v in raw.items()}
-
-
-def _testing(raw: object) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ConfigError("testing must be a table")
-    known = ("clock_scale", "clock_epoch")
-    bad = sorted(set(raw) - set(known))
-    if bad:
-        raise ConfigError(f"unknown testing keys: {', '.join(bad)} (known: {', '.join(known)})")
-    return {f"testing_{k}": v for k, v in raw.items()}
+        raise ConfigError(f"unknown {name} keys: {', '.join(bad)} (known: {', '.join(known)})")
+    return {f"{name}_{k}": v for k, v in raw.items()}
 
 
 def _check_cluster(config: Config) -> None:
@@ -268,10 +247,10 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
     if "apns" in values:
-        values.update(_apns(values.pop("apns")))
-    values.update(_windows(values.pop("windows", {})))
-    values.update(_apple(values.pop("apple", {})))
-    values.update(_testing(values.pop("testing", {})))
+        values.update(_table("apns", values.pop("apns")))
+    values.update(_table("windows", values.pop("windows", {})))
+    values.update(_table("apple", values.pop("apple", {})))
+    values.update(_table("testing", values.pop("testing", {})))
     limits = _limits(values.pop("limits")) if "limits" in values else Limits()
     if "listen" in values:
         listen = values["listen"]

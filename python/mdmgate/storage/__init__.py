@@ -54,6 +54,7 @@ __all__ = [
     "StoredDeclaration",
     "StoredSession",
     "UnknownDevices",
+    "fan_out_devices",
     "offers_exhausted",
     "org_covers",
 ]
@@ -155,6 +156,17 @@ class StoredDeclaration(msgspec.Struct, frozen=True):
 def offers_exhausted(offers: int) -> str:
     """The status of a delivery given up after ``offers`` offers without an answer."""
     return f"offered {offers} times without an answer"
+
+
+def fan_out_devices(batches: Sequence[CommandBatch], licences: LicenceGrant | None) -> list[str]:
+    """Every device a fan-out names (its batches', then its licence grant's), each once, in
+    first-named order: what must be known before anything is written."""
+    named: dict[str, None] = {}
+    for batch in batches:
+        named.update(dict.fromkeys(batch.device_ids))
+    if licences is not None:
+        named.update(dict.fromkeys(licences.device_ids))
+    return list(named)
 
 
 def org_covers(target: str, org: str) -> bool:

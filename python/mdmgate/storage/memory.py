@@ -30,6 +30,7 @@ from mdmgate.storage import (
     StoredDeclaration,
     StoredSession,
     UnknownDevices,
+    fan_out_devices,
     offers_exhausted,
     org_covers,
 )
@@ -273,11 +274,7 @@ class MemoryStore:
     ) -> int:
         # Everything is checked before anything changes (and nothing here awaits): the
         # whole fan-out happens at once or not at all.
-        named: dict[str, None] = {}
-        for batch in batches:
-            named.update(dict.fromkeys(batch.device_ids))
-        if licences is not None:
-            named.update(dict.fromkeys(licences.device_ids))
+        named = fan_out_devices(batches, licences)
         unknown = [d for d in named if d not in self._devices]
         if unknown:
             raise UnknownDevices(unknown)

@@ -73,6 +73,7 @@ from mdmgate.storage import (
     StoredDeclaration,
     StoredSession,
     UnknownDevices,
+    fan_out_devices,
     offers_exhausted,
     pgwire,
 )
@@ -544,11 +545,7 @@ class PostgresStore:
         notification: Notification | None = None,
         expected_rev: int | None = None,
     ) -> int:
-        named: dict[str, None] = {}
-        for batch in batches:
-            named.update(dict.fromkeys(batch.device_ids))
-        if licences is not None:
-            named.update(dict.fromkeys(licences.device_ids))
+        named = fan_out_devices(batches, licences)
         steps: list[Statement] = []
         if named:
             steps.append((sql.REFUSE_UNKNOWN, (text_array(named),)))

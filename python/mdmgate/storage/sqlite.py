@@ -60,6 +60,7 @@ from mdmgate.storage import (
     StoredSession,
     StoreError,
     UnknownDevices,
+    fan_out_devices,
     offers_exhausted,
 )
 
@@ -879,12 +880,9 @@ class SQLiteStore:
             (b.command_id, b.kind, b.body, json.dumps(list(dict.fromkeys(b.device_ids))))
             for b in batches
         ]
-        named: dict[str, None] = {}
-        for batch in batches:
-            named.update(dict.fromkeys(batch.device_ids))
+        named = fan_out_devices(batches, licences)
         grant: tuple[str, int, str] | None = None
         if licences is not None:
-            named.update(dict.fromkeys(licences.device_ids))
             grant = (
                 licences.app_id,
                 licences.total,
