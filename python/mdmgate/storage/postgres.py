@@ -376,6 +376,11 @@ class PostgresStore:
     ) -> list[Delivery]:
         if limit <= 0:
             return []
+        # Most check-ins find nothing queued: one indexed read answers them, without the
+        # locking transaction (a delivery queued a moment later waits for the next take, as
+        # it would had it been queued after the transaction).
+        if not await self._fetchval(sql.HAS_OFFERED, device_id):
+            return []
         steps: list[Statement] = [(sql.TAKE_LOCK, (device_id,))]
         if max_offers is not None:
             steps.append((sql.GIVE_UP, (device_id, session, *_EXHAUSTED, max_offers)))

@@ -219,6 +219,10 @@ Statement = tuple[str, Sequence[Param]]
 
 #: What take() hands out; also what it gives up on.
 OFFERED = "('queued', 'sent', 'not_now')"
+#: Whether take() has anything to look at (the partial index of open deliveries answers).
+HAS_OFFERED = (
+    f"SELECT EXISTS (SELECT 1 FROM deliveries WHERE device_id = $1 AND state IN {OFFERED})"
+)
 #: Not yet answered for good: also what the device accepted and will report on later.
 OPEN = "('queued', 'sent', 'not_now', 'accepted')"
 FINAL = "('acknowledged', 'error', 'failed')"
