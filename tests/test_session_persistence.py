@@ -25,6 +25,7 @@ from mdmgate.windows.session import (
     SessionError,
     SnapshotError,
 )
+from tests.windows_emulator import renumbered
 
 SERVER = "https://mdm.example.com/ManagementServer/MDM.svc"
 DEVICE = "42C4F0B2A7D94A6E"
@@ -389,24 +390,8 @@ def encode(
         {"MaxMsgSize": str(max_size)} if max_size is not None else None
     )
     header = Header(session_id=SESSION, msg_id=str(msg_id), target=SERVER, source=DEVICE, meta=meta)
-    numbered = [_renumbered(c, index) for index, c in enumerate(commands, 1)]
+    numbered = [renumbered(c, index) for index, c in enumerate(commands, 1)]
     return Message(header, numbered, final).encode(wbxml=wbxml)
-
-
-def _renumbered(c: Command, index: int) -> Command:
-    return Command(
-        c.name,
-        cmd_id=str(index),
-        items=c.items,
-        meta=c.meta,
-        data=c.data,
-        msg_ref=c.msg_ref,
-        cmd_ref=c.cmd_ref,
-        cmd=c.cmd,
-        target_refs=c.target_refs,
-        source_refs=c.source_refs,
-        chal=c.chal,
-    )
 
 
 def package_one() -> list[Command]:

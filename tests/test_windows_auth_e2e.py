@@ -10,115 +10,23 @@ that never gets an answer; the user's unenrollment."""
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import trio
 
-from mdmgate.server.admin import AdminApi
-from mdmgate.server.app import ConfigError, build_handler, load_config
-from mdmgate.server.http import Limits, Server, listener_port, open_listeners
-from mdmgate.server.metrics import Metrics
+from mdmgate.server.app import ConfigError, load_config
 from mdmgate.storage import Device
 from mdmgate.storage.memory import MemoryStore
-from mdmgate.storage.sqlite import SQLiteStore
-from mdmgate.syncml import Message
-from mdmgate.windows.service import FACT_NONCE, WindowsService
+from mdmgate.windows.service import WindowsService
+from tests.test_windows_e2e import AUTH, NONCE, PASSWORD, gateway, get, header_status
 from tests.windows_emulator import WindowsDevice
 
-TOKEN = "windows-auth-e2e-token"
-AUTH = {"authorization": f"Bearer {TOKEN}"}
-PASSWORD = "correct horse"
-NONCE = b"enrolment-nonce!"
 SERVER_ID = "mdmgate.example"
 SERVER_SECRET = "server battery staple"
 POISON = "./Vendor/MSFT/Poison"
 GOOD = "./DevDetail/SwV"
-
-
-def get(uri: str) -> dict[str, str]:
-    """A raw Windows command: Get one node."""
-    return {
-        "raw": f"<Get><CmdID>1</CmdID><Item><Target><LocURI>{uri}</LocURI></Target></Item></Get>"
-    }
-
-
-class Gateway:
-    def __init__(self, store: SQLiteStore, port: int, windows: WindowsService) -> None:
-        self.store = store
-        self.base = f"http://127.0.0.1:{port}"
-        self.windows = windows
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.base, timeout=30)
-
-    async def enroll(self, device: WindowsDevice, *, method: str = "md5", **auth: str) -> None:
-        """Registers the device with credentials and the nonce of its enrolment."""
-        device.username, device.secret, device.nonce = device.device_id, PASSWORD, NONCE
-        await self.store.upsert_devices(
-            [
-                Device(
-                    device.device_id,
-                    "windows",
-                    "/acme",
-                    auth={
-                        "method": method,
-                        "username": device.device_id,
-                        "secret": PASSWORD,
-                        **auth,
-                    },
-                )
-            ]
-        )
-        await self.store.merge_facts(
-            device.device_id, {FACT_NONCE: base64.b64encode(NONCE).decode()}
-        )
-
-    async def command(self, client: httpx.AsyncClient, device_id: str, body: dict[str, Any]) -> str:
-        r = await client.post(f"/api/v1/devices/{device_id}/commands", json=body, headers=AUTH)
-        assert r.status_code == 202, r.text
-        command_id: str = r.json()["command_id"]
-        return command_id
-
-    async def state(self, client: httpx.AsyncClient, command_id: str) -> tuple[str, str | None]:
-        r = await client.get(f"/api/v1/commands/{command_id}", headers=AUTH)
-        assert r.status_code == 200, r.text
-        (delivery,) = r.json()["deliveries"]
-        return delivery["state"], delivery["status"]
-
-    async def facts(self, client: httpx.AsyncClient, device_id: str) -> dict[str, Any]:
-        r = await client.get(f"/api/v1/devices/{device_id}", headers=AUTH)
-        assert r.status_code == 200, r.text
-        facts: dict[str, Any] = r.json()["facts"]
-        return facts
-
-
-@asynccontextmanager
-async def gateway(tmp_path: Path, **options: Any) -> AsyncIterator[Gateway]:
-    store = await SQLiteStore.open(tmp_path / "mdmgate.db")
-    metrics = Metrics()
-    windows = WindowsService(store, **options)
-    handler = build_handler(store, AdminApi(store, TOKEN), metrics, windows)
-    listeners = await open_listeners("127.0.0.1", 0)
-    server = Server(handler, Limits(), metrics=metrics)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run, listeners)
-        try:
-            yield Gateway(store, listener_port(listeners[0]), windows)
-        finally:
-            nursery.cancel_scope.cancel()
-    await store.aclose()
-
-
-def header_status(reply: Message | None) -> str | None:
-    assert reply is not None
-    first = reply.commands[0]
-    assert (first.name, first.cmd) == ("Status", "SyncHdr")
-    return first.data if isinstance(first.data, str) else None
 
 
 # --- item 5: the registered method is the only one accepted ----------------------------------

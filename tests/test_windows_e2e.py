@@ -57,18 +57,13 @@ class Gateway:
     def client(self, *, http2: bool = False) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base, http1=not http2, http2=http2, timeout=30)
 
-    async def enroll(self, device: WindowsDevice) -> None:
-        """Registers the device with MD5 credentials and the nonce of its enrolment."""
+    async def enroll(self, device: WindowsDevice, *, method: str = "md5", **auth: str) -> None:
+        """Registers the device with credentials (MD5 unless ``method`` says otherwise, more
+        ``auth`` keys such as server credentials) and the nonce of its enrolment."""
         device.username, device.secret, device.nonce = device.device_id, PASSWORD, NONCE
+        credentials = {"method": method, "username": device.device_id, "secret": PASSWORD}
         await self.store.upsert_devices(
-            [
-                Device(
-                    device.device_id,
-                    "windows",
-                    "/acme",
-                    auth={"method": "md5", "username": device.device_id, "secret": PASSWORD},
-                )
-            ]
+            [Device(device.device_id, "windows", "/acme", auth={**credentials, **auth})]
         )
         await self.store.merge_facts(
             device.device_id, {FACT_NONCE: base64.b64encode(NONCE).decode()}
@@ -86,12 +81,19 @@ class Gateway:
         (delivery,) = r.json()["deliveries"]
         return delivery["state"], delivery["status"]
 
+    async def facts(self, client: httpx.AsyncClient, device_id: str) -> dict[str, Any]:
+        r = await client.get(f"/api/v1/devices/{device_id}", headers=AUTH)
+        assert r.status_code == 200, r.text
+        facts: dict[str, Any] = r.json()["facts"]
+        return facts
+
 
 @asynccontextmanager
-async def gateway(tmp_path: Path, *, dev: bool = False) -> AsyncIterator[Gateway]:
+async def gateway(tmp_path: Path, *, dev: bool = False, **options: Any) -> AsyncIterator[Gateway]:
+    """The real server on a free port over SQLite; ``options`` go to WindowsService."""
     store = await SQLiteStore.open(tmp_path / "mdmgate.db")
     metrics = Metrics()
-    windows = WindowsService(store, dev=dev)
+    windows = WindowsService(store, dev=dev, **options)
     handler = build_handler(store, AdminApi(store, TOKEN, dev=dev), metrics, windows)
     listeners = await open_listeners("127.0.0.1", 0)
     server = Server(handler, Limits(), metrics=metrics)
@@ -104,7 +106,8 @@ async def gateway(tmp_path: Path, *, dev: bool = False) -> AsyncIterator[Gateway
     await store.aclose()
 
 
-def header_status(exchange_reply: syncml.Message) -> str | None:
+def header_status(exchange_reply: syncml.Message | None) -> str | None:
+    assert exchange_reply is not None
     first = exchange_reply.commands[0]
     assert first.name == "Status"
     assert first.cmd == "SyncHdr"

@@ -438,21 +438,21 @@ def _refused_whole(sent: Message, reply: Message) -> bool:
 
 def _number(commands: list[Command]) -> list[Command]:
     """The same commands with CmdIDs 1, 2, 3 ... (the device's own numbering)."""
-    numbered = []
-    for index, c in enumerate(commands, 1):
-        numbered.append(
-            Command(
-                c.name,
-                cmd_id=str(index),
-                items=c.items,
-                meta=c.meta,
-                data=c.data,
-                msg_ref=c.msg_ref,
-                cmd_ref=c.cmd_ref,
-                cmd=c.cmd,
-                target_refs=c.target_refs,
-                source_refs=c.source_refs,
-                chal=c.chal,
-            )
-        )
-    return numbered
+    return [renumbered(c, index) for index, c in enumerate(commands, 1)]
+
+
+def renumbered(c: Command, index: int) -> Command:
+    """``c`` with CmdID ``index``, everything else kept."""
+    return Command(
+        c.name,
+        cmd_id=str(index),
+        items=c.items,
+        meta=c.meta,
+        data=c.data,
+        msg_ref=c.msg_ref,
+        cmd_ref=c.cmd_ref,
+        cmd=c.cmd,
+        target_refs=c.target_refs,
+        source_refs=c.source_refs,
+        chal=c.chal,
+    )

@@ -308,13 +308,10 @@ class AppleService:
         return _plist_response({}, device_id, "Authenticate")
 
     async def _set_os_version(self, device_id: str, os_version: str) -> None:
-        """Stores the OS version a device reported (read fresh: the facts were just
-        written), and tells the fleet index."""
-        current = await self.store.get_device(device_id)
-        if current is None or current.os_version == os_version:
-            return
-        await self.store.upsert_devices([msgspec.structs.replace(current, os_version=os_version)])
-        self._changed(device_id)
+        """Stores the OS version a device reported, leaving its auth and facts as they are
+        (one atomic step: a fact merged meanwhile is kept), and tells the fleet index."""
+        if await self.store.update_device(device_id, {"os_version": os_version}):
+            self._changed(device_id)
 
     async def _checkin(self, message: CheckinMessage, device: Device) -> Response:
         kind = message.message_type

@@ -605,9 +605,9 @@ class WindowsService:
         elif isinstance(event, CommandAnswered):
             await self._record_answer(device, event, live.bodies.pop(event.command_id, b""))
         elif isinstance(event, DeviceCommand) and event.command.name in ("Add", "Replace"):
-            await self._store_nodes(device.id, event.command)
+            await self._store_nodes(device, event.command)
 
-    async def _store_nodes(self, device_id: str, command: syncml.Command) -> None:
+    async def _store_nodes(self, device: Device, command: syncml.Command) -> None:
         """Merges the nodes of a device's own Add/Replace into FACT_NODES (its DevInfo
         items come as DeviceInfo). Binary data that is not UTF-8 is kept base64-encoded."""
         values: dict[str, str] = {}
@@ -624,20 +624,24 @@ class WindowsService:
             else:
                 text = data or ""
             if len(text) > NODE_VALUE_MAX:
-                _log.info("node %r of %r too large to keep as a fact", uri, device_id)
+                _log.info("node %r of %r too large to keep as a fact", uri, device.id)
                 continue
             values[uri] = text
-        if not values:
-            return
-        current = await self.store.get_device(device_id)
+        known = device.facts.get(FACT_NODES)
+        if not values or (
+            isinstance(known, dict) and all(known.get(u) == t for u, t in values.items())
+        ):
+            return  # every session sends the same: no read, no write
+        # Read again: an earlier command of this message may have merged nodes meanwhile.
+        current = await self.store.get_device(device.id)
         stored = current.facts.get(FACT_NODES) if current is not None else None
         nodes: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
         merged = dict(nodes)
         for uri, text in values.items():
             if uri in merged or len(merged) < NODES_MAX:
                 merged[uri] = text
-        if merged != nodes:  # every session sends the same
-            await self.store.merge_facts(device_id, {FACT_NODES: merged})
+        if merged != nodes:
+            await self.store.merge_facts(device.id, {FACT_NODES: merged})
 
     async def _unenroll(self, device: Device, live: _Live) -> None:
         """The user removed the work account: the device is marked unenrolled (and the
