@@ -105,11 +105,23 @@ async def claim_each(store: Store, names: Sequence[str], holder: str) -> list[st
     return [n for n in names if await store.claim_lease(n, holder, now=1.0, until=1e12)]
 
 
+async def use_token_times(store: Store, token_id: str, times: int, now: float) -> list[int]:
+    """Tries to use the enrollment token ``times`` times; returns the use count each
+    successful use left it at."""
+    counts = []
+    for _ in range(times):
+        token = await store.use_token(token_id, now=now)
+        if token is not None:
+            counts.append(token.uses)
+    return counts
+
+
 RACE_OPS: dict[str, Callable[..., Awaitable[Any]]] = {
     "take_all": take_all,
     "merge_keys": merge_keys,
     "grant_each": grant_each,
     "claim_each": claim_each,
+    "use_token_times": use_token_times,
 }
 
 _RACER = textwrap.dedent(

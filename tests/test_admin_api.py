@@ -135,9 +135,9 @@ async def test_unknown_paths_and_methods(api: AdminApi) -> None:
     assert body["error"]
     assert (await call(api, "GET", "/ManagementServer/MDM.svc", headers=()))[0] == 404
     assert (await call(api, "GET", "/api/v1/devices/"))[0] == 404
-    response = await api(request("DELETE", "/api/v1/devices/win-1"))
+    response = await api(request("PUT", "/api/v1/devices/win-1"))
     assert response.status == 405
-    assert dict(response.headers)["allow"] == "GET"
+    assert dict(response.headers)["allow"] == "GET, DELETE"
 
 
 # --- body decoding ---------------------------------------------------------------------------

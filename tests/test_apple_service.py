@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from mdmgate import plist
-from mdmgate.apple import commands, ddm, service
+from mdmgate.apple import commands, ddm, identity, service
 from mdmgate.apple.service import AppleService
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import Device, Store, StoredDeclaration
@@ -636,7 +636,7 @@ def _sign(signer: Any, body: bytes, *, attributes: bool = True) -> str:
     return base64.b64encode(signature).decode()
 
 
-@pytest.mark.skipif(not service.CMS_SUPPORTED, reason="needs cryptography")
+@pytest.mark.skipif(not identity.CMS_SUPPORTED, reason="needs cryptography")
 async def test_mdm_signature_identity(store: Store) -> None:
     signer, der = _signer("device A")
     other, _ = _signer("device B")
@@ -665,7 +665,7 @@ async def test_mdm_signature_identity(store: Store) -> None:
 async def test_mdm_signature_without_cms_support(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service, "CMS_SUPPORTED", False)
+    monkeypatch.setattr(identity, "CMS_SUPPORTED", False)
     header = (("mdm-signature", "AAAA"),)
     request = checkin(authenticate(), cert=None, headers=header)
     refused = await AppleService(store).checkin(request)

@@ -6,16 +6,21 @@ reports (:mod:`mdmgate.apple.reports`), proves who sent them, turns them into st
 and hands the device its queued commands one at a time. The models hold the protocol; this
 module holds the I/O and the policy.
 
-Identity. The device proves itself with its identity certificate: the mTLS client
-certificate (``Request.client_cert``), or else the ``Mdm-Signature`` header, a CMS detached
-signature of the body whose signer certificate is the identity (verified here when the
-``cryptography`` package is importable; without it such requests are refused outside
-development mode). The identity is the SHA-256 of the certificate's DER. ``Authenticate``
-binds it to the device (``auth = {"method": "certificate", "sha256": ...}``); every later
-message must come with that certificate. Refusals are 403 (400 for an unreadable
-signature), never 401: a 401 can make a device remove its enrollment. A caller whose
-identity is not proven gets one answer, whether its UDID is unknown, registered or enrolled
-(:data:`NOT_VERIFIED`): the refusal does not tell which UDIDs the gateway knows.
+Identity. The device proves itself with its identity certificate (mTLS, or the
+``Mdm-Signature`` header); :mod:`mdmgate.apple.identity` reads it and decides whether it
+may speak for the device. ``Authenticate`` binds it to the device (``auth = {"method":
+"certificate", "sha256": ...}``); every later message must come with that certificate.
+Refusals are 403 (400 for an unreadable signature), never 401: a 401 can make a device
+remove its enrollment. A caller whose identity is not proven gets one answer, whether its
+UDID is unknown, registered or enrolled (:data:`NOT_VERIFIED`): the refusal does not tell
+which UDIDs the gateway knows.
+
+Enrollment with the gateway's CA. An ``Authenticate`` whose certificate the built-in CA
+issued for Apple (``Store.certificate_by_sha256``), unrevoked, unexpired and not bound to
+another device, enrolls the device: it is registered (or moved) into the certificate's org,
+bound to the certificate (``auth`` with its serial and expiry, ``Store.bind_certificate``)
+and the event is recorded in fact ``enrollment_events``. Such a certificate that is
+revoked, expired or another device's is refused like an unknown device.
 
 Enrollment. ``Authenticate`` stores what the device says about itself (fact
 ``apple_enrollment``, and its ``os_version``, which the install-mode decision and the
@@ -44,7 +49,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import hmac
 import json
 import logging
 import time
@@ -68,24 +72,25 @@ from mdmgate.apple.checkin import (
     decode_checkin,
 )
 from mdmgate.apple.errors import AppleDecodeError
+from mdmgate.apple.identity import (
+    NOT_VERIFIED,
+    IdentityRefused,
+    authorize,
+    authorize_authenticate,
+    bound_identity,
+    certificate_auth,
+    enrollment_refusal,
+    request_identity,
+)
 from mdmgate.apple.reports import CommandReport, CommandStatus
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import DeliveryState, Device, Store, StoredDeclaration
-
-try:
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-except ImportError:  # pragma: no cover - depends on the environment
-    CMS_SUPPORTED = False
-else:
-    CMS_SUPPORTED = True
+from mdmgate.storage.enrollment import IssuedCertificate
+from mdmgate.windows.enrollment import FACT_EVENTS, MAX_EVENTS
 
 __all__ = [
     "ACTIVATION_IDENTIFIER",
     "CHECKIN_CONTENT_TYPE",
-    "CMS_SUPPORTED",
     "EXCHANGE_KIND",
     "NOT_VERIFIED",
     "AppleService",
@@ -118,10 +123,6 @@ AUTH_BOOTSTRAP_TOKEN = "bootstrap_token"
 
 _XML = (("content-type", "application/xml"),)
 _JSON = (("content-type", "application/json"),)
-
-#: The answer to a caller whose identity is not proven, whatever its UDID (unknown,
-#: registered, enrolled with another certificate): 403, never 401.
-NOT_VERIFIED = "device identity not verified"
 
 #: At most this many schema warnings of one report are written to the access log.
 _MAX_LOGGED_WARNINGS = 10
@@ -249,50 +250,25 @@ class AppleService:
     ) -> Response:
         """A fresh enrollment: bind the certificate, store what the device says about
         itself, void the queue of an earlier enrollment."""
-        enrollment = {
-            "enrolled": False,
-            "topic": message.topic,
-            "os_version": message.os_version,
-            "build_version": message.build_version,
-            "product": message.product_name,
-            "model": message.model,
-            "model_name": message.model_name,
-            "device_name": message.device_name,
-            "serial": message.serial_number,
-            "imei": message.imei,
-            "meid": message.meid,
-        }
-        enrollment = {k: v for k, v in enrollment.items() if v is not None}
-        bound = {"method": "certificate", "sha256": identity} if identity else {}
+        facts: dict[str, Any] = {FACT_ENROLLMENT: _enrollment(message)}
+        issued = await self._issued(identity)
+        org: str | None
+        if issued is not None:
+            bound, org = await self._enroll(device_id, device, issued, facts)
+        else:
+            bound, org = self._trust(device_id, device, identity)
         if device is None:
-            if not self.dev:
-                _log.info("unregistered Apple device %r refused", device_id)
-                raise _Refused(_not_verified())
-            platform = _platform(message)
-            await self.store.upsert_devices(
-                [
-                    Device(
-                        device_id,
-                        platform,
-                        "/",
-                        message.os_version,
-                        auth=bound,
-                        facts={FACT_ENROLLMENT: enrollment},
-                    )
-                ]
+            created = Device(
+                device_id,
+                _platform(message),
+                org or "/",
+                message.os_version,
+                auth=bound,
+                facts=facts,
             )
+            await self.store.upsert_devices([created])
             self._changed(device_id)
             return _plist_response({}, device_id, "Authenticate")
-        expected = _bound_identity(device)
-        if expected is not None and (
-            identity is None or not hmac.compare_digest(identity, expected)
-        ):
-            # A UDID claimed with another device's certificate (or none at all).
-            _log.warning("Apple device %r: Authenticate with a different certificate", device_id)
-            raise _Refused(_not_verified())
-        if identity is None and not self.dev:
-            _log.info("Apple device %r: Authenticate without an identity", device_id)
-            raise _Refused(_not_verified())
         # A fresh enrollment: the tokens of the old one (unlock, bootstrap) are void too.
         if bound and dict(device.auth) != bound:
             await self.store.set_auth(device_id, bound)
@@ -301,16 +277,90 @@ class AppleService:
             # queued for the old enrollment is void. A device not enrolled yet keeps the
             # commands queued for it.
             await self.store.cancel_open(device_id, "re-enrolled")
-        await self.store.merge_facts(device_id, {FACT_ENROLLMENT: enrollment})
+        await self.store.merge_facts(device_id, facts)
+        fields: dict[str, Any] = {}
+        if org is not None and org != device.org:
+            fields["org"] = org
         if message.os_version and message.os_version != device.os_version:
-            await self._set_os_version(device_id, message.os_version)
+            fields["os_version"] = message.os_version
+        if fields:
+            await self._update_device(device_id, fields)
         await self.store.drop_session(EXCHANGE_KIND, device_id)
         return _plist_response({}, device_id, "Authenticate")
 
-    async def _set_os_version(self, device_id: str, os_version: str) -> None:
-        """Stores the OS version a device reported, leaving its auth and facts as they are
-        (one atomic step: a fact merged meanwhile is kept), and tells the fleet index."""
-        if await self.store.update_device(device_id, {"os_version": os_version}):
+    async def _enroll(
+        self,
+        device_id: str,
+        device: Device | None,
+        issued: IssuedCertificate,
+        facts: dict[str, Any],
+    ) -> tuple[dict[str, Any], str]:
+        """A certificate of the gateway's CA enrolls the device into its org: bound to it
+        (or refused like an unknown device, the log saying why), the event added to
+        ``facts`` when the binding is new. The ``auth`` and org to store."""
+        reason = enrollment_refusal(issued, device_id, now=self.clock())
+        previous = bound_identity(device) if device is not None else None
+        replacing = device is not None and previous is not None and previous != issued.sha256
+        enrolled = device is not None and (
+            _dict(device.facts.get(FACT_ENROLLMENT)).get("enrolled") is True
+        )
+        if reason is None and replacing and enrolled and device and device.org != issued.org:
+            # Another org's token must not take over a device someone else manages.
+            reason = f"enrolled in {device.org} with another certificate: retire it first"
+        if reason is None and not await self.store.bind_certificate(issued.serial, device_id):
+            reason = "certificate revoked or bound to another device meanwhile"
+        if reason is not None:
+            _log.info(
+                "Apple device %r: Authenticate with certificate %s refused: %s",
+                device_id,
+                issued.serial,
+                reason,
+            )
+            raise _Refused(_not_verified())
+        if replacing and device is not None and isinstance(device.auth.get("serial"), str):
+            # Enrolled again (a new profile): the certificate it replaces stops working.
+            await self.store.revoke_certificates(
+                serial=device.auth["serial"],
+                reason="superseded by a new enrollment",
+                at=self.clock(),
+            )
+        bound = certificate_auth(issued)
+        if device is None or bound_identity(device) != bound["sha256"]:
+            why = f"certificate {issued.serial} (token {issued.token_id or 'none'})"
+            known = device.facts if device is not None else {}
+            facts[FACT_EVENTS] = _event(known, "enrolled", why, self.clock())
+            _log.info("Apple device %r enrolls into %s: %s", device_id, issued.org, why)
+        return bound, issued.org
+
+    def _trust(
+        self, device_id: str, device: Device | None, identity: str | None
+    ) -> tuple[dict[str, Any], str | None]:
+        """An Authenticate without a certificate of the gateway's CA: a registered device
+        binds its first certificate (trust on first use), an unregistered one is refused
+        outside development mode. The ``auth`` and org (``None``: as it is) to store."""
+        bound = {"method": "certificate", "sha256": identity} if identity else {}
+        if device is None:
+            if not self.dev:
+                _log.info("unregistered Apple device %r refused", device_id)
+                raise _Refused(_not_verified())
+            return bound, "/"
+        try:
+            authorize_authenticate(device, identity, dev=self.dev, now=self.clock())
+        except IdentityRefused as refused:
+            raise _refusal(device_id, "Authenticate", refused) from None
+        return bound, None
+
+    async def _issued(self, identity: str | None) -> IssuedCertificate | None:
+        """The certificate of the gateway's CA that ``identity`` is, if any."""
+        if identity is None:
+            return None
+        return await self.store.certificate_by_sha256(identity)
+
+    async def _update_device(self, device_id: str, fields: Mapping[str, Any]) -> None:
+        """Stores a device's own fields (the OS version it reported, the org it enrolled
+        into), leaving its auth and facts as they are (one atomic step: a fact merged
+        meanwhile is kept), and tells the fleet index."""
+        if await self.store.update_device(device_id, fields):
             self._changed(device_id)
 
     async def _checkin(self, message: CheckinMessage, device: Device) -> Response:
@@ -322,6 +372,10 @@ class AppleService:
             await self.store.merge_facts(device.id, {FACT_ENROLLMENT: enrollment})
             await self.store.cancel_open(device.id, "checked out")
             await self.store.drop_session(EXCHANGE_KIND, device.id)
+            # The MDM profile is gone: so is the identity it installed, on every node.
+            await self.store.revoke_certificates(
+                device_id=device.id, reason="checked out (MDM profile removed)", at=self.clock()
+            )
             return _plist_response({}, device.id, kind)
         if isinstance(message, GetBootstrapToken):
             stored = device.auth.get(AUTH_BOOTSTRAP_TOKEN)
@@ -532,45 +586,20 @@ class AppleService:
     # -- identity
 
     def _identity(self, request: Request) -> str | None:
-        """The SHA-256 (hex) of the device's identity certificate, or ``None`` without one;
+        """The identity a request comes with (:func:`~mdmgate.apple.identity.request_identity`),
         ``_Refused`` for a signature that cannot be read or does not verify."""
-        if request.client_cert:
-            return hashlib.sha256(request.client_cert).hexdigest()
-        header = request.header("mdm-signature")
-        if not header:
-            return None
-        if not CMS_SUPPORTED:
-            if self.dev:
-                return None  # development mode: accepted, unverified, not bound
-            raise _Refused(_text(400, "Mdm-Signature cannot be verified here (no CMS support)"))
         try:
-            signature = base64.b64decode("".join(header.split()), validate=True)
-        except ValueError:
-            raise _Refused(_text(400, "Mdm-Signature is not base64")) from None
-        try:
-            cert = verify_detached_cms(signature, request.body)
-        except _BadSignature as exc:
-            raise _Refused(_text(400, f"Mdm-Signature: {exc}")) from None
-        except _SignatureMismatch as exc:
-            raise _Refused(_text(403, f"Mdm-Signature does not verify: {exc}")) from None
-        return hashlib.sha256(cert).hexdigest()
+            return request_identity(request, dev=self.dev)
+        except IdentityRefused as refused:
+            raise _Refused(_text(refused.status, refused.text)) from None
 
     def _authorize(self, device_id: str, device: Device | None, identity: str | None) -> Device:
         """The device a message after Authenticate comes from, if it is who it says. The
         refusals are all alike (the log tells them apart)."""
-        if device is None:
-            _log.info("Apple device %r: unknown", device_id)
-            raise _Refused(_not_verified())
-        expected = _bound_identity(device)
-        if expected is None:
-            if self.dev:
-                return device
-            _log.info("Apple device %r: no certificate bound yet", device_id)
-            raise _Refused(_not_verified())
-        if identity is None or not hmac.compare_digest(identity, expected):
-            _log.warning("Apple device %r: message with a different certificate", device_id)
-            raise _Refused(_not_verified())
-        return device
+        try:
+            return authorize(device, identity, dev=self.dev, now=self.clock())
+        except IdentityRefused as refused:
+            raise _refusal(device_id, "message", refused) from None
 
 
 # -- results as state
@@ -811,11 +840,39 @@ def _deep_merge(old: Any, new: Mapping[str, Any]) -> dict[str, Any]:
 # -- small helpers
 
 
-def _bound_identity(device: Device) -> str | None:
-    if device.auth.get("method") != "certificate":
-        return None
-    value = device.auth.get("sha256")
-    return str(value).lower() if value else None
+def _refusal(device_id: str, what: str, refused: IdentityRefused) -> _Refused:
+    """The answer to a refused device (the same for every reason), the reason logged."""
+    log = _log.warning if refused.suspicious else _log.info
+    log("Apple device %r: %s refused: %s", device_id, what, refused.reason)
+    return _Refused(_text(refused.status, refused.text))
+
+
+def _event(facts: Mapping[str, Any], event: str, reason: str, now: float) -> list[Any]:
+    """Fact ``enrollment_events`` with one event more (the shape and length Windows
+    enrollment keeps: ``{"at", "event", "reason"}``, the last ``MAX_EVENTS``)."""
+    old = facts.get(FACT_EVENTS)
+    events = list(old) if isinstance(old, list) else []
+    at = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    events.append({"at": at, "event": event, "reason": reason})
+    return events[-MAX_EVENTS:]
+
+
+def _enrollment(message: Authenticate) -> dict[str, Any]:
+    """Fact ``apple_enrollment`` of an Authenticate: what the device says about itself."""
+    enrollment = {
+        "enrolled": False,
+        "topic": message.topic,
+        "os_version": message.os_version,
+        "build_version": message.build_version,
+        "product": message.product_name,
+        "model": message.model,
+        "model_name": message.model_name,
+        "device_name": message.device_name,
+        "serial": message.serial_number,
+        "imei": message.imei,
+        "meid": message.meid,
+    }
+    return {k: v for k, v in enrollment.items() if v is not None}
 
 
 def _platform(message: Authenticate) -> str:
@@ -850,154 +907,3 @@ def _text(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) 
         (("content-type", "text/plain; charset=utf-8"), *headers),
         message.encode() + b"\n",
     )
-
-
-# -- CMS (Mdm-Signature)
-
-
-class _BadSignature(Exception):
-    """The signature cannot be read."""
-
-
-class _SignatureMismatch(Exception):
-    """The signature is readable but does not sign this body."""
-
-
-_OID_SIGNED_DATA = bytes.fromhex("2a864886f70d010702")
-_OID_MESSAGE_DIGEST = bytes.fromhex("2a864886f70d010904")
-_DIGESTS = {
-    bytes.fromhex("2b0e03021a"): "sha1",
-    bytes.fromhex("608648016503040201"): "sha256",
-    bytes.fromhex("608648016503040202"): "sha384",
-    bytes.fromhex("608648016503040203"): "sha512",
-}
-
-_Tlv = tuple[int, int, int, int]  # tag, header start, content start, end
-
-
-def _tlv(data: bytes, pos: int, end: int) -> _Tlv:
-    if pos + 2 > end:
-        raise _BadSignature("truncated DER")
-    tag = data[pos]
-    if tag & 0x1F == 0x1F:
-        raise _BadSignature("unsupported DER tag")
-    length = data[pos + 1]
-    start = pos + 2
-    if length & 0x80:
-        count = length & 0x7F
-        if count == 0 or count > 4 or start + count > end:
-            raise _BadSignature("bad DER length")
-        length = int.from_bytes(data[start : start + count], "big")
-        start += count
-    if start + length > end:
-        raise _BadSignature("truncated DER")
-    return tag, pos, start, start + length
-
-
-def _children(data: bytes, parent: _Tlv) -> list[_Tlv]:
-    found: list[_Tlv] = []
-    pos, end = parent[2], parent[3]
-    while pos < end:
-        child = _tlv(data, pos, end)
-        found.append(child)
-        pos = child[3]
-    return found
-
-
-def _expect(item: _Tlv | None, tag: int, what: str) -> _Tlv:
-    if item is None or item[0] != tag:
-        raise _BadSignature(f"not a CMS SignedData ({what})")
-    return item
-
-
-def verify_detached_cms(signature: bytes, body: bytes) -> bytes:
-    """The DER of the certificate that signed ``body`` with the CMS (PKCS #7) detached
-    signature ``signature`` (DER SignedData, as in ``Mdm-Signature``).
-
-    With signed attributes, their ``messageDigest`` must be the body's digest and the
-    signature is checked over them; without, over the body. RSA (PKCS #1 v1.5) and ECDSA
-    signers; SHA-1/256/384/512 digests. The signer is whichever certificate carried in the
-    signature verifies it; no chain is checked (the certificate is bound to the device at
-    enrollment, and mTLS deployments check chains in TLS). Needs ``cryptography``.
-    """
-    if not CMS_SUPPORTED:  # pragma: no cover - depends on the environment
-        raise RuntimeError("CMS verification needs the cryptography package")
-    top = _expect(_tlv(signature, 0, len(signature)), 0x30, "ContentInfo")
-    info = _children(signature, top)
-    oid = _expect(info[0] if info else None, 0x06, "contentType")
-    if signature[oid[2] : oid[3]] != _OID_SIGNED_DATA:
-        raise _BadSignature("not a CMS SignedData (contentType)")
-    wrapper = _expect(info[1] if len(info) > 1 else None, 0xA0, "content")
-    inner = _children(signature, wrapper)
-    signed_data = _children(signature, _expect(inner[0] if inner else None, 0x30, "SignedData"))
-    certificates = [
-        signature[c[1] : c[3]]
-        for part in signed_data
-        if part[0] == 0xA0
-        for c in _children(signature, part)
-        if c[0] == 0x30
-    ]
-    if not certificates:
-        raise _BadSignature("the signature carries no certificate")
-    signer_infos = _expect(signed_data[-1] if signed_data else None, 0x31, "signerInfos")
-    infos = _children(signature, signer_infos)
-    if not infos:
-        raise _BadSignature("the signature has no signer")
-    for info_tlv in infos:
-        fields = _children(signature, _expect(info_tlv, 0x30, "SignerInfo"))
-        if len(fields) < 5:
-            raise _BadSignature("not a CMS SignedData (SignerInfo)")
-        algorithm = _children(signature, _expect(fields[2], 0x30, "digestAlgorithm"))
-        digest_oid = _expect(algorithm[0] if algorithm else None, 0x06, "digestAlgorithm")
-        digest_name = _DIGESTS.get(signature[digest_oid[2] : digest_oid[3]])
-        if digest_name is None:
-            raise _BadSignature("unsupported digest algorithm")
-        attrs = fields[3] if fields[3][0] == 0xA0 else None
-        value = _expect(fields[-1] if fields[-1][0] == 0x04 else fields[-2], 0x04, "signature")
-        raw_signature = signature[value[2] : value[3]]
-        if attrs is not None:
-            digest = _message_digest(signature, attrs)
-            if not hmac.compare_digest(digest, hashlib.new(digest_name, body).digest()):
-                raise _SignatureMismatch("the message digest is not the body's")
-            # The signature covers the attributes encoded as a SET (tag 0x31).
-            signed = b"\x31" + signature[attrs[1] + 1 : attrs[3]]
-        else:
-            signed = body
-        for cert in certificates:
-            if _verifies(cert, raw_signature, signed, digest_name):
-                return cert
-    raise _SignatureMismatch("no certificate in the signature signed this body")
-
-
-def _message_digest(data: bytes, attrs: _Tlv) -> bytes:
-    for attr in _children(data, attrs):
-        parts = _children(data, _expect(attr, 0x30, "attribute"))
-        if len(parts) == 2 and data[parts[0][2] : parts[0][3]] == _OID_MESSAGE_DIGEST:
-            values = _children(data, _expect(parts[1], 0x31, "attribute values"))
-            value = _expect(values[0] if values else None, 0x04, "messageDigest")
-            return data[value[2] : value[3]]
-    raise _BadSignature("signed attributes without a messageDigest")
-
-
-def _verifies(cert_der: bytes, signature: bytes, signed: bytes, digest_name: str) -> bool:
-    try:
-        key = x509.load_der_x509_certificate(cert_der).public_key()
-    except ValueError:
-        return False
-    algorithms: dict[str, hashes.HashAlgorithm] = {
-        "sha1": hashes.SHA1(),
-        "sha256": hashes.SHA256(),
-        "sha384": hashes.SHA384(),
-        "sha512": hashes.SHA512(),
-    }
-    algorithm = algorithms[digest_name]
-    try:
-        if isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, signed, padding.PKCS1v15(), algorithm)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, signed, ec.ECDSA(algorithm))
-        else:
-            return False
-    except InvalidSignature:
-        return False
-    return True

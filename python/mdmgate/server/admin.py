@@ -71,7 +71,7 @@ from mdmgate.errors import (
     SyncMLDecodeError,
     SyncMLEncodeError,
 )
-from mdmgate.server import catalogue_api
+from mdmgate.server import catalogue_api, enrollment_api
 from mdmgate.server.api_base import (
     _ERROR_RESPONSES,
     _JSON_HEADERS,
@@ -99,6 +99,7 @@ from mdmgate.server.device_auth_api import REQUEST_TYPES as AUTH_REQUEST_TYPES
 from mdmgate.server.device_auth_api import RESPONSE_TYPES as AUTH_RESPONSE_TYPES
 from mdmgate.server.device_auth_api import DeviceAuthApi
 from mdmgate.server.device_auth_api import openapi_paths as auth_openapi_paths
+from mdmgate.server.enrollment_api import EnrollmentApi
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import (
     CommandExists,
@@ -896,6 +897,8 @@ def openapi_document() -> dict[str, Any]:
         + _RESPONSE_TYPES
         + AUTH_REQUEST_TYPES
         + AUTH_RESPONSE_TYPES
+        + enrollment_api.REQUEST_TYPES
+        + enrollment_api.RESPONSE_TYPES
         + catalogue_api.REQUEST_TYPES
         + catalogue_api.RESPONSE_TYPES,
         ref_template="#/components/schemas/{name}",
@@ -989,6 +992,8 @@ def openapi_document() -> dict[str, Any]:
     }
     paths.update(catalogue_api.openapi_paths())
     paths.update(auth_openapi_paths())
+    for path, operations in enrollment_api.openapi_paths().items():
+        paths.setdefault(path, {}).update(operations)
     schemas["OpenApiDocument"] = {"type": "object", "description": "An OpenAPI 3.1 document."}
     responses = {
         name: {"description": description, "content": _json_content(_ref("Error"))}
@@ -1047,8 +1052,11 @@ class AdminApi:
         dev: bool = False,
         on_enqueued: Callable[[Sequence[str]], None] | None = None,
         catalogue: Catalogue | None = None,
+        enrollment: EnrollmentApi | None = None,
     ) -> None:
         self.store = store
+        #: Tokens, certificates, the CA and the push certificate (``None``: 404s).
+        self.enrollment = enrollment
         self.dev = dev
         #: Told which devices got new commands (e.g. to push Apple devices); must not block.
         self.on_enqueued = on_enqueued
@@ -1130,19 +1138,26 @@ class AdminApi:
                 allow("POST")
                 return await self._upsert_devices(request)
             case ["devices", device_id] if device_id:
-                allow("GET")
-                return await self._get_device(device_id)
+                allow("GET", "DELETE")
+                return await self._device(device_id, retire=method == "DELETE")
             case ["commands", *_] | ["devices", _, "commands"]:
                 return await self._route_commands(request, parts, allow)
             case ["declarations", *_] | ["devices", _, "declarations", *_]:
                 return await self._route_declarations(request, parts, allow)
         return await self._route_catalogue(request, parts, allow)
 
+    async def _device(self, device_id: str, *, retire: bool) -> Response:
+        if retire:
+            return await enrollment_api.retire_device(self.store, device_id)
+        return await self._get_device(device_id)
+
     async def _route_catalogue(
         self, request: Request, parts: list[str], allow: Callable[..., None]
     ) -> Response:
         # /devices/{id}/auth[/rotate] (Windows credentials), then the catalogue's resources.
         found = await self._device_auth_api.route(request, parts, allow)
+        if found is None and self.enrollment is not None:
+            found = await self.enrollment.route(request, parts, allow)
         if found is None:
             found = await self._catalogue_api.route(request, parts, allow)
         if found is None:

@@ -11,21 +11,29 @@ import signal
 import socket
 import ssl
 import sys
+import tempfile
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import trio
+from cryptography import x509
 
 from mdmgate.apple.push import APNS_PRODUCTION_URL, ApnsClient, es256_jwt_signer
 from mdmgate.apple.pusher import DevicePusher
 from mdmgate.apple.service import AppleService
 from mdmgate.catalogue.service import Catalogue
+from mdmgate.enrollment.ca import CaError
+from mdmgate.enrollment.push_certificate import PushCertificate
+from mdmgate.enrollment.service import EnrollmentService
+from mdmgate.enrollment.settings import EnrollmentSettings, SettingsError
 from mdmgate.server import cluster
 from mdmgate.server.admin import AdminApi
+from mdmgate.server.enrollment_api import EnrollmentApi
+from mdmgate.server.enrollment_http import EnrollmentEndpoints
 from mdmgate.server.http import Limits, Listener, Server, server_ssl_context
 from mdmgate.server.metrics import Metrics
 from mdmgate.server.types import Handler, Request, Response
@@ -115,6 +123,9 @@ class Config:
     #: ``TESTING_TICK_SECONDS``, so that a roll-out paced per minute takes seconds.
     testing_clock_scale: float = 1.0
     testing_clock_epoch: float | None = None
+    #: Enrollment (config table ``[enrollment]``): the CA, token-based Windows and Apple
+    #: enrollment; see :class:`~mdmgate.enrollment.settings.EnrollmentSettings`.
+    enrollment: EnrollmentSettings = field(default_factory=EnrollmentSettings)
 
 
 def _metrics_access(config: Config) -> str:
@@ -244,6 +255,10 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     unknown = sorted(
         set(values) - {f.name for f in fields(Config)} - {"apns", "windows", "apple", "testing"}
     )
+    try:
+        values["enrollment"] = EnrollmentSettings.from_table(values.get("enrollment", {}))
+    except SettingsError as e:
+        raise ConfigError(str(e)) from None
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
     if "apns" in values:
@@ -320,6 +335,7 @@ def build_handler(
     *,
     metrics_access: str | None = "token",
     ready: Handler | None = None,
+    enrollment: Mapping[str, Handler] | None = None,
 ) -> Handler:
     """Routes a request: health, readiness and metrics, the admin API, the device endpoints.
 
@@ -336,8 +352,8 @@ def build_handler(
         devices[APPLE_CHECKIN_PATH] = apple.checkin
         devices[APPLE_CONNECT_PATH] = apple.connect
 
-    # By exact path: readiness, and the device endpoints.
-    exact: dict[str, Handler] = {"/readyz": readyz, **devices}
+    # By exact path: readiness, and the device endpoints (enrollment's included).
+    exact: dict[str, Handler] = {"/readyz": readyz, **devices, **(enrollment or {})}
 
     async def handle(request: Request) -> Response:
         if request.path == "/healthz":
@@ -436,7 +452,14 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     )
     clock = _catalogue_clock(config)
     catalogue = Catalogue(store, node_id=presence.name, now=clock)
-    admin = AdminApi(store, config.api_token, dev=config.dev, catalogue=catalogue)
+    enrollment, push, endpoints = await _enrollment(config, store, catalogue, metrics)
+    admin = AdminApi(
+        store,
+        config.api_token,
+        dev=config.dev,
+        catalogue=catalogue,
+        enrollment=EnrollmentApi(enrollment, endpoints.profile_url),
+    )
     windows = WindowsService(
         store,
         dev=config.dev,
@@ -460,14 +483,26 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     # /metrics is served here, or on its own address (metrics_listen).
     here = None if config.metrics_listen is not None else _metrics_access(config)
     ready = cluster.readiness_handler(store, draining=lambda: server.draining)
-    handler = build_handler(store, admin, metrics, windows, apple, metrics_access=here, ready=ready)
+    handler = build_handler(
+        store,
+        admin,
+        metrics,
+        windows,
+        apple,
+        metrics_access=here,
+        ready=ready,
+        enrollment=endpoints.handlers,
+    )
     server = Server(handler, config.limits, metrics=metrics)
-    listeners = _listeners(config, reuse_port, announce)
+    # Devices enrolled here present certificates of the built-in CA.
+    issued_by = enrollment.ca.pem if enrollment.ready else None
+    listeners = _listeners(config, reuse_port, announce, issued_by)
     scraping = _metrics_server(config, metrics, admin, reuse_port, announce, ready=ready)
 
     async def refresh_gauges() -> None:
         while True:
             depth[0] = float(await store.queue_depth())
+            await push.refresh()
             await trio.sleep(GAUGE_REFRESH_SECONDS)
 
     async def on_signals(nursery: trio.Nursery) -> None:
@@ -480,8 +515,8 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     try:
         async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as stack:
             await nursery.start(presence.run)
-            if config.apns_topic:
-                client = await stack.enter_async_context(_apns_client(config))
+            if push.topic:
+                client = await stack.enter_async_context(_apns_client(config, push))
                 pusher = _pusher(config, store, client, presence, metrics)
                 admin.on_enqueued = catalogue.on_enqueued = pusher.wake
                 nursery.start_soon(pusher.run)
@@ -499,11 +534,37 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
         await store.aclose()
 
 
-def _listeners(config: Config, reuse_port: bool, announce: bool) -> list[Listener]:
-    """The main port's listeners (under TLS when configured)."""
+async def _enrollment(
+    config: Config, store: Store, catalogue: Catalogue, metrics: Metrics
+) -> tuple[EnrollmentService, _PushCertificate, EnrollmentEndpoints]:
+    """The enrollment service (its CA loaded or created), the push certificate this node
+    uses, and the device-facing enrollment endpoints."""
+    enrollment = EnrollmentService(
+        store, config.enrollment, on_devices_changed=catalogue.note_devices
+    )
+    try:
+        await enrollment.start()
+    except CaError as e:
+        raise ConfigError(f"enrollment: {e}") from None
+    push = _PushCertificate(config, enrollment)
+    await push.refresh()
+    push.register(metrics)
+    endpoints = EnrollmentEndpoints(
+        enrollment, tls=config.tls_cert is not None, push_topic=lambda: push.topic
+    )
+    return enrollment, push, endpoints
+
+
+def _listeners(
+    config: Config, reuse_port: bool, announce: bool, issued_by: bytes | None = None
+) -> list[Listener]:
+    """The main port's listeners (under TLS when configured; client certificates of the
+    ``--client-ca`` bundle and of ``issued_by``, the built-in CA, are accepted)."""
     context: ssl.SSLContext | None = None
     if config.tls_cert is not None and config.tls_key is not None:
-        context = server_ssl_context(config.tls_cert, config.tls_key, config.client_ca)
+        context = server_ssl_context(
+            config.tls_cert, config.tls_key, config.client_ca, client_ca_data=issued_by
+        )
     listeners: list[Listener] = []
     for host, port in config.listen:
         sock = _listen_socket(host, port, reuse_port)
@@ -556,13 +617,72 @@ def _pusher(
     return pusher
 
 
-def _apns_client(config: Config) -> ApnsClient:
+class _PushCertificate:
+    """The MDM push topic and certificate this node pushes with: ``[apns]``'s, else the
+    one uploaded through the admin API (read from the store at start; its topic and
+    expiry are re-read with the gauges, so every node shows an upload made on another)."""
+
+    def __init__(self, config: Config, enrollment: EnrollmentService) -> None:
+        self.config = config
+        self.enrollment = enrollment
+        self.uploaded: PushCertificate | None = None
+        self.expires_at: float | None = None
+        self._configured_expiry = _certificate_expiry(config.apns_cert)
+
+    @property
+    def topic(self) -> str | None:
+        if self.config.apns_topic:
+            return self.config.apns_topic
+        return self.uploaded.topic if self.uploaded is not None else None
+
+    async def refresh(self) -> None:
+        try:
+            self.uploaded = await self.enrollment.push_certificate()
+        except ValueError as e:  # a passphrase that does not open it: say so, keep going
+            log.warning("the uploaded push certificate cannot be read: %s", e)
+        if self._configured_expiry is not None:
+            self.expires_at = self._configured_expiry
+        elif self.uploaded is not None:
+            self.expires_at = self.uploaded.not_after.timestamp()
+        if self.expires_at is not None and self.expires_at - time.time() < WARN_SECONDS:
+            log.warning(
+                "the APNs push certificate expires at %s: renew it before devices stop"
+                " answering pushes",
+                time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.expires_at)),
+            )
+
+    def register(self, metrics: Metrics) -> None:
+        metrics.register_gauge(
+            "mdmgate_apns_certificate_expiry_seconds",
+            "Seconds until the APNs push certificate expires (negative: expired; absent"
+            " value 0 with no certificate).",
+            lambda: (self.expires_at - time.time()) if self.expires_at is not None else 0.0,
+        )
+
+
+#: Warn this long before the push certificate expires (Apple's last a year).
+WARN_SECONDS = 30 * 86400.0
+
+
+def _certificate_expiry(path: str | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read apns cert {path}: {e}") from None
+    return cert.not_valid_after_utc.timestamp()
+
+
+def _apns_client(config: Config, push: _PushCertificate) -> ApnsClient:
     context: ssl.SSLContext | None = None
     if config.apns_url.startswith("https://"):
         context = ssl.create_default_context()
         if config.apns_cert is not None and config.apns_key is not None:
             # Certificate auth: the MDM push certificate names the topic.
             context.load_cert_chain(config.apns_cert, config.apns_key)
+        elif push.uploaded is not None and config.apns_auth_key is None:
+            _load_uploaded(context, push.uploaded)
     signer = None
     if config.apns_auth_key and config.apns_key_id and config.apns_team_id:
         try:
@@ -572,11 +692,22 @@ def _apns_client(config: Config) -> ApnsClient:
         signer = es256_jwt_signer(key, config.apns_key_id, config.apns_team_id)
     return ApnsClient(
         config.apns_url,
-        topic=config.apns_topic or "",
+        topic=push.topic or "",
         ssl_context=context,
         jwt_signer=signer,
         max_pushes_per_second=config.apns_rate,
     )
+
+
+def _load_uploaded(context: ssl.SSLContext, pushed: PushCertificate) -> None:
+    """Loads the uploaded push certificate into a TLS context: through a private temporary
+    directory, since OpenSSL reads key pairs from files, removed at once."""
+    with tempfile.TemporaryDirectory(prefix="mdmgate-apns-") as folder:
+        cert, key = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        cert.write_bytes(pushed.cert_pem())
+        key.touch(mode=0o600)
+        key.write_bytes(pushed.key_pem())
+        context.load_cert_chain(cert, key)
 
 
 async def _open_once(config: Config) -> None:

@@ -234,13 +234,16 @@ def server_ssl_context(
     cert_file: str | os.PathLike[str],
     key_file: str | os.PathLike[str],
     client_ca_file: str | os.PathLike[str] | None = None,
+    *,
+    client_ca_data: bytes | None = None,
 ) -> ssl.SSLContext:
     """A server TLS context offering ALPN ``h2`` and ``http/1.1``.
 
     TLS 1.2 or later with AEAD ciphers only (RFC 9113 section 9.2), no compression and no
-    renegotiation. With ``client_ca_file``, clients may present a certificate issued by that
-    CA (``CERT_OPTIONAL``: devices without one can still reach e.g. ``/healthz``); a verified
-    certificate reaches handlers as ``Request.client_cert`` (DER).
+    renegotiation. With ``client_ca_file`` and/or ``client_ca_data`` (PEM), clients may
+    present a certificate issued by those CAs (``CERT_OPTIONAL``: devices without one can
+    still enrol or reach ``/healthz``); a verified certificate reaches handlers as
+    ``Request.client_cert`` (DER).
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -250,6 +253,9 @@ def server_ssl_context(
     context.set_alpn_protocols(["h2", "http/1.1"])
     if client_ca_file is not None:
         context.load_verify_locations(cafile=client_ca_file)
+    if client_ca_data is not None:
+        context.load_verify_locations(cadata=client_ca_data.decode("ascii"))
+    if client_ca_file is not None or client_ca_data is not None:
         context.verify_mode = ssl.CERT_OPTIONAL
     return context
 

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from mdmgate.storage.enrollment import EnrollmentStore, EnrollmentToken, IssuedCertificate
+
 if TYPE_CHECKING:
     from mdmgate.catalogue.model import App, CommandBatch, LicenceGrant, Notification, Org
 
@@ -43,6 +45,9 @@ __all__ = [
     "DeliveryState",
     "Device",
     "DeviceStore",
+    "EnrollmentStore",
+    "EnrollmentToken",
+    "IssuedCertificate",
     "LeaseStore",
     "LicencesExhausted",
     "NotificationStore",
@@ -527,6 +532,7 @@ class Store(
     SessionStore,
     ChangeFeed,
     LeaseStore,
+    EnrollmentStore,
     Protocol,
 ):
     """What every backend provides: the union of the roles. A consumer names the roles it

@@ -34,6 +34,20 @@ from mdmgate.storage import (
     offers_exhausted,
     org_covers,
 )
+from mdmgate.storage.enrollment import EnrollmentToken, IssuedCertificate, revoked_auth
+from mdmgate.storage.enrollment_records import (
+    CLAIM_SWEEP,
+    certificate_taken,
+    check_claim,
+    check_revocation,
+    checked_certificate,
+    checked_material,
+    checked_token,
+    names_one_of,
+    serial_order,
+    serials_by_device,
+    token_taken,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -93,6 +107,12 @@ class MemoryStore:
         #: Set (and replaced) on every change: wakes wait_for_changes in this process.
         self._changed = trio.Event()
         self._leases: dict[str, tuple[str, float]] = {}
+        # Enrollment records are frozen structs, checked (and so copied) on the way in.
+        self._material: dict[str, bytes] = {}
+        self._tokens: dict[str, EnrollmentToken] = {}
+        self._certificates: dict[str, IssuedCertificate] = {}
+        self._by_sha256: dict[str, str] = {}
+        self._claims: dict[tuple[str, str], float] = {}
 
     def _record(self, kind: str, key: str) -> None:
         self._changes.append(Change(len(self._changes) + 1, kind, key))
@@ -459,6 +479,134 @@ class MemoryStore:
             for name, (holder, until) in sorted(self._leases.items())
             if name.startswith(prefix) and until > now
         ]
+
+    # -- enrollment ------------------------------------------------------------------------
+
+    async def get_material(self, name: str) -> bytes | None:
+        return self._material.get(name)
+
+    async def put_material(self, name: str, value: bytes, *, replace: bool = False) -> bytes:
+        value = checked_material(name, value)
+        if replace or name not in self._material:
+            self._material[name] = value
+        return self._material[name]
+
+    async def put_token(self, token: EnrollmentToken) -> None:
+        token = checked_token(token)
+        if token.id in self._tokens:
+            raise token_taken(token.id)
+        self._tokens[token.id] = token
+
+    async def get_token(self, token_id: str) -> EnrollmentToken | None:
+        return self._tokens.get(token_id)
+
+    async def list_tokens(self, org: str | None = None) -> list[EnrollmentToken]:
+        found = [t for t in self._tokens.values() if org is None or t.org == org]
+        # Newest first; tokens made in the same instant by id.
+        found.sort(key=lambda t: t.id)
+        found.sort(key=lambda t: t.created_at, reverse=True)
+        return found
+
+    async def revoke_token(self, token_id: str, *, at: float) -> EnrollmentToken | None:
+        token = self._tokens.get(token_id)
+        if token is None or token.revoked_at is not None:
+            return token
+        self._tokens[token_id] = msgspec.structs.replace(token, revoked_at=float(at))
+        return self._tokens[token_id]
+
+    async def use_token(self, token_id: str, *, now: float) -> EnrollmentToken | None:
+        token = self._tokens.get(token_id)
+        if (
+            token is None
+            or token.revoked_at is not None
+            or not token.expires_at > now
+            or (token.max_uses is not None and token.uses >= token.max_uses)
+        ):
+            return None
+        self._tokens[token_id] = msgspec.structs.replace(token, uses=token.uses + 1)
+        return self._tokens[token_id]
+
+    async def claim_once(self, kind: str, key: str, *, until: float, now: float) -> bool:
+        check_claim(kind, key, until=until, now=now)
+        held = self._claims.get((kind, key))
+        if held is not None and held > now:
+            return False
+        self._claims[kind, key] = float(until)
+        expired = [k for k, u in itertools.islice(self._claims.items(), 64) if u <= now]
+        for k in expired[:CLAIM_SWEEP]:
+            del self._claims[k]
+        return True
+
+    async def record_certificate(self, certificate: IssuedCertificate) -> None:
+        c = checked_certificate(certificate)
+        if c.serial in self._certificates or c.sha256 in self._by_sha256:
+            raise certificate_taken(c.serial, c.sha256, same_serial=c.serial in self._certificates)
+        self._certificates[c.serial] = c
+        self._by_sha256[c.sha256] = c.serial
+
+    async def get_certificate(self, serial: str) -> IssuedCertificate | None:
+        return self._certificates.get(serial)
+
+    async def certificate_by_sha256(self, sha256: str) -> IssuedCertificate | None:
+        serial = self._by_sha256.get(sha256)
+        return None if serial is None else self._certificates[serial]
+
+    async def list_certificates(
+        self, *, device_id: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[IssuedCertificate]:
+        if limit <= 0:
+            return []
+        start = None if after is None else serial_order(after)
+        found = [
+            c
+            for c in self._certificates.values()
+            if (device_id is None or c.device_id == device_id)
+            and (start is None or serial_order(c.serial) > start)
+        ]
+        found.sort(key=lambda c: serial_order(c.serial))
+        return found[:limit]
+
+    async def bind_certificate(self, serial: str, device_id: str) -> bool:
+        c = self._certificates.get(serial)
+        if c is None or c.revoked_at is not None or c.device_id not in (None, device_id):
+            return False
+        self._certificates[serial] = msgspec.structs.replace(c, device_id=device_id)
+        return True
+
+    async def revoke_certificates(
+        self,
+        *,
+        reason: str,
+        at: float,
+        device_id: str | None = None,
+        serial: str | None = None,
+    ) -> list[IssuedCertificate]:
+        check_revocation(device_id, serial)
+        chosen = [
+            c
+            for c in self._certificates.values()
+            if c.revoked_at is None
+            and (device_id is None or c.device_id == device_id)
+            and (serial is None or c.serial == serial)
+        ]
+        chosen.sort(key=lambda c: serial_order(c.serial))
+        revoked = [
+            msgspec.structs.replace(c, revoked_at=float(at), revocation_reason=reason)
+            for c in chosen
+        ]
+        for c in revoked:
+            self._certificates[c.serial] = c
+        self._revoke_auth(revoked)
+        return revoked
+
+    def _revoke_auth(self, revoked: Sequence[IssuedCertificate]) -> None:
+        """Unbinds every device bound to a revoked certificate whose auth names one (no
+        change in the feed, as for set_auth: no index reads credentials)."""
+        hashes = {c.sha256 for c in revoked}
+        for bound, serials in serials_by_device(revoked).items():
+            device = self._devices.get(bound)
+            if device is not None and names_one_of(device.auth, hashes):
+                self._devices[bound] = msgspec.structs.replace(device, auth=revoked_auth(serials))
 
     async def aclose(self) -> None:
         return None

@@ -79,6 +79,7 @@ from mdmgate.storage import (
 )
 from mdmgate.storage import postgres_schema as sql
 from mdmgate.storage.pgwire import Connection, Param, PgError, Pool, Result, Row
+from mdmgate.storage.postgres_enrollment import PostgresEnrollment
 from mdmgate.storage.postgres_schema import (
     FINAL,
     OPEN,
@@ -165,8 +166,9 @@ def _notification_row(n: Notification, expected_rev: int | None) -> tuple[Param,
     return row if expected_rev is None else (*row, expected_rev)
 
 
-class PostgresStore:
-    """The :class:`~mdmgate.storage.Store` on PostgreSQL; made by :meth:`open`."""
+class PostgresStore(PostgresEnrollment):
+    """The :class:`~mdmgate.storage.Store` on PostgreSQL; made by :meth:`open`. The
+    enrollment role is its mixin (:mod:`.postgres_enrollment`)."""
 
     def __init__(self, dsn: str, pool_size: int) -> None:
         self._dsn = dsn

@@ -175,6 +175,55 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $$;
     """,
+    # Enrollment: the CA's material, enrollment tokens, the certificates the CA issued and
+    # one-time claims (mdmgate.storage.postgres_enrollment).
+    """
+    CREATE TABLE enrollment_material (
+        name text COLLATE "C" PRIMARY KEY,
+        value bytea NOT NULL
+    );
+    CREATE TABLE enrollment_tokens (
+        id text COLLATE "C" PRIMARY KEY,
+        org text COLLATE "C" NOT NULL,
+        secret_sha256 text NOT NULL,
+        created_at float8 NOT NULL,
+        expires_at float8 NOT NULL,
+        max_uses bigint,
+        uses bigint NOT NULL,
+        revoked_at float8,
+        platforms text[] NOT NULL,
+        description text NOT NULL
+    );
+    CREATE INDEX enrollment_tokens_by_org ON enrollment_tokens (org, created_at);
+    -- Listed by (digits, serial): for canonical serials (lower-case hex without leading
+    -- zeros) the order of the numbers.
+    CREATE TABLE certificates (
+        serial text COLLATE "C" PRIMARY KEY,
+        sha256 text COLLATE "C" NOT NULL CONSTRAINT certificates_sha256_key UNIQUE,
+        subject text NOT NULL,
+        org text COLLATE "C" NOT NULL,
+        platform text NOT NULL,
+        issued_at float8 NOT NULL,
+        not_after float8 NOT NULL,
+        der bytea NOT NULL,
+        token_id text COLLATE "C",
+        device_id text COLLATE "C",
+        renews text COLLATE "C",
+        revoked_at float8,
+        revocation_reason text,
+        digits integer GENERATED ALWAYS AS (length(serial)) STORED
+    );
+    CREATE INDEX certificates_in_order ON certificates (digits, serial);
+    CREATE INDEX certificates_by_device ON certificates (device_id, digits, serial)
+        WHERE device_id IS NOT NULL;
+    CREATE TABLE claims (
+        kind text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        until float8 NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE INDEX claims_by_expiry ON claims (until);
+    """,
 )
 
 

@@ -63,6 +63,8 @@ from mdmgate.storage import (
     fan_out_devices,
     offers_exhausted,
 )
+from mdmgate.storage.sqlite_enrollment import MIGRATION as ENROLLMENT_MIGRATION
+from mdmgate.storage.sqlite_enrollment import SQLiteEnrollment
 
 __all__ = ["SQLiteStore"]
 
@@ -177,6 +179,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE notifications ADD COLUMN rev INTEGER NOT NULL DEFAULT 1;
     UPDATE notifications SET doc = json_set(doc, '$.rev', 1);
     """,
+    # Enrollment: the CA's material, tokens, issued certificates, one-time claims.
+    ENROLLMENT_MIGRATION,
 )
 
 #: What take() hands out (the partial index deliveries_open covers these).
@@ -452,7 +456,10 @@ def _read_devices(db: sqlite3.Connection, ids: list[str]) -> dict[str, Device]:
     return found
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteEnrollment):
+    """The :class:`~mdmgate.storage.Store` on SQLite; made by :meth:`open`. The enrollment
+    role is its mixin (:mod:`.sqlite_enrollment`)."""
+
     #: How often :meth:`wait_for_changes` looks for changes written by other processes.
     poll_interval = 0.05
 

@@ -467,11 +467,7 @@ class WindowsService:
             _log.warning("Windows device %r has no credentials configured: refused", device.id)
             return _Verdict(403)
         if method == "certificate":
-            expected = str(device.auth.get("sha256", "")).lower()
-            cert = request.client_cert
-            given = hashlib.sha256(cert).hexdigest() if cert else ""
-            ok = bool(cert) and hmac.compare_digest(given, expected)
-            return _Verdict(212 if ok else 403)
+            return _Verdict(212 if _certificate_matches(device, request.client_cert) else 403)
         if method in ("md5", "basic"):
             username = str(device.auth.get("username", ""))
             secret = str(device.auth.get("secret", ""))
@@ -587,6 +583,7 @@ class WindowsService:
 
     async def _apply(self, device: Device, event: object, live: _Live) -> None:
         if isinstance(event, DeviceInfo):
+            _check_enrolled_id(device, event.values)
             values = {**device.facts.get(FACT_DEVINFO, {}), **event.values}
             if values != device.facts.get(FACT_DEVINFO):  # every session sends the same
                 await self.store.merge_facts(device.id, {FACT_DEVINFO: values})
@@ -654,6 +651,10 @@ class WindowsService:
             return  # the same alert again
         await self.store.merge_facts(device.id, enrollment.unenrolled(facts))
         ended = await self.store.cancel_open(device.id, "unenrolled")
+        # Its identity certificate dies with the enrollment, on every node at once.
+        await self.store.revoke_certificates(
+            device_id=device.id, reason="unenrolled at the user's request", at=time.time()
+        )
         _log.warning(
             "Windows device %r unenrolled at the user's request: %d open deliveries ended,"
             " later sessions refused until it is registered again",
@@ -906,3 +907,35 @@ def _text(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) 
         (("content-type", "text/plain; charset=utf-8"), *headers),
         message.encode() + b"\n",
     )
+
+
+def _certificate_matches(device: Device, cert: bytes | None) -> bool:
+    """Whether the TLS client certificate is the one the device is bound to (or, during a
+    renewal's grace, the one it renewed). A revoked binding names none."""
+    if not cert:
+        return False
+    given = hashlib.sha256(cert).hexdigest()
+    for name in ("sha256", "previous_sha256"):
+        expected = device.auth.get(name)
+        if isinstance(expected, str) and hmac.compare_digest(given, expected.lower()):
+            return True
+    return False
+
+
+def _check_enrolled_id(device: Device, devinfo: dict[str, str]) -> None:
+    """DevInfo's DevId is the DeviceID the device enrolled with (and its certificate's
+    subject): a different one means the enrollment and the OMA-DM client disagree about
+    who this is, worth an administrator's look."""
+    enrolled = device.facts.get("enrollment")
+    reported = devinfo.get("DevId")
+    if (
+        isinstance(enrolled, dict)
+        and reported
+        and enrolled.get("device_id") not in (None, reported)
+    ):
+        _log.warning(
+            "Windows device %r reports DevId %r, enrolled as %r",
+            device.id,
+            reported,
+            enrolled.get("device_id"),
+        )
