@@ -48,6 +48,9 @@ endpoints:
   PUT  /mdm/apple/connect          Apple command channel
   /api/v1/...                      admin API (bearer token); /api/v1/openapi.json describes it
   /api/v1/apps, /api/v1/orgs, ...  app catalogue, install notifications, auto-update  docs/apps.md
+  /EnrollmentServer/Discovery.svc  Windows enrollment (MS-MDE2; policy and enrollment
+                                   services next to it)                       docs/enrollment.md
+  GET  /mdm/apple/enroll?token=T   Apple enrollment profile (signed); SCEP at /mdm/apple/scep
   /healthz, /readyz                liveness; readiness (the database answers) for balancers
   /metrics                         Prometheus metrics (bearer token, see below)
 
@@ -93,6 +96,21 @@ config file (TOML), every key optional:
             server_auth = "on_challenge"   (or "required": sent from the first message)
   [apple]   max_offers = 5   (likewise for Apple commands: the device asked for the next
             command instead of answering this one; a NotNow starts the count again)
+  [enrollment]  (docs/enrollment.md) the built-in CA is on once its key has a passphrase:
+            ca_passphrase = "..."  or MDMGATE_CA_PASSPHRASE in the environment (better)
+            public_url = "https://mdm.example.com"   (the base of enrollment URLs;
+            default: each request's Host)   root_key = "rsa-3072"   ca_name = "..."
+            device_validity_days = 365   root_validity_days = 3650   min_rsa_bits = 2048
+            ca_cert = "ca.pem"  ca_key = "ca.key"   (your own issuing CA instead)
+            windows_auth_policy = "OnPremise" (or "Federated" + windows_federated_url)
+            windows_encoding = "xml"   windows_poll_minutes = 480   windows_renew_days = 42
+            windows_first_poll_minutes = 15   windows_first_polls = 8
+            windows_policy_url/windows_enrollment_url   (an external enrollment service)
+            apple_topic = "com.apple.mgmt.External.<uuid>"   (else the uploaded push
+            certificate's: PUT /api/v1/apns/certificate)   apple_organization = "..."
+            apple_scep_url + apple_scep_challenge, or apple_acme_url   (external identity)
+            apple_profile_cert/apple_profile_key   (sign profiles with another certificate)
+            challenge_minutes = 60   (how long a profile's SCEP challenge stays usable)
   [testing] clock_scale = 30.0  clock_epoch = 1767225600.0   (tests only: the catalogue's
             clock runs 30x as fast from that Unix time, the same on every node, so waves
             paced per minute come every 2 s)
@@ -449,6 +467,10 @@ def _serve(args: argparse.Namespace) -> int:
         return USAGE_ERROR
     try:
         return app.run(config)
+    except app.ConfigError as e:
+        # Found only on start: a stored CA the passphrase does not open, unreadable CA files.
+        print(f"mdmgate: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
     except OSError as e:
         print(f"mdmgate: error: {e}", file=sys.stderr)
         return 1

@@ -83,10 +83,11 @@ from mdmgate.apple.identity import (
     request_identity,
 )
 from mdmgate.apple.reports import CommandReport, CommandStatus
+from mdmgate.enrollment.history import FACT_EVENTS, with_event
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import DeliveryState, Device, Store, StoredDeclaration
 from mdmgate.storage.enrollment import IssuedCertificate
-from mdmgate.windows.enrollment import FACT_EVENTS, MAX_EVENTS
+from mdmgate.windows.enrollment import reenrolled
 
 __all__ = [
     "ACTIVATION_IDENTIFIER",
@@ -328,7 +329,9 @@ class AppleService:
         if device is None or bound_identity(device) != bound["sha256"]:
             why = f"certificate {issued.serial} (token {issued.token_id or 'none'})"
             known = device.facts if device is not None else {}
-            facts[FACT_EVENTS] = _event(known, "enrolled", why, self.clock())
+            # A retired (unenrolled) device enrolling again is no longer unenrolled.
+            facts.update(reenrolled(known, "enrolled again"))
+            facts[FACT_EVENTS] = with_event(known, "enrolled", why, self.clock())
             _log.info("Apple device %r enrolls into %s: %s", device_id, issued.org, why)
         return bound, issued.org
 
@@ -845,16 +848,6 @@ def _refusal(device_id: str, what: str, refused: IdentityRefused) -> _Refused:
     log = _log.warning if refused.suspicious else _log.info
     log("Apple device %r: %s refused: %s", device_id, what, refused.reason)
     return _Refused(_text(refused.status, refused.text))
-
-
-def _event(facts: Mapping[str, Any], event: str, reason: str, now: float) -> list[Any]:
-    """Fact ``enrollment_events`` with one event more (the shape and length Windows
-    enrollment keeps: ``{"at", "event", "reason"}``, the last ``MAX_EVENTS``)."""
-    old = facts.get(FACT_EVENTS)
-    events = list(old) if isinstance(old, list) else []
-    at = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    events.append({"at": at, "event": event, "reason": reason})
-    return events[-MAX_EVENTS:]
 
 
 def _enrollment(message: Authenticate) -> dict[str, Any]:

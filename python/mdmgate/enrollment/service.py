@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from mdmgate.enrollment import push_certificate, tokens
+from mdmgate.enrollment import history, push_certificate, tokens
 from mdmgate.enrollment.ca import (
     CaError,
     CaPolicy,
@@ -63,6 +63,8 @@ CHALLENGE_KEY = "scep-challenge-key"
 #: How many fresh serials to try when one is taken (a 159-bit random serial is taken
 #: about never; the store's uniqueness makes "about" exact).
 _SERIAL_ATTEMPTS = 3
+#: X.520's upper bound for CN and O.
+_MAX_NAME = 64
 
 
 class EnrollmentUnavailable(Exception):
@@ -72,7 +74,8 @@ class EnrollmentUnavailable(Exception):
 class EnrollmentRefused(Exception):
     """A request this gateway will not issue a certificate for; ``reason`` is a stable code
     (a :class:`~mdmgate.enrollment.tokens.TokenRefused` reason, or ``weak_key``,
-    ``bad_request``, ``replayed``, ``not_ours``, ``revoked``), the message says why."""
+    ``bad_request``, ``replayed``, ``not_ours``, ``revoked``, ``other_org``), the message
+    says why."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -249,7 +252,9 @@ class EnrollmentService:
         ca = self.ca
         for _ in range(_SERIAL_ATTEMPTS):
             now = self._now()
-            cert = ca.issue(csr, common_name=common_name, now=now, organization=org)
+            # X.520 caps O at 64 characters; a deeper org path is in the records only.
+            named = org if len(org) <= _MAX_NAME else None
+            cert = ca.issue(csr, common_name=common_name[:_MAX_NAME], now=now, organization=named)
             der = cert.public_bytes(Encoding.DER)
             record = IssuedCertificate(
                 serial=serial_hex(cert.serial_number),
@@ -298,6 +303,17 @@ class EnrollmentService:
         if not device_id:
             raise EnrollmentRefused("bad_request", "the request names no DeviceID")
         token = await self.check_token(token_value, platform="windows")
+        existing = await self.store.get_device(device_id)
+        if (
+            existing is not None
+            and existing.org != token.org
+            and windows_enrollment.FACT_UNENROLLED not in existing.facts
+        ):
+            # Another org's token must not take over a device someone else manages.
+            raise EnrollmentRefused(
+                "other_org",
+                f"the device is enrolled in {existing.org}: retire it there first",
+            )
         csr = self._check_csr(csr_der)
         await self._claim_key(csr, "wstep-key")
         token = await self._use_token(token, platform="windows")
@@ -483,7 +499,7 @@ class EnrollmentService:
             await self.store.set_auth(device_id, auth)
         merged = dict(facts)
         merged.update(windows_enrollment.reenrolled(existing.facts, "enrolled again"))
-        merged[windows_enrollment.FACT_EVENTS] = _with_event(
+        merged[history.FACT_EVENTS] = history.with_event(
             existing.facts, "enrolled", f"enrolled into {org}", self.clock()
         )
         await self.store.merge_facts(device_id, merged)
@@ -498,14 +514,6 @@ def _certificate_auth(record: IssuedCertificate) -> dict[str, Any]:
         "serial": record.serial,
         "not_after": record.not_after,
     }
-
-
-def _with_event(facts: Mapping[str, Any], event: str, reason: str, at: float) -> list[Any]:
-    old = facts.get(windows_enrollment.FACT_EVENTS)
-    events = list(old) if isinstance(old, list) else []
-    stamp = datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    events.append({"at": stamp, "event": event, "reason": reason})
-    return events[-windows_enrollment.MAX_EVENTS :]
 
 
 def read_pem_pair(cert_path: str, key_path: str) -> tuple[bytes, bytes]:

@@ -179,6 +179,7 @@ _ERROR_RESPONSES: dict[str, tuple[str, str]] = {
     "409": ("Conflict", "The command id is taken."),
     "415": ("UnsupportedMediaType", "The body is not application/json."),
     "422": ("UnprocessableContent", "The JSON does not fit the schema, or the command is refused."),
+    "503": ("Unavailable", "Not set up on this gateway (the message names the setting)."),
 }
 
 

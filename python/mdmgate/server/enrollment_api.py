@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -27,6 +28,8 @@ from msgspec import Meta, Struct
 from mdmgate.enrollment import push_certificate
 from mdmgate.enrollment.service import EnrollmentService, EnrollmentUnavailable
 from mdmgate.server.api_base import (
+    _ORG_PATTERN,
+    _PATTERNS,
     Error,
     OrgPath,
     _check_content_type,
@@ -235,14 +238,14 @@ def openapi_paths() -> dict[str, Any]:
             "get": _operation(
                 "The CA certificate that issues device identities.",
                 ("200", "The CA.", "CaOut"),
-                ("422",),
+                ("503",),
             )
         },
         "/api/v1/apns/certificate": {
             "put": _operation(
                 "Upload the MDM push certificate (PEM or PKCS #12); its topic is read from it.",
                 ("200", "The certificate as stored.", "PushCertificateOut"),
-                ("400", "415", "422"),
+                ("400", "415", "422", "503"),
                 request="PushCertificateIn",
             ),
             "get": _operation(
@@ -434,7 +437,9 @@ class EnrollmentApi:
         return _json(201, created)
 
     async def _list_tokens(self, request: Request) -> Response:
-        org = _query(request).get("org")
+        org = _query(request).get("org") or None
+        if org is not None and re.fullmatch(_ORG_PATTERN, org) is None:
+            raise _refuse(422, f"org must be {_PATTERNS[_ORG_PATTERN]}", "org")
         found = await self.service.store.list_tokens(org)
         now = self.clock()
         return _json(200, TokenList([token_out(t, now) for t in found]))

@@ -241,33 +241,17 @@ class EnrollmentEndpoints:
             return _text(405, f"{APPLE_ENROLL_PATH} takes GET")
         value = dict(parse_qsl(request.query)).get("token", "")
         base = self.base_url(request)
-        if base is None:
-            return _text(400, "no usable Host header to build the profile's URLs")
         topic = self.settings.apple_topic or self.push_topic()
-        if not topic:
+        if base is None or not topic:
             return _text(
-                503,
-                "no MDM push topic: upload the push certificate (PUT /api/v1/apns/certificate)"
-                " or set [enrollment] apple_topic",
+                400 if base is None else 503,
+                "no usable Host header to build the profile's URLs"
+                if base is None
+                else "no MDM push topic: upload the push certificate"
+                " (PUT /api/v1/apns/certificate) or set [enrollment] apple_topic",
             )
         try:
-            token = await self.service.apple_profile_token(value)
-            identity = self._identity(token, base)
-            mdm = profiles.MdmSettings(
-                server_url=base + "/mdm/apple/connect",
-                checkin_url=base + "/mdm/apple/checkin",
-                topic=topic,
-            )
-            ca = self.service.ca
-            profile = profiles.enrollment_profile(
-                mdm=mdm,
-                identity=identity,
-                ca_der=ca.der,
-                organization=self.settings.apple_organization,
-                identifier=f"mdmgate.enrollment.{token.id}",
-                display_name=f"{self.settings.apple_organization} device management",
-                allow_http=base.startswith("http://"),
-            )
+            profile = await self._profile(value, base, topic)
         except profiles.EnrollmentProfileError as e:
             # A setting (topic, URL) the profile cannot carry: the operator's to fix.
             _log.error("Apple enrollment profile cannot be built: %s", e)
@@ -284,8 +268,27 @@ class EnrollmentEndpoints:
                 ("content-type", "application/x-apple-aspen-config"),
                 ("content-disposition", 'attachment; filename="enroll.mobileconfig"'),
             ),
-            self._sign(profile),
+            profile,
         )
+
+    async def _profile(self, token_value: str, base: str, topic: str) -> bytes:
+        """The signed profile for one download with ``token_value`` (one use counted)."""
+        token = await self.service.apple_profile_token(token_value)
+        mdm = profiles.MdmSettings(
+            server_url=base + "/mdm/apple/connect",
+            checkin_url=base + "/mdm/apple/checkin",
+            topic=topic,
+        )
+        profile = profiles.enrollment_profile(
+            mdm=mdm,
+            identity=self._identity(token, base),
+            ca_der=self.service.ca.der,
+            organization=self.settings.apple_organization,
+            identifier=f"mdmgate.enrollment.{token.id}",
+            display_name=f"{self.settings.apple_organization} device management",
+            allow_http=base.startswith("http://"),
+        )
+        return self._sign(profile)
 
     def _identity(
         self, token: EnrollmentToken, base: str

@@ -13,10 +13,11 @@ durable record until the gateway has an event log (``/api/v1/events``).
 
 from __future__ import annotations
 
-import datetime
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from mdmgate.enrollment.history import FACT_EVENTS, MAX_EVENTS, stamp, with_event
 from mdmgate.syncml import Item
 
 __all__ = [
@@ -32,9 +33,6 @@ __all__ = [
 
 #: Present while the device is unenrolled: ``{"at": ISO 8601 UTC, "reason": ...}``.
 FACT_UNENROLLED = "unenrolled"
-#: The device's enrolment changes, oldest first.
-FACT_EVENTS = "enrollment_events"
-MAX_EVENTS = 20
 
 UNENROLL_ALERT = 1226
 UNENROLL_TYPE = "com.microsoft:mdm.unenrollment.userrequest"
@@ -53,23 +51,12 @@ def is_unenroll_request(code: int, items: tuple[Item, ...] | list[Item]) -> bool
     return False
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _event(facts: Mapping[str, Any], event: str, reason: str, at: str) -> list[Any]:
-    old = facts.get(FACT_EVENTS)
-    events = list(old) if isinstance(old, list) else []
-    events.append({"at": at, "event": event, "reason": reason})
-    return events[-MAX_EVENTS:]
-
-
 def unenrolled(facts: Mapping[str, Any], reason: str = USER_REQUEST) -> dict[str, Any]:
     """The facts to merge to mark a device unenrolled (and record the event)."""
-    at = _now()
+    now = time.time()
     return {
-        FACT_UNENROLLED: {"at": at, "reason": reason},
-        FACT_EVENTS: _event(facts, "unenrolled", reason, at),
+        FACT_UNENROLLED: {"at": stamp(now), "reason": reason},
+        FACT_EVENTS: with_event(facts, "unenrolled", reason, now),
     }
 
 
@@ -78,4 +65,7 @@ def reenrolled(facts: Mapping[str, Any], reason: str) -> dict[str, Any]:
     mark is removed (``None``) and the event recorded. Empty when it was not unenrolled."""
     if FACT_UNENROLLED not in facts:
         return {}
-    return {FACT_UNENROLLED: None, FACT_EVENTS: _event(facts, "re-registered", reason, _now())}
+    return {
+        FACT_UNENROLLED: None,
+        FACT_EVENTS: with_event(facts, "re-registered", reason, time.time()),
+    }
