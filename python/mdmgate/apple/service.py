@@ -4,7 +4,8 @@
 reports (:mod:`mdmgate.apple.reports`), proves who sent them, turns them into stored state
 (enrollment, push token, app inventory, install outcomes, declarative-management status)
 and hands the device its queued commands one at a time. The models hold the protocol; this
-module holds the I/O and the policy.
+module holds the I/O and the policy, but for the DeclarativeManagement check-in, which
+:mod:`mdmgate.apple.declarative` answers.
 
 Identity. The device proves itself with its identity certificate (mTLS, or the
 ``Mdm-Signature`` header); :mod:`mdmgate.apple.identity` reads it and decides whether it
@@ -47,9 +48,6 @@ device answers is read back from the store with its delivery, never kept in a pr
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import hashlib
-import json
 import logging
 import time
 import uuid
@@ -59,7 +57,7 @@ from typing import Any
 import msgspec
 
 from mdmgate import plist
-from mdmgate.apple import ddm, reports, schema
+from mdmgate.apple import declarative, reports, schema
 from mdmgate.apple.checkin import (
     Authenticate,
     CheckinMessage,
@@ -70,6 +68,12 @@ from mdmgate.apple.checkin import (
     TokenUpdate,
     UserAuthenticate,
     decode_checkin,
+)
+from mdmgate.apple.declarative import (
+    ACTIVATION_IDENTIFIER,
+    ACTIVATION_TYPE,
+    FACT_DDM_STATUS,
+    FACT_DDM_TOKENS,
 )
 from mdmgate.apple.errors import AppleDecodeError
 from mdmgate.apple.identity import (
@@ -85,14 +89,17 @@ from mdmgate.apple.identity import (
 from mdmgate.apple.reports import CommandReport, CommandStatus
 from mdmgate.enrollment.history import FACT_EVENTS, with_event
 from mdmgate.server.types import Request, Response
-from mdmgate.storage import DeliveryState, Device, Store, StoredDeclaration
+from mdmgate.storage import DeliveryState, Device, Store
 from mdmgate.storage.enrollment import IssuedCertificate
 from mdmgate.windows.enrollment import reenrolled
 
 __all__ = [
     "ACTIVATION_IDENTIFIER",
+    "ACTIVATION_TYPE",
     "CHECKIN_CONTENT_TYPE",
     "EXCHANGE_KIND",
+    "FACT_DDM_STATUS",
+    "FACT_DDM_TOKENS",
     "NOT_VERIFIED",
     "AppleService",
     "expected_install_mode",
@@ -104,26 +111,20 @@ CHECKIN_CONTENT_TYPE = "application/x-apple-aspen-mdm-checkin"
 CHECKIN_PATH = "/mdm/apple/checkin"
 CONNECT_PATH = "/mdm/apple/connect"
 
-#: The identifier of the activation synthesized for every device's configurations.
-ACTIVATION_IDENTIFIER = "mdmgate.activation"
-ACTIVATION_TYPE = "com.apple.activation.simple"
-
-#: Facts keys this module writes.
+#: Facts keys this module writes (:mod:`mdmgate.apple.declarative` writes ``ddm_status``
+#: and ``ddm_tokens``).
 FACT_ENROLLMENT = "apple_enrollment"
 FACT_APNS = "apns"
 FACT_APPLE_APPS = "apple_apps"
 FACT_APPS = "apps"
 FACT_MANAGED_APPS = "managed_apps"
 FACT_INSTALLS = "app_installs"
-FACT_DDM_STATUS = "ddm_status"
-FACT_DDM_TOKENS = "ddm_tokens"
 
 #: Auth keys this module writes besides ``method``/``sha256`` (never shown by the API).
 AUTH_UNLOCK_TOKEN = "unlock_token"
 AUTH_BOOTSTRAP_TOKEN = "bootstrap_token"
 
 _XML = (("content-type", "application/xml"),)
-_JSON = (("content-type", "application/json"),)
 
 #: At most this many schema warnings of one report are written to the access log.
 _MAX_LOGGED_WARNINGS = 10
@@ -132,14 +133,6 @@ _RESULT_STATES = {
     CommandStatus.ACKNOWLEDGED: DeliveryState.ACKNOWLEDGED,
     CommandStatus.ERROR: DeliveryState.ERROR,
     CommandStatus.COMMAND_FORMAT_ERROR: DeliveryState.ERROR,
-}
-
-#: DDM declaration categories (the third part of the type) and their manifest keys.
-_CATEGORIES = {
-    "activation": "Activations",
-    "configuration": "Configurations",
-    "asset": "Assets",
-    "management": "Management",
 }
 
 
@@ -394,7 +387,7 @@ class AppleService:
                 await self.store.set_auth(device.id, auth)
             return _plist_response({}, device.id, kind)
         if isinstance(message, DeclarativeManagement):
-            return await self._declarative(message, device)
+            return await declarative.respond(self.store, message, device)
         return _text(400, f"check-in MessageType {kind!r} is not supported")
 
     async def _token_update(self, message: TokenUpdate, device: Device) -> Response:
@@ -421,57 +414,6 @@ class AppleService:
             if device.auth.get(AUTH_UNLOCK_TOKEN) != unlock:
                 await self.store.set_auth(device.id, {**device.auth, AUTH_UNLOCK_TOKEN: unlock})
         return _plist_response({}, device.id, "TokenUpdate")
-
-    # -- declarative management
-
-    async def _declarative(self, message: DeclarativeManagement, device: Device) -> Response:
-        endpoint = message.endpoint
-        if not endpoint:
-            return _text(400, "DeclarativeManagement without Endpoint")
-        log = {"device": device.id, "message": f"DeclarativeManagement {endpoint}"}
-        if endpoint == "status":
-            return await self._ddm_status(message, device, log)
-        manifest = _Manifest(await self.store.declarations_for(device.id, device.org))
-        if endpoint == "tokens":
-            return await self._ddm_tokens(manifest.token, device, log)
-        if endpoint == "declaration-items":
-            return _json_response(
-                {"Declarations": manifest.items(), "DeclarationsToken": manifest.token}, log
-            )
-        return _ddm_declaration(manifest, endpoint, log)
-
-    async def _ddm_tokens(self, token: str, device: Device, log: dict[str, str]) -> Response:
-        stored = _dict(device.facts.get(FACT_DDM_TOKENS))
-        timestamp = stored.get("timestamp")
-        if stored.get("token") != token or not isinstance(timestamp, str):
-            # The timestamp says when this device's set last changed, as the gateway first
-            # saw it: written only when the token changes.
-            timestamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            await self.store.merge_facts(
-                device.id, {FACT_DDM_TOKENS: {"token": token, "timestamp": timestamp}}
-            )
-        body = {"SyncTokens": {"DeclarationsToken": token, "Timestamp": timestamp}}
-        return _json_response(body, log)
-
-    async def _ddm_status(
-        self, message: DeclarativeManagement, device: Device, log: dict[str, str]
-    ) -> Response:
-        try:
-            report = message.data_json()
-        except AppleDecodeError as exc:
-            return _text(400, str(exc))
-        if not isinstance(report, dict):
-            return _text(400, "the status report (Data) is not a JSON object")
-        items = report.get("StatusItems", {})
-        if not isinstance(items, dict):
-            return _text(400, "StatusItems is not a JSON object")
-        old = _dict(device.facts.get(FACT_DDM_STATUS))
-        # Reports are incremental unless FullReport says otherwise: merge item by item.
-        merged = items if report.get("FullReport") else _deep_merge(old.get("StatusItems"), items)
-        status = {"StatusItems": merged, "Errors": report.get("Errors", [])}
-        if status != old:
-            await self.store.merge_facts(device.id, {FACT_DDM_STATUS: status})
-        return Response(200, (), b"", log)
 
     # -- command channel
 
@@ -757,89 +699,6 @@ def expected_install_mode(device: Device) -> str:
     return "prompt"
 
 
-# -- declarative management
-
-
-class _Manifest:
-    """A device's declarations as the DDM endpoints show them, with the synthesized
-    activation: devices apply only configurations an activation references."""
-
-    def __init__(self, stored: Sequence[StoredDeclaration]) -> None:
-        self.by_ref: dict[tuple[str, str], dict[str, Any]] = {}
-        configurations: list[str] = []
-        for decl in stored:
-            category = _category(decl.type)
-            if category is None:
-                _log.warning("declaration %r has an unknown type %r", decl.identifier, decl.type)
-                continue
-            self.by_ref[category, decl.identifier] = {
-                "Type": decl.type,
-                "Identifier": decl.identifier,
-                "ServerToken": decl.server_token,
-                "Payload": decl.payload,
-            }
-            if category == "configuration":
-                configurations.append(decl.identifier)
-        if configurations:
-            activation = ddm.declaration(
-                ACTIVATION_TYPE,
-                ACTIVATION_IDENTIFIER,
-                {"StandardConfigurations": configurations},
-            )
-            self.by_ref["activation", ACTIVATION_IDENTIFIER] = {
-                "Type": activation.type,
-                "Identifier": activation.identifier,
-                "ServerToken": activation.server_token,
-                "Payload": activation.payload,
-            }
-        refs = sorted(
-            [category, identifier, d["ServerToken"]]
-            for (category, identifier), d in self.by_ref.items()
-        )
-        #: Changes exactly when a declaration (or the set) changes.
-        self.token = hashlib.sha256(json.dumps(refs, separators=(",", ":")).encode()).hexdigest()
-
-    def items(self) -> dict[str, list[dict[str, str]]]:
-        found: dict[str, list[dict[str, str]]] = {key: [] for key in _CATEGORIES.values()}
-        for (category, identifier), decl in self.by_ref.items():
-            found[_CATEGORIES[category]].append(
-                {"Identifier": identifier, "ServerToken": decl["ServerToken"]}
-            )
-        return found
-
-    def get(self, category: str, identifier: str) -> dict[str, Any] | None:
-        return self.by_ref.get((category, identifier))
-
-
-def _ddm_declaration(manifest: _Manifest, endpoint: str, log: dict[str, str]) -> Response:
-    """The ``declaration/<category>/<identifier>`` endpoint (404 when not assigned)."""
-    if not endpoint.startswith("declaration/"):
-        return _text(400, f"unknown DeclarativeManagement Endpoint {endpoint!r}")
-    parts = endpoint.split("/", 2)
-    found = manifest.get(parts[1], parts[2]) if len(parts) == 3 else None
-    if found is None:
-        return _text(404, f"no declaration {endpoint!r} for this device")
-    return _json_response(found, log)
-
-
-def _category(declaration_type: str) -> str | None:
-    parts = declaration_type.split(".")
-    if len(parts) < 3 or parts[0] != "com" or parts[1] != "apple":
-        return None
-    return parts[2] if parts[2] in _CATEGORIES else None
-
-
-def _deep_merge(old: Any, new: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(old) if isinstance(old, dict) else {}
-    for key, value in new.items():
-        current = merged.get(key)
-        if isinstance(value, dict) and isinstance(current, dict):
-            merged[key] = _deep_merge(current, value)
-        else:
-            merged[key] = value
-    return merged
-
-
 # -- small helpers
 
 
@@ -884,10 +743,6 @@ def _dict(value: Any) -> dict[str, Any]:
 
 def _plist_response(value: Mapping[str, Any], device_id: str, kind: str) -> Response:
     return Response(200, _XML, plist.dumps(dict(value)), {"device": device_id, "message": kind})
-
-
-def _json_response(value: Any, log: dict[str, str]) -> Response:
-    return Response(200, _JSON, msgspec.json.encode(value), log)
 
 
 def _not_verified() -> Response:

@@ -45,12 +45,10 @@ from asn1crypto import csr as asn1_csr
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives import padding as block_padding
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from mdmgate.enrollment import scep_cms
 from mdmgate.errors import MdmgateError
 
 __all__ = [
@@ -171,9 +169,6 @@ class ScepRefused(ScepError):
 # --- object identifiers and algorithms ---------------------------------------------------
 
 _ID_DATA = "1.2.840.113549.1.7.1"
-_RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
-_CONTENT_TYPE = "1.2.840.113549.1.9.3"
-_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
 # RFC 8894 section 3.2.1: id-VeriSign pki attributes, and id-scep (id-pkix 24).
 _MESSAGE_TYPE = "2.16.840.1.113733.1.9.2"
 _PKI_STATUS = "2.16.840.1.113733.1.9.3"
@@ -187,43 +182,15 @@ _STATUS_SUCCESS = "0"
 _STATUS_FAILURE = "2"
 _NONCE_BYTES = 16
 
-_DIGESTS = {
-    "1.3.14.3.2.26": "sha1",
-    "2.16.840.1.101.3.4.2.1": "sha256",
-    "2.16.840.1.101.3.4.2.3": "sha512",
-}
-_DIGEST_OIDS = {name: oid for oid, name in _DIGESTS.items()}
 _DEFAULT_DIGEST = "sha256"
 # Signature algorithms a signer may name, and the digest each one fixes (None: any).
 _SIGNATURES: dict[str, str | None] = {
-    _RSA_ENCRYPTION: None,
+    scep_cms.RSA_ENCRYPTION: None,
     "1.2.840.113549.1.1.5": "sha1",
     "1.2.840.113549.1.1.11": "sha256",
     "1.2.840.113549.1.1.13": "sha512",
 }
 
-
-@dataclass(frozen=True)
-class _Cipher:
-    name: str
-    oid: str
-    key_bytes: int
-    block_bytes: int
-
-    def algorithm(self, key: bytes) -> algorithms.AES | TripleDES:
-        return TripleDES(key) if self.block_bytes == 8 else algorithms.AES(key)
-
-
-_CIPHERS = {
-    c.oid: c
-    for c in (
-        _Cipher("aes128_cbc", "2.16.840.1.101.3.4.1.2", 16, 16),
-        _Cipher("aes192_cbc", "2.16.840.1.101.3.4.1.22", 24, 16),
-        _Cipher("aes256_cbc", "2.16.840.1.101.3.4.1.42", 32, 16),
-        _Cipher("des_ede3_cbc", "1.2.840.113549.3.7", 24, 8),
-    )
-}
-_CIPHERS_BY_NAME = {c.name: c for c in _CIPHERS.values()}
 
 # asn1crypto parses lazily and reports malformed input with these.
 _DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError)
@@ -267,7 +234,7 @@ def ca_cert_response(ca_der: bytes, chain: Sequence[bytes] = ()) -> tuple[str, b
         _certificate(der, field)
     if not chain:
         return CONTENT_TYPE_CA_CERT, bytes(ca_der)
-    return CONTENT_TYPE_CA_RA_CERT, _certs_only([der for _field, der in certificates])
+    return CONTENT_TYPE_CA_RA_CERT, scep_cms.certs_only([der for _field, der in certificates])
 
 
 def _certificate(der: bytes, field: str) -> x509.Certificate:
@@ -275,20 +242,6 @@ def _certificate(der: bytes, field: str) -> x509.Certificate:
         return x509.load_der_x509_certificate(bytes(der))
     except (ValueError, TypeError, x509.InvalidVersion) as exc:
         raise ValueError(f"{field}: not a DER X.509 certificate ({exc})") from None
-
-
-def _certs_only(ders: Sequence[bytes]) -> bytes:
-    """A degenerate SignedData: certificates, no content, no signers (RFC 8894 3.4)."""
-    signed = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [],
-            "encap_content_info": {"content_type": "data"},
-            "certificates": [asn1_x509.Certificate.load(der) for der in ders],
-            "signer_infos": [],
-        }
-    )
-    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump())
 
 
 # --- PKIOperation: the request -----------------------------------------------------------
@@ -405,9 +358,9 @@ def _transaction(signer: Any, attributes: dict[str, list[Any]]) -> ScepTransacti
         message_type=int(message_type),
         transaction_id=transaction_id,
         sender_nonce=sender_nonce,
-        digest_algorithm=_DIGESTS.get(digest_oid, _DEFAULT_DIGEST),
+        digest_algorithm=scep_cms.DIGESTS.get(digest_oid, _DEFAULT_DIGEST),
     )
-    if digest_oid not in _DIGESTS:
+    if digest_oid not in scep_cms.DIGESTS:
         raise ScepRefused(
             f"digest algorithm {digest_name} ({digest_oid}) is not supported;"
             " use SHA-256 or SHA-512",
@@ -425,7 +378,7 @@ def _verify_signer(
     with _reading("SignerInfo", transaction):
         signature_oid = str(signer["signature_algorithm"]["algorithm"].dotted)
         signature = bytes(signer["signature"].native)
-        signer_der = _signer_certificate(signed, signer["sid"])
+        signer_der = scep_cms.signer_certificate(signed, signer["sid"])
         # The signature covers the attributes as received, re-tagged as a SET OF.
         signed_bytes = bytes(cms.CMSAttributes(contents=signer["signed_attrs"].contents).dump())
         content = signed["encap_content_info"]["content"].native
@@ -463,16 +416,16 @@ def _verify_signer(
             transaction,
         )
     try:
-        declared_type = _one(attributes, _CONTENT_TYPE, "contentType", cms.ContentType)
-        expected = _one(attributes, _MESSAGE_DIGEST, "messageDigest", core.OctetString)
+        declared_type = _one(attributes, scep_cms.CONTENT_TYPE_OID, "contentType", cms.ContentType)
+        expected = _one(attributes, scep_cms.MESSAGE_DIGEST_OID, "messageDigest", core.OctetString)
     except ScepError as missing:
         raise ScepRefused(missing.message, FailInfo.BAD_MESSAGE_CHECK, transaction) from None
     if declared_type != "data":
         raise ScepRefused(
             "the contentType attribute is not id-data", FailInfo.BAD_MESSAGE_CHECK, transaction
         )
-    digest = _hash(transaction.digest_algorithm)
-    actual = _digest(digest, content if isinstance(content, bytes) else b"")
+    digest = scep_cms.hash_algorithm(transaction.digest_algorithm)
+    actual = scep_cms.digest(digest, content if isinstance(content, bytes) else b"")
     if not hmac.compare_digest(expected, actual):
         raise ScepRefused(
             "the messageDigest attribute does not match the content",
@@ -486,27 +439,6 @@ def _verify_signer(
             "the requester's signature does not verify", FailInfo.BAD_MESSAGE_CHECK, transaction
         ) from None
     return signer_der
-
-
-def _signer_certificate(signed: Any, sid: Any) -> bytes | None:
-    """The DER of the carried certificate that ``sid`` names, or None."""
-    certificates = signed["certificates"]
-    if isinstance(certificates, core.Void):
-        return None
-    for choice in certificates:
-        if choice.name != "certificate":
-            continue
-        cert = choice.chosen
-        if sid.name == "issuer_and_serial_number":
-            wanted = sid.chosen
-            if (
-                cert.serial_number == wanted["serial_number"].native
-                and cert.issuer.dump() == wanted["issuer"].dump()
-            ):
-                return bytes(cert.dump())
-        elif cert.key_identifier is not None and cert.key_identifier == sid.chosen.native:
-            return bytes(cert.dump())
-    return None
 
 
 def _check_message_type(transaction: ScepTransaction) -> None:
@@ -526,14 +458,14 @@ def _check_message_type(transaction: ScepTransaction) -> None:
 
 def _open_envelope(
     content: bytes, ca_cert: x509.Certificate, ca_key: rsa.RSAPrivateKey, txn: ScepTransaction
-) -> tuple[bytes, _Cipher]:
+) -> tuple[bytes, scep_cms.ContentCipher]:
     """Decrypts the pkcsPKIEnvelope; returns the plaintext and its cipher."""
     ours = asn1_x509.Certificate.load(ca_cert.public_bytes(serialization.Encoding.DER))
     with _reading("pkcsPKIEnvelope", txn):
         info = cms.ContentInfo.load(content, strict=True)
         kind = info["content_type"].native
         enveloped = info["content"]
-        recipient, others = _our_recipient(enveloped["recipient_infos"], ours)
+        recipient, others = scep_cms.recipient_for(enveloped["recipient_infos"], ours)
         if recipient is not None:
             key_transport = str(recipient["key_encryption_algorithm"]["algorithm"].dotted)
             encrypted_key = bytes(recipient["encrypted_key"].native)
@@ -550,13 +482,13 @@ def _open_envelope(
             f"the pkcsPKIEnvelope is not addressed to this CA ({ca_cert.subject.rfc4514_string()},"
             f" serial {ca_cert.serial_number:x}); it is for {'; '.join(others) or 'nobody'}"
         )
-    if key_transport != _RSA_ENCRYPTION:
+    if key_transport != scep_cms.RSA_ENCRYPTION:
         raise ScepRefused(
             f"key transport {key_transport} is not supported; use rsaEncryption",
             FailInfo.BAD_ALG,
             txn,
         )
-    cipher = _CIPHERS.get(cipher_oid)
+    cipher = scep_cms.CIPHERS.get(cipher_oid)
     if cipher is None:
         raise ScepRefused(
             f"content encryption {cipher_oid} is not supported;"
@@ -570,52 +502,11 @@ def _open_envelope(
         )
     if not isinstance(ciphertext, bytes):
         raise ScepRefused("the pkcsPKIEnvelope has no encrypted content", FailInfo.BAD_REQUEST, txn)
-    plaintext = _decrypt(ca_key, encrypted_key, cipher, iv, ciphertext)
+    plaintext = scep_cms.decrypt_content(ca_key, encrypted_key, cipher, iv, ciphertext)
     if plaintext is None:
         # One answer for every way decryption fails, so it tells an attacker nothing.
         raise ScepRefused("the pkcsPKIEnvelope does not decrypt", FailInfo.BAD_MESSAGE_CHECK, txn)
     return plaintext, cipher
-
-
-def _our_recipient(recipient_infos: Any, ours: Any) -> tuple[Any, list[str]]:
-    """The KeyTransRecipientInfo for our CA certificate (or None), and a description of
-    every other recipient."""
-    others: list[str] = []
-    for info in recipient_infos:
-        if info.name != "ktri":
-            others.append(f"a {info.name} recipient")
-            continue
-        ktri = info.chosen
-        rid = ktri["rid"]
-        if rid.name == "issuer_and_serial_number":
-            issuer, serial = rid.chosen["issuer"], rid.chosen["serial_number"].native
-            if serial == ours.serial_number and issuer.dump() == ours.issuer.dump():
-                return ktri, others
-            others.append(f"{issuer.human_friendly}, serial {serial:x}")
-        else:
-            key_id = rid.chosen.native
-            if ours.key_identifier is not None and key_id == ours.key_identifier:
-                return ktri, others
-            others.append(f"subject key identifier {key_id.hex()}")
-    return None, others
-
-
-def _decrypt(
-    ca_key: rsa.RSAPrivateKey, encrypted_key: bytes, cipher: _Cipher, iv: bytes, data: bytes
-) -> bytes | None:
-    try:
-        content_key = ca_key.decrypt(encrypted_key, padding.PKCS1v15())
-    except ValueError:
-        return None
-    if len(content_key) != cipher.key_bytes or not data or len(data) % cipher.block_bytes:
-        return None
-    decryptor = Cipher(cipher.algorithm(content_key), modes.CBC(iv)).decryptor()
-    padded = decryptor.update(data) + decryptor.finalize()
-    unpadder = block_padding.PKCS7(cipher.block_bytes * 8).unpadder()
-    try:
-        return unpadder.update(padded) + unpadder.finalize()
-    except ValueError:
-        return None
 
 
 def _read_csr(csr_der: bytes, transaction: ScepTransaction) -> str | None:
@@ -677,135 +568,32 @@ def cert_rep(
     if fail_text is not None and fail_info is None:
         raise ValueError("fail_text goes with fail_info, not with an issued certificate")
     digest_name = request.digest_algorithm
-    if digest_name not in _DIGEST_OIDS:
+    if digest_name not in scep_cms.DIGEST_OIDS:
         digest_name = _DEFAULT_DIGEST
     attributes = [
-        _attribute(_MESSAGE_TYPE, core.PrintableString(str(int(MessageType.CERT_REP)))),
-        _attribute(_TRANSACTION_ID, core.PrintableString(request.transaction_id)),
-        _attribute(_RECIPIENT_NONCE, core.OctetString(request.sender_nonce)),
-        _attribute(_SENDER_NONCE, core.OctetString(secrets.token_bytes(_NONCE_BYTES))),
+        scep_cms.attribute(_MESSAGE_TYPE, core.PrintableString(str(int(MessageType.CERT_REP)))),
+        scep_cms.attribute(_TRANSACTION_ID, core.PrintableString(request.transaction_id)),
+        scep_cms.attribute(_RECIPIENT_NONCE, core.OctetString(request.sender_nonce)),
+        scep_cms.attribute(_SENDER_NONCE, core.OctetString(secrets.token_bytes(_NONCE_BYTES))),
     ]
     content: bytes | None = None
     if fail_info is not None:
-        attributes.append(_attribute(_PKI_STATUS, core.PrintableString(_STATUS_FAILURE)))
+        attributes.append(scep_cms.attribute(_PKI_STATUS, core.PrintableString(_STATUS_FAILURE)))
         attributes.append(
-            _attribute(_FAIL_INFO, core.PrintableString(str(int(FailInfo(fail_info)))))
+            scep_cms.attribute(_FAIL_INFO, core.PrintableString(str(int(FailInfo(fail_info)))))
         )
         if fail_text is not None:
-            attributes.append(_attribute(_FAIL_INFO_TEXT, core.UTF8String(fail_text)))
+            attributes.append(scep_cms.attribute(_FAIL_INFO_TEXT, core.UTF8String(fail_text)))
     elif issued is not None:
         if not isinstance(request, PkiRequest):
             raise ValueError("a SUCCESS answers a PkiRequest: it needs the requester's certificate")
         csr_key = x509.load_der_x509_csr(request.csr_der).public_key()
         if issued.public_key() != csr_key:
             raise ValueError("the issued certificate's public key is not the CSR's")
-        cipher = _CIPHERS_BY_NAME.get(request.content_encryption, _CIPHERS_BY_NAME["aes256_cbc"])
-        certs = _certs_only([issued.public_bytes(serialization.Encoding.DER)])
-        content = _envelope(certs, request.signer_der, cipher)
-        attributes.append(_attribute(_PKI_STATUS, core.PrintableString(_STATUS_SUCCESS)))
-    return _sign(content, attributes, ca_cert, ca_key, digest_name)
-
-
-def _attribute(oid: str, value: Any) -> Any:
-    return cms.CMSAttribute({"type": oid, "values": [value]})
-
-
-def _issuer_and_serial(cert_der: bytes) -> Any:
-    cert = asn1_x509.Certificate.load(cert_der)
-    return cms.IssuerAndSerialNumber({"issuer": cert.issuer, "serial_number": cert.serial_number})
-
-
-def _envelope(plaintext: bytes, recipient_der: bytes, cipher: _Cipher) -> bytes:
-    """``plaintext`` enveloped for ``recipient_der``'s RSA key (PKCS#1 v1.5 transport)."""
-    public_key = x509.load_der_x509_certificate(recipient_der).public_key()
-    if not isinstance(public_key, rsa.RSAPublicKey):
-        raise ValueError("the requester's certificate has no RSA key to envelope the reply to")
-    content_key = secrets.token_bytes(cipher.key_bytes)
-    iv = secrets.token_bytes(cipher.block_bytes)
-    padder = block_padding.PKCS7(cipher.block_bytes * 8).padder()
-    encryptor = Cipher(cipher.algorithm(content_key), modes.CBC(iv)).encryptor()
-    ciphertext = encryptor.update(padder.update(plaintext) + padder.finalize())
-    ciphertext += encryptor.finalize()
-    recipient = cms.KeyTransRecipientInfo(
-        {
-            "version": "v0",
-            "rid": cms.RecipientIdentifier(
-                name="issuer_and_serial_number", value=_issuer_and_serial(recipient_der)
-            ),
-            "key_encryption_algorithm": {"algorithm": _RSA_ENCRYPTION},
-            "encrypted_key": public_key.encrypt(content_key, padding.PKCS1v15()),
-        }
-    )
-    enveloped = cms.EnvelopedData(
-        {
-            "version": "v0",
-            "recipient_infos": [cms.RecipientInfo(name="ktri", value=recipient)],
-            "encrypted_content_info": {
-                "content_type": "data",
-                "content_encryption_algorithm": {
-                    "algorithm": cipher.oid,
-                    "parameters": core.OctetString(iv),
-                },
-                "encrypted_content": ciphertext,
-            },
-        }
-    )
-    return bytes(cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump())
-
-
-def _sign(
-    content: bytes | None,
-    attributes: list[Any],
-    ca_cert: x509.Certificate,
-    ca_key: rsa.RSAPrivateKey,
-    digest_name: str,
-) -> bytes:
-    digest = _hash(digest_name)
-    signed_attrs = cms.CMSAttributes(
-        [
-            _attribute(_CONTENT_TYPE, cms.ContentType("data")),
-            _attribute(_MESSAGE_DIGEST, core.OctetString(_digest(digest, content or b""))),
-            *attributes,
-        ]
-    )
-    # asn1crypto sorts a SET OF when it encodes it, as DER (and so every verifier) wants.
-    signature = ca_key.sign(bytes(signed_attrs.dump()), padding.PKCS1v15(), digest)
-    ca_der = ca_cert.public_bytes(serialization.Encoding.DER)
-    digest_algorithm = {"algorithm": _DIGEST_OIDS[digest_name]}
-    signer = cms.SignerInfo(
-        {
-            "version": "v1",
-            "sid": cms.SignerIdentifier(
-                name="issuer_and_serial_number", value=_issuer_and_serial(ca_der)
-            ),
-            "digest_algorithm": digest_algorithm,
-            "signed_attrs": signed_attrs,
-            "signature_algorithm": {"algorithm": _RSA_ENCRYPTION},
-            "signature": signature,
-        }
-    )
-    encapsulated: dict[str, Any] = {"content_type": "data"}
-    if content is not None:
-        encapsulated["content"] = content
-    signed = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [digest_algorithm],
-            "encap_content_info": encapsulated,
-            "certificates": [asn1_x509.Certificate.load(ca_der)],
-            "signer_infos": [signer],
-        }
-    )
-    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump())
-
-
-def _hash(name: str) -> hashes.HashAlgorithm:
-    if name == "sha1":
-        return hashes.SHA1()
-    return hashes.SHA512() if name == "sha512" else hashes.SHA256()
-
-
-def _digest(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:
-    hasher = hashes.Hash(algorithm)
-    hasher.update(data)
-    return hasher.finalize()
+        cipher = scep_cms.CIPHERS_BY_NAME.get(
+            request.content_encryption, scep_cms.CIPHERS_BY_NAME["aes256_cbc"]
+        )
+        certs = scep_cms.certs_only([issued.public_bytes(serialization.Encoding.DER)])
+        content = scep_cms.envelope(certs, request.signer_der, cipher)
+        attributes.append(scep_cms.attribute(_PKI_STATUS, core.PrintableString(_STATUS_SUCCESS)))
+    return scep_cms.sign(content, attributes, ca_cert, ca_key, digest_name)

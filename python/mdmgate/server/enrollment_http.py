@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from mdmgate.enrollment import apple as profiles
-from mdmgate.enrollment import cms, scep
+from mdmgate.enrollment import cms, scep, windows_provisioning
 from mdmgate.enrollment import windows as mde2
 from mdmgate.enrollment.service import EnrollmentRefused, EnrollmentService, EnrollmentUnavailable
 from mdmgate.server.types import Handler, Request, Response
@@ -140,6 +140,8 @@ class EnrollmentEndpoints:
     async def _policies(self, request: Request, read: list[str]) -> bytes:
         message = mde2.parse_get_policies(request.body)
         read.append(message.message_id)
+        if self.settings.windows_enrollment_url is None:
+            self.service.ca  # noqa: B018 (no policy to hand out when nothing would be issued)
         credential = message.password or message.security_token or ""
         await self.service.check_token(credential, platform="windows")
         return mde2.policies_response(message, min_key_bits=self.settings.min_rsa_bits)
@@ -152,7 +154,7 @@ class EnrollmentEndpoints:
         read.append(message.message_id)
         base = self._soap_base(request)
         s = self.settings
-        settings = mde2.DmClientSettings(
+        settings = windows_provisioning.DmClientSettings(
             server_url=base + "/ManagementServer/MDM.svc",
             renewal_url=base + ENROLLMENT_PATH,
             encoding="wbxml" if s.windows_encoding == "wbxml" else "xml",
@@ -172,14 +174,14 @@ class EnrollmentEndpoints:
             issued = await self.service.renew_windows(
                 identity_der=identity, csr_der=message.csr_der
             )
-            doc = mde2.renewal_doc(
+            doc = windows_provisioning.renewal_doc(
                 device_der=issued.der, enrollment_type=message.enrollment_type, settings=settings
             )
             return mde2.enrollment_response(message, doc)
         device_id = message.device_id or ""
         # OMA-DM credentials the provisioning document must carry (MS-MDE2 wants both
         # levels); kept with the device so that the gateway can answer a server challenge.
-        account = mde2.DmCredentials.random(device_id or "device")
+        account = windows_provisioning.DmCredentials.random(device_id or "device")
         issued = await self.service.enroll_windows(
             token_value=message.password or message.security_token or "",
             csr_der=message.csr_der,
@@ -190,7 +192,7 @@ class EnrollmentEndpoints:
                 "server_nonce": account.server_nonce,
             },
         )
-        doc = mde2.provisioning_doc(
+        doc = windows_provisioning.provisioning_doc(
             ca_der=issued.ca_der,
             device_der=issued.der,
             enrollment_type=message.enrollment_type,
