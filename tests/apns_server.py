@@ -5,8 +5,9 @@ It speaks the part of Apple's HTTP/2 protocol a provider sees: ``POST /3/device/
 JSON ``{"reason": ...}`` body (410 adds ``timestamp``). Every push is recorded. Answers follow
 a per-token script; the server can advertise any ``SETTINGS_MAX_CONCURRENT_STREAMS``, hold
 answers for a while (so streams overlap), send GOAWAY after N requests on a connection, run
-under TLS (requiring a client certificate, if the context says so) and check ES256 provider
-tokens.
+under TLS (requiring a client certificate, if the context says so; each push records the
+certificate its connection came with) and check ES256 provider tokens. Tests can hold every
+answer until they open a gate, and wait for any condition on what the server saw.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import base64
 import json
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -63,6 +64,8 @@ class RecordedPush:
     at: float
     """Trio clock time the request was complete."""
     status: int = 0
+    client_cert: bytes | None = None
+    """The DER certificate the client presented on this connection (TLS), if any."""
 
 
 @dataclass
@@ -86,6 +89,11 @@ class ApnsServer:
       processed) and close. Later requests on that connection are neither recorded nor answered.
     * ``jwt_public_key``: require ``authorization: bearer <ES256 JWT>`` signed by this key
       (403 ``MissingProviderToken`` / ``InvalidProviderToken`` otherwise).
+    * ``gate``: while it is an unset event, every answer is held until it is set (the
+      request is recorded and counted in flight meanwhile).
+
+    :attr:`closed` names the connections (their index, as in :attr:`RecordedPush.connection`)
+    that have ended; :meth:`until` waits for any condition on the server's state.
     """
 
     def __init__(
@@ -109,6 +117,19 @@ class ApnsServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.goaways = 0
+        self.closed: set[int] = set()
+        self.gate: trio.Event | None = None
+        self._changed = trio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def until(self, check: Callable[[], bool]) -> None:
+        """Returns once ``check()`` is true, checking again whenever a push is recorded or
+        answered or a connection ends (put a deadline around it)."""
+        while not check():
+            await self._changed.wait()
 
     def script(self, token: str, *replies: Reply) -> None:
         """Answer ``token``'s pushes with ``replies`` in turn; the last one repeats."""
@@ -126,12 +147,15 @@ class ApnsServer:
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection until it closes (never raises for connection trouble)."""
+        connection = _ServerConnection(self, stream)
         try:
-            await _ServerConnection(self, stream).run()
+            await connection.run()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError):
             pass
         finally:
             await trio.aclose_forcefully(stream)
+            self.closed.add(connection.index)
+            self._notify()
 
 
 class _ServerConnection:
@@ -153,6 +177,7 @@ class _ServerConnection:
         self.processed: list[int] = []
         self.answered = 0
         self.closed = False
+        self.client_cert: bytes | None = None
         self.goaway_after = server.goaway_after if self.index < server.goaway_connections else None
 
     async def flush(self) -> None:
@@ -164,7 +189,8 @@ class _ServerConnection:
     async def run(self) -> None:
         if isinstance(self.stream, trio.SSLStream):
             await self.stream.do_handshake()
-            self.server.client_certs.append(self.stream.getpeercert(binary_form=True))
+            self.client_cert = self.stream.getpeercert(binary_form=True)
+            self.server.client_certs.append(self.client_cert)
         self.h2.initiate_connection()
         await self.flush()
         async with trio.open_nursery() as nursery:
@@ -263,11 +289,15 @@ class _ServerConnection:
                 stream_id=stream_id,
                 at=trio.current_time(),
                 status=reply.status,
+                client_cert=self.client_cert,
             )
         )
         server.in_flight += 1
         server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        server._notify()
         try:
+            if server.gate is not None:
+                await server.gate.wait()
             if server.response_delay:
                 await trio.sleep(server.response_delay)
             apns_id = s.headers.get("apns-id") or str(uuid.uuid4()).upper()
@@ -292,6 +322,7 @@ class _ServerConnection:
             # The stream is over once its answer is queued: the client may open another as
             # soon as the bytes (flushed by any task) reach it.
             server.in_flight -= 1
+            server._notify()
         await self.flush()
         self.answered += 1
         if self.goaway_after is not None and self.answered == self.goaway_after:

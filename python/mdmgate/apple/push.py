@@ -14,6 +14,10 @@ all are full. Authentication is either the TLS client certificate in ``ssl_conte
 provider token from ``jwt_signer`` (see :func:`es256_jwt_signer`) sent as
 ``authorization: bearer <jwt>``.
 
+Credentials can change while pushing (:meth:`ApnsClient.use_credentials`). A connection
+keeps the certificate and topic it was opened with, so no push pairs one certificate with
+another's topic, and a change neither loses a push nor sends one twice.
+
 Failures and retries (at most ``max_attempts`` attempts per push, exponential backoff with
 jitter between them, capped at ``max_backoff``):
 
@@ -223,6 +227,19 @@ class _ConnectionLost(Exception):
     the push may be retried."""
 
 
+class _Retired(Exception):
+    """The connection was retired before the request went out: send it on another."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Credentials:
+    """What a connection authenticates with: the TLS context (client certificate) and the
+    topic every push on it names."""
+
+    ssl_context: ssl.SSLContext | None
+    topic: bytes
+
+
 @dataclass(slots=True)
 class _Response:
     status: int
@@ -241,10 +258,14 @@ class _Pending:
 
 
 class _Connection:
-    """A client HTTP/2 connection: one reader task, writers serialised by a lock."""
+    """A client HTTP/2 connection: one reader task, writers serialised by a lock; every
+    request names the topic of the ``credentials`` it was opened with."""
 
-    def __init__(self, stream: trio.abc.Stream, authority: bytes, scheme: bytes) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, authority: bytes, scheme: bytes, credentials: _Credentials
+    ) -> None:
         self._stream = stream
+        self.credentials = credentials
         self._authority = authority
         self._scheme = scheme
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
@@ -254,13 +275,14 @@ class _Connection:
         self._changed = trio.Event()
         self._settings = trio.Event()
         self.closing = False
+        self.retired = False
         self.dead: str | None = None
 
     # -- state
 
     @property
     def usable(self) -> bool:
-        return self.dead is None and not self.closing
+        return self.dead is None and not self.closing and not self.retired
 
     @property
     def max_streams(self) -> int:
@@ -279,6 +301,23 @@ class _Connection:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+    def _forget(self, stream_id: int) -> bool:
+        """Drops a stream the request gave up on; True if it was still pending."""
+        forgotten = self._pending.pop(stream_id, None) is not None
+        self._notify()
+        return forgotten
+
+    def retire(self) -> None:
+        """Takes no new request from now on; those in flight go on. Requests still waiting
+        for a stream raise :class:`_Retired`."""
+        self.retired = True
+        self._notify()
+
+    async def idle(self) -> None:
+        """Returns once no request is in flight (or the connection is dead)."""
+        while self._pending and self.dead is None:
+            await self._changed.wait()
 
     def _die(self, why: str) -> None:
         if self.dead is None:
@@ -407,6 +446,8 @@ class _Connection:
         """One request; :class:`_ConnectionLost` when no answer arrives. Cancel-safe: a
         cancelled request resets its stream."""
         while True:
+            if self.retired and self.dead is None:
+                raise _Retired
             if not self.usable:
                 raise _ConnectionLost(self.dead or "connection is closing")
             if self.in_flight < self.max_streams:
@@ -418,6 +459,7 @@ class _Connection:
             (b":scheme", self._scheme),
             (b":authority", self._authority),
             (b":path", path),
+            (b"apns-topic", self.credentials.topic),
             *headers,
             (b"content-length", b"%d" % len(body)),
         ]
@@ -444,10 +486,10 @@ class _Connection:
             await self._flush()
             await pending.done.wait()
         except h2.exceptions.ProtocolError as exc:
-            self._pending.pop(stream_id, None)
+            self._forget(stream_id)
             raise _ConnectionLost(f"stream {stream_id} failed: {exc!r}") from exc
         except BaseException:
-            if self._pending.pop(stream_id, None) is not None and self.usable:
+            if self._forget(stream_id) and self.dead is None and not self.closing:
                 with contextlib.suppress(h2.exceptions.ProtocolError):
                     self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
             raise
@@ -482,6 +524,9 @@ class ApnsClient:
     ``max_attempts``, ``backoff``, ``max_backoff``: retries (see the module docs).
     ``connect_timeout``: TCP + TLS + first SETTINGS; ``request_timeout``: per attempt.
     ``stream_factory``: open the transport yourself (tests: in-memory streams).
+
+    :meth:`use_credentials` replaces ``ssl_context`` and ``topic`` while pushing; connections
+    being closed after such a change do not count towards ``connections``.
     """
 
     def __init__(
@@ -517,12 +562,7 @@ class ApnsClient:
         default_port = self._port == (443 if self._tls else 80)
         self._authority = (host if default_port else f"{host}:{self._port}").encode("ascii")
         self._prefix = parts.path.rstrip("/")
-        self._topic = topic
-        self._ssl_context: ssl.SSLContext | None = None
-        if self._tls:
-            context = ssl_context or ssl.create_default_context()
-            context.set_alpn_protocols(["h2"])
-            self._ssl_context = context
+        self._credentials = self._credentials_for(ssl_context, topic)
         self._jwt_signer = jwt_signer
         self._burst = burst
         self._bucket = (
@@ -560,7 +600,7 @@ class ApnsClient:
                     if slot.connection is not None:
                         await slot.connection.aclose()
                         slot.connection = None
-            self._nursery.cancel_scope.cancel()
+            self._nursery.cancel_scope.cancel()  # (retired connections close as it ends)
         finally:
             stack, self._stack, self._nursery = self._stack, None, None
             result = await stack.__aexit__(exc_type, exc, tb)
@@ -579,15 +619,60 @@ class ApnsClient:
         else:
             self._bucket.set_rate(rate)
 
+    # -- credentials
+
+    def _credentials_for(self, ssl_context: ssl.SSLContext | None, topic: str) -> _Credentials:
+        if not topic:
+            raise ValueError("topic is required")
+        if not self._tls:
+            return _Credentials(None, topic.encode())
+        context = ssl_context or ssl.create_default_context()
+        context.set_alpn_protocols(["h2"])
+        return _Credentials(context, topic.encode())
+
+    @property
+    def topic(self) -> str:
+        """The topic new pushes name."""
+        return self._credentials.topic.decode()
+
+    def use_credentials(self, ssl_context: ssl.SSLContext | None, topic: str) -> None:
+        """Pushes with the client certificate in ``ssl_context`` and with ``topic`` from now
+        on (e.g. a renewed push certificate); never waits. New connections use them; open ones
+        take no new push and close once the pushes they carry are answered (with the old
+        credentials); a push waiting for a stream there moves, not counting as an attempt.
+        ``ssl_context`` as in the constructor; a cleartext (``http://``) client takes none.
+        Raises ``ValueError`` for an empty topic or a TLS context for a cleartext client.
+        """
+        if ssl_context is not None and not self._tls:
+            raise ValueError("a cleartext (http://) APNs client takes no TLS context")
+        self._credentials = self._credentials_for(ssl_context, topic)
+        for slot in self._slots:
+            connection, slot.connection = slot.connection, None
+            if connection is not None:
+                self._retire(connection)
+
+    def _retire(self, connection: _Connection) -> None:
+        connection.retire()
+        if self._nursery is not None:  # (a connection exists only inside `async with`)
+            self._nursery.start_soon(self._close_when_idle, connection)
+
+    @staticmethod
+    async def _close_when_idle(connection: _Connection) -> None:
+        try:
+            await connection.idle()
+        finally:
+            with trio.CancelScope(shield=True):
+                await connection.aclose()
+
     # -- connections
 
-    async def _open_stream(self) -> trio.abc.Stream:
+    async def _open_stream(self, context: ssl.SSLContext | None) -> trio.abc.Stream:
         if self._stream_factory is not None:
             return await self._stream_factory()
         tcp = await trio.open_tcp_stream(self._host, self._port)
-        if self._ssl_context is None:
+        if context is None:
             return tcp
-        tls = trio.SSLStream(tcp, self._ssl_context, server_hostname=self._host)
+        tls = trio.SSLStream(tcp, context, server_hostname=self._host)
         try:
             await tls.do_handshake()
         except BaseException:
@@ -601,12 +686,14 @@ class ApnsClient:
     async def _connect(self) -> _Connection:
         if self._nursery is None:
             raise RuntimeError("use ApnsClient as `async with ApnsClient(...) as client:`")
+        credentials = self._credentials
         try:
             with trio.fail_after(self._connect_timeout):
-                stream = await self._open_stream()
+                stream = await self._open_stream(credentials.ssl_context)
         except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
             raise _ConnectionLost(f"cannot connect to {self._host}:{self._port}: {exc!r}") from exc
-        connection = _Connection(stream, self._authority, b"https" if self._tls else b"http")
+        scheme = b"https" if self._tls else b"http"
+        connection = _Connection(stream, self._authority, scheme, credentials)
         self.connections_opened += 1
         await connection.start(self._nursery, self._connect_timeout)
         return connection
@@ -622,14 +709,18 @@ class ApnsClient:
         if empty:
             slot = min(empty, key=lambda s: s.lock.locked())  # prefer one nobody is opening
             async with slot.lock:
-                current = slot.connection
-                if current is not None and current.usable:
-                    return current
-                if current is not None:
-                    await current.aclose()
-                    slot.connection = None
-                slot.connection = await self._connect()
-                return slot.connection
+                while True:
+                    current = slot.connection
+                    if current is not None and current.usable:
+                        return current
+                    if current is not None:
+                        await current.aclose()
+                        slot.connection = None
+                    connection = await self._connect()
+                    if connection.credentials is self._credentials:
+                        slot.connection = connection
+                        return connection
+                    await connection.aclose()  # opened with credentials replaced meanwhile
         return min(live, key=lambda c: c.load)
 
     # -- pushing
@@ -655,7 +746,6 @@ class ApnsClient:
             if self._bucket is not None:
                 await self._bucket.take()
             headers = [
-                (b"apns-topic", self._topic.encode()),
                 (b"apns-push-type", b"mdm"),
                 (b"apns-priority", b"10"),
                 (b"apns-id", apns_id.encode()),
@@ -667,9 +757,7 @@ class ApnsClient:
                 headers.append((b"authorization", b"bearer " + self._jwt_signer().encode()))
             delay = self._delay(attempt)
             try:
-                connection = await self._pick()
-                with trio.fail_after(self._request_timeout):
-                    response = await connection.request(path, headers, body)
+                response = await self._send(path, headers, body)
             except (_ConnectionLost, trio.TooSlowError) as exc:
                 reason = str(exc) or "request timed out"
                 last = PushResult(token, 0, reason, None, False, None, attempts=attempt)
@@ -684,6 +772,18 @@ class ApnsClient:
                 await trio.sleep(delay)
         assert last is not None
         return last
+
+    async def _send(
+        self, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> _Response:
+        """One attempt, on a connection of the current credentials."""
+        while True:
+            connection = await self._pick()
+            try:
+                with trio.fail_after(self._request_timeout):
+                    return await connection.request(path, headers, body)
+            except _Retired:
+                continue
 
     async def push_many(self, items: Iterable[tuple[str, str]]) -> list[PushResult]:
         """Push to every ``(token, push_magic)``, concurrently (paced by
