@@ -1,14 +1,17 @@
-"""What the enrollment end-to-end tests share, whatever the platform: a real ``mdmgate serve``
-(tests/cluster.py) under TLS with the built-in CA on, its admin API (tokens, issued
-certificates, the CA), key pairs and certificate requests made in the test, device identities
-on disk for mutual TLS, and ``openssl verify`` as the judge of what was issued.
+"""What the enrollment tests share: a real ``mdmgate serve`` (tests/cluster.py) under TLS
+with the built-in CA on, its admin API (tokens, issued certificates, the CA), device
+identities on disk for mutual TLS, ``openssl verify`` as the judge of what was issued, and
+MS-MDE2's own sample messages (tests/data/mde2/) filled in as a Windows device sends them.
 
 Nothing here comes from ``mdmgate.enrollment``: the tests check the gateway's certificates
-with tools of their own.
+with tools of their own (tests/pki_helpers.py), and spell out MS-MDE2's namespaces here, so
+that a typo in the gateway cannot agree with itself.
 """
 
 from __future__ import annotations
 
+import base64
+import re
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Sequence
@@ -19,27 +22,48 @@ from typing import Any
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from tests.cluster import Cluster, Node, Pki
+from tests.pki_helpers import Credential, key_pem
 
 __all__ = [
+    "ENROLL",
+    "MDE2_SAMPLES",
     "PASSPHRASE",
+    "PKI",
+    "PROVISION_DOC",
+    "SAMPLE_CSR",
+    "SAMPLE_DEVICE_ID",
+    "SAMPLE_HW_DEV_ID",
+    "SAMPLE_PASSWORD",
+    "SAMPLE_PKCS7",
+    "SAMPLE_SECURITY_TOKEN",
+    "SOAP_CONTENT_TYPE",
+    "WSSE",
+    "WST",
+    "XCEP",
+    "XML_NS",
+    "XSI",
+    "A",
     "EnrollmentGateway",
     "Identity",
+    "S",
     "Token",
+    "b64",
     "ca_pem",
     "certificates",
     "create_token",
-    "csr_der",
     "enrollment_config",
     "enrollment_gateway",
+    "fill",
+    "get_policies",
     "openssl_verify",
-    "public_key_der",
+    "renewal_request",
+    "request_security_token",
     "revoke_token",
-    "rsa_key",
+    "sample",
     "write_identity",
     "write_pem",
 ]
@@ -59,22 +83,17 @@ def enrollment_config(*, passphrase: str | None = PASSPHRASE, extra: str = "") -
 
 
 @dataclass(frozen=True)
-class Identity:
-    """A device's certificate and private key, as PEM files (for TLS and openssl)."""
+class Identity(Credential):
+    """A device's certificate and private key, also as PEM files (for TLS and openssl)."""
 
+    key: rsa.RSAPrivateKey
     cert_path: Path
     key_path: Path
-    certificate: x509.Certificate
-    key: rsa.RSAPrivateKey
-
-    @property
-    def der(self) -> bytes:
-        return self.certificate.public_bytes(serialization.Encoding.DER)
 
     @property
     def serial(self) -> str:
         """The serial as the admin API spells it (lower-case hex)."""
-        return format(self.certificate.serial_number, "x")
+        return format(self.cert.serial_number, "x")
 
 
 @dataclass
@@ -183,12 +202,15 @@ async def revoke_token(admin: httpx.AsyncClient, token_id: str) -> dict[str, Any
     return token
 
 
-async def certificates(admin: httpx.AsyncClient, device_id: str | None = None) -> list[Any]:
-    """Every issued certificate (of ``device_id``), in serial order."""
+async def certificates(
+    admin: httpx.AsyncClient, device_id: str | None = None, *, page_size: int = 1000
+) -> list[Any]:
+    """Every issued certificate (of ``device_id``), in serial order, read ``page_size`` at a
+    time."""
     found: list[Any] = []
     after = None
     while True:
-        params = {"limit": "1000", **({"after": after} if after else {})}
+        params = {"limit": str(page_size), **({"after": after} if after else {})}
         if device_id is not None:
             params["device_id"] = device_id
         r = await admin.get("/api/v1/enrollment/certificates", params=params)
@@ -208,31 +230,7 @@ async def ca_pem(admin: httpx.AsyncClient) -> bytes:
     return pem.encode()
 
 
-# -- keys, requests, certificates
-
-
-def rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
-
-
-def csr_der(key: rsa.RSAPrivateKey, common_name: str) -> bytes:
-    """A PKCS#10 request for ``key`` (SHA-256), DER."""
-    request = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .sign(key, hashes.SHA256())
-    )
-    return request.public_bytes(serialization.Encoding.DER)
-
-
-def public_key_der(
-    holder: rsa.RSAPrivateKey | x509.Certificate | x509.CertificateSigningRequest,
-) -> bytes:
-    """The SubjectPublicKeyInfo (DER) of a key, a certificate or a request."""
-    public = holder.public_key()
-    return public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+# -- certificates on disk
 
 
 def write_pem(path: Path, der: bytes) -> Path:
@@ -247,15 +245,8 @@ def write_identity(directory: Path, name: str, cert_der: bytes, key: rsa.RSAPriv
     directory.mkdir(parents=True, exist_ok=True)
     cert_path = write_pem(directory / f"{name}.pem", cert_der)
     key_path = directory / f"{name}.key"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    certificate = x509.load_der_x509_certificate(cert_der)
-    return Identity(cert_path, key_path, certificate, key)
+    key_path.write_bytes(key_pem(key))
+    return Identity(key, x509.load_der_x509_certificate(cert_der), cert_path, key_path)
 
 
 def openssl_verify(ca_file: Path, cert_file: Path) -> str:
@@ -270,3 +261,82 @@ def openssl_verify(ca_file: Path, cert_file: Path) -> str:
     assert done.returncode == 0, output
     assert output.strip() == f"{cert_file}: OK", output
     return output
+
+
+# -- MS-MDE2: the specification's sample messages, filled in
+
+MDE2_SAMPLES = Path(__file__).parent / "data" / "mde2"
+
+# MS-MDE2's namespaces and values, spelled out here rather than taken from the gateway.
+S = "http://www.w3.org/2003/05/soap-envelope"
+A = "http://www.w3.org/2005/08/addressing"
+ENROLL = "http://schemas.microsoft.com/windows/management/2012/01/enrollment"
+XCEP = "http://schemas.microsoft.com/windows/pki/2009/01/enrollmentpolicy"
+WST = "http://docs.oasis-open.org/ws-sx/ws-trust/200512"
+WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+PKI = "http://schemas.microsoft.com/windows/pki/2009/01/enrollment"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+PROVISION_DOC = (
+    "http://schemas.microsoft.com/5.0.0.0/ConfigurationManager/Enrollment/"
+    "DeviceEnrollmentProvisionDoc"
+)
+SOAP_CONTENT_TYPE = "application/soap+xml; charset=utf-8"
+
+# What the samples carry where a test puts its own values.
+SAMPLE_PASSWORD = "mypassword"
+SAMPLE_SECURITY_TOKEN = "B64EncodedSampleBinarySecurityToken"
+SAMPLE_CSR = "DER format PKCS#10 certificate request in Base64 encoding Insterted Here"
+SAMPLE_PKCS7 = "PKCS#7 renewal request in Base64 Inserted Here"
+SAMPLE_DEVICE_ID = "7BA748C8-703E-4DF2-A74A-92984117346A"
+SAMPLE_HW_DEV_ID = "F" * 64
+
+
+def sample(name: str) -> str:
+    """The sample message ``name`` (e.g. ``rst_onpremise.xml``) as published."""
+    return (MDE2_SAMPLES / name).read_text(encoding="utf-8")
+
+
+def fill(text: str, placeholder: str, value: str) -> str:
+    """``text`` with ``value`` (XML: put in as it is) in place of ``placeholder`` where it
+    starts the content of an element, which must be in exactly one place. The samples'
+    comments name the placeholders too, and stay as they are: a value with ``--`` in a
+    comment would end it."""
+    filled, count = re.subn(rf"(>\s*){re.escape(placeholder)}", lambda m: m[1] + value, text)
+    assert count == 1, f"{placeholder!r} starts {count} elements' content, not one"
+    return filled
+
+
+def b64(data: bytes | str) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode("ascii")
+
+
+def get_policies(token: str, *, federated: bool = False) -> bytes:
+    """MS-MDE2 4.2.1's GetPolicies request carrying ``token``: on premise as its password,
+    federated (base64) as its BinarySecurityToken."""
+    if federated:
+        return fill(
+            sample("get_policies_federated.xml"), SAMPLE_SECURITY_TOKEN, b64(token)
+        ).encode()
+    return fill(sample("get_policies_onpremise.xml"), SAMPLE_PASSWORD, token).encode()
+
+
+def request_security_token(
+    token: str, csr: bytes, *, device_id: str = SAMPLE_DEVICE_ID, federated: bool = False
+) -> bytes:
+    """MS-MDE2 4.3.1's RequestSecurityToken carrying ``token`` (as :func:`get_policies`
+    does), the PKCS#10 request ``csr`` (DER) and ``device_id`` as its DeviceID."""
+    if federated:
+        # The published sample has a stray quote after its token.
+        text = fill(sample("rst_federated.xml"), SAMPLE_SECURITY_TOKEN + '"', b64(token))
+    else:
+        text = fill(sample("rst_onpremise.xml"), SAMPLE_PASSWORD, token)
+    text = fill(text, SAMPLE_CSR, b64(csr))
+    return fill(text, SAMPLE_DEVICE_ID, device_id).encode()
+
+
+def renewal_request(signed: bytes) -> bytes:
+    """The renewal RequestSecurityToken (tests/data/mde2/rst_renew.xml) carrying ``signed``,
+    the PKCS#7 Windows sends: the new request signed with the current certificate."""
+    return fill(sample("rst_renew.xml"), SAMPLE_PKCS7, b64(signed)).encode()

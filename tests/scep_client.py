@@ -1,8 +1,9 @@
 """An independent SCEP requester (RFC 8894) for the tests.
 
 It builds PKCSReq messages and reads CertRep replies from asn1crypto structures and
-cryptography primitives only. Nothing comes from ``mdmgate.enrollment.scep``: the tests use
-this client to find the server module's mistakes, so the two must not share code (or bugs).
+cryptography primitives only (its keys and certificates with tests/pki_helpers.py, which is
+free of the product too). Nothing comes from ``mdmgate.enrollment.scep``: the tests use this
+client to find the server module's mistakes, so the two must not share code (or bugs).
 
 Every check a careful device makes on a reply is made here and fails with
 :class:`CertRepRejected`: the CA's signature and messageDigest, the echoed transaction ID
@@ -11,7 +12,6 @@ and nonce, the status and failInfo values, and what the envelope holds.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import os
 import secrets
@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import padding as block_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import AttributeOID, NameOID
+
+from tests.pki_helpers import Credential, certificate, rsa_key
 
 # RFC 8894 section 3.2.1: the SCEP attributes live under id-VeriSign pki attributes.
 OID_MESSAGE_TYPE = "2.16.840.1.113733.1.9.2"
@@ -69,23 +71,11 @@ class CertRepRejected(AssertionError):
 
 
 @dataclass(frozen=True)
-class Requester:
+class Requester(Credential):
     """A device about to enrol: its key pair and the self-signed certificate it signs with."""
 
+    #: RSA: the CA encrypts the reply's envelope to it.
     key: rsa.RSAPrivateKey
-    cert: x509.Certificate
-
-    @property
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    @property
-    def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
 
 
 @dataclass(frozen=True)
@@ -117,26 +107,10 @@ class CertRep:
     envelope: bytes | None = None
 
 
-def new_key(key_size: int = 2048) -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=key_size)
-
-
 def new_requester(common_name: str = "device", key: rsa.RSAPrivateKey | None = None) -> Requester:
     """A requester with a self-signed signing certificate, as RFC 8894 section 2.3 has it."""
-    key = key or new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return Requester(key=key, cert=cert)
+    key = key or rsa_key()
+    return Requester(key=key, cert=certificate(common_name, key))
 
 
 def make_csr(
@@ -511,7 +485,6 @@ __all__ = [
     "Requester",
     "envelope",
     "make_csr",
-    "new_key",
     "new_requester",
     "open_envelope",
     "pkcs_req",

@@ -17,7 +17,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,46 +41,24 @@ from mdmgate.server.types import Request
 from mdmgate.storage import Device
 from mdmgate.storage.enrollment import IssuedCertificate, revoked_auth
 from mdmgate.storage.memory import MemoryStore
+from tests.pki_helpers import PrivateKey, certificate, csr_der, der, ec_key, rsa_key
 
 CHECKIN = "application/x-apple-aspen-mdm-checkin"
 BODY = plist.dumps({"Status": "Idle", "UDID": "UDID-1"})
 NOW = 1_770_000_000.0
-SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
-def name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def self_signed(common_name: str, key: SigningKey) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name(common_name))
-        .issuer_name(name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-
-
-def der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-RSA_CERT = self_signed("rsa device", RSA_KEY)
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-EC_CERT = self_signed("ec device", EC_KEY)
-OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-OTHER_CERT = self_signed("other device", OTHER_KEY)
+RSA_KEY = rsa_key()
+RSA_CERT = certificate("rsa device", RSA_KEY)
+EC_KEY = ec_key()
+EC_CERT = certificate("ec device", EC_KEY)
+OTHER_KEY = rsa_key()
+OTHER_CERT = certificate("other device", OTHER_KEY)
 
 
 def library_signature(
     body: bytes,
-    signers: list[tuple[x509.Certificate, SigningKey]],
+    signers: list[tuple[x509.Certificate, PrivateKey]],
     *,
     attributes: bool = True,
     extra: tuple[x509.Certificate, ...] = (),
@@ -111,7 +88,7 @@ _HASHES: dict[str, hashes.HashAlgorithm] = {
 def handmade_signature(
     body: bytes,
     cert: x509.Certificate,
-    key: SigningKey,
+    key: PrivateKey,
     digest: str,
     *,
     attributes: bool = True,
@@ -483,8 +460,8 @@ def test_enrollment_refusal() -> None:
         "certificate bound to another device": msgspec.structs.replace(issued, device_id="UDID-2"),
         "not an Apple certificate": msgspec.structs.replace(issued, platform="windows"),
     }
-    for reason, certificate in cases.items():
-        assert enrollment_refusal(certificate, "UDID-1", now=NOW) == reason
+    for reason, refused in cases.items():
+        assert enrollment_refusal(refused, "UDID-1", now=NOW) == reason
 
 
 # -- Authenticate binds a certificate the CA issued
@@ -495,18 +472,9 @@ AUTHORITY = CertificateAuthority.create(
 )
 
 
-def csr(key: SigningKey) -> bytes:
-    built = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(name("device"))
-        .sign(key, hashes.SHA256())
-    )
-    return built.public_bytes(serialization.Encoding.DER)
-
-
 async def issue(
     store: MemoryStore,
-    key: SigningKey,
+    key: PrivateKey,
     *,
     platform: str = "apple",
     org: str = "/acme/ipads",
@@ -514,7 +482,9 @@ async def issue(
 ) -> tuple[bytes, IssuedCertificate]:
     """A certificate the CA issues to ``key`` and records, as the SCEP service will."""
     now = dt.datetime.now(dt.UTC)
-    cert = AUTHORITY.issue(AUTHORITY.check_csr(csr(key)), common_name="device", now=now)
+    cert = AUTHORITY.issue(
+        AUTHORITY.check_csr(csr_der(key, "device")), common_name="device", now=now
+    )
     cert_der = der(cert)
     record = IssuedCertificate(
         serial=serial_hex(cert.serial_number),
@@ -571,7 +541,7 @@ def authenticate(udid: str, product: str = "iPad13,1") -> dict[str, Any]:
 
 async def test_authenticate_with_an_issued_certificate_enrolls_the_device() -> None:
     store = MemoryStore()
-    cert_der, record = await issue(store, ec.generate_private_key(ec.SECP256R1()))
+    cert_der, record = await issue(store, ec_key())
     svc = AppleService(store)
     answer = await svc.checkin(checkin_request(authenticate("NEW-1"), cert_der))
     assert answer.status == 200
@@ -624,12 +594,10 @@ async def test_unusable_issued_certificates_are_refused_like_unknown_devices(
     store = MemoryStore()
     svc = AppleService(store)
     now = dt.datetime.now(dt.UTC).timestamp()
-    revoked_der, revoked = await issue(
-        store, rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    )
+    revoked_der, revoked = await issue(store, rsa_key())
     await store.revoke_certificates(reason="lost", at=now, serial=revoked.serial)
-    windows_der, _ = await issue(store, ec.generate_private_key(ec.SECP256R1()), platform="windows")
-    taken_der, _ = await issue(store, ec.generate_private_key(ec.SECP256R1()), device_id="OTHER")
+    windows_der, _ = await issue(store, ec_key(), platform="windows")
+    taken_der, _ = await issue(store, ec_key(), device_id="OTHER")
     unknown_answer = await svc.checkin(checkin_request(authenticate("NEW-0"), b"never issued"))
     assert unknown_answer.status == 403
     caplog.set_level(logging.INFO, logger="mdmgate.apple")
@@ -651,7 +619,7 @@ async def test_unusable_issued_certificates_are_refused_like_unknown_devices(
 
 async def test_expired_issued_certificate_is_refused() -> None:
     store = MemoryStore()
-    cert_der, record = await issue(store, ec.generate_private_key(ec.SECP256R1()))
+    cert_der, record = await issue(store, ec_key())
     late = AppleService(store, clock=lambda: record.not_after + 1)
     assert (await late.checkin(checkin_request(authenticate("NEW-3"), cert_der))).status == 403
     assert await store.get_device("NEW-3") is None
@@ -664,7 +632,7 @@ async def test_expired_issued_certificate_is_refused() -> None:
 
 async def test_a_revoked_binding_is_never_rebound_by_trust_on_first_use() -> None:
     store = MemoryStore()
-    cert_der, record = await issue(store, ec.generate_private_key(ec.SECP256R1()))
+    cert_der, record = await issue(store, ec_key())
     svc = AppleService(store)
     assert (await svc.checkin(checkin_request(authenticate("NEW-4"), cert_der))).status == 200
     await store.revoke_certificates(reason="stolen", at=NOW, device_id="NEW-4")
@@ -679,7 +647,7 @@ async def test_a_revoked_binding_is_never_rebound_by_trust_on_first_use() -> Non
     assert after is not None
     assert after.auth == revoked_auth([record.serial])
     # A new certificate from the CA (a new enrollment) enrolls it again.
-    fresh_der, fresh = await issue(store, ec.generate_private_key(ec.SECP256R1()))
+    fresh_der, fresh = await issue(store, ec_key())
     assert (await svc.checkin(checkin_request(authenticate("NEW-4"), fresh_der))).status == 200
     enrolled = await store.get_device("NEW-4")
     assert enrolled is not None

@@ -19,7 +19,6 @@ import pytest
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from mdmgate.enrollment.service import EnrollmentService
@@ -31,6 +30,7 @@ from mdmgate.server.enrollment_http import EnrollmentEndpoints
 from mdmgate.server.types import Request, Response
 from mdmgate.storage.enrollment import revoked_auth
 from mdmgate.storage.memory import MemoryStore
+from tests.pki_helpers import certificate, csr_der, key_pem, rsa_key
 
 TOKEN = "admin-token"
 AUTH = ("authorization", f"Bearer {TOKEN}")
@@ -116,20 +116,10 @@ def iso(at: float) -> str:
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def csr(device_id: str, key_size: int = 2048) -> bytes:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
-    request = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-        .sign(key, hashes.SHA256())
-    )
-    return request.public_bytes(serialization.Encoding.DER)
-
-
 async def enroll(gw: Gateway, value: str, device_id: str) -> str:
     """A Windows enrollment through the service (what Enrollment.svc calls): the serial."""
     issued = await gw.service.enroll_windows(
-        token_value=value, csr_der=csr(device_id), context={"DeviceID": device_id}
+        token_value=value, csr_der=csr_der(rsa_key(), device_id), context={"DeviceID": device_id}
     )
     return issued.record.serial
 
@@ -473,24 +463,10 @@ async def test_the_ca_is_shown(gw: Gateway) -> None:
 
 def push_upload() -> dict[str, str]:
     """A push certificate as Apple issues it (the topic in the subject's UID), with its key."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = rsa_key()
     name = x509.Name([x509.NameAttribute(NameOID.USER_ID, "com.apple.mgmt.External.0b5ad1a4-5c3e")])
-    now = dt.datetime.fromtimestamp(EPOCH, dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    cert = certificate(name, key, now=dt.datetime.fromtimestamp(EPOCH, dt.UTC), days=365)
+    pem = cert.public_bytes(serialization.Encoding.PEM) + key_pem(key)
     return {"pem": pem.decode("ascii")}
 
 

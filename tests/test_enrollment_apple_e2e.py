@@ -28,7 +28,6 @@ certificate) polls for what it waits for, under ``fail_after``.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import functools
 import hashlib
 import plistlib
@@ -61,11 +60,10 @@ from tests.enrollment_helpers import (
     create_token,
     enrollment_config,
     enrollment_gateway,
-    public_key_der,
     revoke_token,
-    rsa_key,
     write_identity,
 )
+from tests.pki_helpers import certificate, public_key_der, rsa_key
 
 TOPIC = "com.apple.mgmt.External.3f1c2a9e-8d4b-4c57-a0e6-5b7d9c1e2f40"
 CHECKIN_TYPE = "application/x-apple-aspen-mdm-checkin"
@@ -269,7 +267,7 @@ async def scep_identity(
 
 
 def sha256(identity: Identity) -> str:
-    return identity.certificate.fingerprint(hashes.SHA256()).hex()
+    return identity.cert.fingerprint(hashes.SHA256()).hex()
 
 
 # --- the MDM client --------------------------------------------------------------------------
@@ -281,7 +279,7 @@ def mdm_signature(body: bytes, signer: Identity) -> str:
     signature = (
         pkcs7.PKCS7SignatureBuilder()
         .set_data(body)
-        .add_signer(signer.certificate, signer.key, hashes.SHA256())
+        .add_signer(signer.cert, signer.key, hashes.SHA256())
         # Binary: the body's bytes as they are (no S/MIME newline canonicalization).
         .sign(
             serialization.Encoding.DER,
@@ -390,6 +388,16 @@ async def refused_everywhere(sends: dict[str, Any]) -> None:
         assert r.text.strip() == NOT_VERIFIED, what
 
 
+def every_send(device: AppleDevice) -> dict[str, Any]:
+    """What ``device`` sends on the check-in and command endpoints, for
+    :func:`refused_everywhere`."""
+    return {
+        "Idle": functools.partial(device.connect, "Idle"),
+        "TokenUpdate": device.token_update,
+        "Authenticate": device.authenticate,
+    }
+
+
 # --- push certificates -----------------------------------------------------------------------
 
 
@@ -401,19 +409,7 @@ def push_certificate(topic: str | None, *, days: int = 365) -> tuple[x509.Certif
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, f"APSP:{suffix}")]
     if topic is not None:
         attributes.insert(0, x509.NameAttribute(NameOID.USER_ID, topic))
-    name = x509.Name(attributes)
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+    return certificate(x509.Name(attributes), key, days=days), key
 
 
 def pem_upload(cert: x509.Certificate, key: rsa.RSAPrivateKey) -> dict[str, str]:
@@ -838,13 +834,7 @@ async def test_a_revoked_certificate_is_refused_on_check_in_and_connect(
         assert shown["revoked_at"] is not None
         async with gw.device_client(phone.identity) as client:
             device = AppleDevice(client, phone.udid, phone.profile.topic)
-            await refused_everywhere(
-                {
-                    "Idle": functools.partial(device.connect, "Idle"),
-                    "TokenUpdate": device.token_update,
-                    "Authenticate": device.authenticate,
-                }
-            )
+            await refused_everywhere(every_send(device))
         # Nothing went out: still queued, or ended by the retirement.
         expected = ("queued", None) if how == "revoke" else ("error", "retired")
         assert await delivery(admin, command_id) == expected
@@ -857,14 +847,8 @@ async def test_a_certificate_speaks_for_its_own_device_only(tmp_path: Path) -> N
         command_id = await enqueue(admin, second.udid)
         async with gw.device_client(first.identity) as client:
             other = AppleDevice(client, second.udid, first.profile.topic)
-            await refused_everywhere(
-                {
-                    "Idle": functools.partial(other.connect, "Idle"),
-                    "TokenUpdate": other.token_update,
-                    "Authenticate": other.authenticate,
-                    "a new device": AppleDevice(client, "udid-new", other.topic).authenticate,
-                }
-            )
+            new_device = AppleDevice(client, "udid-new", other.topic)
+            await refused_everywhere({**every_send(other), "a new device": new_device.authenticate})
         assert (await admin.get("/api/v1/devices/udid-new")).status_code == 404
         assert await delivery(admin, command_id) == ("queued", None)
         by_serial = {c["serial"]: c for c in await certificates(admin)}

@@ -4,16 +4,12 @@ input it refuses."""
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import plistlib
 import uuid
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,35 +20,21 @@ from mdmgate.enrollment.apple import (
     ScepIdentity,
     enrollment_profile,
 )
+from tests.pki_helpers import Issuer, PrivateKey, certificate, der, ec_key
 
 
-def make_cert(
-    common_name: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None
-) -> tuple[bytes, x509.Name, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    issuer_name, issuer_key = issuer or (name, key)
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(issuer_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.DER), name, key
+def make_cert(common_name: str, issuer: Issuer | None) -> tuple[bytes, x509.Name, PrivateKey]:
+    """A CA certificate for a new P-256 key, signed by ``issuer`` (or by itself): its DER,
+    its name and its key."""
+    key = ec_key()
+    cert = certificate(common_name, key, issuer=issuer, days=365, ca=True)
+    return der(cert), cert.subject, key
 
 
 ROOT_DER, ROOT_NAME, ROOT_KEY = make_cert("mdmgate root", None)
 INTERMEDIATE_DER, _, _ = make_cert("mdmgate intermediate", (ROOT_NAME, ROOT_KEY))
 # Names itself as its issuer, but another key signed it.
-FORGED_ROOT_DER, _, _ = make_cert(
-    "mdmgate root", (ROOT_NAME, ec.generate_private_key(ec.SECP256R1()))
-)
+FORGED_ROOT_DER, _, _ = make_cert("mdmgate root", (ROOT_NAME, ec_key()))
 
 MDM = MdmSettings(
     server_url="https://mdm.example.com/mdm/apple/connect",

@@ -31,6 +31,7 @@ from mdmgate.enrollment.ca import (
     serial_hex,
 )
 from mdmgate.storage.memory import MemoryStore
+from tests.pki_helpers import certificate, common_name, csr_der, rsa_key
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 #: 2048-bit keys keep the tests quick; the default (3072) is tested once.
@@ -43,22 +44,6 @@ PROPERTY_CA = CertificateAuthority.create("property CA", FAST, now=NOW)
 @pytest.fixture(scope="module")
 def authority() -> CertificateAuthority:
     return CertificateAuthority.create("mdmgate test CA", FAST, now=NOW)
-
-
-def name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def csr_for(
-    key: object, common_name: str = "device", hash_: hashes.HashAlgorithm | None = None
-) -> bytes:
-    request = x509.CertificateSigningRequestBuilder().subject_name(name(common_name))
-    signed = request.sign(key, hash_ if hash_ is not None else hashes.SHA256())  # type: ignore[arg-type]
-    return signed.public_bytes(serialization.Encoding.DER)
-
-
-def rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
 def extension(
@@ -107,7 +92,7 @@ def test_default_policy_is_valid_and_explained() -> None:
 
 def test_created_root_is_a_self_signed_ca_for_scep(authority: CertificateAuthority) -> None:
     cert = authority.certificate
-    assert cert.subject == cert.issuer == name("mdmgate test CA")
+    assert cert.subject == cert.issuer == common_name("mdmgate test CA")
     cert.verify_directly_issued_by(cert)
     constraints = extension(cert, x509.BasicConstraints)
     assert constraints.critical
@@ -182,17 +167,9 @@ def test_load_refusals_say_which(authority: CertificateAuthority) -> None:
 def enterprise_ca(
     tmp_path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, *, ca: bool = True
 ) -> tuple[Path, x509.Certificate]:
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name("Example Corp Issuing CA"))
-        .issuer_name(name("Example Corp Root"))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=1000))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    cert = builder.sign(key, hashes.SHA256())
+    # Its root is elsewhere: the issuer's name is the root's, the signature its own key's.
+    root = (common_name("Example Corp Root"), key)
+    cert = certificate("Example Corp Issuing CA", key, issuer=root, now=NOW, days=1000, ca=ca)
     path = tmp_path / "issuing.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path, cert
@@ -276,7 +253,7 @@ def test_an_ec_ca_signs_but_has_no_rsa_key_for_scep(tmp_path: Path) -> None:
     assert isinstance(loaded.private_key, ec.EllipticCurvePrivateKey)
     with pytest.raises(CaError, match="the CA key is not RSA: SCEP needs an RSA CA"):
         loaded.rsa_key()
-    issued = loaded.issue(loaded.check_csr(csr_for(rsa_key())), common_name="d", now=NOW)
+    issued = loaded.issue(loaded.check_csr(csr_der(rsa_key(), "device")), common_name="d", now=NOW)
     issued.verify_directly_issued_by(loaded.certificate)
     assert isinstance(issued.signature_hash_algorithm, hashes.SHA384)
 
@@ -297,7 +274,7 @@ def test_an_ec_ca_signs_but_has_no_rsa_key_for_scep(tmp_path: Path) -> None:
 def test_check_csr_accepts_strong_keys_in_der_and_pem(
     authority: CertificateAuthority, key: object
 ) -> None:
-    der = csr_for(key())  # type: ignore[operator]
+    der = csr_der(key(), "device")  # type: ignore[operator]
     checked = authority.check_csr(der)
     assert checked.public_bytes(serialization.Encoding.DER) == der
     pem = checked.public_bytes(serialization.Encoding.PEM)
@@ -306,28 +283,28 @@ def test_check_csr_accepts_strong_keys_in_der_and_pem(
 
 def test_check_csr_refusals_name_why(authority: CertificateAuthority) -> None:
     with pytest.raises(CsrRefused, match="RSA key of 1024 bits; at least 2048"):
-        authority.check_csr(csr_for(rsa_key(1024)))
+        authority.check_csr(csr_der(rsa_key(1024), "device"))
     strict = CertificateAuthority.load(
         authority.dump(PASSPHRASE), PASSPHRASE, CaPolicy(root_key="rsa-2048", min_rsa_bits=3072)
     )
     with pytest.raises(CsrRefused, match="RSA key of 2048 bits; at least 3072"):
-        strict.check_csr(csr_for(rsa_key(2048)))
+        strict.check_csr(csr_der(rsa_key(2048), "device"))
     with pytest.raises(CsrRefused, match="not a PKCS #10 request"):
         authority.check_csr(b"\x30\x03\x02\x01\x01")
     with pytest.raises(CsrRefused, match="not a PKCS #10 request"):
         authority.check_csr(b"-----BEGIN CERTIFICATE REQUEST-----\nnope\n")
     with pytest.raises(CsrRefused, match="unsupported key type"):
-        authority.check_csr(csr_for(ec.generate_private_key(ec.SECP256K1())))
-    request = x509.CertificateSigningRequestBuilder().subject_name(name("d"))
+        authority.check_csr(csr_der(ec.generate_private_key(ec.SECP256K1()), "device"))
+    request = x509.CertificateSigningRequestBuilder().subject_name(common_name("d"))
     signed = request.sign(ed25519.Ed25519PrivateKey.generate(), None)
     with pytest.raises(CsrRefused, match="unsupported key type Ed25519"):
         authority.check_csr(signed.public_bytes(serialization.Encoding.DER))
-    der = csr_for(rsa_key())
+    der = csr_der(rsa_key(), "device")
     at = der.index(b"\x02\x01\x00")  # the request's version, 0
     with pytest.raises(CsrRefused, match="not a PKCS #10 request"):
         authority.check_csr(der[: at + 2] + b"\x07" + der[at + 3 :])
     # A CSR whose signature was made over other bytes (the subject changed afterwards).
-    good = bytearray(csr_for(rsa_key(), "device-aaaa"))
+    good = bytearray(csr_der(rsa_key(), "device-aaaa"))
     at = bytes(good).index(b"device-aaaa")
     good[at : at + 11] = b"device-bbbb"
     with pytest.raises(CsrRefused, match="signature does not verify"):
@@ -340,7 +317,7 @@ def test_check_csr_refusals_name_why(authority: CertificateAuthority) -> None:
 
 def test_issue_a_device_certificate(authority: CertificateAuthority) -> None:
     key = rsa_key()
-    csr = authority.check_csr(csr_for(key, "what the device asked for"))
+    csr = authority.check_csr(csr_der(key, "what the device asked for"))
     cert = authority.issue(
         csr, common_name="UDID-1", now=NOW, organization="Acme", organizational_unit="/acme"
     )
@@ -378,7 +355,7 @@ def test_issue_a_device_certificate(authority: CertificateAuthority) -> None:
     # Two issues from one CSR: two serials.
     again = authority.issue(csr, common_name="UDID-1", now=NOW)
     assert again.serial_number != cert.serial_number
-    assert again.subject == name("UDID-1")
+    assert again.subject == common_name("UDID-1")
     # The device's key signs with it: the private key matches what was certified.
     signature = key.sign(b"x", padding.PKCS1v15(), hashes.SHA256())
     cert.public_key().verify(signature, b"x", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr, call-arg]
@@ -386,7 +363,7 @@ def test_issue_a_device_certificate(authority: CertificateAuthority) -> None:
 
 def test_issue_to_an_ec_key_follows_rfc_5480(authority: CertificateAuthority) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = authority.issue(authority.check_csr(csr_for(key)), common_name="mac", now=NOW)
+    cert = authority.issue(authority.check_csr(csr_der(key, "device")), common_name="mac", now=NOW)
     usage = extension(cert, x509.KeyUsage).value
     assert isinstance(usage, x509.KeyUsage)
     # An EC key cannot encipher a key: only digitalSignature is asserted for it.
@@ -396,7 +373,7 @@ def test_issue_to_an_ec_key_follows_rfc_5480(authority: CertificateAuthority) ->
 
 
 def test_issue_with_serial_validity_and_the_ca_expiry(authority: CertificateAuthority) -> None:
-    csr = authority.check_csr(csr_for(rsa_key()))
+    csr = authority.check_csr(csr_der(rsa_key(), "device"))
     cert = authority.issue(csr, common_name="d", now=NOW, validity_days=30, serial=0xABC0)
     assert cert.serial_number == 0xABC0
     assert cert.not_valid_after_utc == NOW + dt.timedelta(days=30)
@@ -419,7 +396,7 @@ def test_issue_with_serial_validity_and_the_ca_expiry(authority: CertificateAuth
 
 
 def test_issue_checks_a_csr_it_did_not_check(authority: CertificateAuthority) -> None:
-    weak = x509.load_der_x509_csr(csr_for(rsa_key(1024)))
+    weak = x509.load_der_x509_csr(csr_der(rsa_key(1024), "device"))
     with pytest.raises(CsrRefused, match="1024"):
         authority.issue(weak, common_name="d", now=NOW)
 

@@ -34,15 +34,26 @@ from asn1crypto import cms  # type: ignore[import-untyped]
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import NameOID
 
 from tests import scep_client
 from tests.cluster import Cluster, Node, Pki, postgres_database
+from tests.enrollment_helpers import (
+    ENROLL,
+    SOAP_CONTENT_TYPE,
+    WSSE,
+    WST,
+    S,
+    certificates,
+    get_policies,
+    openssl_verify,
+    request_security_token,
+    sample,
+    write_pem,
+)
+from tests.pki_helpers import csr_der, key_pem, public_key_der, rsa_key
 from tests.postgres_server import PostgresServer
 from tests.windows_emulator import WindowsDevice
 
-DATA = Path(__file__).parent / "data" / "mde2"
 PASSPHRASE = "cluster CA passphrase"
 TOPIC = f"com.apple.mgmt.External.{uuid.UUID(int=0x16)}"
 CONFIG = f"""\
@@ -52,16 +63,7 @@ root_key = "rsa-2048"
 apple_topic = "{TOPIC}"
 """
 
-# MS-MDE2's namespaces, spelled out here rather than taken from the product.
-S = "http://www.w3.org/2003/05/soap-envelope"
-ENROLL = "http://schemas.microsoft.com/windows/management/2012/01/enrollment"
-WST = "http://docs.oasis-open.org/ws-sx/ws-trust/200512"
-WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
-SOAP = {"content-type": "application/soap+xml; charset=utf-8"}
-#: What the samples carry where a test puts its own values.
-SAMPLE_PASSWORD = "mypassword"
-SAMPLE_CSR = "DER format PKCS#10 certificate request in Base64 encoding Insterted Here"
-SAMPLE_DEVICE_ID = "7BA748C8-703E-4DF2-A74A-92984117346A"
+SOAP = {"content-type": SOAP_CONTENT_TYPE}
 DISCOVERY = "/EnrollmentServer/Discovery.svc"
 ENROLLMENT = "/EnrollmentServer/Enrollment.svc"
 SCEP = "/mdm/apple/scep"
@@ -110,20 +112,10 @@ async def create_token(cluster: Cluster, node: Node, **fields: Any) -> dict[str,
     return created
 
 
-async def certificates(cluster: Cluster, node: Node, **query: str) -> list[dict[str, Any]]:
-    """Every issued certificate as ``node`` lists it, page by page."""
-    found: list[dict[str, Any]] = []
-    after: str | None = None
+async def certificates_on(cluster: Cluster, node: Node) -> list[dict[str, Any]]:
+    """Every issued certificate as ``node`` lists it, two to a page (so that paging runs)."""
     async with cluster.admin(node) as admin:
-        while True:
-            params = {**query, "limit": "2", **({"after": after} if after else {})}
-            r = await admin.get("/api/v1/enrollment/certificates", params=params)
-            assert r.status_code == 200, r.text
-            page = r.json()
-            found += page["certificates"]
-            after = page["next"]
-            if after is None:
-                return found
+        return await certificates(admin, page_size=2)
 
 
 async def queue_get(cluster: Cluster, node: Node, device_id: str, uri: str) -> str:
@@ -144,51 +136,7 @@ async def delivery_state(cluster: Cluster, node: Node, command_id: str) -> str:
     return state
 
 
-def openssl_verify(ca_pem: bytes, cert: x509.Certificate, directory: Path) -> None:
-    (directory / "ca.pem").write_bytes(ca_pem)
-    (directory / "device.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    done = subprocess.run(
-        ["openssl", "verify", "-CAfile", "ca.pem", "device.pem"],
-        cwd=directory,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def spki(key: CertificatePublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
 # --- Windows: MS-MDE2's samples, filled in ------------------------------------------------------
-
-
-def sample(name: str) -> str:
-    return (DATA / name).read_text(encoding="utf-8")
-
-
-def new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def csr_of(key: rsa.RSAPrivateKey, device_id: str) -> bytes:
-    request = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-        .sign(key, hashes.SHA256())
-    )
-    return request.public_bytes(serialization.Encoding.DER)
-
-
-def request_security_token(token: str, csr_der: bytes, device_id: str) -> bytes:
-    """MS-MDE2 4.3.1.4's on-premise RequestSecurityToken with the token as its password,
-    ``csr_der`` as its PKCS#10 and ``device_id`` as its DeviceID."""
-    text = sample("rst_onpremise.xml").replace(SAMPLE_PASSWORD, token)
-    text = text.replace(SAMPLE_CSR, base64.b64encode(csr_der).decode("ascii"))
-    return text.replace(SAMPLE_DEVICE_ID, device_id).encode()
 
 
 @dataclass(frozen=True)
@@ -235,7 +183,7 @@ async def enroll_windows(
 ) -> httpx.Response:
     return await client.post(
         ENROLLMENT,
-        content=request_security_token(token, csr_of(key, device_id), device_id),
+        content=request_security_token(token, csr_der(key, device_id), device_id=device_id),
         headers=SOAP,
     )
 
@@ -246,7 +194,7 @@ async def enrolled_windows(
     """A Windows device enrolled through ``node`` as Windows does it: discovery (the
     sample), policy, enrollment; its certificate checked with openssl against the CA the
     document installed, and carrying the CSR's key."""
-    key = new_key()
+    key = rsa_key()
     async with node_client(cluster, node) as client:
         assert (await client.get(DISCOVERY)).status_code == 200
         r = await client.post(DISCOVERY, content=sample("discover_onpremise.xml"), headers=SOAP)
@@ -256,24 +204,19 @@ async def enrolled_windows(
         urls = {e.tag.split("}")[1]: (e.text or "").strip() for e in result}
         policy = urls["EnrollmentPolicyServiceUrl"].removeprefix(node.base_url)
         assert urls["EnrollmentServiceUrl"] == node.base_url + ENROLLMENT
-        policies = sample("get_policies_onpremise.xml").replace(SAMPLE_PASSWORD, token)
-        r = await client.post(policy, content=policies, headers=SOAP)
+        r = await client.post(policy, content=get_policies(token), headers=SOAP)
         assert r.status_code == 200, r.text
         r = await enroll_windows(client, token, device_id, key)
         assert r.status_code == 200, r.text
     ca_der, device_der = provisioned(r.content)
     certificate = x509.load_der_x509_certificate(device_der)
-    assert spki(certificate.public_key()) == spki(key.public_key())
-    ca_pem = x509.load_der_x509_certificate(ca_der).public_bytes(serialization.Encoding.PEM)
+    assert public_key_der(certificate) == public_key_der(key)
     directory.mkdir(parents=True, exist_ok=True)
-    openssl_verify(ca_pem, certificate, directory)
-    identity = directory / "identity.pem"
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+    openssl_verify(
+        write_pem(directory / "ca.pem", ca_der), write_pem(directory / "device.pem", device_der)
     )
-    identity.write_bytes(key_pem + certificate.public_bytes(serialization.Encoding.PEM))
+    identity = directory / "identity.pem"
+    identity.write_bytes(key_pem(key) + certificate.public_bytes(serialization.Encoding.PEM))
     return WindowsEnrollment(device_id, certificate, ca_der, identity)
 
 
@@ -338,7 +281,7 @@ async def test_max_uses_holds_for_enrollments_split_over_both_nodes(
     async with two_nodes(tmp_path, database) as (cluster, a, b):
         created = await create_token(cluster, a, max_uses=3, platforms=["windows"])
         token = created["value"]
-        keys = [new_key() for _ in range(6)]
+        keys = [rsa_key() for _ in range(6)]
         answers: dict[str, httpx.Response] = {}
 
         async def enroll(index: int) -> None:
@@ -364,8 +307,8 @@ async def test_max_uses_holds_for_enrollments_split_over_both_nodes(
             for r in issued.values()
         }
         assert len(serials) == 3
-        from_a = await certificates(cluster, a)
-        from_b = await certificates(cluster, b)
+        from_a = await certificates_on(cluster, a)
+        from_b = await certificates_on(cluster, b)
         assert from_a == from_b
         assert {c["serial"] for c in from_a} == serials
         assert {c["device_id"] for c in from_a} == set(issued)
@@ -475,9 +418,9 @@ async def test_a_scep_challenge_is_good_once_on_any_node(tmp_path: Path, databas
         assert (again_on_a.status, again_on_a.fail_info) == (2, 2)  # FAILURE, badRequest
         assert "used already" in (again_on_a.fail_text or "")
 
-        listed = await certificates(cluster, a)
+        listed = await certificates_on(cluster, a)
         assert [c["serial"] for c in listed] == [serial_of(issued)]
-        assert listed == await certificates(cluster, b)
+        assert listed == await certificates_on(cluster, b)
         assert (
             hashlib.sha256(issued.public_bytes(serialization.Encoding.DER)).hexdigest()
             == (listed[0]["sha256"])

@@ -4,78 +4,44 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import re
 import subprocess
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import pytest
 from asn1crypto import cms  # type: ignore[import-untyped]
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mdmgate.enrollment import scep
 from mdmgate.enrollment.scep import FailInfo, PkiRequest, ScepError, ScepRefused
 from tests import scep_client as client
+from tests.pki_helpers import Credential, certificate, rsa_key
 
 
-@dataclass(frozen=True)
-class CA:
-    key: rsa.RSAPrivateKey
-    cert: x509.Certificate
-
-    @property
-    def der(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.DER)
+def make_ca(common_name: str, issuer: Credential | None = None) -> Credential:
+    key = rsa_key()
+    signer = None if issuer is None else issuer.issuer
+    return Credential(key, certificate(common_name, key, issuer=signer, days=30, ca=True))
 
 
-def make_ca(common_name: str, issuer: CA | None = None) -> CA:
-    key = client.new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.cert.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(issuer.key if issuer else key, hashes.SHA256())
-    )
-    return CA(key, cert)
-
-
-def issue(ca: CA, csr_der: bytes) -> x509.Certificate:
+def issue(ca: Credential, csr_der: bytes) -> x509.Certificate:
     """The test's stand-in for the issuing service: certifies the CSR's key and subject."""
     csr = x509.load_der_x509_csr(csr_der)
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(csr.subject)
-        .issuer_name(ca.cert.subject)
-        .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(ca.key, hashes.SHA256())
-    )
+    return certificate(csr.subject, csr.public_key(), issuer=ca.issuer)
 
 
 @pytest.fixture(scope="module")
-def ca() -> CA:
+def ca() -> Credential:
     return make_ca("mdmgate test CA")
 
 
 @pytest.fixture(scope="module")
-def other_ca() -> CA:
+def other_ca() -> Credential:
     return make_ca("some other CA")
 
 
@@ -89,11 +55,11 @@ def csr_der(requester: client.Requester) -> bytes:
     return client.make_csr(requester.key, "device-0001", "one-time-secret")
 
 
-def parse(ca: CA, body: bytes) -> PkiRequest:
+def parse(ca: Credential, body: bytes) -> PkiRequest:
     return scep.parse_pki_message(body, ca_cert=ca.cert, ca_key=ca.key)
 
 
-def refusal(ca: CA, body: bytes) -> ScepRefused:
+def refusal(ca: Credential, body: bytes) -> ScepRefused:
     with pytest.raises(ScepRefused) as caught:
         parse(ca, body)
     return caught.value
@@ -106,6 +72,24 @@ def run_openssl(*args: str | Path) -> subprocess.CompletedProcess[bytes]:
 # --- GetCACaps and GetCACert --------------------------------------------------------------
 
 
+def test_the_requester_loads_nothing_of_the_gateway() -> None:
+    # The requester finds the server module's mistakes only while it cannot share them:
+    # nothing it (or its PKI helpers) imports may come from mdmgate.
+    probe = (
+        "import sys, tests.scep_client;"
+        " print(sorted(m for m in sys.modules if m.partition('.')[0] == 'mdmgate'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_ca_caps_claim_only_what_the_server_implements() -> None:
     assert scep.ca_caps_response() == b"AES\nPOSTPKIOperation\nSHA-256\nSHA-512\nSCEPStandard\n"
     assert scep.CA_CAPS == ("AES", "POSTPKIOperation", "SHA-256", "SHA-512", "SCEPStandard")
@@ -114,11 +98,11 @@ def test_ca_caps_claim_only_what_the_server_implements() -> None:
     assert not {"Renewal", "DES3", "SHA-1", "GetNextCACert"} & set(scep.CA_CAPS)
 
 
-def test_ca_cert_alone_is_its_der(ca: CA) -> None:
+def test_ca_cert_alone_is_its_der(ca: Credential) -> None:
     assert scep.ca_cert_response(ca.der) == ("application/x-x509-ca-cert", ca.der)
 
 
-def test_ca_cert_with_a_chain_is_a_certs_only_signed_data(ca: CA) -> None:
+def test_ca_cert_with_a_chain_is_a_certs_only_signed_data(ca: Credential) -> None:
     issuing = make_ca("mdmgate issuing CA", issuer=ca)
     issuing_der = issuing.cert.public_bytes(serialization.Encoding.DER)
     content_type, body = scep.ca_cert_response(issuing_der, [ca.der])
@@ -143,13 +127,13 @@ def test_ca_cert_with_a_chain_is_a_certs_only_signed_data(ca: CA) -> None:
     [(b"not a certificate", (), "ca_der"), (None, (b"\x30\x03\x02\x01\x01",), "chain[0]")],
 )
 def test_ca_cert_refuses_what_is_not_a_certificate(
-    ca: CA, ca_der: bytes | None, chain: tuple[bytes, ...], field: str
+    ca: Credential, ca_der: bytes | None, chain: tuple[bytes, ...], field: str
 ) -> None:
     with pytest.raises(ValueError, match="^" + re.escape(field)):
         scep.ca_cert_response(ca_der if ca_der is not None else ca.der, chain)
 
 
-def test_ca_cert_refuses_a_certificate_of_unknown_version(ca: CA) -> None:
+def test_ca_cert_refuses_a_certificate_of_unknown_version(ca: Credential) -> None:
     version_3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2
     assert ca.der.count(version_3) == 1
     version_10 = ca.der.replace(version_3, b"\xa0\x03\x02\x01\x09")
@@ -180,7 +164,7 @@ CIPHER_NAMES = {
     ],
 )
 def test_enrolment_round_trip(
-    ca: CA, requester: client.Requester, csr_der: bytes, cipher: str, digest: str
+    ca: Credential, requester: client.Requester, csr_der: bytes, cipher: str, digest: str
 ) -> None:
     sent = client.pkcs_req(csr_der, requester, ca.cert, cipher=cipher, digest=digest)
     request = parse(ca, sent.body)
@@ -206,7 +190,7 @@ def test_enrolment_round_trip(
 
 
 def test_cert_rep_verifies_with_openssl(
-    ca: CA, requester: client.Requester, csr_der: bytes, tmp_path: Path
+    ca: Credential, requester: client.Requester, csr_der: bytes, tmp_path: Path
 ) -> None:
     sent = client.pkcs_req(csr_der, requester, ca.cert)
     request = parse(ca, sent.body)
@@ -235,7 +219,7 @@ def test_cert_rep_verifies_with_openssl(
 
 
 def test_failure_cert_rep_verifies_with_openssl_and_carries_no_content(
-    ca: CA, requester: client.Requester, csr_der: bytes, tmp_path: Path
+    ca: Credential, requester: client.Requester, csr_der: bytes, tmp_path: Path
 ) -> None:
     sent = client.pkcs_req(csr_der, requester, ca.cert)
     request = parse(ca, sent.body)
@@ -258,7 +242,7 @@ def test_failure_cert_rep_verifies_with_openssl_and_carries_no_content(
 
 
 def test_client_rejects_a_reply_to_another_request(
-    ca: CA, requester: client.Requester, csr_der: bytes
+    ca: Credential, requester: client.Requester, csr_der: bytes
 ) -> None:
     """The client's checks are real: it is no rubber stamp for whatever the server sends."""
     first = client.pkcs_req(csr_der, requester, ca.cert)
@@ -279,25 +263,29 @@ def test_client_rejects_a_reply_to_another_request(
     [("s3cr3t-ÄÖ", None), ("PrintableOnly 123", 19), ("bmp-Ω", 30)],
 )
 def test_challenge_password_is_read(
-    ca: CA, requester: client.Requester, challenge: str, tag: int | None
+    ca: Credential, requester: client.Requester, challenge: str, tag: int | None
 ) -> None:
     csr = client.make_csr(requester.key, "device", challenge, challenge_tag=tag)
     assert parse(ca, client.pkcs_req(csr, requester, ca.cert).body).challenge == challenge
 
 
-def test_challenge_is_none_when_the_csr_has_none(ca: CA, requester: client.Requester) -> None:
+def test_challenge_is_none_when_the_csr_has_none(
+    ca: Credential, requester: client.Requester
+) -> None:
     csr = client.make_csr(requester.key, "device", None)
     assert parse(ca, client.pkcs_req(csr, requester, ca.cert).body).challenge is None
 
 
 def test_renewal_request_is_read_with_its_type(
-    ca: CA, requester: client.Requester, csr_der: bytes
+    ca: Credential, requester: client.Requester, csr_der: bytes
 ) -> None:
     sent = client.pkcs_req(csr_der, requester, ca.cert, message_type=client.RENEWAL_REQ)
     assert parse(ca, sent.body).message_type == client.RENEWAL_REQ
 
 
-def test_base64_body_as_in_a_get_query(ca: CA, requester: client.Requester, csr_der: bytes) -> None:
+def test_base64_body_as_in_a_get_query(
+    ca: Credential, requester: client.Requester, csr_der: bytes
+) -> None:
     sent = client.pkcs_req(csr_der, requester, ca.cert)
     from_der = parse(ca, sent.body)
     assert parse(ca, base64.b64encode(sent.body)) == from_der
@@ -308,7 +296,7 @@ def test_base64_body_as_in_a_get_query(ca: CA, requester: client.Requester, csr_
 
 
 def reply_to(
-    ca: CA, refused: ScepRefused, requester: client.Requester, sent: client.PkcsReq
+    ca: Credential, refused: ScepRefused, requester: client.Requester, sent: client.PkcsReq
 ) -> client.CertRep:
     body = scep.cert_rep(
         refused.transaction, ca_cert=ca.cert, ca_key=ca.key, fail_info=refused.fail_info,
@@ -318,7 +306,7 @@ def reply_to(
 
 
 def test_tampered_signature_is_answered_bad_message_check(
-    ca: CA, requester: client.Requester, csr_der: bytes
+    ca: Credential, requester: client.Requester, csr_der: bytes
 ) -> None:
     """RFC 8894 answers a message whose signature does not verify with a CertRep FAILURE
     (failInfo badMessageCheck), not with an HTTP error: the requester learns why."""
@@ -335,7 +323,7 @@ def test_tampered_signature_is_answered_bad_message_check(
 
 
 def test_tampered_content_fails_the_message_digest(
-    ca: CA, requester: client.Requester, csr_der: bytes
+    ca: Credential, requester: client.Requester, csr_der: bytes
 ) -> None:
     sent = client.pkcs_req(csr_der, requester, ca.cert)
     signed = cms.ContentInfo.load(sent.body)["content"]
@@ -349,7 +337,7 @@ def test_tampered_content_fails_the_message_digest(
 
 
 def test_message_without_the_signer_certificate_is_bad_message_check(
-    ca: CA, requester: client.Requester, csr_der: bytes
+    ca: Credential, requester: client.Requester, csr_der: bytes
 ) -> None:
     sent = client.pkcs_req(csr_der, requester, ca.cert, carry_signer_cert=False)
     refused = refusal(ca, sent.body)
@@ -358,7 +346,7 @@ def test_message_without_the_signer_certificate_is_bad_message_check(
 
 
 def test_envelope_for_another_recipient_is_named(
-    ca: CA, other_ca: CA, requester: client.Requester, csr_der: bytes
+    ca: Credential, other_ca: Credential, requester: client.Requester, csr_der: bytes
 ) -> None:
     sent = client.pkcs_req(csr_der, requester, ca.cert, recipient=other_ca.cert)
     with pytest.raises(ScepError) as caught:
@@ -370,7 +358,9 @@ def test_envelope_for_another_recipient_is_named(
     assert format(other_ca.cert.serial_number, "x") in text
 
 
-def test_cert_poll_is_refused_politely(ca: CA, requester: client.Requester, csr_der: bytes) -> None:
+def test_cert_poll_is_refused_politely(
+    ca: Credential, requester: client.Requester, csr_der: bytes
+) -> None:
     """This server never answers PENDING, so a CertPoll (GetCertInitial) has nothing to
     poll for: it gets a FAILURE badRequest the requester can read."""
     sent = client.pkcs_req(csr_der, requester, ca.cert, message_type=client.CERT_POLL)
@@ -387,7 +377,7 @@ def test_cert_poll_is_refused_politely(ca: CA, requester: client.Requester, csr_
     [({"cipher": "des"}, "1.3.14.3.2.7"), ({"digest": "md5"}, "md5")],
 )
 def test_unsupported_algorithms_are_bad_alg(
-    ca: CA, requester: client.Requester, csr_der: bytes, options: dict[str, str], named: str
+    ca: Credential, requester: client.Requester, csr_der: bytes, options: dict[str, str], named: str
 ) -> None:
     sent = client.pkcs_req(csr_der, requester, ca.cert, **options)  # type: ignore[arg-type]
     refused = refusal(ca, sent.body)
@@ -399,7 +389,7 @@ def test_unsupported_algorithms_are_bad_alg(
 
 
 def test_csr_with_a_broken_self_signature_is_bad_message_check(
-    ca: CA, requester: client.Requester, csr_der: bytes
+    ca: Credential, requester: client.Requester, csr_der: bytes
 ) -> None:
     broken = bytearray(csr_der)
     broken[-1] ^= 0x01
@@ -408,7 +398,9 @@ def test_csr_with_a_broken_self_signature_is_bad_message_check(
     assert "CSR" in refused.message
 
 
-def test_envelope_that_is_no_csr_is_bad_request(ca: CA, requester: client.Requester) -> None:
+def test_envelope_that_is_no_csr_is_bad_request(
+    ca: Credential, requester: client.Requester
+) -> None:
     refused = refusal(ca, client.pkcs_req(b"\x30\x00", requester, ca.cert).body)
     assert refused.fail_info is FailInfo.BAD_REQUEST
     assert "PKCS#10" in refused.message
@@ -423,7 +415,7 @@ def test_envelope_that_is_no_csr_is_bad_request(ca: CA, requester: client.Reques
     ],
 )
 def test_missing_scep_attribute_cannot_be_answered(
-    ca: CA, requester: client.Requester, csr_der: bytes, attribute: str, named: str
+    ca: Credential, requester: client.Requester, csr_der: bytes, attribute: str, named: str
 ) -> None:
     sent = client.pkcs_req(csr_der, requester, ca.cert, omit=(attribute,))
     with pytest.raises(ScepError, match=named) as caught:
@@ -431,7 +423,9 @@ def test_missing_scep_attribute_cannot_be_answered(
     assert not isinstance(caught.value, ScepRefused)
 
 
-def test_short_sender_nonce_is_refused(ca: CA, requester: client.Requester, csr_der: bytes) -> None:
+def test_short_sender_nonce_is_refused(
+    ca: Credential, requester: client.Requester, csr_der: bytes
+) -> None:
     sent = client.pkcs_req(csr_der, requester, ca.cert, sender_nonce=b"\x01" * 8)
     with pytest.raises(ScepError, match="senderNonce"):
         parse(ca, sent.body)
@@ -446,7 +440,7 @@ def test_short_sender_nonce_is_refused(ca: CA, requester: client.Requester, csr_
         (None, "SignedData"),
     ],
 )
-def test_unreadable_bodies_are_named(ca: CA, body: bytes | None, named: str) -> None:
+def test_unreadable_bodies_are_named(ca: Credential, body: bytes | None, named: str) -> None:
     if body is None:  # well-formed CMS, but the wrong kind
         body = cms.ContentInfo({"content_type": "data", "content": b"hi"}).dump()
     with pytest.raises(ScepError, match=named):
@@ -454,7 +448,7 @@ def test_unreadable_bodies_are_named(ca: CA, body: bytes | None, named: str) -> 
 
 
 def test_cert_rep_arguments_are_checked(
-    ca: CA, requester: client.Requester, csr_der: bytes
+    ca: Credential, requester: client.Requester, csr_der: bytes
 ) -> None:
     request = parse(ca, client.pkcs_req(csr_der, requester, ca.cert).body)
     issued = issue(ca, request.csr_der)
@@ -465,7 +459,7 @@ def test_cert_rep_arguments_are_checked(
             request, ca_cert=ca.cert, ca_key=ca.key, issued=issued,
             fail_info=FailInfo.BAD_REQUEST,
         )  # fmt: skip
-    stranger = client.make_csr(client.new_key(), "someone else")
+    stranger = client.make_csr(rsa_key(), "someone else")
     with pytest.raises(ValueError, match="public key"):
         scep.cert_rep(request, ca_cert=ca.cert, ca_key=ca.key, issued=issue(ca, stranger))
     with pytest.raises(ValueError, match="fail_text"):
@@ -478,11 +472,11 @@ def test_cert_rep_arguments_are_checked(
 
 
 @pytest.fixture(scope="module")
-def valid_body(ca: CA, requester: client.Requester, csr_der: bytes) -> bytes:
+def valid_body(ca: Credential, requester: client.Requester, csr_der: bytes) -> bytes:
     return client.pkcs_req(csr_der, requester, ca.cert).body
 
 
-def outcome(ca: CA, body: bytes) -> str:
+def outcome(ca: Credential, body: bytes) -> str:
     """Parses ``body``: a request or a ScepError; anything else escapes and fails the test."""
     try:
         parse(ca, body)
@@ -495,7 +489,7 @@ def outcome(ca: CA, body: bytes) -> str:
 
 @settings(max_examples=300, deadline=None)
 @given(body=st.binary(max_size=600))
-def test_fuzz_arbitrary_bytes_raise_only_scep_errors(ca: CA, body: bytes) -> None:
+def test_fuzz_arbitrary_bytes_raise_only_scep_errors(ca: Credential, body: bytes) -> None:
     outcome(ca, body)
     outcome(ca, base64.b64encode(body))
 
@@ -533,7 +527,7 @@ def mutate(body: bytes, edits: list[tuple[str, int, int]]) -> bytes:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=_edits, as_base64=st.booleans())
 def test_fuzz_mutated_requests_raise_only_scep_errors(
-    ca: CA, valid_body: bytes, edits: list[tuple[str, int, int]], as_base64: bool
+    ca: Credential, valid_body: bytes, edits: list[tuple[str, int, int]], as_base64: bool
 ) -> None:
     body = mutate(valid_body, edits)
     outcome(ca, base64.b64encode(body) if as_base64 else body)
@@ -542,7 +536,7 @@ def test_fuzz_mutated_requests_raise_only_scep_errors(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=_edits, layer=st.sampled_from(["csr", "envelope"]))
 def test_fuzz_mutated_inner_layers_raise_only_scep_errors(
-    ca: CA,
+    ca: Credential,
     requester: client.Requester,
     csr_der: bytes,
     edits: list[tuple[str, int, int]],
@@ -560,7 +554,7 @@ def test_fuzz_mutated_inner_layers_raise_only_scep_errors(
 @settings(max_examples=300, deadline=None)
 @given(edits=_edits, arbitrary=st.binary(max_size=300))
 def test_fuzz_ca_cert_response_raises_only_value_errors(
-    ca: CA, edits: list[tuple[str, int, int]], arbitrary: bytes
+    ca: Credential, edits: list[tuple[str, int, int]], arbitrary: bytes
 ) -> None:
     """GetCACert input is configuration, not a request: bad DER is a ValueError naming it."""
     for der in (mutate(ca.der, edits), arbitrary):

@@ -1,9 +1,10 @@
 """MS-MDE2 Windows enrollment messages: the specification's own samples in, typed values out;
 typed values in, responses that a namespace-aware XML reader finds the right structure in.
 
-The sample messages are in tests/data/mde2/ (each names its MS-MDE2 section). Namespaces,
-actions and value types are spelled out here on their own, not imported from the module, so that
-a typo in the module cannot agree with itself.
+The sample messages are in tests/data/mde2/ (each names its MS-MDE2 section), filled in by
+tests/enrollment_helpers.py. Namespaces, actions and value types are spelled out in the tests
+(here and there), not imported from the module, so that a typo in the module cannot agree with
+itself.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ import hashlib
 import pickle
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
@@ -40,18 +39,26 @@ from mdmgate.enrollment.windows import (
     renewal_doc,
     soap_fault,
 )
-
-DATA = Path(__file__).parent / "data" / "mde2"
-
-S = "http://www.w3.org/2003/05/soap-envelope"
-A = "http://www.w3.org/2005/08/addressing"
-ENROLL = "http://schemas.microsoft.com/windows/management/2012/01/enrollment"
-XCEP = "http://schemas.microsoft.com/windows/pki/2009/01/enrollmentpolicy"
-WST = "http://docs.oasis-open.org/ws-sx/ws-trust/200512"
-WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
-PKI = "http://schemas.microsoft.com/windows/pki/2009/01/enrollment"
-XSI = "http://www.w3.org/2001/XMLSchema-instance"
-XML_NS = "http://www.w3.org/XML/1998/namespace"
+from tests.enrollment_helpers import (
+    ENROLL,
+    MDE2_SAMPLES,
+    PKI,
+    PROVISION_DOC,
+    SAMPLE_DEVICE_ID,
+    WSSE,
+    WST,
+    XCEP,
+    XML_NS,
+    XSI,
+    A,
+    S,
+    b64,
+    get_policies,
+    renewal_request,
+    request_security_token,
+    sample,
+)
+from tests.pki_helpers import certificate, common_name, csr_der, der, rsa_key
 
 DISCOVER_RESPONSE = ENROLL + "/IDiscoveryService/DiscoverResponse"
 GET_POLICIES_RESPONSE = XCEP + "/IPolicy/GetPoliciesResponse"
@@ -59,63 +66,30 @@ RSTRC = "http://schemas.microsoft.com/windows/pki/2009/01/enrollment/RSTRC/wstep
 TOKEN_TYPE = (
     "http://schemas.microsoft.com/5.0.0.0/ConfigurationManager/Enrollment/DeviceEnrollmentToken"
 )
-PROVISION_DOC = "http://schemas.microsoft.com/5.0.0.0/ConfigurationManager/Enrollment/DeviceEnrollmentProvisionDoc"
 BASE64_ENCODING = WSSE + "#base64binary"
 
 TOKEN = "et_0123456789abcdef.s3cret-value_with-URL-safe-chars"
-CSR_PLACEHOLDER = "DER format PKCS#10 certificate request in Base64 encoding Insterted Here"
-PKCS7_PLACEHOLDER = "PKCS#7 renewal request in Base64 Inserted Here"
-DEVICE_ID = "7BA748C8-703E-4DF2-A74A-92984117346A"
 HTTPS = "https://mdm.example.com"
 
 
 # -- material made in the test
 
 
-def _key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _csr(key: rsa.RSAPrivateKey, cn: str = DEVICE_ID) -> bytes:
-    request = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .sign(key, hashes.SHA256())
-    )
-    return request.public_bytes(serialization.Encoding.DER)
-
-
-def _certificate(
-    subject: x509.Name, key: rsa.RSAPrivateKey, issuer: x509.Name, signer: rsa.RSAPrivateKey
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .sign(signer, hashes.SHA256())
-    )
-
-
 @functools.cache
 def material() -> dict[str, Any]:
     """A CA, a device certificate it issued, the device's PKCS#10 request, and a renewal: a
     new key's request in a PKCS#7 signed with the device's certificate (what Windows sends)."""
-    ca_key, device_key, new_key = _key(), _key(), _key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mdmgate test CA")])
+    ca_key, device_key, new_key = rsa_key(), rsa_key(), rsa_key()
+    ca_name = common_name("mdmgate test CA")
     device_name = x509.Name(
         [
-            x509.NameAttribute(NameOID.COMMON_NAME, DEVICE_ID),
+            x509.NameAttribute(NameOID.COMMON_NAME, SAMPLE_DEVICE_ID),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Contoso & Co"),
         ]
     )
-    ca = _certificate(ca_name, ca_key, ca_name, ca_key)
-    device = _certificate(device_name, device_key, ca_name, ca_key)
-    renewal_csr = _csr(new_key)
+    ca = certificate(ca_name, ca_key, days=365)
+    device = certificate(device_name, device_key, issuer=(ca_name, ca_key), days=365)
+    renewal_csr = csr_der(new_key, SAMPLE_DEVICE_ID)
     signed = (
         pkcs7.PKCS7SignatureBuilder()
         .set_data(renewal_csr)
@@ -123,11 +97,11 @@ def material() -> dict[str, Any]:
         .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
     )
     return {
-        "ca_der": ca.public_bytes(serialization.Encoding.DER),
-        "device_der": device.public_bytes(serialization.Encoding.DER),
+        "ca_der": der(ca),
+        "device_der": der(device),
         "device_key": device_key,
         "device": device,
-        "csr_der": _csr(device_key),
+        "csr_der": csr_der(device_key, SAMPLE_DEVICE_ID),
         "renewal_csr": renewal_csr,
         "renewal_pkcs7": signed,
     }
@@ -138,38 +112,24 @@ def pki() -> dict[str, Any]:
     return material()
 
 
-def sample(name: str) -> str:
-    return (DATA / name).read_text(encoding="utf-8")
-
-
-def b64(data: bytes | str) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.b64encode(raw).decode("ascii")
-
-
 def rst_onpremise(pki: dict[str, Any]) -> bytes:
-    text = sample("rst_onpremise.xml").replace("mypassword", TOKEN)
-    return text.replace(CSR_PLACEHOLDER, b64(pki["csr_der"])).encode()
+    return request_security_token(TOKEN, pki["csr_der"])
 
 
 def rst_federated(pki: dict[str, Any]) -> bytes:
-    text = sample("rst_federated.xml")
-    text = text.replace('B64EncodedSampleBinarySecurityToken"', b64(TOKEN))
-    return text.replace(CSR_PLACEHOLDER, b64(pki["csr_der"])).encode()
+    return request_security_token(TOKEN, pki["csr_der"], federated=True)
 
 
 def rst_renew(pki: dict[str, Any], token: bytes | None = None) -> bytes:
-    content = pki["renewal_pkcs7"] if token is None else token
-    return sample("rst_renew.xml").replace(PKCS7_PLACEHOLDER, b64(content)).encode()
+    return renewal_request(pki["renewal_pkcs7"] if token is None else token)
 
 
 def get_policies_onpremise() -> bytes:
-    return sample("get_policies_onpremise.xml").replace("mypassword", TOKEN).encode()
+    return get_policies(TOKEN)
 
 
 def get_policies_federated() -> bytes:
-    text = sample("get_policies_federated.xml")
-    return text.replace("B64EncodedSampleBinarySecurityToken", b64(TOKEN)).encode()
+    return get_policies(TOKEN, federated=True)
 
 
 def settings(**changes: Any) -> DmClientSettings:
@@ -228,7 +188,7 @@ def fault_of(call: Any, *args: Any) -> EnrollmentFault:
 
 
 def test_the_discover_sample_reads_as_its_fields() -> None:
-    request = parse_discover((DATA / "discover_onpremise.xml").read_bytes())
+    request = parse_discover((MDE2_SAMPLES / "discover_onpremise.xml").read_bytes())
 
     assert request.message_id == "urn:uuid: 748132ec-a575-4329-b01b-6171a9cf8478"
     assert request.email == "user@contoso.com"
@@ -240,7 +200,7 @@ def test_the_discover_sample_reads_as_its_fields() -> None:
 
 
 def test_the_discover_response_names_the_services_and_answers_the_message() -> None:
-    request = parse_discover((DATA / "discover_onpremise.xml").read_bytes())
+    request = parse_discover((MDE2_SAMPLES / "discover_onpremise.xml").read_bytes())
 
     answer = discover_response(
         request,
@@ -267,7 +227,7 @@ def test_the_discover_response_names_the_services_and_answers_the_message() -> N
 
 
 def test_a_federated_discover_response_names_the_authentication_page() -> None:
-    request = parse_discover((DATA / "discover_federated.xml").read_bytes())
+    request = parse_discover((MDE2_SAMPLES / "discover_federated.xml").read_bytes())
     assert request.request_version == "5.0"
 
     answer = discover_response(
@@ -288,7 +248,7 @@ def test_a_federated_discover_response_names_the_authentication_page() -> None:
 
 
 def test_discovery_refuses_a_policy_the_device_does_not_offer() -> None:
-    request = parse_discover((DATA / "discover_onpremise.xml").read_bytes())
+    request = parse_discover((MDE2_SAMPLES / "discover_onpremise.xml").read_bytes())
 
     fault = fault_of(
         lambda: discover_response(
@@ -338,7 +298,7 @@ def test_an_old_client_without_auth_policies_gets_on_premise_and_no_version() ->
 def test_discovery_refuses_settings_a_device_cannot_use(
     changes: dict[str, Any], named: str
 ) -> None:
-    request = parse_discover((DATA / "discover_federated.xml").read_bytes())
+    request = parse_discover((MDE2_SAMPLES / "discover_federated.xml").read_bytes())
     values: dict[str, Any] = {
         "auth_policy": "OnPremise",
         "policy_url": HTTPS + "/p",
@@ -429,7 +389,7 @@ def test_the_on_premise_enrollment_sample_reads_with_its_additional_context(
     assert request.security_token is None
     assert request.csr_der == pki["csr_der"]
     assert request.signer_certificate_der is None
-    assert request.device_id == DEVICE_ID
+    assert request.device_id == SAMPLE_DEVICE_ID
     assert request.hw_dev_id == "F" * 64
     assert request.enrollment_type == "Full"
     assert request.context["DeviceType"] == "CIMClient_Windows"
@@ -450,6 +410,27 @@ def test_the_federated_enrollment_sample_carries_the_token(pki: dict[str, Any]) 
     assert request.password is None
     assert request.csr_der == pki["csr_der"]
     assert request.context["AADPub"] == "FFFFFFFFFFFF"
+
+
+def test_a_token_is_filled_in_as_element_content_whatever_it_holds(
+    pki: dict[str, Any],
+) -> None:
+    # Tokens are URL-safe base64 and may hold "--"; the samples' comments name the
+    # placeholders too, and "--" in a comment is not XML.
+    token = "et_0123456789abcdef.a--b---c--"
+
+    for federated in (False, True):
+        enrollment = parse_enrollment(
+            request_security_token(token, pki["csr_der"], federated=federated)
+        )
+        policies = parse_get_policies(get_policies(token, federated=federated))
+
+        sent = (enrollment.security_token, policies.security_token)
+        if not federated:
+            sent = (enrollment.password, policies.password)
+        assert sent == (token, token)
+        assert enrollment.csr_der == pki["csr_der"]
+        assert enrollment.device_id == SAMPLE_DEVICE_ID
 
 
 def test_a_renewal_yields_the_pkcs10_inside_the_pkcs7_and_its_signer(
@@ -566,7 +547,7 @@ def test_the_provisioning_document_configures_certificates_account_and_polling(
     pki: dict[str, Any],
 ) -> None:
     credentials = DmCredentials(
-        client_name=DEVICE_ID,
+        client_name=SAMPLE_DEVICE_ID,
         client_secret="client-secret",
         client_nonce=b"\x01\x02client",
         server_secret="server-secret",
@@ -578,7 +559,7 @@ def test_the_provisioning_document_configures_certificates_account_and_polling(
         device_der=pki["device_der"],
         enrollment_type="Full",
         settings=settings(provider_id="mdmgate", server_name="Contoso MDM"),
-        device_id=DEVICE_ID,
+        device_id=SAMPLE_DEVICE_ID,
         upn="user@contoso.com",
         credentials=credentials,
     )
@@ -609,7 +590,7 @@ def test_the_provisioning_document_configures_certificates_account_and_polling(
     assert "BACKCOMPATRETRYDISABLED" in parms
     # The subject in the certificate's own RDN order, URI-escaped; the store it was put in.
     assert parms["SSLCLIENTCERTSEARCHCRITERIA"][0] == (
-        f"Subject=CN%3D{DEVICE_ID}%2CO%3DContoso%20%26%20Co&Stores=My%5CUser"
+        f"Subject=CN%3D{SAMPLE_DEVICE_ID}%2CO%3DContoso%20%26%20Co&Stores=My%5CUser"
     )
     auths = {
         _parms(a)["AAUTHLEVEL"][0]: _parms(a)
@@ -621,12 +602,12 @@ def test_the_provisioning_document_configures_certificates_account_and_polling(
     assert auths["CLIENT"]["AAUTHSECRET"][0] == "server-secret"
     assert auths["CLIENT"]["AAUTHDATA"][0] == b64(b"\x03\x04server")
     assert auths["APPSRV"]["AAUTHTYPE"][0] == "DIGEST"
-    assert auths["APPSRV"]["AAUTHNAME"][0] == DEVICE_ID
+    assert auths["APPSRV"]["AAUTHNAME"][0] == SAMPLE_DEVICE_ID
     assert auths["APPSRV"]["AAUTHSECRET"][0] == "client-secret"
     assert auths["APPSRV"]["AAUTHDATA"][0] == b64(b"\x01\x02client")
 
     provider = _characteristic(root, "DMClient", "Provider", "mdmgate")
-    assert _parms(provider)["EntDMID"] == (DEVICE_ID, "string")
+    assert _parms(provider)["EntDMID"] == (SAMPLE_DEVICE_ID, "string")
     assert _parms(provider)["UPN"] == ("user@contoso.com", "string")
     poll = _parms(_characteristic(provider, "Poll"))
     assert poll == {

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,45 +31,36 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from tests.enrollment_helpers import (
+    ENROLL,
+    PROVISION_DOC,
+    SAMPLE_DEVICE_ID,
+    SAMPLE_HW_DEV_ID,
+    SAMPLE_PASSWORD,
+    SOAP_CONTENT_TYPE,
+    WSSE,
+    WST,
+    XCEP,
+    A,
     EnrollmentGateway,
     Identity,
+    S,
     Token,
     ca_pem,
     certificates,
     create_token,
-    csr_der,
     enrollment_config,
     enrollment_gateway,
+    get_policies,
     openssl_verify,
-    public_key_der,
+    renewal_request,
+    request_security_token,
     revoke_token,
-    rsa_key,
+    sample,
     write_identity,
     write_pem,
 )
+from tests.pki_helpers import csr_der, public_key_der, rsa_key
 from tests.windows_emulator import WindowsDevice
-
-DATA = Path(__file__).parent / "data" / "mde2"
-
-# The namespaces and values MS-MDE2 names, spelled out here, not imported from the gateway.
-S = "http://www.w3.org/2003/05/soap-envelope"
-A = "http://www.w3.org/2005/08/addressing"
-DISCOVERY_NS = "http://schemas.microsoft.com/windows/management/2012/01/enrollment"
-XCEP = "http://schemas.microsoft.com/windows/pki/2009/01/enrollmentpolicy"
-WST = "http://docs.oasis-open.org/ws-sx/ws-trust/200512"
-WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
-PROVISION_DOC = (
-    "http://schemas.microsoft.com/5.0.0.0/ConfigurationManager/Enrollment/"
-    "DeviceEnrollmentProvisionDoc"
-)
-SOAP_CONTENT_TYPE = "application/soap+xml; charset=utf-8"
-
-# What the samples say, and what the tests put in their place.
-SAMPLE_DEVICE_ID = "7BA748C8-703E-4DF2-A74A-92984117346A"
-SAMPLE_HW_DEV_ID = "F" * 64
-SAMPLE_PASSWORD = "mypassword"
-CSR_PLACEHOLDER = "DER format PKCS#10 certificate request in Base64 encoding Insterted Here"
-PKCS7_PLACEHOLDER = "PKCS#7 renewal request in Base64 Inserted Here"
 
 DISCOVERY_PATH = "/EnrollmentServer/Discovery.svc"
 POLICY_PATH = "/EnrollmentServer/Policy.svc"
@@ -90,41 +80,7 @@ def get_command(uri: str) -> dict[str, str]:
     }
 
 
-# -- the device's messages: MS-MDE2's samples, filled in
-
-
-def sample(name: str) -> str:
-    return (DATA / name).read_text(encoding="utf-8")
-
-
-def fill(text: str, placeholder: str, value: str) -> str:
-    """``text`` with ``value`` as the content of the one element ``placeholder`` is in (the
-    samples' comments name the placeholders too: a value with ``--`` would end them)."""
-    filled, count = re.subn(rf"(>\s*){re.escape(placeholder)}", lambda m: m.group(1) + value, text)
-    assert count == 1, (placeholder, count)
-    return filled
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def discover_body() -> bytes:
-    return sample("discover_onpremise.xml").encode()
-
-
-def policies_body(token: str) -> bytes:
-    return fill(sample("get_policies_onpremise.xml"), SAMPLE_PASSWORD, token).encode()
-
-
-def enrollment_body(token: str, csr: bytes, device_id: str = SAMPLE_DEVICE_ID) -> bytes:
-    text = fill(sample("rst_onpremise.xml"), SAMPLE_PASSWORD, token)
-    text = fill(text, CSR_PLACEHOLDER, b64(csr))
-    return fill(text, SAMPLE_DEVICE_ID, device_id).encode()
-
-
-def renewal_body(signed_request: bytes) -> bytes:
-    return fill(sample("rst_renew.xml"), PKCS7_PLACEHOLDER, b64(signed_request)).encode()
+# -- the device's messages: MS-MDE2's samples, filled in (tests/enrollment_helpers.py)
 
 
 def signed_renewal(current: Identity, new_csr: bytes) -> bytes:
@@ -132,7 +88,7 @@ def signed_renewal(current: Identity, new_csr: bytes) -> bytes:
     return (
         pkcs7.PKCS7SignatureBuilder()
         .set_data(new_csr)
-        .add_signer(current.certificate, current.key, hashes.SHA256())
+        .add_signer(current.cert, current.key, hashes.SHA256())
         .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
     )
 
@@ -269,19 +225,17 @@ class Enrollee:
         """Probe, then Discover: the DiscoverResult's fields by name."""
         probe = await self.client.get(DISCOVERY_PATH)
         assert probe.status_code == 200, probe.text
-        r = await self.post(DISCOVERY_PATH, discover_body())
+        r = await self.post(DISCOVERY_PATH, sample("discover_onpremise.xml").encode())
         assert r.status_code == 200, r.text
-        result = soap_body(r).find(
-            f"{{{DISCOVERY_NS}}}DiscoverResponse/{{{DISCOVERY_NS}}}DiscoverResult"
-        )
+        result = soap_body(r).find(f"{{{ENROLL}}}DiscoverResponse/{{{ENROLL}}}DiscoverResult")
         assert result is not None, r.text
         return {child.tag.partition("}")[2]: (child.text or "").strip() for child in result}
 
     async def policies(self, url: str, token: str) -> httpx.Response:
-        return await self.post(url, policies_body(token))
+        return await self.post(url, get_policies(token))
 
     async def enroll(self, url: str, token: str, csr: bytes) -> httpx.Response:
-        return await self.post(url, enrollment_body(token, csr, self.device_id))
+        return await self.post(url, request_security_token(token, csr, device_id=self.device_id))
 
 
 def minimal_key_length(response: httpx.Response) -> int:
@@ -397,7 +351,7 @@ async def test_enrolled_device_runs_its_session_over_mutual_tls(gw: EnrollmentGa
         assert enrolled.ca_file.read_bytes() == await ca_pem(admin)
         openssl_verify(enrolled.ca_file, identity.cert_path)
         csr = x509.load_der_x509_csr(enrolled.csr)
-        assert public_key_der(identity.certificate) == public_key_der(csr)
+        assert public_key_der(identity.cert) == public_key_der(csr)
         assert provisioned.account["ADDR"] == f"{gw.base_url}/ManagementServer/MDM.svc"
 
         # The device is in the token's org, bound to its certificate.
@@ -493,13 +447,13 @@ async def test_renewal_over_mutual_tls_gives_a_certificate_the_next_session_uses
         # certificate (what Windows' automatic renewal does).
         async with gw.device_client(old) as client:
             r = await Enrollee(client).post(
-                enrolled.provisioned.renewal_url, renewal_body(signed_renewal(old, new_csr))
+                enrolled.provisioned.renewal_url, renewal_request(signed_renewal(old, new_csr))
             )
         renewed = write_identity(
             gw.root / "devices", "renewed", renewed_certificate(provisioning_doc(r)), new_key
         )
         openssl_verify(enrolled.ca_file, renewed.cert_path)
-        assert public_key_der(renewed.certificate) == public_key_der(new_key)
+        assert public_key_der(renewed.cert) == public_key_der(new_key)
         assert renewed.serial != old.serial
         listed = {c["serial"]: c for c in await certificates(admin, SAMPLE_DEVICE_ID)}
         assert set(listed) == {old.serial, renewed.serial}
@@ -576,7 +530,7 @@ async def test_a_revoked_certificate_opens_no_session_and_renews_nothing(
         async with gw.device_client(enrolled.identity) as client:
             r = await Enrollee(client).post(
                 enrolled.provisioned.renewal_url,
-                renewal_body(signed_renewal(enrolled.identity, new_csr)),
+                renewal_request(signed_renewal(enrolled.identity, new_csr)),
             )
         assert fault_of(r, RENEWAL_MESSAGE_ID) == Fault(
             400, "s:Sender", "s:Authorization", "the certificate is revoked"
@@ -633,9 +587,9 @@ async def test_an_expired_or_revoked_token_is_refused(gw: EnrollmentGateway, end
             token = await create_token(admin, "/acme")
             await revoke_token(admin, token.id)
             refused = refusal("s:Authorization", "the enrollment token was revoked")
-        r = await post_soap(gw, POLICY_PATH, policies_body(token.value))
+        r = await post_soap(gw, POLICY_PATH, get_policies(token.value))
         assert fault_of(r, POLICIES_MESSAGE_ID) == refused
-        body = enrollment_body(token.value, csr_der(rsa_key(), SAMPLE_DEVICE_ID))
+        body = request_security_token(token.value, csr_der(rsa_key(), SAMPLE_DEVICE_ID))
         r = await post_soap(gw, ENROLLMENT_PATH, body)
         assert fault_of(r, ENROLLMENT_MESSAGE_ID) == refused
         await nothing_issued(admin, token)
@@ -646,7 +600,7 @@ async def test_a_used_up_token_enrolls_no_second_device(gw: EnrollmentGateway) -
         token = await create_token(admin, "/acme", max_uses=1)
         first = await enroll(gw, token)
         second = "0E4B2C1D-5A6F-4B7C-8D9E-0F1A2B3C4D5E"
-        body = enrollment_body(token.value, csr_der(rsa_key(), second), second)
+        body = request_security_token(token.value, csr_der(rsa_key(), second), device_id=second)
         r = await post_soap(gw, ENROLLMENT_PATH, body)
         assert fault_of(r, ENROLLMENT_MESSAGE_ID) == refusal(
             "s:Authorization", "the enrollment token has been used as often as it may"
@@ -664,7 +618,7 @@ async def test_another_orgs_token_does_not_take_over_an_enrolled_device(
         acme = await create_token(admin, "/acme")
         globex = await create_token(admin, "/globex")
         enrolled = await enroll(gw, acme)
-        body = enrollment_body(globex.value, csr_der(rsa_key(), SAMPLE_DEVICE_ID))
+        body = request_security_token(globex.value, csr_der(rsa_key(), SAMPLE_DEVICE_ID))
         r = await post_soap(gw, ENROLLMENT_PATH, body)
         assert fault_of(r, ENROLLMENT_MESSAGE_ID) == refusal(
             "s:Authorization", "the device is enrolled in /acme: retire it there first"
@@ -708,7 +662,7 @@ async def test_a_weak_key_is_refused(gw: EnrollmentGateway) -> None:
     async with gw.admin() as admin:
         token = await create_token(admin, "/acme")
         weak = csr_der(rsa_key(1024), SAMPLE_DEVICE_ID)
-        r = await post_soap(gw, ENROLLMENT_PATH, enrollment_body(token.value, weak))
+        r = await post_soap(gw, ENROLLMENT_PATH, request_security_token(token.value, weak))
         assert fault_of(r, ENROLLMENT_MESSAGE_ID) == refusal(
             "s:CertificateRequest", "RSA key of 1024 bits; at least 2048"
         )
@@ -718,7 +672,7 @@ async def test_a_weak_key_is_refused(gw: EnrollmentGateway) -> None:
 async def test_a_replayed_enrollment_is_refused(gw: EnrollmentGateway) -> None:
     async with gw.admin() as admin:
         token = await create_token(admin, "/acme")  # any number of devices
-        body = enrollment_body(token.value, csr_der(rsa_key(), SAMPLE_DEVICE_ID))
+        body = request_security_token(token.value, csr_der(rsa_key(), SAMPLE_DEVICE_ID))
         first = await post_soap(gw, ENROLLMENT_PATH, body)
         device_der = read_provisioning(provisioning_doc(first)).device_der
         serial = format(x509.load_der_x509_certificate(device_der).serial_number, "x")
@@ -749,9 +703,9 @@ async def test_a_wrong_password_is_refused(
         token = await create_token(admin, "/acme")
         wrong = password.format(id=token.id)
         refused = refusal("s:Authentication", reason)
-        r = await post_soap(gw, POLICY_PATH, policies_body(wrong))
+        r = await post_soap(gw, POLICY_PATH, get_policies(wrong))
         assert fault_of(r, POLICIES_MESSAGE_ID) == refused
-        body = enrollment_body(wrong, csr_der(rsa_key(), SAMPLE_DEVICE_ID))
+        body = request_security_token(wrong, csr_der(rsa_key(), SAMPLE_DEVICE_ID))
         r = await post_soap(gw, ENROLLMENT_PATH, body)
         assert fault_of(r, ENROLLMENT_MESSAGE_ID) == refused
         await nothing_issued(admin, token)
@@ -761,7 +715,7 @@ async def test_a_document_type_declaration_is_refused(gw: EnrollmentGateway) -> 
     async with gw.admin() as admin:
         token = await create_token(admin, "/acme")
         # The password is an entity that would be the token, were it ever expanded.
-        body = enrollment_body("&token;", csr_der(rsa_key(), SAMPLE_DEVICE_ID)).decode()
+        body = request_security_token("&token;", csr_der(rsa_key(), SAMPLE_DEVICE_ID)).decode()
         dtd = f'<!DOCTYPE s:Envelope [<!ENTITY token "{token.value}">]>\n'
         body = body.replace("<s:Envelope", dtd + "<s:Envelope", 1)
         r = await post_soap(gw, ENROLLMENT_PATH, body.encode())
@@ -782,10 +736,10 @@ async def test_without_a_ca_passphrase_enrollment_says_how_to_turn_it_on(tmp_pat
         gw.admin() as admin,
     ):
         unavailable = Fault(500, "s:Receiver", "s:EnrollmentServer", off)
-        r = await post_soap(gw, DISCOVERY_PATH, discover_body())
+        r = await post_soap(gw, DISCOVERY_PATH, sample("discover_onpremise.xml").encode())
         assert fault_of(r, DISCOVER_MESSAGE_ID) == unavailable
         token = await create_token(admin, "/acme")
-        body = enrollment_body(token.value, csr_der(rsa_key(), SAMPLE_DEVICE_ID))
+        body = request_security_token(token.value, csr_der(rsa_key(), SAMPLE_DEVICE_ID))
         r = await post_soap(gw, ENROLLMENT_PATH, body)
         assert fault_of(r, ENROLLMENT_MESSAGE_ID) == unavailable
         r = await admin.get("/api/v1/enrollment/ca")

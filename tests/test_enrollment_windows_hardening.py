@@ -11,7 +11,6 @@ spec allows (a real PKCS#10, a MessageID echoed back exactly).
 
 from __future__ import annotations
 
-import base64
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -31,12 +30,10 @@ from mdmgate.enrollment.windows import (
     parse_get_policies,
     soap_fault,
 )
+from tests.enrollment_helpers import MDE2_SAMPLES, S, b64, request_security_token, sample
 from tests.test_enrollment_windows import (
-    CSR_PLACEHOLDER,
-    DATA,
     HTTPS,
-    S,
-    b64,
+    TOKEN,
     envelope,
     fault_of,
     get_policies_federated,
@@ -46,7 +43,6 @@ from tests.test_enrollment_windows import (
     rst_federated,
     rst_onpremise,
     rst_renew,
-    sample,
 )
 
 PARSERS: tuple[Callable[[bytes], Any], ...] = (parse_discover, parse_get_policies, parse_enrollment)
@@ -91,7 +87,7 @@ def test_a_document_type_declaration_is_refused_before_expansion(parse: Any, bod
 
 
 def test_a_dtd_after_a_valid_looking_start_is_refused_too() -> None:
-    data = (DATA / "discover_onpremise.xml").read_bytes()
+    data = (MDE2_SAMPLES / "discover_onpremise.xml").read_bytes()
     data = data.replace(b'<?xml version="1.0"?>', b'<?xml version="1.0"?><!DOCTYPE x>')
 
     assert "DTD" in fault_of(parse_discover, data).message
@@ -153,12 +149,8 @@ def test_a_binary_security_token_that_is_not_base64_is_named(pki: dict[str, Any]
 
 
 @pytest.mark.parametrize("content", [b"\x30\x03\x02\x01\x01", b"plain bytes", b""])
-def test_a_binary_security_token_that_is_not_a_request_is_named(
-    pki: dict[str, Any], content: bytes
-) -> None:
-    data = rst_onpremise(pki).replace(b64(pki["csr_der"]).encode(), b64(content).encode())
-
-    fault = fault_of(parse_enrollment, data)
+def test_a_binary_security_token_that_is_not_a_request_is_named(content: bytes) -> None:
+    fault = fault_of(parse_enrollment, request_security_token(TOKEN, content))
 
     assert fault.subcode in ("s:CertificateRequest", "s:MessageFormat")
     assert "PKCS#10" in fault.message
@@ -188,7 +180,7 @@ def test_an_issue_request_must_carry_a_pkcs10(pki: dict[str, Any]) -> None:
     ],
 )
 def test_the_wrong_action_names_the_one_expected(parse: Any, file: str, expected: str) -> None:
-    fault = fault_of(parse, (DATA / file).read_bytes())
+    fault = fault_of(parse, (MDE2_SAMPLES / file).read_bytes())
 
     assert fault.subcode == "s:MessageFormat"
     assert expected in fault.message
@@ -209,7 +201,7 @@ def test_a_request_without_credentials_is_an_invalid_security_header(
 
 
 def test_a_soap_11_envelope_is_refused() -> None:
-    data = (DATA / "discover_onpremise.xml").read_bytes()
+    data = (MDE2_SAMPLES / "discover_onpremise.xml").read_bytes()
     data = data.replace(S.encode(), b"http://schemas.xmlsoap.org/soap/envelope/")
 
     fault = fault_of(parse_discover, data)
@@ -268,8 +260,8 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 def samples() -> list[bytes]:
     pki = material()
     return [
-        (DATA / "discover_onpremise.xml").read_bytes(),
-        (DATA / "discover_federated.xml").read_bytes(),
+        (MDE2_SAMPLES / "discover_onpremise.xml").read_bytes(),
+        (MDE2_SAMPLES / "discover_federated.xml").read_bytes(),
         get_policies_onpremise(),
         get_policies_federated(),
         rst_onpremise(pki),
@@ -339,16 +331,10 @@ def _der_sources() -> list[bytes]:
 def test_any_token_content_gets_a_request_with_a_real_pkcs10_or_a_fault(
     content: bytes, kind: str
 ) -> None:
-    pki = material()
     if kind == "issue":
-        text = (
-            rst_onpremise(pki)
-            .decode()
-            .replace(base64.b64encode(pki["csr_der"]).decode(), base64.b64encode(content).decode())
-        )
-        data = text.encode()
+        data = request_security_token(TOKEN, content)
     else:
-        data = rst_renew(pki, content)
+        data = rst_renew(material(), content)
 
     request = answer(parse_enrollment, data)
 
@@ -381,7 +367,10 @@ def test_any_text_in_a_field_gets_a_request_or_a_fault(
     message, original, template = where
     escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
     if message == "discover":
-        data, parse = (DATA / "discover_onpremise.xml").read_text(encoding="utf-8"), parse_discover
+        data, parse = (
+            sample("discover_onpremise.xml"),
+            parse_discover,
+        )
     else:
         data, parse = rst_onpremise(material()).decode(), parse_enrollment
     data = data.replace(original, template.format(escaped), 1)
@@ -404,7 +393,7 @@ def test_any_text_in_a_field_gets_a_request_or_a_fault(
 @given(st.text(max_size=80))
 def test_any_message_id_accepted_is_echoed_back_exactly(text: str) -> None:
     escaped = text.replace("&", "&amp;").replace("<", "&lt;")
-    data = (DATA / "discover_onpremise.xml").read_text(encoding="utf-8")
+    data = sample("discover_onpremise.xml")
     data = data.replace("urn:uuid: 748132ec-a575-4329-b01b-6171a9cf8478", escaped)
 
     request = answer(parse_discover, data.encode("utf-8", "surrogatepass"))
@@ -427,4 +416,5 @@ def test_the_unmutated_samples_are_all_accepted() -> None:
     kinds = [parse_discover] * 2 + [parse_get_policies] * 2 + [parse_enrollment] * 3
     for parse, data in zip(kinds, samples(), strict=True):
         parse(data)
-    assert CSR_PLACEHOLDER.encode() not in samples()[4]
+    # The request the mutations start from carries a real PKCS#10, not the placeholder.
+    assert parse_enrollment(samples()[4]).csr_der == material()["csr_der"]

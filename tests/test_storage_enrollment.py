@@ -444,6 +444,18 @@ async def test_revoking_a_device_revokes_its_certificates_and_auth(store: Store)
     assert await store.revoke_certificates(reason="none", at=T0, device_id="dev-4") == []
 
 
+async def test_revoked_certificates_come_in_serial_order(store: Store) -> None:
+    # Recorded out of order, serials of different lengths: the answer is in the order of
+    # the numbers, as listing is, whatever order the backend found them in.
+    serials = ["100", "ff", "a", "fff0", "1"]
+    await _bound_device(store, "dev-0", *serials)
+    revoked = await store.revoke_certificates(reason="lost", at=T0, device_id="dev-0")
+    assert [c.serial for c in revoked] == sorted(serials, key=lambda s: int(s, 16))
+    dev0 = await store.get_device("dev-0")
+    assert dev0 is not None
+    assert dev0.auth == revoked_auth(serials)
+
+
 async def test_revoking_one_serial_touches_only_devices_naming_it(store: Store) -> None:
     _older, current = await _bound_device(store, "dev-0", "e1", "e2")
     [named_upper] = await _bound_device(store, "dev-1", "f1")

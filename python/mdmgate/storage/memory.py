@@ -12,7 +12,7 @@ import itertools
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import trio
@@ -34,18 +34,13 @@ from mdmgate.storage import (
     offers_exhausted,
     org_covers,
 )
-from mdmgate.storage.enrollment import EnrollmentToken, IssuedCertificate, revoked_auth
+from mdmgate.storage.enrollment import EnrollmentToken, IssuedCertificate
 from mdmgate.storage.enrollment_records import (
     CLAIM_SWEEP,
+    EnrollmentRole,
+    auth_after_revocation,
     certificate_taken,
-    check_claim,
-    check_revocation,
-    checked_certificate,
-    checked_material,
-    checked_token,
-    names_one_of,
     serial_order,
-    serials_by_device,
     token_taken,
 )
 
@@ -85,7 +80,7 @@ class _Entry:
     delivery: Delivery
 
 
-class MemoryStore:
+class MemoryStore(EnrollmentRole):
     def __init__(self) -> None:
         self._devices: dict[str, Device] = {}
         self._commands: dict[str, tuple[str, bytes]] = {}
@@ -485,14 +480,12 @@ class MemoryStore:
     async def get_material(self, name: str) -> bytes | None:
         return self._material.get(name)
 
-    async def put_material(self, name: str, value: bytes, *, replace: bool = False) -> bytes:
-        value = checked_material(name, value)
+    async def _store_material(self, name: str, value: bytes, replace: bool) -> bytes:
         if replace or name not in self._material:
             self._material[name] = value
         return self._material[name]
 
-    async def put_token(self, token: EnrollmentToken) -> None:
-        token = checked_token(token)
+    async def _insert_token(self, token: EnrollmentToken) -> None:
         if token.id in self._tokens:
             raise token_taken(token.id)
         self._tokens[token.id] = token
@@ -526,37 +519,32 @@ class MemoryStore:
         self._tokens[token_id] = msgspec.structs.replace(token, uses=token.uses + 1)
         return self._tokens[token_id]
 
-    async def claim_once(self, kind: str, key: str, *, until: float, now: float) -> bool:
-        check_claim(kind, key, until=until, now=now)
+    async def _claim(self, kind: str, key: str, until: float, now: float) -> bool:
         held = self._claims.get((kind, key))
         if held is not None and held > now:
             return False
-        self._claims[kind, key] = float(until)
+        self._claims[kind, key] = until
         expired = [k for k, u in itertools.islice(self._claims.items(), 64) if u <= now]
         for k in expired[:CLAIM_SWEEP]:
             del self._claims[k]
         return True
 
-    async def record_certificate(self, certificate: IssuedCertificate) -> None:
-        c = checked_certificate(certificate)
+    async def _insert_certificate(self, certificate: IssuedCertificate) -> None:
+        c = certificate
         if c.serial in self._certificates or c.sha256 in self._by_sha256:
             raise certificate_taken(c.serial, c.sha256, same_serial=c.serial in self._certificates)
         self._certificates[c.serial] = c
         self._by_sha256[c.sha256] = c.serial
 
-    async def get_certificate(self, serial: str) -> IssuedCertificate | None:
-        return self._certificates.get(serial)
+    async def _certificate_by(
+        self, key: Literal["serial", "sha256"], value: str
+    ) -> IssuedCertificate | None:
+        serial = value if key == "serial" else self._by_sha256.get(value)
+        return None if serial is None else self._certificates.get(serial)
 
-    async def certificate_by_sha256(self, sha256: str) -> IssuedCertificate | None:
-        serial = self._by_sha256.get(sha256)
-        return None if serial is None else self._certificates[serial]
-
-    async def list_certificates(
-        self, *, device_id: str | None = None, after: str | None = None, limit: int = 100
+    async def _certificates_after(
+        self, start: tuple[int, str] | None, device_id: str | None, limit: int
     ) -> list[IssuedCertificate]:
-        if limit <= 0:
-            return []
-        start = None if after is None else serial_order(after)
         found = [
             c
             for c in self._certificates.values()
@@ -573,40 +561,27 @@ class MemoryStore:
         self._certificates[serial] = msgspec.structs.replace(c, device_id=device_id)
         return True
 
-    async def revoke_certificates(
-        self,
-        *,
-        reason: str,
-        at: float,
-        device_id: str | None = None,
-        serial: str | None = None,
+    async def _revoke(
+        self, reason: str, at: float, device_id: str | None, serial: str | None
     ) -> list[IssuedCertificate]:
-        check_revocation(device_id, serial)
-        chosen = [
-            c
+        revoked = [
+            msgspec.structs.replace(c, revoked_at=at, revocation_reason=reason)
             for c in self._certificates.values()
             if c.revoked_at is None
             and (device_id is None or c.device_id == device_id)
             and (serial is None or c.serial == serial)
         ]
-        chosen.sort(key=lambda c: serial_order(c.serial))
-        revoked = [
-            msgspec.structs.replace(c, revoked_at=float(at), revocation_reason=reason)
-            for c in chosen
-        ]
         for c in revoked:
             self._certificates[c.serial] = c
-        self._revoke_auth(revoked)
-        return revoked
 
-    def _revoke_auth(self, revoked: Sequence[IssuedCertificate]) -> None:
-        """Unbinds every device bound to a revoked certificate whose auth names one (no
-        change in the feed, as for set_auth: no index reads credentials)."""
-        hashes = {c.sha256 for c in revoked}
-        for bound, serials in serials_by_device(revoked).items():
+        def auth_of(bound: str) -> Mapping[str, Any] | None:
             device = self._devices.get(bound)
-            if device is not None and names_one_of(device.auth, hashes):
-                self._devices[bound] = msgspec.structs.replace(device, auth=revoked_auth(serials))
+            return None if device is None else device.auth
+
+        # No change in the feed, as for set_auth: no index reads credentials.
+        for bound, auth in auth_after_revocation(revoked, auth_of).items():
+            self._devices[bound] = msgspec.structs.replace(self._devices[bound], auth=auth)
+        return revoked
 
     async def aclose(self) -> None:
         return None

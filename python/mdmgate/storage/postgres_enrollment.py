@@ -28,20 +28,20 @@ counts one more use and ``claim_once`` answers False.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
-
-import msgspec
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from mdmgate.storage.enrollment import EnrollmentToken, IssuedCertificate
 from mdmgate.storage.enrollment_records import (
+    CERTIFICATE_COLUMNS,
     CLAIM_SWEEP,
+    IN_SERIAL_ORDER,
+    TOKEN_COLUMNS,
+    EnrollmentRole,
+    certificate_from_row,
+    certificate_row,
     certificate_taken,
-    check_claim,
-    check_revocation,
-    checked_certificate,
-    checked_material,
-    checked_token,
-    serial_order,
+    token_from_row,
+    token_row,
     token_taken,
 )
 from mdmgate.storage.pgwire import Param, PgError, Result, Row
@@ -49,18 +49,7 @@ from mdmgate.storage.postgres_schema import Statement, text_array
 
 __all__ = ["PostgresEnrollment"]
 
-_PLATFORMS = msgspec.json.Decoder(tuple[str, ...])
-
-_TOKEN_COLUMNS = (
-    "id, org, secret_sha256, created_at, expires_at, max_uses, uses, revoked_at, platforms,"
-    " description"
-)
-_SELECT_TOKEN = _TOKEN_COLUMNS.replace("platforms", "array_to_json(platforms)::text")
-_CERTIFICATE_COLUMNS = (
-    "serial, sha256, subject, org, platform, issued_at, not_after, der, token_id, device_id,"
-    " renews, revoked_at, revocation_reason"
-)
-_IN_ORDER = "ORDER BY digits, serial"
+_SELECT_TOKEN = TOKEN_COLUMNS.replace("platforms", "array_to_json(platforms)::text")
 
 _PUT_MATERIAL = (
     "INSERT INTO enrollment_material (name, value) VALUES ($1, $2) ON CONFLICT (name)"
@@ -90,7 +79,7 @@ _FORGET_CLAIMS = (
 _REVOKE = (
     "WITH revoked AS ("
     "  UPDATE certificates SET revoked_at = $1, revocation_reason = $2"
-    f"  WHERE revoked_at IS NULL AND {{where}} RETURNING {_CERTIFICATE_COLUMNS}),"
+    f"  WHERE revoked_at IS NULL AND {{where}} RETURNING {CERTIFICATE_COLUMNS}),"
     " hashes AS (SELECT array_agg(sha256) AS named FROM revoked),"
     " bound AS (SELECT device_id, array_agg(serial ORDER BY serial) AS serials"
     "  FROM revoked WHERE device_id IS NOT NULL GROUP BY device_id),"
@@ -100,25 +89,11 @@ _REVOKE = (
     "  THEN jsonb_build_object('method', 'certificate', 'revoked', to_jsonb(b.serials))"
     "  ELSE d.auth END"
     "  FROM bound b, hashes h WHERE d.id = b.device_id)"
-    f" SELECT {_CERTIFICATE_COLUMNS} FROM revoked ORDER BY length(serial), serial"
+    f" SELECT {CERTIFICATE_COLUMNS} FROM revoked"
 )
 
 
-def _token(row: Row) -> EnrollmentToken:
-    token_id, org, secret, created, expires, max_uses, uses, revoked, platforms, text = cast(
-        tuple[Any, ...], row
-    )
-    platforms = _PLATFORMS.decode(platforms)
-    return EnrollmentToken(
-        token_id, org, secret, created, expires, max_uses, uses, revoked, platforms, text
-    )
-
-
-def _certificate(row: Row) -> IssuedCertificate:
-    return IssuedCertificate(*cast(tuple[Any, ...], row))
-
-
-class PostgresEnrollment:
+class PostgresEnrollment(EnrollmentRole):
     """The enrollment role, on the store's pooled calls."""
 
     if TYPE_CHECKING:
@@ -135,32 +110,21 @@ class PostgresEnrollment:
         value = await self._fetchval("SELECT value FROM enrollment_material WHERE name = $1", name)
         return None if value is None else cast(bytes, value)
 
-    async def put_material(self, name: str, value: bytes, *, replace: bool = False) -> bytes:
-        value = checked_material(name, value)
+    async def _store_material(self, name: str, value: bytes, replace: bool) -> bytes:
         return cast(bytes, await self._fetchval(_PUT_MATERIAL, name, value, replace))
 
-    async def put_token(self, token: EnrollmentToken) -> None:
-        t = checked_token(token)
+    async def _insert_token(self, token: EnrollmentToken) -> None:
         written = await self._execute(
-            f"INSERT INTO enrollment_tokens ({_TOKEN_COLUMNS})"
+            f"INSERT INTO enrollment_tokens ({TOKEN_COLUMNS})"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text[], $10) ON CONFLICT (id) DO NOTHING",
-            t.id,
-            t.org,
-            t.secret_sha256,
-            t.created_at,
-            t.expires_at,
-            t.max_uses,
-            t.uses,
-            t.revoked_at,
-            text_array(t.platforms),
-            t.description,
+            *token_row(token, text_array(token.platforms)),
         )
         if written == 0:
-            raise token_taken(t.id)
+            raise token_taken(token.id)
 
     async def _one_token(self, query: str, *params: Param) -> EnrollmentToken | None:
         rows = await self._fetch(query, *params)
-        return _token(rows[0]) if rows else None
+        return token_from_row(rows[0]) if rows else None
 
     async def get_token(self, token_id: str) -> EnrollmentToken | None:
         query = f"SELECT {_SELECT_TOKEN} FROM enrollment_tokens WHERE id = $1"
@@ -177,7 +141,7 @@ class PostgresEnrollment:
                 " ORDER BY created_at DESC, id"
             )
             rows = await self._fetch(query, org)
-        return [_token(r) for r in rows]
+        return [token_from_row(r) for r in rows]
 
     async def revoke_token(self, token_id: str, *, at: float) -> EnrollmentToken | None:
         query = (
@@ -189,35 +153,19 @@ class PostgresEnrollment:
     async def use_token(self, token_id: str, *, now: float) -> EnrollmentToken | None:
         return await self._one_token(_USE_TOKEN, token_id, float(now))
 
-    async def claim_once(self, kind: str, key: str, *, until: float, now: float) -> bool:
-        check_claim(kind, key, until=until, now=now)
+    async def _claim(self, kind: str, key: str, until: float, now: float) -> bool:
         claimed, _ = await self._write(
-            [
-                (_CLAIM, (kind, key, float(until), float(now))),
-                (_FORGET_CLAIMS, (float(now), CLAIM_SWEEP)),
-            ]
+            [(_CLAIM, (kind, key, until, now)), (_FORGET_CLAIMS, (now, CLAIM_SWEEP))]
         )
         return claimed.rowcount > 0
 
-    async def record_certificate(self, certificate: IssuedCertificate) -> None:
-        c = checked_certificate(certificate)
+    async def _insert_certificate(self, certificate: IssuedCertificate) -> None:
+        c = certificate
         try:
             await self._execute(
-                f"INSERT INTO certificates ({_CERTIFICATE_COLUMNS})"
+                f"INSERT INTO certificates ({CERTIFICATE_COLUMNS})"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                c.serial,
-                c.sha256,
-                c.subject,
-                c.org,
-                c.platform,
-                c.issued_at,
-                c.not_after,
-                c.der,
-                c.token_id,
-                c.device_id,
-                c.renews,
-                c.revoked_at,
-                c.revocation_reason,
+                *certificate_row(c),
             )
         except PgError as e:
             if not e.is_unique_violation:
@@ -225,33 +173,27 @@ class PostgresEnrollment:
             same = e.constraint == "certificates_pkey"
             raise certificate_taken(c.serial, c.sha256, same_serial=same) from None
 
-    async def _certificate_where(self, column: str, value: str) -> IssuedCertificate | None:
-        query = f"SELECT {_CERTIFICATE_COLUMNS} FROM certificates WHERE {column} = $1"
+    async def _certificate_by(
+        self, key: Literal["serial", "sha256"], value: str
+    ) -> IssuedCertificate | None:
+        query = f"SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE {key} = $1"
         rows = await self._fetch(query, value)
-        return _certificate(rows[0]) if rows else None
+        return certificate_from_row(rows[0]) if rows else None
 
-    async def get_certificate(self, serial: str) -> IssuedCertificate | None:
-        return await self._certificate_where("serial", serial)
-
-    async def certificate_by_sha256(self, sha256: str) -> IssuedCertificate | None:
-        return await self._certificate_where("sha256", sha256)
-
-    async def list_certificates(
-        self, *, device_id: str | None = None, after: str | None = None, limit: int = 100
+    async def _certificates_after(
+        self, start: tuple[int, str] | None, device_id: str | None, limit: int
     ) -> list[IssuedCertificate]:
-        if limit <= 0:
-            return []
         conditions: list[str] = []
         params: list[Param] = [limit]
         if device_id is not None:
             params.append(device_id)
             conditions.append(f"device_id = ${len(params)}")
-        if after is not None:
-            params += serial_order(after)
+        if start is not None:
+            params += start
             conditions.append(f"(digits, serial) > (${len(params) - 1}::int4, ${len(params)})")
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        query = f"SELECT {_CERTIFICATE_COLUMNS} FROM certificates {where} {_IN_ORDER} LIMIT $1"
-        return [_certificate(r) for r in await self._fetch(query, *params)]
+        query = f"SELECT {CERTIFICATE_COLUMNS} FROM certificates {where} {IN_SERIAL_ORDER} LIMIT $1"
+        return [certificate_from_row(r) for r in await self._fetch(query, *params)]
 
     async def bind_certificate(self, serial: str, device_id: str) -> bool:
         query = (
@@ -260,17 +202,11 @@ class PostgresEnrollment:
         )
         return await self._execute(query, serial, device_id) > 0
 
-    async def revoke_certificates(
-        self,
-        *,
-        reason: str,
-        at: float,
-        device_id: str | None = None,
-        serial: str | None = None,
+    async def _revoke(
+        self, reason: str, at: float, device_id: str | None, serial: str | None
     ) -> list[IssuedCertificate]:
-        check_revocation(device_id, serial)
         conditions: list[str] = []
-        params: list[Param] = [float(at), reason]
+        params: list[Param] = [at, reason]
         if device_id is not None:
             params.append(device_id)
             conditions.append(f"device_id = ${len(params)}")
@@ -278,4 +214,4 @@ class PostgresEnrollment:
             params.append(serial)
             conditions.append(f"serial = ${len(params)}")
         query = _REVOKE.format(where=" AND ".join(conditions))
-        return [_certificate(r) for r in await self._fetch(query, *params)]
+        return [certificate_from_row(r) for r in await self._fetch(query, *params)]

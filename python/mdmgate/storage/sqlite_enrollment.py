@@ -21,20 +21,21 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from mdmgate.storage.enrollment import EnrollmentToken, IssuedCertificate, revoked_auth
+from mdmgate.storage.enrollment import EnrollmentToken, IssuedCertificate
 from mdmgate.storage.enrollment_records import (
+    CERTIFICATE_COLUMNS,
     CLAIM_SWEEP,
+    IN_SERIAL_ORDER,
+    TOKEN_COLUMNS,
+    EnrollmentRole,
+    auth_after_revocation,
+    certificate_from_row,
+    certificate_row,
     certificate_taken,
-    check_claim,
-    check_revocation,
-    checked_certificate,
-    checked_material,
-    checked_token,
-    names_one_of,
-    serial_order,
-    serials_by_device,
+    token_from_row,
+    token_row,
     token_taken,
 )
 
@@ -93,40 +94,16 @@ MIGRATION = """
     CREATE INDEX claims_by_expiry ON claims (until);
 """
 
-_TOKEN_COLUMNS = (
-    "id, org, secret_sha256, created_at, expires_at, max_uses, uses, revoked_at, platforms,"
-    " description"
-)
-_CERTIFICATE_COLUMNS = (
-    "serial, sha256, subject, org, platform, issued_at, not_after, der, token_id, device_id,"
-    " renews, revoked_at, revocation_reason"
-)
-_IN_ORDER = "ORDER BY digits, serial"
-
-
-def _token(row: tuple[Any, ...]) -> EnrollmentToken:
-    token_id, org, secret, created, expires, max_uses, uses, revoked, platforms, text = row
-    platforms = tuple(json.loads(platforms))
-    return EnrollmentToken(
-        token_id, org, secret, created, expires, max_uses, uses, revoked, platforms, text
-    )
-
-
-def _certificate(row: tuple[Any, ...]) -> IssuedCertificate:
-    values = list(row)
-    values[7] = bytes(values[7])  # the DER
-    return IssuedCertificate(*values)
-
 
 def _one_token(
     db: sqlite3.Connection, query: str, params: tuple[Any, ...]
 ) -> EnrollmentToken | None:
     # fetchall: a statement with RETURNING must run to its end before the savepoint is let go.
     rows = db.execute(query, params).fetchall()
-    return _token(rows[0]) if rows else None
+    return token_from_row(rows[0]) if rows else None
 
 
-class SQLiteEnrollment:
+class SQLiteEnrollment(EnrollmentRole):
     """The enrollment role, on the store's writer (``_run``) and read connection
     (``_read_inline``)."""
 
@@ -145,9 +122,7 @@ class SQLiteEnrollment:
 
         return await self._read_inline(read)
 
-    async def put_material(self, name: str, value: bytes, *, replace: bool = False) -> bytes:
-        value = checked_material(name, value)
-
+    async def _store_material(self, name: str, value: bytes, replace: bool) -> bytes:
         def write(db: sqlite3.Connection) -> bytes:
             db.execute(
                 "INSERT INTO enrollment_material VALUES (?1, ?2) ON CONFLICT (name)"
@@ -161,34 +136,22 @@ class SQLiteEnrollment:
 
         return await self._run(write)
 
-    async def put_token(self, token: EnrollmentToken) -> None:
-        t = checked_token(token)
-        row = (
-            t.id,
-            t.org,
-            t.secret_sha256,
-            t.created_at,
-            t.expires_at,
-            t.max_uses,
-            t.uses,
-            t.revoked_at,
-            json.dumps(list(t.platforms)),
-            t.description,
-        )
+    async def _insert_token(self, token: EnrollmentToken) -> None:
+        row = token_row(token, json.dumps(list(token.platforms)))
 
         def write(db: sqlite3.Connection) -> None:
             cursor = db.execute(
-                f"INSERT INTO enrollment_tokens ({_TOKEN_COLUMNS})"
+                f"INSERT INTO enrollment_tokens ({TOKEN_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 row,
             )
             if cursor.rowcount == 0:
-                raise token_taken(t.id)
+                raise token_taken(token.id)
 
         await self._run(write)
 
     async def get_token(self, token_id: str) -> EnrollmentToken | None:
-        query = f"SELECT {_TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = ?"
+        query = f"SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = ?"
         return await self._read_inline(lambda db: _one_token(db, query, (token_id,)))
 
     async def list_tokens(self, org: str | None = None) -> list[EnrollmentToken]:
@@ -196,22 +159,22 @@ class SQLiteEnrollment:
             # Newest first; tokens made in the same instant by id.
             if org is None:
                 rows = db.execute(
-                    f"SELECT {_TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC, id"
+                    f"SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC, id"
                 )
             else:
                 rows = db.execute(
-                    f"SELECT {_TOKEN_COLUMNS} FROM enrollment_tokens WHERE org = ?"
+                    f"SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE org = ?"
                     " ORDER BY created_at DESC, id",
                     (org,),
                 )
-            return [_token(r) for r in rows]
+            return [token_from_row(r) for r in rows]
 
         return await self._run(read)
 
     async def revoke_token(self, token_id: str, *, at: float) -> EnrollmentToken | None:
         query = (
             "UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, ?)"
-            f" WHERE id = ? RETURNING {_TOKEN_COLUMNS}"
+            f" WHERE id = ? RETURNING {TOKEN_COLUMNS}"
         )
         return await self._run(lambda db: _one_token(db, query, (float(at), token_id)))
 
@@ -220,46 +183,30 @@ class SQLiteEnrollment:
         query = (
             "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL"
             " AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)"
-            f" RETURNING {_TOKEN_COLUMNS}"
+            f" RETURNING {TOKEN_COLUMNS}"
         )
         return await self._run(lambda db: _one_token(db, query, (token_id, now)))
 
-    async def claim_once(self, kind: str, key: str, *, until: float, now: float) -> bool:
-        check_claim(kind, key, until=until, now=now)
-
+    async def _claim(self, kind: str, key: str, until: float, now: float) -> bool:
         def write(db: sqlite3.Connection) -> bool:
             # Taken when new or expired: one statement, like a lease.
             won = db.execute(
                 "INSERT INTO claims VALUES (?1, ?2, ?3) ON CONFLICT (kind, key)"
                 " DO UPDATE SET until = excluded.until WHERE claims.until <= ?4",
-                (kind, key, float(until), float(now)),
+                (kind, key, until, now),
             ).rowcount
             db.execute(
                 "DELETE FROM claims WHERE rowid IN"
                 " (SELECT rowid FROM claims WHERE until <= ? LIMIT ?)",
-                (float(now), CLAIM_SWEEP),
+                (now, CLAIM_SWEEP),
             )
             return won > 0
 
         return await self._run(write)
 
-    async def record_certificate(self, certificate: IssuedCertificate) -> None:
-        c = checked_certificate(certificate)
-        row = (
-            c.serial,
-            c.sha256,
-            c.subject,
-            c.org,
-            c.platform,
-            c.issued_at,
-            c.not_after,
-            c.der,
-            c.token_id,
-            c.device_id,
-            c.renews,
-            c.revoked_at,
-            c.revocation_reason,
-        )
+    async def _insert_certificate(self, certificate: IssuedCertificate) -> None:
+        c = certificate
+        row = certificate_row(c)
 
         def write(db: sqlite3.Connection) -> None:
             # Under the write lock: nobody records either key between this read and the insert.
@@ -271,46 +218,40 @@ class SQLiteEnrollment:
                 same = any(r[0] == c.serial for r in taken)
                 raise certificate_taken(c.serial, c.sha256, same_serial=same)
             db.execute(
-                f"INSERT INTO certificates ({_CERTIFICATE_COLUMNS})"
+                f"INSERT INTO certificates ({CERTIFICATE_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
 
         await self._run(write)
 
-    async def _certificate_where(self, where: str, value: str) -> IssuedCertificate | None:
+    async def _certificate_by(
+        self, key: Literal["serial", "sha256"], value: str
+    ) -> IssuedCertificate | None:
         def read(db: sqlite3.Connection) -> IssuedCertificate | None:
             row = db.execute(
-                f"SELECT {_CERTIFICATE_COLUMNS} FROM certificates WHERE {where} = ?", (value,)
+                f"SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE {key} = ?", (value,)
             ).fetchone()
-            return None if row is None else _certificate(row)
+            return None if row is None else certificate_from_row(row)
 
         return await self._read_inline(read)
 
-    async def get_certificate(self, serial: str) -> IssuedCertificate | None:
-        return await self._certificate_where("serial", serial)
-
-    async def certificate_by_sha256(self, sha256: str) -> IssuedCertificate | None:
-        return await self._certificate_where("sha256", sha256)
-
-    async def list_certificates(
-        self, *, device_id: str | None = None, after: str | None = None, limit: int = 100
+    async def _certificates_after(
+        self, start: tuple[int, str] | None, device_id: str | None, limit: int
     ) -> list[IssuedCertificate]:
-        if limit <= 0:
-            return []
         conditions: list[str] = []
         params: list[Any] = []
         if device_id is not None:
             conditions.append("device_id = ?")
             params.append(device_id)
-        if after is not None:
+        if start is not None:
             conditions.append("(digits, serial) > (?, ?)")
-            params += serial_order(after)
+            params += start
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        query = f"SELECT {_CERTIFICATE_COLUMNS} FROM certificates {where} {_IN_ORDER} LIMIT ?"
+        query = f"SELECT {CERTIFICATE_COLUMNS} FROM certificates {where} {IN_SERIAL_ORDER} LIMIT ?"
 
         def read(db: sqlite3.Connection) -> list[IssuedCertificate]:
-            return [_certificate(r) for r in db.execute(query, (*params, limit))]
+            return [certificate_from_row(r) for r in db.execute(query, (*params, limit))]
 
         return await self._run(read)
 
@@ -325,16 +266,10 @@ class SQLiteEnrollment:
 
         return await self._run(write)
 
-    async def revoke_certificates(
-        self,
-        *,
-        reason: str,
-        at: float,
-        device_id: str | None = None,
-        serial: str | None = None,
+    async def _revoke(
+        self, reason: str, at: float, device_id: str | None, serial: str | None
     ) -> list[IssuedCertificate]:
-        check_revocation(device_id, serial)
-        conditions, params = ["revoked_at IS NULL"], [float(at), reason]
+        conditions, params = ["revoked_at IS NULL"], [at, reason]
         if device_id is not None:
             conditions.append("device_id = ?")
             params.append(device_id)
@@ -343,21 +278,22 @@ class SQLiteEnrollment:
             params.append(serial)
         revoke = (
             "UPDATE certificates SET revoked_at = ?, revocation_reason = ?"
-            f" WHERE {' AND '.join(conditions)} RETURNING {_CERTIFICATE_COLUMNS}"
+            f" WHERE {' AND '.join(conditions)} RETURNING {CERTIFICATE_COLUMNS}"
         )
 
         def write(db: sqlite3.Connection) -> list[IssuedCertificate]:
-            revoked = [_certificate(r) for r in db.execute(revoke, params).fetchall()]
-            revoked.sort(key=lambda c: serial_order(c.serial))
-            hashes = {c.sha256 for c in revoked}
-            # In the same transaction, under the write lock: the auth read is the latest.
-            for bound, serials in serials_by_device(revoked).items():
+            revoked = [certificate_from_row(r) for r in db.execute(revoke, params).fetchall()]
+
+            def auth_of(bound: str) -> dict[str, Any] | None:
                 row = db.execute("SELECT auth FROM devices WHERE id = ?", (bound,)).fetchone()
-                if row is not None and names_one_of(json.loads(row[0]), hashes):
-                    db.execute(
-                        "UPDATE devices SET auth = ? WHERE id = ?",
-                        (json.dumps(revoked_auth(serials)), bound),
-                    )
+                if row is None:
+                    return None
+                auth: dict[str, Any] = json.loads(row[0])
+                return auth
+
+            # In the same transaction, under the write lock: the auth read is the latest.
+            for bound, auth in auth_after_revocation(revoked, auth_of).items():
+                db.execute("UPDATE devices SET auth = ? WHERE id = ?", (json.dumps(auth), bound))
             return revoked
 
         return await self._run(write)
