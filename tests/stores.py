@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from mdmgate.catalogue.model import CommandBatch, LicenceGrant
-from mdmgate.storage import LicencesExhausted, Store
+from mdmgate.storage import LicencesExhausted, NewEvent, Store
 from mdmgate.storage.memory import MemoryStore
 from mdmgate.storage.sqlite import SQLiteStore
 from tests import pg_databases
@@ -116,12 +116,18 @@ async def use_token_times(store: Store, token_id: str, times: int, now: float) -
     return counts
 
 
+async def append_each(store: Store, kind: str, times: int) -> list[int]:
+    """Appends ``times`` events of type ``kind``, one call each; returns their numbers."""
+    return [await store.append_events([NewEvent(kind, data={"n": i})]) for i in range(times)]
+
+
 RACE_OPS: dict[str, Callable[..., Awaitable[Any]]] = {
     "take_all": take_all,
     "merge_keys": merge_keys,
     "grant_each": grant_each,
     "claim_each": claim_each,
     "use_token_times": use_token_times,
+    "append_each": append_each,
 }
 
 _RACER = textwrap.dedent(

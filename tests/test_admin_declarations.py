@@ -489,9 +489,14 @@ async def test_openapi_lists_the_declaration_endpoints(api: AdminApi) -> None:
     paths = document["paths"]
     post_op = paths["/api/v1/declarations"]["post"]
     assert {"200", "201", "400", "401", "404", "415", "422"} <= set(post_op["responses"])
+    # Either form: the gateway's or Apple's own (issue 17).
     assert post_op["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/DeclarationIn"
+        "$ref": "#/components/schemas/DeclarationRequest"
     }
+    assert document["components"]["schemas"]["DeclarationRequest"]["oneOf"] == [
+        {"$ref": "#/components/schemas/DeclarationIn"},
+        {"$ref": "#/components/schemas/AppleDeclarationIn"},
+    ]
     get_op = paths["/api/v1/declarations/{identifier}"]["get"]
     assert get_op["parameters"][0]["name"] == "identifier"
     assert get_op["responses"]["200"]["content"]["application/json"]["schema"] == {

@@ -84,7 +84,8 @@ async def test_a_push_that_fails_is_tried_again_until_apns_takes_it() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pusher.run)
             pusher.wake(["ipad-9"])
-            await wait_until(lambda: server.accepted("ab09"))
+            # The server takes the push before the pusher has read its answer.
+            await wait_until(lambda: server.accepted("ab09") and pusher.sent == 1)
             nursery.cancel_scope.cancel()
     assert [p.status for p in server.pushes] == [503, 503, 503, 200]
     assert (pusher.sent, pusher.failed, pusher.retried, pusher.pending_retries) == (1, 3, 3, 0)

@@ -165,6 +165,7 @@ class NodeStore:
         licences: LicenceGrant | None = None,
         notification: Notification | None = None,
         expected_rev: int | None = None,
+        events: Any = (),
     ) -> int:
         assert notification is not None, "a wave writes its notification with its deliveries"
         self.attempts.append((notification.updated_at, notification.id, expected_rev))
@@ -181,7 +182,11 @@ class NodeStore:
             await self.gate.wait()
         try:
             made = await self._store.fan_out(
-                batches, licences=licences, notification=notification, expected_rev=expected_rev
+                batches,
+                licences=licences,
+                notification=notification,
+                expected_rev=expected_rev,
+                events=events,
             )
         except RevisionConflict:
             self.conflicts += 1
@@ -197,13 +202,15 @@ class NodeStore:
         return made
 
     async def put_notification(
-        self, notification: Notification, *, expected_rev: int | None = None
+        self, notification: Notification, *, expected_rev: int | None = None, events: Any = ()
     ) -> Notification:
         if notification.state == "cancelled" and self.cancel_gate is not None:
             self.cancel_reached.set()
             await self.cancel_gate.wait()
         try:
-            put = await self._store.put_notification(notification, expected_rev=expected_rev)
+            put = await self._store.put_notification(
+                notification, expected_rev=expected_rev, events=events
+            )
         except RevisionConflict:
             self.conflicts += 1
             raise

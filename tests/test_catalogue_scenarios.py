@@ -554,7 +554,6 @@ def test_scheduler_task_runs_what_falls_due() -> None:
         store = MemoryStore()
         console = Console(store, Clock(dt.datetime(2026, 11, 20, tzinfo=dt.UTC)))
         console.catalogue.now = lambda: base + trio.current_time()
-        console.api._catalogue_api.now = console.catalogue.now
         await console.devices(ios("a", "/acme"))
         await store_app(console, licences=5)
         await console.ok("POST", "/apps/chat/versions", {"file_version": "1.0"}, 201)
@@ -801,7 +800,6 @@ def test_later_waves_run_on_time_under_the_scheduler() -> None:
     async def main() -> None:
         console = Console(MemoryStore(), Clock(dt.datetime(2026, 11, 20, tzinfo=dt.UTC)))
         console.catalogue.now = lambda: base + trio.current_time()
-        console.api._catalogue_api.now = console.catalogue.now
         await console.devices(ios("a", "/acme"), ios("b", "/acme"))
         await store_app(console, licences=5)
         await console.ok("POST", "/apps/chat/versions", {"file_version": "1.0"}, 201)

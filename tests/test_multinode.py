@@ -770,7 +770,7 @@ async def test_why_postgresql_serves_several_nodes(tmp_path: Path, database: str
         async with cluster, explained(cluster):
             async with cluster.admin(a) as admin:
                 r = await admin.post(
-                    "/api/v1/devices", json=[{"id": "pg-win", "platform": "windows"}]
+                    "/api/v1/devices", json=[{"id": "pg-win", "platform": "windows", "org": "/"}]
                 )
                 assert r.status_code == 200, r.text
             async with cluster.admin(b) as admin:

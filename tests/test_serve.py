@@ -91,7 +91,9 @@ def test_acknowledged_command_survives_sigkill(tmp_path: Path) -> None:
     )
     with gateway("--db", db) as (proc, base):
         with httpx.Client(base_url=base, headers=AUTH) as client:
-            r = client.post("/api/v1/devices", json=[{"id": "win-1", "platform": "windows"}])
+            r = client.post(
+                "/api/v1/devices", json=[{"id": "win-1", "platform": "windows", "org": "/"}]
+            )
             assert r.status_code == 200, r.text
             r = client.post("/api/v1/commands", json={"devices": ["win-1"], "raw": get})
             assert r.status_code == 202, r.text

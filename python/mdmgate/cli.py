@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from mdmgate import __version__, plist, syncml, versions
+from mdmgate.client import cli as client_cli
 from mdmgate.errors import MdmgateError
+from mdmgate.simulate import cli as simulate_cli
 
 USAGE_ERROR = 2
 
@@ -29,6 +31,8 @@ examples:
   mdmgate syncml decode request.xml > request.json
   mdmgate syncml encode --wbxml request.json > request.wbxml
   mdmgate syncml decode request.wbxml | mdmgate syncml encode    (WBXML to XML)
+  MDMGATE_URL=https://mdm.example.com mdmgate devices list --org /acme   (a running gateway;
+      devices, commands, rollouts, events, tokens: token from MDMGATE_API_TOKEN; docs/api.md)
 """
 
 PLIST_EPILOG = """\
@@ -48,6 +52,9 @@ endpoints:
   PUT  /mdm/apple/connect          Apple command channel
   /api/v1/...                      admin API (bearer token); /api/v1/openapi.json describes it
   /api/v1/apps, /api/v1/orgs, ...  app catalogue, install notifications, auto-update  docs/apps.md
+  /api/v1/events                   the event log: a cursor (after=) and long polls (wait=)
+  /api/v1/webhooks                 signed, retried pushes of the event log   docs/api.md
+  /api/v1/tokens                   named API tokens, scope read or full
   /EnrollmentServer/Discovery.svc  Windows enrollment (MS-MDE2; policy and enrollment
                                    services next to it)                       docs/enrollment.md
   GET  /mdm/apple/enroll?token=T   Apple enrollment profile (signed); SCEP at /mdm/apple/scep
@@ -111,9 +118,22 @@ config file (TOML), every key optional:
             apple_scep_url + apple_scep_challenge, or apple_acme_url   (external identity)
             apple_profile_cert/apple_profile_key   (sign profiles with another certificate)
             challenge_minutes = 60   (how long a profile's SCEP challenge stays usable)
+  [events]  retention_days = 30   (events older than this are pruned, hourly, by one node; a
+            console offline longer must read the resources again)
+  [webhooks] (docs/api.md)
+            allow_private = false   (true lets webhook URLs reach loopback, private and other
+            internal addresses, plain http too: receivers on this host or network; --dev
+            implies it)
+            max_attempts = 15   (failed attempts at one event, with backoff from 1 s to 10
+            min, before it becomes a dead letter: about 30-60 min of outage lose nothing)
+            timeout = 10.0   (seconds for one request, connecting included: a receiver
+            answers at once and works afterwards)
   [testing] clock_scale = 30.0  clock_epoch = 1767225600.0   (tests only: the catalogue's
             clock runs 30x as fast from that Unix time, the same on every node, so waves
             paced per minute come every 2 s)
+
+client commands for a running gateway (docs/api.md: the API, events, webhooks):
+  mdmgate devices|commands|rollouts|events|tokens --help
 """
 
 SYNCML_EPILOG = """\
@@ -324,6 +344,8 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="development mode: no registration or credentials needed (never in production)",
     )
+    client_cli.add_commands(commands)
+    simulate_cli.add_command(commands)
     return parser
 
 
@@ -480,6 +502,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command in client_cli.GROUPS:
+        return client_cli.run(args)
+    if args.command == "simulate":
+        return simulate_cli.run(args)
     handlers: dict[tuple[str, str], Callable[[argparse.Namespace], str | bytes]] = {
         ("version", "compare"): _version_compare,
         ("version", "sort"): _version_sort,

@@ -323,7 +323,9 @@ class FleetIndex:
 
 
 def _parts(path: str) -> tuple[str, ...]:
-    return tuple(p for p in path.strip().split("/") if p)
+    # No strip: a name may end in a space-like character (the API refuses it at either end,
+    # but stored paths are kept as they are, and two paths must never fold into one).
+    return tuple(p for p in path.split("/") if p)
 
 
 class OrgTree:

@@ -10,7 +10,8 @@ check-in message, as :class:`~mdmgate.apple.service.AppleService` hands it to
 * ``declaration/<category>/<identifier>``: one declaration (404 when the device has no
   such declaration);
 * ``status``: the device's status report, kept in fact ``ddm_status``; reports are
-  incremental, merged item by item, unless ``FullReport`` says otherwise.
+  incremental, merged item by item, unless ``FullReport`` says otherwise. A report that
+  changes the stored status writes a ``declaration.status`` event with it (what changed).
 
 A device's declarations are those the store assigns to it (:mod:`mdmgate.apple.ddm` builds
 and checks them), plus one synthesized activation (:data:`ACTIVATION_IDENTIFIER`)
@@ -32,6 +33,7 @@ import msgspec
 from mdmgate.apple import ddm
 from mdmgate.apple.checkin import DeclarativeManagement
 from mdmgate.apple.errors import AppleDecodeError
+from mdmgate.events import declaration_status
 from mdmgate.server.types import Response
 from mdmgate.storage import Device, Store, StoredDeclaration
 
@@ -114,7 +116,8 @@ async def _status(
     merged = items if report.get("FullReport") else _deep_merge(old.get("StatusItems"), items)
     status = {"StatusItems": merged, "Errors": report.get("Errors", [])}
     if status != old:
-        await store.merge_facts(device.id, {FACT_DDM_STATUS: status})
+        event = declaration_status(device.id, old.get("StatusItems"), merged, status["Errors"])
+        await store.merge_facts(device.id, {FACT_DDM_STATUS: status}, events=[event])
     return Response(200, (), b"", log)
 
 

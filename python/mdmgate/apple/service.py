@@ -43,6 +43,11 @@ keyed by device id), not in a process, so an ``Idle`` answered by one gateway no
 ``Acknowledged`` answered by another belong to one exchange; it expires ``exchange_ttl``
 after its ``Idle``, and ``Authenticate`` and ``CheckOut`` end it. The body of a command the
 device answers is read back from the store with its delivery, never kept in a process.
+
+Events (:mod:`mdmgate.events`) are written by the store call that makes each change: the
+TokenUpdate that completes an enrollment, the commands handed out and their answers,
+inventory changes, a CheckOut that ends an enrollment, and a check-in (fact ``last_seen``)
+at most once per ``LAST_SEEN_RESOLUTION``.
 """
 
 from __future__ import annotations
@@ -88,6 +93,13 @@ from mdmgate.apple.identity import (
 )
 from mdmgate.apple.reports import CommandReport, CommandStatus
 from mdmgate.enrollment.history import FACT_EVENTS, with_event
+from mdmgate.events import (
+    command_answered,
+    device_enrolled,
+    device_unenrolled,
+    inventory_changed,
+    record_check_in,
+)
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import DeliveryState, Device, Store
 from mdmgate.storage.enrollment import IssuedCertificate
@@ -361,16 +373,22 @@ class AppleService:
 
     async def _checkin(self, message: CheckinMessage, device: Device) -> Response:
         kind = message.message_type
+        if not isinstance(message, CheckOut):
+            await record_check_in(self.store, device, self.clock())
         if isinstance(message, TokenUpdate):
             return await self._token_update(message, device)
         if isinstance(message, CheckOut):
-            enrollment = {**_dict(device.facts.get(FACT_ENROLLMENT)), "enrolled": False}
-            await self.store.merge_facts(device.id, {FACT_ENROLLMENT: enrollment})
+            old = _dict(device.facts.get(FACT_ENROLLMENT))
+            enrollment = {**old, "enrolled": False}
+            reason = "checked out (MDM profile removed)"
+            # Reported when it ends an enrollment (not for a repeated CheckOut).
+            gone = [device_unenrolled(device.id, reason=reason)] if old.get("enrolled") else []
+            await self.store.merge_facts(device.id, {FACT_ENROLLMENT: enrollment}, events=gone)
             await self.store.cancel_open(device.id, "checked out")
             await self.store.drop_session(EXCHANGE_KIND, device.id)
             # The MDM profile is gone: so is the identity it installed, on every node.
             await self.store.revoke_certificates(
-                device_id=device.id, reason="checked out (MDM profile removed)", at=self.clock()
+                device_id=device.id, reason=reason, at=self.clock()
             )
             return _plist_response({}, device.id, kind)
         if isinstance(message, GetBootstrapToken):
@@ -407,8 +425,14 @@ class AppleService:
             changes[FACT_APNS] = apns
         if old_enrollment != enrollment:
             changes[FACT_ENROLLMENT] = enrollment
+        enrolled = []
+        if old_enrollment.get("enrolled") is not True:
+            # The TokenUpdate that completes an enrollment: the device can be pushed now.
+            enrolled.append(
+                device_enrolled(device.id, platform=device.platform, org=device.org, via="apple")
+            )
         if changes:  # devices repeat TokenUpdate unchanged: no write then
-            await self.store.merge_facts(device.id, changes)
+            await self.store.merge_facts(device.id, changes, events=enrolled)
         if message.unlock_token:
             unlock = base64.b64encode(message.unlock_token).decode()
             if device.auth.get(AUTH_UNLOCK_TOKEN) != unlock:
@@ -440,13 +464,16 @@ class AppleService:
             device = self._authorize(device_id, await self.store.get_device(device_id), identity)
         except _Refused as refused:
             return refused.response
+        await record_check_in(self.store, device, self.clock())
         key = await self._exchange(device_id, fresh=status is CommandStatus.IDLE)
         log = {"device": device_id, "status": report.status}
         if status is not CommandStatus.IDLE:
             assert report.command_uuid is not None
             warnings = await self._record(device, report, status, request.body)
             log["schema_warnings"] = _warnings_text(warnings)
-        taken = await self.store.take(device_id, key, 1, max_offers=self.max_offers)
+        taken = await self.store.take(
+            device_id, key, 1, max_offers=self.max_offers, delivered_event=True
+        )
         if not taken:
             return Response(200, (), b"", log)
         (delivery,) = taken
@@ -497,11 +524,22 @@ class AppleService:
                     break
         if status is CommandStatus.NOT_NOW:
             await self.store.record_result(
-                device.id, command_id, DeliveryState.NOT_NOW, "NotNow", None
+                device.id,
+                command_id,
+                DeliveryState.NOT_NOW,
+                "NotNow",
+                None,
+                events=command_answered(device.id, command_id, DeliveryState.NOT_NOW, "NotNow"),
             )
             return []
+        state = _RESULT_STATES[status]
         changed = await self.store.record_result(
-            device.id, command_id, _RESULT_STATES[status], report.status, raw
+            device.id,
+            command_id,
+            state,
+            report.status,
+            raw,
+            events=command_answered(device.id, command_id, state, report.status),
         )
         if not changed:  # a repeated report, or a command the device does not hold
             return []
@@ -521,7 +559,14 @@ class AppleService:
         if request_type == "InstallApplication":
             facts.update(_install_outcome(device, report, command, command_id))
         if facts:
-            await self.store.merge_facts(device.id, facts)
+            inventory = None
+            if FACT_APPS in facts:
+                inventory = inventory_changed(
+                    device.id, device.facts.get(FACT_APPS), facts[FACT_APPS]
+                )
+            await self.store.merge_facts(
+                device.id, facts, events=[inventory] if inventory is not None else ()
+            )
             # The fleet index reads both: installed versions, and which copies are managed
             # (a user's copy is what a take-over roll-out takes).
             if FACT_APPS in facts or FACT_MANAGED_APPS in facts:

@@ -469,13 +469,19 @@ def deployment(
                 raise CatalogueRefused(
                     f"{app.id} has no itunes_store_id", "$.itunes_store_id", "incomplete_app"
                 )
-            command = apple_commands.install_application(
-                itunes_store_id=app.itunes_store_id,
-                purchase_method=1 if app.vpp else None,
-                change_management_state="Managed" if take_over else None,
-                command_uuid=command_id,
-                platform=app.platform,
-            )
+            try:
+                command = apple_commands.install_application(
+                    itunes_store_id=app.itunes_store_id,
+                    purchase_method=1 if app.vpp else None,
+                    change_management_state="Managed" if take_over else None,
+                    command_uuid=command_id,
+                    platform=app.platform,
+                )
+            except CommandValidationError as exc:
+                # An app stored before its fields were bounded as Apple's schema bounds them.
+                raise CatalogueRefused(
+                    f"{app.id}: {exc.message}", "$.itunes_store_id", "invalid_apple_command"
+                ) from None
         else:
             if version.manifest_url is None:
                 raise CatalogueRefused(

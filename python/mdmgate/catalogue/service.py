@@ -53,6 +53,7 @@ from mdmgate.catalogue.model import (
     Notification,
 )
 from mdmgate.catalogue.rules import CatalogueRefused
+from mdmgate.events import licences_exhausted, rollout_finished, rollout_wave_ran
 from mdmgate.fleet import FleetIndex, OrgTree, Outcome, TargetResult, platform_code
 from mdmgate.storage import (
     Change,
@@ -559,7 +560,9 @@ class Catalogue:
                 return found
             cancelled = msgspec.structs.replace(found, state="cancelled", updated_at=self.now())
             try:
-                return await self.store.put_notification(cancelled, expected_rev=found.rev)
+                return await self.store.put_notification(
+                    cancelled, expected_rev=found.rev, events=[rollout_finished(cancelled)]
+                )
             except RevisionConflict:
                 continue
         raise RevisionConflict(f"notification {notification_id!r}", None, None)
@@ -750,7 +753,9 @@ class Catalogue:
                 error = f"internal error: {exc!r}"
             failed = msgspec.structs.replace(current, state="failed", error=error, updated_at=now)
             try:
-                return await self.store.put_notification(failed, expected_rev=current.rev)
+                return await self.store.put_notification(
+                    failed, expected_rev=current.rev, events=[rollout_finished(failed)]
+                )
             except RevisionConflict:
                 continue
         raise RevisionConflict(f"notification {notification_id!r}", None, None)
@@ -806,18 +811,39 @@ class Catalogue:
             updated_at=now,
             error=None,
         )
+        reported = rollout_wave_ran(
+            notification,
+            updated,
+            devices=len(wave),
+            without_licence=preview.counts.get("no_licence", 0),
+            licence_total=app.licence_total,
+        )
         if not commands:
-            return await self.store.put_notification(updated, expected_rev=notification.rev)
+            return await self.store.put_notification(
+                updated, expected_rev=notification.rev, events=reported
+            )
         try:
             made = await self.store.fan_out(
-                commands, licences=grant, notification=updated, expected_rev=notification.rev
+                commands,
+                licences=grant,
+                notification=updated,
+                expected_rev=notification.rev,
+                events=reported,
             )
         except LicencesExhausted as exc:
             # Another roll-out took licences meanwhile: the next wave re-evaluates.
             retry = msgspec.structs.replace(
                 notification, error=str(exc), due_at=now + 60.0, updated_at=now
             )
-            return await self.store.put_notification(retry, expected_rev=notification.rev)
+            short = licences_exhausted(
+                app.id,
+                notification_id=notification.id,
+                total=exc.total,
+                without_licence=exc.needed - exc.total,
+            )
+            return await self.store.put_notification(
+                retry, expected_rev=notification.rev, events=[short]
+            )
         stored = msgspec.structs.replace(updated, rev=notification.rev + 1)
         if self.on_enqueued is not None:
             self.on_enqueued([d for d, *_ in wave])

@@ -44,6 +44,7 @@ from mdmgate.enrollment.ca import (
 )
 from mdmgate.enrollment.settings import EnrollmentSettings
 from mdmgate.enrollment.tokens import TokenRefused
+from mdmgate.events import device_enrolled
 from mdmgate.storage import Device, RevisionConflict, Store
 from mdmgate.storage.enrollment import EnrollmentToken, IssuedCertificate
 from mdmgate.windows import auth as windows_auth
@@ -502,7 +503,8 @@ class EnrollmentService:
         merged[history.FACT_EVENTS] = history.with_event(
             existing.facts, "enrolled", f"enrolled into {org}", self.clock()
         )
-        await self.store.merge_facts(device_id, merged)
+        enrolled = device_enrolled(device_id, platform=platform, org=org, via=platform)
+        await self.store.merge_facts(device_id, merged, events=[enrolled])
         if self.on_devices_changed is not None:
             self.on_devices_changed([device_id])
 

@@ -4,6 +4,7 @@ several sharing the port), and drains cleanly on SIGINT/SIGTERM."""
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -18,11 +19,12 @@ from typing import Protocol
 
 import trio
 
+from mdmgate.api_tokens import ApiTokens
 from mdmgate.apple.service import AppleService
 from mdmgate.catalogue.service import Catalogue
 from mdmgate.enrollment.ca import CaError
 from mdmgate.enrollment.service import EnrollmentService
-from mdmgate.server import cluster
+from mdmgate.server import api_events, api_tokens, api_webhooks, cluster
 from mdmgate.server.admin import AdminApi
 from mdmgate.server.config import (
     DB_URLS,
@@ -31,6 +33,7 @@ from mdmgate.server.config import (
     check_db,
     load_config,
     metrics_access,
+    webhook_settings,
 )
 from mdmgate.server.enrollment_api import EnrollmentApi
 from mdmgate.server.enrollment_http import EnrollmentEndpoints
@@ -48,9 +51,18 @@ from mdmgate.storage.postgres import (
     redact_url,
 )
 from mdmgate.storage.sqlite import SQLiteStore
+from mdmgate.webhooks.delivery import WebhookDeliverer
 from mdmgate.windows.service import WindowsService
 
-__all__ = ["Config", "ConfigError", "build_handler", "load_config", "open_store", "run"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "EventPruning",
+    "build_handler",
+    "load_config",
+    "open_store",
+    "run",
+]
 
 log = logging.getLogger("mdmgate.server")
 
@@ -64,6 +76,12 @@ DEVICE_PATHS = (WINDOWS_PATH, APPLE_CHECKIN_PATH, APPLE_CONNECT_PATH)
 GAUGE_REFRESH_SECONDS = 5.0
 #: With a ``[testing] clock_scale``: how often the scheduler looks for due waves.
 TESTING_TICK_SECONDS = 0.1
+#: The event log is pruned once an hour in the cluster, by whichever node holds the lease
+#: :data:`PRUNE_LEASE` (claimed for the hour and left to expire): every node looks every
+#: :data:`PRUNE_LOOK_SECONDS`, so a node that stopped delays pruning that much at most.
+PRUNE_HOUR = 3600.0
+PRUNE_LEASE = "events:prune"
+PRUNE_LOOK_SECONDS = 300.0
 
 
 async def open_store(url: str, durability: str = "full") -> Store:
@@ -147,11 +165,12 @@ def build_handler(
 
 def metrics_handler(metrics: Metrics, admin: AdminApi, access: str) -> Handler:
     """``/metrics`` as Prometheus text; with ``access`` ``"token"`` only for requests that
-    carry the admin API's bearer token (others get its 401), with ``"open"`` for anyone."""
+    carry one of the admin API's tokens, of any scope (others get its 401), with ``"open"``
+    for anyone."""
 
     async def scrape(request: Request) -> Response:
         if access != "open":
-            refusal = admin.token_refusal(request)
+            refusal = await admin.authorize(request)
             if refusal is not None:
                 return refusal
         return Response(
@@ -215,6 +234,40 @@ def _metrics_server(
     return Server(scrape, config.limits, metrics=Metrics(node=metrics.node)), [listener]
 
 
+def _admin(
+    config: Config,
+    store: Store,
+    catalogue: Catalogue,
+    enrollment: EnrollmentApi,
+    webhooks: WebhookDeliverer,
+) -> AdminApi:
+    """The admin API with every resource this process serves: named tokens, the event log
+    and webhooks beside the built-in ones."""
+    tokens = ApiTokens(store)
+    return AdminApi(
+        store,
+        config.api_token,
+        dev=config.dev,
+        catalogue=catalogue,
+        enrollment=enrollment,
+        token_scope=tokens.scope_of,
+        extra_operations=[
+            *api_tokens.operations(api_tokens.TokensApi(tokens)),
+            *api_events.operations(api_events.EventsApi(store)),
+            *api_webhooks.operations(
+                api_webhooks.WebhooksApi(store, webhooks.settings, on_changed=webhooks.wake)
+            ),
+        ],
+        extra_types=[
+            *api_tokens.REQUEST_TYPES,
+            *api_tokens.RESPONSE_TYPES,
+            *api_events.RESPONSE_TYPES,
+            *api_webhooks.REQUEST_TYPES,
+            *api_webhooks.RESPONSE_TYPES,
+        ],
+    )
+
+
 async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     store = await open_store(config.db, config.durability)
     metrics, presence = _node(config, store)
@@ -225,13 +278,11 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
     clock = _catalogue_clock(config)
     catalogue = Catalogue(store, node_id=presence.name, now=clock)
     enrollment, push, endpoints = await _enrollment(config, store, catalogue, metrics)
-    admin = AdminApi(
-        store,
-        config.api_token,
-        dev=config.dev,
-        catalogue=catalogue,
-        enrollment=EnrollmentApi(enrollment, endpoints.profile_url),
+    webhooks = WebhookDeliverer(store, presence.name, webhook_settings(config))
+    admin = _admin(
+        config, store, catalogue, EnrollmentApi(enrollment, endpoints.profile_url), webhooks
     )
+    pruning = EventPruning(store, presence.name, retention_days=config.events_retention_days)
     windows = WindowsService(
         store,
         dev=config.dev,
@@ -295,6 +346,8 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
                 nursery.start_soon(cluster.tick, catalogue.wake, TESTING_TICK_SECONDS)
             await nursery.start(catalogue.follow)
             await nursery.start(catalogue.run)
+            await nursery.start(pruning.run)
+            await nursery.start(webhooks.run)
             nursery.start_soon(on_signals, nursery)
             nursery.start_soon(refresh_gauges)
             if scraping is not None:
@@ -303,6 +356,52 @@ async def _serve(config: Config, reuse_port: bool, announce: bool) -> None:
             nursery.cancel_scope.cancel()
     finally:
         await store.aclose()
+
+
+class EventPruning:
+    """Deletes events older than ``retention_days`` from the log, at most once an hour
+    across every node sharing ``store`` (``node`` names this one in the lease); ``clock``
+    is Unix time."""
+
+    def __init__(
+        self,
+        store: Store,
+        node: str,
+        *,
+        retention_days: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not retention_days > 0:
+            raise ValueError("retention_days must be positive")
+        self.store = store
+        self.node = node
+        self.retention = retention_days * 86_400.0
+        self.clock = clock
+        self._hour_ends = -math.inf
+
+    async def once(self) -> int | None:
+        """Prunes if this hour's pruning is this node's to do: how many events went, or
+        ``None`` when another node (or this one) pruned within the hour."""
+        now = self.clock()
+        # A claim by the lease's own holder renews it: this node keeps its own hour.
+        if now < self._hour_ends:
+            return None
+        until = now + PRUNE_HOUR
+        if not await self.store.claim_lease(PRUNE_LEASE, self.node, now=now, until=until):
+            return None
+        self._hour_ends = until
+        return await self.store.prune_events(now - self.retention)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            try:
+                pruned = await self.once()
+                if pruned:
+                    log.info("event log: %d event(s) older than the retention pruned", pruned)
+            except Exception:  # a store away for a while must not stop the pruning for good
+                log.exception("pruning the event log failed")
+            await trio.sleep(PRUNE_LOOK_SECONDS)
 
 
 async def _enrollment(

@@ -13,6 +13,7 @@ from mdmgate.apple.push import APNS_PRODUCTION_URL
 from mdmgate.enrollment.settings import EnrollmentSettings, SettingsError
 from mdmgate.server.http import Limits
 from mdmgate.storage.postgres import POSTGRES_SCHEMES, check_postgres_url
+from mdmgate.webhooks.settings import WebhookSettings, WebhookSettingsError
 
 __all__ = [
     "DB_URLS",
@@ -22,6 +23,7 @@ __all__ = [
     "load_config",
     "metrics_access",
     "parse_listen",
+    "webhook_settings",
 ]
 
 
@@ -85,6 +87,15 @@ class Config:
     #: Enrollment (config table ``[enrollment]``): the CA, token-based Windows and Apple
     #: enrollment; see :class:`~mdmgate.enrollment.settings.EnrollmentSettings`.
     enrollment: EnrollmentSettings = field(default_factory=EnrollmentSettings)
+    #: Events (config table ``[events]``): days the event log keeps an event. 30: a
+    #: console offline longer than a month must resync from the resources anyway, and the
+    #: log (and its pruning) stays proportional to a month of fleet activity.
+    events_retention_days: float = 30.0
+    #: Webhooks (config table ``[webhooks]``): see
+    #: :class:`~mdmgate.webhooks.settings.WebhookSettings` for each key and its default.
+    webhooks_allow_private: bool = False
+    webhooks_max_attempts: int = 15
+    webhooks_timeout: float = 10.0
 
 
 def metrics_access(config: Config) -> str:
@@ -135,6 +146,8 @@ _TABLES: dict[str, tuple[str, ...]] = {
     "windows": ("max_offers", "server_username", "server_secret", "server_auth"),
     "apple": ("max_offers",),
     "testing": ("clock_scale", "clock_epoch"),
+    "events": ("retention_days",),
+    "webhooks": ("allow_private", "max_attempts", "timeout"),
 }
 
 
@@ -178,6 +191,26 @@ def _check_windows(config: Config) -> None:
         raise ConfigError("windows server_auth must be 'on_challenge' or 'required'")
 
 
+def _check_events(config: Config) -> None:
+    days = config.events_retention_days
+    if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= 36500:
+        raise ConfigError("events retention_days must be a number of days above 0 (at most 36500)")
+
+
+def webhook_settings(config: Config) -> WebhookSettings:
+    """The ``[webhooks]`` settings (``--dev`` lets webhooks reach private addresses)."""
+    try:
+        settings = WebhookSettings(
+            allow_private=config.webhooks_allow_private,
+            max_attempts=config.webhooks_max_attempts,
+            timeout=config.webhooks_timeout,
+        )
+        settings.check()
+    except WebhookSettingsError as e:
+        raise ConfigError(str(e)) from None
+    return replace(settings, allow_private=True) if config.dev else settings
+
+
 def _check(config: Config) -> Config:
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -202,6 +235,8 @@ def _check(config: Config) -> Config:
     _check_metrics(config)
     _check_cluster(config)
     _check_windows(config)
+    _check_events(config)
+    webhook_settings(config)
     return config
 
 
@@ -211,9 +246,7 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if os.environ.get("MDMGATE_API_TOKEN"):
         values.setdefault("api_token", os.environ["MDMGATE_API_TOKEN"])
-    unknown = sorted(
-        set(values) - {f.name for f in fields(Config)} - {"apns", "windows", "apple", "testing"}
-    )
+    unknown = sorted(set(values) - {f.name for f in fields(Config)} - set(_TABLES))
     try:
         values["enrollment"] = EnrollmentSettings.from_table(values.get("enrollment", {}))
     except SettingsError as e:
@@ -225,6 +258,8 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     values.update(_table("windows", values.pop("windows", {})))
     values.update(_table("apple", values.pop("apple", {})))
     values.update(_table("testing", values.pop("testing", {})))
+    values.update(_table("events", values.pop("events", {})))
+    values.update(_table("webhooks", values.pop("webhooks", {})))
     limits = _limits(values.pop("limits")) if "limits" in values else Limits()
     if "listen" in values:
         listen = values["listen"]

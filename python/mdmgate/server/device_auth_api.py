@@ -18,18 +18,21 @@ import base64
 import binascii
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
 from mdmgate.server.api_base import (
+    _BASE64_PATTERN,
+    _SHA256_PATTERN,
     _check_content_type,
+    _checked,
     _decode,
     _json,
-    _operation,
     _refuse,
 )
+from mdmgate.server.routes import Operation
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import Device, Store
 from mdmgate.windows import auth
@@ -41,7 +44,7 @@ __all__ = [
     "WindowsAuthIn",
     "WindowsAuthOut",
     "WindowsAuthRotateIn",
-    "openapi_paths",
+    "operations",
 ]
 
 _log = logging.getLogger("mdmgate.server.admin")
@@ -55,6 +58,7 @@ Nonce = Annotated[
     Meta(
         min_length=1,
         max_length=1024,
+        pattern=_checked(_BASE64_PATTERN),
         description="A nonce as base64 (standard alphabet, padded), at least one byte.",
         examples=["ZW5yb2xtZW50LW5vbmNlIQ=="],
     ),
@@ -85,10 +89,16 @@ class WindowsAuthIn(Struct, kw_only=True, forbid_unknown_fields=True):
     method: Literal["md5", "basic", "certificate"]
     username: Name | None = None
     secret: Secret | None = None
-    sha256: Annotated[
-        str | None,
-        Meta(description="`certificate`: the SHA-256 of the certificate's DER, 64 hex digits."),
-    ] = None
+    sha256: (
+        Annotated[
+            str,
+            Meta(
+                pattern=_checked(_SHA256_PATTERN),
+                description="`certificate`: the SHA-256 of the certificate's DER, 64 hex digits.",
+            ),
+        ]
+        | None
+    ) = None
     server_username: Name | None = None
     server_secret: Secret | None = None
     server_auth: ServerAuth | None = None
@@ -148,37 +158,6 @@ class WindowsAuthOut(Struct):
 
 REQUEST_TYPES: tuple[type[Any], ...] = (WindowsAuthIn, WindowsAuthRotateIn)
 RESPONSE_TYPES: tuple[type[Any], ...] = (WindowsAuthOut,)
-
-
-def openapi_paths() -> dict[str, Any]:
-    device = ("id", "The device id (percent-encoded).")
-    return {
-        "/api/v1/devices/{id}/auth": {
-            "get": _operation(
-                "A Windows device's credentials and nonces (secrets are never shown).",
-                ("200", "The credentials.", "WindowsAuthOut"),
-                ("404", "422"),
-                parameter=device,
-            ),
-            "put": _operation(
-                "Replace a Windows device's credentials (device and server side); set the"
-                " nonces given.",
-                ("200", "The credentials as stored.", "WindowsAuthOut"),
-                ("400", "404", "415", "422"),
-                request="WindowsAuthIn",
-                parameter=device,
-            ),
-        },
-        "/api/v1/devices/{id}/auth/rotate": {
-            "post": _operation(
-                "Rotate a Windows device's secrets or nonces: only what the body names.",
-                ("200", "The credentials as stored.", "WindowsAuthOut"),
-                ("400", "404", "415", "422"),
-                request="WindowsAuthRotateIn",
-                parameter=device,
-            )
-        },
-    }
 
 
 def _nonce(value: str, field: str) -> str:
@@ -253,20 +232,6 @@ class DeviceAuthApi:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def route(
-        self, request: Request, parts: list[str], allow: Callable[..., None]
-    ) -> Response | None:
-        match parts:
-            case ["devices", device_id, "auth"] if device_id:
-                allow("GET", "PUT")
-                if request.method.upper() == "GET":
-                    return await self._show(device_id)
-                return await self._replace(request, device_id)
-            case ["devices", device_id, "auth", "rotate"] if device_id:
-                allow("POST")
-                return await self._rotate(request, device_id)
-        return None
-
     async def _windows_device(self, device_id: str) -> Device:
         device = await self.store.get_device(device_id)
         if device is None:
@@ -279,11 +244,11 @@ class DeviceAuthApi:
             )
         return device
 
-    async def _show(self, device_id: str) -> Response:
-        device = await self._windows_device(device_id)
+    async def show(self, request: Request, params: Mapping[str, str]) -> Response:
+        device = await self._windows_device(params["id"])
         return _json(200, _out(device.id, device.auth, device.facts))
 
-    async def _replace(self, request: Request, device_id: str) -> Response:
+    async def replace(self, request: Request, params: Mapping[str, str]) -> Response:
         _check_content_type(request)
         given = _decode(request.body, WindowsAuthIn)
         stored = _stored_auth(given)
@@ -292,10 +257,10 @@ class DeviceAuthApi:
             nonces[auth.FACT_CLIENT_NONCE] = _nonce(given.client_nonce, "$.client_nonce")
         if given.server_nonce is not None:
             nonces[auth.FACT_SERVER_NONCE] = _nonce(given.server_nonce, "$.server_nonce")
-        device = await self._windows_device(device_id)
+        device = await self._windows_device(params["id"])
         return await self._write(device, stored, nonces)
 
-    async def _rotate(self, request: Request, device_id: str) -> Response:
+    async def rotate(self, request: Request, params: Mapping[str, str]) -> Response:
         _check_content_type(request)
         given = _decode(request.body, WindowsAuthRotateIn)
         nonces: dict[str, Any] = {}
@@ -316,7 +281,7 @@ class DeviceAuthApi:
                 " new_client_nonce or new_server_nonce",
                 "$",
             )
-        device = await self._windows_device(device_id)
+        device = await self._windows_device(params["id"])
         stored = dict(device.auth)
         if given.secret is not None:
             if stored.get("method") not in ("md5", "basic"):
@@ -354,3 +319,40 @@ class DeviceAuthApi:
         )
         facts = {**device.facts, **nonces}
         return _json(200, _out(device.id, stored, facts))
+
+
+def operations(api: DeviceAuthApi) -> list[Operation]:
+    """The device-credential operations, with their handlers."""
+    device = {"id": "The device id (percent-encoded)."}
+    return [
+        Operation(
+            "GET",
+            "/api/v1/devices/{id}/auth",
+            api.show,
+            "A Windows device's credentials and nonces (secrets are never shown).",
+            ("200", "The credentials.", "WindowsAuthOut"),
+            ("404", "422"),
+            params=device,
+        ),
+        Operation(
+            "PUT",
+            "/api/v1/devices/{id}/auth",
+            api.replace,
+            "Replace a Windows device's credentials (device and server side); set the"
+            " nonces given.",
+            ("200", "The credentials as stored.", "WindowsAuthOut"),
+            ("400", "404", "415", "422"),
+            request="WindowsAuthIn",
+            params=device,
+        ),
+        Operation(
+            "POST",
+            "/api/v1/devices/{id}/auth/rotate",
+            api.rotate,
+            "Rotate a Windows device's secrets or nonces: only what the body names.",
+            ("200", "The credentials as stored.", "WindowsAuthOut"),
+            ("400", "404", "415", "422"),
+            request="WindowsAuthRotateIn",
+            params=device,
+        ),
+    ]

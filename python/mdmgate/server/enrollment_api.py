@@ -8,6 +8,8 @@ certificate.
   ``POST .../certificates/{serial}/revoke`` revokes it;
 * ``GET /api/v1/enrollment/ca`` is the CA certificate devices and proxies trust;
 * ``PUT|GET /api/v1/apns/certificate`` uploads or shows the MDM push certificate.
+
+On a gateway without enrollment (no :class:`EnrollmentApi`), these operations answer 503.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ import binascii
 import datetime
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl
 
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -35,16 +36,16 @@ from mdmgate.server.api_base import (
     _check_content_type,
     _decode,
     _json,
-    _operation,
+    _query,
+    _query_limit,
     _Refusal,
     _refuse,
 )
+from mdmgate.server.routes import Handler, Operation, QueryParam
 from mdmgate.server.types import Request, Response
-from mdmgate.storage import Store
-from mdmgate.storage.enrollment import EnrollmentToken, IssuedCertificate, revoked_auth
-from mdmgate.windows import enrollment as windows_enrollment
+from mdmgate.storage.enrollment import EnrollmentToken, IssuedCertificate
 
-__all__ = ["REQUEST_TYPES", "RESPONSE_TYPES", "EnrollmentApi", "openapi_paths"]
+__all__ = ["REQUEST_TYPES", "RESPONSE_TYPES", "EnrollmentApi", "operations"]
 
 #: The longest a token may live: a year (re-issue rather than hand out a forever-token).
 MAX_TOKEN_HOURS = 24 * 366
@@ -123,13 +124,6 @@ class RevokeIn(Struct, kw_only=True, forbid_unknown_fields=True):
     reason: Annotated[str, Meta(min_length=1, max_length=512)] = "revoked by an administrator"
 
 
-class RetiredOut(Struct):
-    id: str
-    retired_at: str
-    revoked: Annotated[list[str], Meta(description="Serials of the certificates revoked now.")]
-    ended: Annotated[int, Meta(description="Open deliveries ended (status `retired`).")]
-
-
 class CaOut(Struct):
     subject: str
     serial: str
@@ -166,113 +160,7 @@ RESPONSE_TYPES: tuple[type[Any], ...] = (
     CertificateList,
     CaOut,
     PushCertificateOut,
-    RetiredOut,
 )
-
-
-def openapi_paths() -> dict[str, Any]:
-    token = ("id", "The token id (`et_...`).")
-    serial = ("serial", "The certificate's serial number, lower-case hex.")
-    return {
-        "/api/v1/enrollment/tokens": {
-            "post": _operation(
-                "Create an enrollment token for an org; its value is shown once.",
-                ("201", "The token and its value.", "TokenCreated"),
-                ("400", "415", "422"),
-                request="TokenIn",
-            ),
-            "get": _operation(
-                "List enrollment tokens (`?org=` for one org), newest first.",
-                ("200", "The tokens.", "TokenList"),
-                ("422",),
-            ),
-        },
-        "/api/v1/enrollment/tokens/{id}": {
-            "get": _operation(
-                "One enrollment token.",
-                ("200", "The token.", "TokenOut"),
-                ("404",),
-                parameter=token,
-            ),
-            "delete": _operation(
-                "Revoke an enrollment token: no device enrols with it afterwards.",
-                ("200", "The token, revoked.", "TokenOut"),
-                ("404",),
-                parameter=token,
-            ),
-        },
-        "/api/v1/enrollment/certificates": {
-            "get": _operation(
-                "Issued certificates in serial order (`?device_id=`, `?after=`, `?limit=`).",
-                ("200", "A page of certificates.", "CertificateList"),
-                ("422",),
-            )
-        },
-        "/api/v1/enrollment/certificates/{serial}": {
-            "get": _operation(
-                "One issued certificate, with its PEM.",
-                ("200", "The certificate.", "CertificateOut"),
-                ("404",),
-                parameter=serial,
-            )
-        },
-        "/api/v1/enrollment/certificates/{serial}/revoke": {
-            "post": _operation(
-                "Revoke a certificate: device endpoints refuse it from now on.",
-                ("200", "The certificate, revoked.", "CertificateOut"),
-                ("400", "404", "415", "422"),
-                request="RevokeIn",
-                parameter=serial,
-            )
-        },
-        "/api/v1/devices/{id}": {
-            "delete": _operation(
-                "Retire a device: open deliveries end, certificates are revoked, later"
-                " sessions are refused until it is registered or enrols again.",
-                ("200", "What was done.", "RetiredOut"),
-                ("404",),
-                parameter=("id", "The device id (percent-encoded)."),
-            )
-        },
-        "/api/v1/enrollment/ca": {
-            "get": _operation(
-                "The CA certificate that issues device identities.",
-                ("200", "The CA.", "CaOut"),
-                ("503",),
-            )
-        },
-        "/api/v1/apns/certificate": {
-            "put": _operation(
-                "Upload the MDM push certificate (PEM or PKCS #12); its topic is read from it.",
-                ("200", "The certificate as stored.", "PushCertificateOut"),
-                ("400", "415", "422", "503"),
-                request="PushCertificateIn",
-            ),
-            "get": _operation(
-                "The MDM push certificate: topic and expiry.",
-                ("200", "The certificate.", "PushCertificateOut"),
-                ("404",),
-            ),
-        },
-    }
-
-
-async def retire_device(store: Store, device_id: str) -> Response:
-    """``DELETE /api/v1/devices/{id}``: the device is no longer managed. Its open
-    deliveries end, its certificates are revoked (and a certificate binding made without
-    this CA is dropped too), and its later sessions are refused as an unknown device's,
-    until it is registered or enrols again. The record stays, for the audit trail."""
-    device = await store.get_device(device_id)
-    if device is None:
-        raise _refuse(404, f"no device {device_id!r}")
-    now = time.time()
-    reason = "retired by an administrator"
-    await store.merge_facts(device_id, windows_enrollment.unenrolled(device.facts, reason))
-    ended = await store.cancel_open(device_id, "retired")
-    revoked = await store.revoke_certificates(device_id=device_id, reason=reason, at=now)
-    if device.auth.get("method") == "certificate" and not revoked:
-        await store.set_auth(device_id, revoked_auth([]))
-    return _json(200, RetiredOut(device_id, _iso(now) or "", [c.serial for c in revoked], ended))
 
 
 def _iso(at: float | None) -> str | None:
@@ -343,10 +231,6 @@ def push_out(
     )
 
 
-def _query(request: Request) -> dict[str, str]:
-    return dict(parse_qsl(request.query, keep_blank_values=True))
-
-
 class EnrollmentApi:
     """The handlers of ``/api/v1/enrollment/...`` and ``/api/v1/apns/certificate``.
     ``profile_url`` gives the Apple profile URL of a token value (where the gateway is
@@ -362,64 +246,7 @@ class EnrollmentApi:
         self.profile_url = profile_url
         self.clock = clock
 
-    async def route(
-        self, request: Request, parts: list[str], allow: Callable[..., None]
-    ) -> Response | None:
-        try:
-            return await self._route(request, parts, allow)
-        except EnrollmentUnavailable as e:
-            raise _Refusal(503, Error(str(e))) from None
-
-    async def _route(
-        self, request: Request, parts: list[str], allow: Callable[..., None]
-    ) -> Response | None:
-        method = request.method.upper()
-        match parts:
-            case ["enrollment", "tokens", *_]:
-                return await self._route_tokens(request, parts, allow)
-            case ["enrollment", "certificates", *_]:
-                return await self._route_certificates(request, parts, allow)
-            case ["enrollment", "ca"]:
-                allow("GET")
-                return self._ca()
-            case ["apns", "certificate"]:
-                allow("GET", "PUT")
-                if method == "PUT":
-                    return await self._put_push(request)
-                return await self._get_push()
-        return None
-
-    async def _route_tokens(
-        self, request: Request, parts: list[str], allow: Callable[..., None]
-    ) -> Response | None:
-        method = request.method.upper()
-        match parts:
-            case ["enrollment", "tokens"]:
-                allow("GET", "POST")
-                if method == "POST":
-                    return await self._create_token(request)
-                return await self._list_tokens(request)
-            case ["enrollment", "tokens", token_id] if token_id:
-                allow("GET", "DELETE")
-                return await self._token(token_id, revoke=method == "DELETE")
-        return None
-
-    async def _route_certificates(
-        self, request: Request, parts: list[str], allow: Callable[..., None]
-    ) -> Response | None:
-        match parts:
-            case ["enrollment", "certificates"]:
-                allow("GET")
-                return await self._list_certificates(request)
-            case ["enrollment", "certificates", serial] if serial:
-                allow("GET")
-                return await self._certificate(serial)
-            case ["enrollment", "certificates", serial, "revoke"] if serial:
-                allow("POST")
-                return await self._revoke_certificate(request, serial)
-        return None
-
-    async def _create_token(self, request: Request) -> Response:
+    async def create_token(self, request: Request, params: Mapping[str, str]) -> Response:
         _check_content_type(request)
         given = _decode(request.body, TokenIn)
         now = self.clock()
@@ -436,13 +263,19 @@ class EnrollmentApi:
         created = TokenCreated(token_out(token, now), value, self.profile_url(request, value))
         return _json(201, created)
 
-    async def _list_tokens(self, request: Request) -> Response:
-        org = _query(request).get("org") or None
+    async def list_tokens(self, request: Request, params: Mapping[str, str]) -> Response:
+        org = _query(request, ("org",)).get("org", [""])[0] or None
         if org is not None and re.fullmatch(_ORG_PATTERN, org) is None:
             raise _refuse(422, f"org must be {_PATTERNS[_ORG_PATTERN]}", "org")
         found = await self.service.store.list_tokens(org)
         now = self.clock()
         return _json(200, TokenList([token_out(t, now) for t in found]))
+
+    async def show_token(self, request: Request, params: Mapping[str, str]) -> Response:
+        return await self._token(params["id"], revoke=False)
+
+    async def revoke_token(self, request: Request, params: Mapping[str, str]) -> Response:
+        return await self._token(params["id"], revoke=True)
 
     async def _token(self, token_id: str, *, revoke: bool) -> Response:
         store = self.service.store
@@ -453,27 +286,26 @@ class EnrollmentApi:
             raise _refuse(404, f"no enrollment token {token_id!r}")
         return _json(200, token_out(found, self.clock()))
 
-    async def _list_certificates(self, request: Request) -> Response:
-        query = _query(request)
-        try:
-            limit = int(query.get("limit", "100"))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= 1000:
-            raise _refuse(422, "limit must be a whole number from 1 to 1000", "limit")
+    async def list_certificates(self, request: Request, params: Mapping[str, str]) -> Response:
+        query = _query(request, ("device_id", "after", "limit"))
+        limit = _query_limit(query.get("limit"))
         found = await self.service.store.list_certificates(
-            device_id=query.get("device_id") or None, after=query.get("after") or None, limit=limit
+            device_id=query.get("device_id", [""])[0] or None,
+            after=query.get("after", [""])[0] or None,
+            limit=limit,
         )
         following = found[-1].serial if len(found) == limit else None
         return _json(200, CertificateList([certificate_out(c) for c in found], following))
 
-    async def _certificate(self, serial: str) -> Response:
+    async def show_certificate(self, request: Request, params: Mapping[str, str]) -> Response:
+        serial = params["serial"]
         found = await self.service.store.get_certificate(serial.lower())
         if found is None:
             raise _refuse(404, f"no certificate with serial {serial!r}")
         return _json(200, certificate_out(found, pem=True))
 
-    async def _revoke_certificate(self, request: Request, serial: str) -> Response:
+    async def revoke_certificate(self, request: Request, params: Mapping[str, str]) -> Response:
+        serial = params["serial"]
         reason = RevokeIn().reason
         if request.body.strip():
             _check_content_type(request)
@@ -486,7 +318,7 @@ class EnrollmentApi:
         assert found is not None
         return _json(200, certificate_out(found, pem=True))
 
-    def _ca(self) -> Response:
+    async def show_ca(self, request: Request, params: Mapping[str, str]) -> Response:
         ca = self.service.ca
         cert = ca.certificate
         return _json(
@@ -500,7 +332,7 @@ class EnrollmentApi:
             ),
         )
 
-    async def _put_push(self, request: Request) -> Response:
+    async def put_push(self, request: Request, params: Mapping[str, str]) -> Response:
         _check_content_type(request)
         given = _decode(request.body, PushCertificateIn)
         password = given.password.encode() if given.password is not None else None
@@ -520,7 +352,7 @@ class EnrollmentApi:
         await self.service.put_push_certificate(pushed)
         return _json(200, push_out(pushed, self._now()))
 
-    async def _get_push(self) -> Response:
+    async def show_push(self, request: Request, params: Mapping[str, str]) -> Response:
         pushed = await self.service.push_certificate()
         if pushed is None:
             raise _refuse(404, "no push certificate uploaded (PUT /api/v1/apns/certificate)")
@@ -528,3 +360,130 @@ class EnrollmentApi:
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
+
+
+def _served(api: EnrollmentApi | None, pick: Callable[[EnrollmentApi], Handler]) -> Handler:
+    """The handler ``pick`` chooses of ``api``, answering the service's unavailability as
+    503; a gateway without enrollment answers 503 for every operation."""
+
+    async def handle(request: Request, params: Mapping[str, str]) -> Response:
+        if api is None:
+            raise _refuse(503, "enrollment is not set up on this gateway")
+        try:
+            return await pick(api)(request, params)
+        except EnrollmentUnavailable as e:
+            raise _Refusal(503, Error(str(e))) from None
+
+    return handle
+
+
+def operations(api: EnrollmentApi | None) -> list[Operation]:
+    """The enrollment operations, with their handlers (answering 503 without ``api``)."""
+    token = {"id": "The token id (`et_...`)."}
+    serial = {"serial": "The certificate's serial number, lower-case hex."}
+    return [
+        Operation(
+            "POST",
+            "/api/v1/enrollment/tokens",
+            _served(api, lambda a: a.create_token),
+            "Create an enrollment token for an org; its value is shown once.",
+            ("201", "The token and its value.", "TokenCreated"),
+            ("400", "415", "422", "503"),
+            request="TokenIn",
+        ),
+        Operation(
+            "GET",
+            "/api/v1/enrollment/tokens",
+            _served(api, lambda a: a.list_tokens),
+            "List enrollment tokens (`?org=` for one org), newest first.",
+            ("200", "The tokens.", "TokenList"),
+            ("400", "422", "503"),
+            query=(
+                QueryParam(
+                    "org",
+                    "Only the tokens of this org (not its sub-organisations).",
+                    {"type": "string", "pattern": _ORG_PATTERN},
+                ),
+            ),
+        ),
+        Operation(
+            "GET",
+            "/api/v1/enrollment/tokens/{id}",
+            _served(api, lambda a: a.show_token),
+            "One enrollment token.",
+            ("200", "The token.", "TokenOut"),
+            ("404", "503"),
+            params=token,
+        ),
+        Operation(
+            "DELETE",
+            "/api/v1/enrollment/tokens/{id}",
+            _served(api, lambda a: a.revoke_token),
+            "Revoke an enrollment token: no device enrols with it afterwards.",
+            ("200", "The token, revoked.", "TokenOut"),
+            ("404", "503"),
+            params=token,
+        ),
+        Operation(
+            "GET",
+            "/api/v1/enrollment/certificates",
+            _served(api, lambda a: a.list_certificates),
+            "Issued certificates in serial order (`?device_id=`, `?after=`, `?limit=`).",
+            ("200", "A page of certificates.", "CertificateList"),
+            ("400", "422", "503"),
+            query=(
+                QueryParam("device_id", "Only this device's certificates; empty: all."),
+                QueryParam("after", "The `next` of the previous page: serials above this one."),
+                QueryParam(
+                    "limit",
+                    "Certificates per page (default 100).",
+                    {"type": "integer", "minimum": 1, "maximum": 1000},
+                ),
+            ),
+        ),
+        Operation(
+            "GET",
+            "/api/v1/enrollment/certificates/{serial}",
+            _served(api, lambda a: a.show_certificate),
+            "One issued certificate, with its PEM.",
+            ("200", "The certificate.", "CertificateOut"),
+            ("404", "503"),
+            params=serial,
+        ),
+        Operation(
+            "POST",
+            "/api/v1/enrollment/certificates/{serial}/revoke",
+            _served(api, lambda a: a.revoke_certificate),
+            "Revoke a certificate: device endpoints refuse it from now on.",
+            ("200", "The certificate, revoked.", "CertificateOut"),
+            ("400", "404", "415", "422", "503"),
+            request="RevokeIn",
+            request_required=False,
+            params=serial,
+        ),
+        Operation(
+            "GET",
+            "/api/v1/enrollment/ca",
+            _served(api, lambda a: a.show_ca),
+            "The CA certificate that issues device identities.",
+            ("200", "The CA.", "CaOut"),
+            ("503",),
+        ),
+        Operation(
+            "GET",
+            "/api/v1/apns/certificate",
+            _served(api, lambda a: a.show_push),
+            "The MDM push certificate: topic and expiry.",
+            ("200", "The certificate.", "PushCertificateOut"),
+            ("404", "503"),
+        ),
+        Operation(
+            "PUT",
+            "/api/v1/apns/certificate",
+            _served(api, lambda a: a.put_push),
+            "Upload the MDM push certificate (PEM or PKCS #12); its topic is read from it.",
+            ("200", "The certificate as stored.", "PushCertificateOut"),
+            ("400", "415", "422", "503"),
+            request="PushCertificateIn",
+        ),
+    ]

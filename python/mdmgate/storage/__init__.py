@@ -30,16 +30,29 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from mdmgate.storage.enrollment import EnrollmentStore, EnrollmentToken, IssuedCertificate
+from mdmgate.storage.events import (
+    ApiToken,
+    ApiTokenStore,
+    Event,
+    EventStore,
+    NewEvent,
+    Webhook,
+    WebhookFailure,
+    WebhookStore,
+)
 
 if TYPE_CHECKING:
     from mdmgate.catalogue.model import App, CommandBatch, LicenceGrant, Notification, Org
 
 __all__ = [
+    "ApiToken",
+    "ApiTokenStore",
     "CatalogueStore",
     "Change",
     "ChangeFeed",
     "CommandExists",
     "CommandStatus",
+    "CommandSummary",
     "DeclarationStore",
     "Delivery",
     "DeliveryState",
@@ -47,9 +60,12 @@ __all__ = [
     "DeviceStore",
     "EnrollmentStore",
     "EnrollmentToken",
+    "Event",
+    "EventStore",
     "IssuedCertificate",
     "LeaseStore",
     "LicencesExhausted",
+    "NewEvent",
     "NotificationStore",
     "QueueStore",
     "RevisionConflict",
@@ -59,6 +75,9 @@ __all__ = [
     "StoredDeclaration",
     "StoredSession",
     "UnknownDevices",
+    "Webhook",
+    "WebhookFailure",
+    "WebhookStore",
     "fan_out_devices",
     "offers_exhausted",
     "org_covers",
@@ -204,6 +223,20 @@ class CommandStatus:
     deliveries: tuple[Delivery, ...]
 
 
+@dataclass(frozen=True)
+class CommandSummary:
+    """A command and how far it got: deliveries by state name."""
+
+    command_id: str
+    kind: str
+    #: Queue order across commands (the store's own numbering, increasing).
+    seq: int
+    #: Unix time it was first queued.
+    created_at: float
+    counts: dict[str, int]
+    body: bytes
+
+
 class StoredSession(msgspec.Struct, frozen=True):
     """A protocol exchange between two device messages, as its engine serialized it."""
 
@@ -230,9 +263,11 @@ class DeviceStore(Protocol):
     """Devices: who they are, how they prove themselves, and what they reported. Every
     operation stays inside one device's row, except the bulk reads and ``upsert_devices``."""
 
-    async def upsert_devices(self, devices: Sequence[Device]) -> int:
+    async def upsert_devices(
+        self, devices: Sequence[Device], *, events: Sequence[NewEvent] = ()
+    ) -> int:
         """Registers or replaces devices; returns how many were written. Records a
-        ``device`` change for each."""
+        ``device`` change for each. ``events`` are appended in the same transaction."""
         ...
 
     async def get_device(self, device_id: str) -> Device | None: ...
@@ -247,30 +282,40 @@ class DeviceStore(Protocol):
         (code-point order of the id): pages through the fleet."""
         ...
 
-    async def set_auth(self, device_id: str, auth: Mapping[str, Any]) -> bool:
+    async def set_auth(
+        self, device_id: str, auth: Mapping[str, Any], *, events: Sequence[NewEvent] = ()
+    ) -> bool:
         """Replaces how the device proves itself (e.g. the identity certificate bound at an
         Apple Authenticate). Records no change (no index reads credentials). False when the
-        device is unknown."""
+        device is unknown. ``events`` are appended in the same transaction (not when False)."""
         ...
 
     async def merge_facts(
-        self, device_id: str, facts: Mapping[str, Any], *, feed: bool = True
+        self,
+        device_id: str,
+        facts: Mapping[str, Any],
+        *,
+        feed: bool = True,
+        events: Sequence[NewEvent] = (),
     ) -> bool:
         """Sets the given facts of a device in one atomic step (a key set to ``None`` is
         removed; other facts are kept). Concurrent merges of different keys, from any
         connection or process, all survive (no read-modify-write in the caller or the
         backend). Records a ``device`` change, unless ``feed`` is False: protocol bookkeeping
         no index derives anything from (an OMA-DM nonce, rotated in every session) must not
-        make every node re-read the device. False when the device is unknown."""
+        make every node re-read the device. False when the device is unknown. ``events`` are
+        appended in the same transaction (not when False), with or without ``feed``."""
         ...
 
-    async def update_device(self, device_id: str, fields: Mapping[str, Any]) -> bool:
+    async def update_device(
+        self, device_id: str, fields: Mapping[str, Any], *, events: Sequence[NewEvent] = ()
+    ) -> bool:
         """Sets some of a device's own fields (``org`` and ``platform``: str;
         ``os_version``: str or None; ``supervised``: bool or None; any other name, or a value
         of another type, raises ``ValueError``) in one atomic step, keeping
         its auth and facts as they are at that moment (an OS version reported at check-in
         must not undo a fact merged meanwhile). Records a ``device`` change. False when the
-        device is unknown."""
+        device is unknown. ``events`` are appended in the same transaction (not when False)."""
         ...
 
 
@@ -287,17 +332,25 @@ class QueueStore(Protocol):
         device_ids: Sequence[str],
         *,
         new: bool = False,
+        events: Sequence[NewEvent] = (),
     ) -> int:
         """Stores the body once and queues it for every device, atomically: either all are
         queued or none (unknown devices raise :class:`UnknownDevices`). Returns the number of
         deliveries. Queuing the same command id again for a device already holding it is a
         no-op for that device. With ``new``, a command id the store already holds raises
         :class:`CommandExists` instead (checked in the same atomic step, so two callers
-        choosing the same id cannot both succeed)."""
+        choosing the same id cannot both succeed). ``events`` are appended in the same
+        transaction (none when it raises)."""
         ...
 
     async def take(
-        self, device_id: str, session: str, limit: int, *, max_offers: int | None = None
+        self,
+        device_id: str,
+        session: str,
+        limit: int,
+        *,
+        max_offers: int | None = None,
+        delivered_event: bool = False,
     ) -> list[Delivery]:
         """Marks up to ``limit`` deliveries as sent in ``session`` and returns them, in
         enqueue order: queued ones, and ``sent``/``not_now`` ones from an earlier session
@@ -314,7 +367,13 @@ class QueueStore(Protocol):
 
         Exclusive under concurrent callers: two sessions of the same device taking at once,
         on any connection or process, never get the same delivery from one round of calls
-        (a per-device lock or row locks; the order of the device's queue is kept)."""
+        (a per-device lock or row locks; the order of the device's queue is kept).
+
+        With ``delivered_event``, the same transaction appends a ``command.failed`` event
+        (``data``: ``{"status": ...}``) for each delivery it gave up on, then a
+        ``command.delivered`` event (``data``: ``{"session": ..., "offers": ...}``) for each
+        one handed out, in queue order, ``device_id`` the device and ``subject`` the
+        command id."""
         ...
 
     async def record_result(
@@ -324,10 +383,14 @@ class QueueStore(Protocol):
         state: DeliveryState,
         status: str | None,
         result: bytes | None,
+        *,
+        events: Sequence[NewEvent] = (),
     ) -> bool:
         """Stores the device's answer. ``state`` is ACKNOWLEDGED, ERROR, ACCEPTED or NOT_NOW
         (which also starts the offer count again). Returns False (and changes nothing) when
-        the delivery is already final (a result stored, or given up), or does not exist."""
+        the delivery is already final (a result stored, or given up), or does not exist.
+        ``events`` are appended in the same transaction, only when the answer is stored (a
+        repeated report appends nothing)."""
         ...
 
     async def command_status(self, command_id: str) -> CommandStatus | None: ...
@@ -337,14 +400,49 @@ class QueueStore(Protocol):
         device accepted, to match the result it reports later)."""
         ...
 
-    async def cancel_open(self, device_id: str, status: str) -> int:
+    async def cancel_open(
+        self, device_id: str, status: str, *, events: Sequence[NewEvent] = ()
+    ) -> int:
         """Ends every delivery of the device not yet answered for good, as ``error`` with
         ``status`` (a device that enrolls again starts with an empty queue). Returns how
-        many were ended."""
+        many were ended. ``events`` are appended in the same transaction."""
         ...
 
     async def queue_depth(self) -> int:
         """Deliveries not yet answered for good, across all devices."""
+        ...
+
+    async def list_commands(
+        self,
+        *,
+        after: str | None = None,
+        limit: int = 100,
+        device_id: str | None = None,
+        kind: str | None = None,
+    ) -> list[CommandSummary]:
+        """Commands in the order they were first queued (:attr:`CommandSummary.seq`),
+        those after the command ``after`` (a command id; unknown: from the start), of
+        ``device_id`` / ``kind`` when given, with their delivery counts by state."""
+        ...
+
+    async def cancel_deliveries(
+        self,
+        command_id: str,
+        device_ids: Sequence[str] | None,
+        status: str,
+        *,
+        events: Sequence[NewEvent] = (),
+    ) -> list[str]:
+        """Ends the command's deliveries that were never handed out or were deferred
+        (``queued``, ``not_now``) for ``device_ids`` (all when ``None``) as ``error`` with
+        ``status``, in one atomic step with ``events`` (one ``command.cancelled`` per
+        device is the caller's to pass; the store adds nothing). Deliveries already sent,
+        accepted or final are left alone. Returns the devices whose delivery was ended, in
+        the order the command was queued for them (none for an unknown command).
+
+        Of ``events``, those about a device (``device_id`` set) whose delivery was not
+        ended are not appended: one handed out between the caller's look and this call
+        reports no cancellation it did not get."""
         ...
 
 
@@ -394,6 +492,7 @@ class CatalogueStore(Protocol):
         licences: LicenceGrant | None = None,
         notification: Notification | None = None,
         expected_rev: int | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> int:
         """Queues every batch (as :meth:`enqueue` would, without ``new``) and assigns the
         licences, all in one atomic step: if a device is unknown (:class:`UnknownDevices`)
@@ -401,7 +500,9 @@ class CatalogueStore(Protocol):
         nothing is written. With ``notification``, it is stored in the same step as
         :meth:`NotificationStore.put_notification` with ``expected_rev`` would
         (:class:`RevisionConflict`: nothing is written), so a wave's deliveries and the
-        counts it adds land together or not at all. Returns the deliveries made.
+        counts it adds land together or not at all. ``events`` (the wave's report) are
+        appended in that step too: whenever it returns, also when every device held its
+        command already, and never when it raises. Returns the deliveries made.
 
         Crosses devices. Licence grants never exceed the pool under concurrent fan-outs
         from any number of connections or processes (the pool is locked, not counted
@@ -422,13 +523,18 @@ class NotificationStore(Protocol):
     """Install notifications and automatic-update runs, with compare-and-set revisions."""
 
     async def put_notification(
-        self, notification: Notification, *, expected_rev: int | None = None
+        self,
+        notification: Notification,
+        *,
+        expected_rev: int | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> Notification:
         """Stores ``notification`` and returns it as stored, its ``rev`` set: 1 when
         ``expected_rev`` is ``None`` (it must not exist), else ``expected_rev + 1`` (the
         stored one must be at ``expected_rev``). A mismatch raises :class:`RevisionConflict`
         and changes nothing: a cancel that lands while a wave runs is never overwritten by
-        the wave's stale copy."""
+        the wave's stale copy. ``events`` are appended in the same transaction (none on a
+        conflict)."""
         ...
 
     async def get_notification(self, notification_id: str) -> Notification | None: ...
@@ -533,6 +639,9 @@ class Store(
     ChangeFeed,
     LeaseStore,
     EnrollmentStore,
+    EventStore,
+    WebhookStore,
+    ApiTokenStore,
     Protocol,
 ):
     """What every backend provides: the union of the roles. A consumer names the roles it

@@ -12,9 +12,12 @@ recorded twice, and a one-time key is claimed by exactly one caller.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
+
+if TYPE_CHECKING:
+    from mdmgate.storage.events import NewEvent
 
 __all__ = [
     "EnrollmentStore",
@@ -144,11 +147,13 @@ class EnrollmentStore(Protocol):
         at: float,
         device_id: str | None = None,
         serial: str | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> list[IssuedCertificate]:
         """Revokes the unrevoked certificates of ``device_id`` (or the one ``serial``), and
         in the same transaction replaces the ``auth`` of every device bound to one of them
         whose ``auth["sha256"]`` or ``auth["previous_sha256"]`` is a revoked certificate's
         with :func:`revoked_auth`: from the commit on, no node accepts the certificate.
         Returns the certificates revoked now (already revoked ones are left as they were).
+        ``events`` are appended in the same transaction.
         """
         ...

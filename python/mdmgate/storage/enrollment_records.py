@@ -22,6 +22,8 @@ import msgspec
 
 from mdmgate.storage import RevisionConflict
 from mdmgate.storage.enrollment import EnrollmentToken, IssuedCertificate, revoked_auth
+from mdmgate.storage.event_records import EncodedEvent, checked_events
+from mdmgate.storage.events import NewEvent
 
 __all__ = [
     "CERTIFICATE_COLUMNS",
@@ -286,9 +288,11 @@ class EnrollmentRole(abc.ABC):
         at: float,
         device_id: str | None = None,
         serial: str | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> list[IssuedCertificate]:
         check_revocation(device_id, serial)
-        revoked = await self._revoke(reason, float(at), device_id, serial)
+        appended = checked_events(events)
+        revoked = await self._revoke(reason, float(at), device_id, serial, appended)
         return sorted(revoked, key=lambda c: serial_order(c.serial))
 
     @abc.abstractmethod
@@ -323,8 +327,14 @@ class EnrollmentRole(abc.ABC):
 
     @abc.abstractmethod
     async def _revoke(
-        self, reason: str, at: float, device_id: str | None, serial: str | None
+        self,
+        reason: str,
+        at: float,
+        device_id: str | None,
+        serial: str | None,
+        events: Sequence[EncodedEvent],
     ) -> list[IssuedCertificate]:
         """Revokes the unrevoked certificates of ``device_id`` and/or ``serial`` (at least one
         given) and, in the same atomic step, gives the devices bound to them the auth
-        :func:`auth_after_revocation` says: the certificates revoked now, in any order."""
+        :func:`auth_after_revocation` says and appends ``events``: the certificates revoked
+        now, in any order."""

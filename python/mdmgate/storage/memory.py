@@ -2,12 +2,15 @@
 
 Every operation runs on the Trio thread without awaiting in the middle, so each is one
 atomic step and concurrent callers (tasks) cannot interleave inside it: ``take`` is
-exclusive, ``merge_facts`` loses nothing, licence grants are checked and made at once.
+exclusive, ``merge_facts`` loses nothing, licence grants are checked and made at once, and
+the events a call reports are appended in the same step as its change (checked first, so
+that a refused event leaves the change undone too).
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -22,10 +25,12 @@ from mdmgate.storage import (
     Change,
     CommandExists,
     CommandStatus,
+    CommandSummary,
     Delivery,
     DeliveryState,
     Device,
     LicencesExhausted,
+    NewEvent,
     RevisionConflict,
     StoredDeclaration,
     StoredSession,
@@ -43,18 +48,28 @@ from mdmgate.storage.enrollment_records import (
     serial_order,
     token_taken,
 )
+from mdmgate.storage.event_records import (
+    EncodedEvent,
+    check_page,
+    checked_events,
+    take_event,
+)
+from mdmgate.storage.memory_events import MemoryEvents
 
 __all__ = ["MemoryStore"]
 
 #: What take() hands out; ACCEPTED is open too but waits for the device.
 _OFFERED = (DeliveryState.QUEUED, DeliveryState.SENT, DeliveryState.NOT_NOW)
 _OPEN = (*_OFFERED, DeliveryState.ACCEPTED)
+#: What cancel_deliveries ends: never handed out, or deferred by the device.
+_CANCELLABLE = (DeliveryState.QUEUED, DeliveryState.NOT_NOW)
 #: Notifications still to run.
 _PENDING = ("scheduled", "running")
 
 _APP = msgspec.json.Decoder(App)
 _ORG = msgspec.json.Decoder(Org)
 _NOTIFICATION = msgspec.json.Decoder(Notification)
+
 
 #: The fields :meth:`MemoryStore.update_device` may set, and the types they take.
 _DEVICE_FIELDS: dict[str, tuple[type, ...]] = {
@@ -80,12 +95,18 @@ class _Entry:
     delivery: Delivery
 
 
-class MemoryStore(EnrollmentRole):
+class MemoryStore(MemoryEvents, EnrollmentRole):
+    """The :class:`~mdmgate.storage.Store` in memory. The event log, webhooks and API tokens
+    are a mixin (:mod:`.memory_events`)."""
+
     def __init__(self) -> None:
+        super().__init__()
         self._devices: dict[str, Device] = {}
         self._commands: dict[str, tuple[str, bytes]] = {}
         self._queues: dict[str, dict[str, _Entry]] = {}
         self._seq = itertools.count(1)
+        #: Each command's place in the queue order and when it was first queued.
+        self._command_order: dict[str, tuple[int, float]] = {}
         self._declarations: dict[str, StoredDeclaration] = {}
         #: Device ids in code-point order (what list_devices pages through); rebuilt on
         #: demand after a new device is added.
@@ -114,12 +135,16 @@ class MemoryStore(EnrollmentRole):
         self._changed.set()
         self._changed = trio.Event()
 
-    async def upsert_devices(self, devices: Sequence[Device]) -> int:
+    async def upsert_devices(
+        self, devices: Sequence[Device], *, events: Sequence[NewEvent] = ()
+    ) -> int:
+        appended = checked_events(events)
         for d in devices:
             if d.id not in self._devices:
                 self._ordered = None
             self._devices[d.id] = d
             self._record("device", d.id)
+        self._append(appended)
         return len(devices)
 
     async def get_device(self, device_id: str) -> Device | None:
@@ -136,17 +161,23 @@ class MemoryStore(EnrollmentRole):
         device_ids: Sequence[str],
         *,
         new: bool = False,
+        events: Sequence[NewEvent] = (),
     ) -> int:
+        appended = checked_events(events)
         if new and command_id in self._commands:
             raise CommandExists(command_id)
         unknown = [d for d in dict.fromkeys(device_ids) if d not in self._devices]
         if unknown:
             raise UnknownDevices(unknown)
-        return self._queue(command_id, kind, body, device_ids)
+        queued = self._queue(command_id, kind, body, device_ids)
+        self._append(appended)
+        return queued
 
     def _queue(self, command_id: str, kind: str, body: bytes, device_ids: Sequence[str]) -> int:
         """Stores the command once and queues it for the (known) devices not holding it."""
-        self._commands.setdefault(command_id, (kind, body))
+        if command_id not in self._commands:
+            self._commands[command_id] = (kind, body)
+            self._command_order[command_id] = (next(self._seq), time.time())
         kind, body = self._commands[command_id]
         added = 0
         for device_id in dict.fromkeys(device_ids):
@@ -159,10 +190,17 @@ class MemoryStore(EnrollmentRole):
         return added
 
     async def take(
-        self, device_id: str, session: str, limit: int, *, max_offers: int | None = None
+        self,
+        device_id: str,
+        session: str,
+        limit: int,
+        *,
+        max_offers: int | None = None,
+        delivered_event: bool = False,
     ) -> list[Delivery]:
         entries = sorted(self._queues.get(device_id, {}).values(), key=lambda e: e.seq)
         taken: list[Delivery] = []
+        failed: list[Delivery] = []
         for entry in entries:
             if len(taken) >= limit:
                 break
@@ -175,6 +213,7 @@ class MemoryStore(EnrollmentRole):
                 entry.delivery = replace(
                     d, state=DeliveryState.FAILED, status=offers_exhausted(d.offers)
                 )
+                failed.append(entry.delivery)
                 continue
             if retry and taken:
                 break  # a retry goes out alone
@@ -184,6 +223,22 @@ class MemoryStore(EnrollmentRole):
             taken.append(entry.delivery)
             if retry:
                 break
+        if delivered_event:
+            self._append(
+                [
+                    take_event("command.failed", device_id, d.command_id, {"status": d.status})
+                    for d in failed
+                ]
+                + [
+                    take_event(
+                        "command.delivered",
+                        device_id,
+                        d.command_id,
+                        {"session": session, "offers": d.offers},
+                    )
+                    for d in taken
+                ]
+            )
         return taken
 
     async def record_result(
@@ -193,7 +248,10 @@ class MemoryStore(EnrollmentRole):
         state: DeliveryState,
         status: str | None,
         result: bytes | None,
+        *,
+        events: Sequence[NewEvent] = (),
     ) -> bool:
+        appended = checked_events(events)
         entry = self._queues.get(device_id, {}).get(command_id)
         if entry is None or entry.delivery.state.final:
             return False
@@ -201,6 +259,7 @@ class MemoryStore(EnrollmentRole):
         entry.delivery = replace(
             entry.delivery, state=state, status=status, result=result, offers=offers
         )
+        self._append(appended)
         return True
 
     async def command_status(self, command_id: str) -> CommandStatus | None:
@@ -218,20 +277,80 @@ class MemoryStore(EnrollmentRole):
         entries = sorted(self._queues.get(device_id, {}).values(), key=lambda e: e.seq)
         return [e.delivery for e in entries if e.delivery.state in states]
 
-    async def set_auth(self, device_id: str, auth: Mapping[str, Any]) -> bool:
+    async def set_auth(
+        self, device_id: str, auth: Mapping[str, Any], *, events: Sequence[NewEvent] = ()
+    ) -> bool:
+        appended = checked_events(events)
         device = self._devices.get(device_id)
         if device is None:
             return False
         self._devices[device_id] = msgspec.structs.replace(device, auth=dict(auth))
+        self._append(appended)
         return True
 
-    async def cancel_open(self, device_id: str, status: str) -> int:
+    async def cancel_open(
+        self, device_id: str, status: str, *, events: Sequence[NewEvent] = ()
+    ) -> int:
+        appended = checked_events(events)
         ended = 0
         for entry in self._queues.get(device_id, {}).values():
             if entry.delivery.state in _OPEN:
                 entry.delivery = replace(entry.delivery, state=DeliveryState.ERROR, status=status)
                 ended += 1
+        self._append(appended)
         return ended
+
+    async def list_commands(
+        self,
+        *,
+        after: str | None = None,
+        limit: int = 100,
+        device_id: str | None = None,
+        kind: str | None = None,
+    ) -> list[CommandSummary]:
+        check_page(0, limit)
+        start = self._command_order.get(after, (0, 0.0))[0] if after is not None else 0
+        held = self._queues.get(device_id, {}) if device_id is not None else None
+        found: list[CommandSummary] = []
+        # Insertion order is queue order.
+        for command_id, (seq, created_at) in self._command_order.items():
+            if len(found) >= limit:
+                break
+            command_kind, body = self._commands[command_id]
+            if seq <= start or (kind is not None and command_kind != kind):
+                continue
+            if held is not None and command_id not in held:
+                continue
+            counts = collections.Counter(
+                q[command_id].delivery.state.value for q in self._queues.values() if command_id in q
+            )
+            found.append(
+                CommandSummary(command_id, command_kind, seq, created_at, dict(counts), body)
+            )
+        return found
+
+    async def cancel_deliveries(
+        self,
+        command_id: str,
+        device_ids: Sequence[str] | None,
+        status: str,
+        *,
+        events: Sequence[NewEvent] = (),
+    ) -> list[str]:
+        appended = checked_events(events)
+        if isinstance(device_ids, str):
+            raise ValueError(f"device_ids must be a sequence of ids, not the string {device_ids!r}")
+        wanted = self._queues if device_ids is None else dict.fromkeys(device_ids)
+        chosen = [self._queues.get(d, {}).get(command_id) for d in wanted]
+        ended = sorted(
+            (e for e in chosen if e is not None and e.delivery.state in _CANCELLABLE),
+            key=lambda e: e.seq,
+        )
+        for entry in ended:
+            entry.delivery = replace(entry.delivery, state=DeliveryState.ERROR, status=status)
+        devices = [e.delivery.device_id for e in ended]
+        self._append([e for e in appended if e.device_id is None or e.device_id in devices])
+        return devices
 
     async def put_declaration(self, declaration: StoredDeclaration) -> None:
         old = self._declarations.get(declaration.identifier)
@@ -250,8 +369,14 @@ class MemoryStore(EnrollmentRole):
         return sorted(found, key=lambda d: d.seq)
 
     async def merge_facts(
-        self, device_id: str, facts: Mapping[str, Any], *, feed: bool = True
+        self,
+        device_id: str,
+        facts: Mapping[str, Any],
+        *,
+        feed: bool = True,
+        events: Sequence[NewEvent] = (),
     ) -> bool:
+        appended = checked_events(events)
         device = self._devices.get(device_id)
         if device is None:
             return False
@@ -260,15 +385,20 @@ class MemoryStore(EnrollmentRole):
         self._devices[device_id] = msgspec.structs.replace(device, facts=merged)
         if feed:
             self._record("device", device_id)
+        self._append(appended)
         return True
 
-    async def update_device(self, device_id: str, fields: Mapping[str, Any]) -> bool:
+    async def update_device(
+        self, device_id: str, fields: Mapping[str, Any], *, events: Sequence[NewEvent] = ()
+    ) -> bool:
         _check_fields(fields)
+        appended = checked_events(events)
         device = self._devices.get(device_id)
         if device is None:
             return False
         self._devices[device_id] = msgspec.structs.replace(device, **fields)
         self._record("device", device_id)
+        self._append(appended)
         return True
 
     async def list_devices(self, after: str | None, limit: int) -> list[Device]:
@@ -286,9 +416,11 @@ class MemoryStore(EnrollmentRole):
         licences: LicenceGrant | None = None,
         notification: Notification | None = None,
         expected_rev: int | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> int:
         # Everything is checked before anything changes (and nothing here awaits): the
         # whole fan-out happens at once or not at all.
+        appended = checked_events(events)
         named = fan_out_devices(batches, licences)
         unknown = [d for d in named if d not in self._devices]
         if unknown:
@@ -307,7 +439,9 @@ class MemoryStore(EnrollmentRole):
             self._record("licence", licences.app_id)
         if notification is not None:
             self._store_notification(notification, expected_rev)
-        return sum(self._queue(b.command_id, b.kind, b.body, b.device_ids) for b in batches)
+        made = sum(self._queue(b.command_id, b.kind, b.body, b.device_ids) for b in batches)
+        self._append(appended)
+        return made
 
     async def licence_holders(self, app_id: str) -> list[str]:
         return sorted(self._licences.get(app_id, ()))
@@ -362,10 +496,17 @@ class MemoryStore(EnrollmentRole):
         return stored
 
     async def put_notification(
-        self, notification: Notification, *, expected_rev: int | None = None
+        self,
+        notification: Notification,
+        *,
+        expected_rev: int | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> Notification:
+        appended = checked_events(events)
         self._check_notification(notification.id, expected_rev)
-        return self._store_notification(notification, expected_rev)
+        stored = self._store_notification(notification, expected_rev)
+        self._append(appended)
+        return stored
 
     async def get_notification(self, notification_id: str) -> Notification | None:
         found = self._notifications.get(notification_id)
@@ -562,7 +703,12 @@ class MemoryStore(EnrollmentRole):
         return True
 
     async def _revoke(
-        self, reason: str, at: float, device_id: str | None, serial: str | None
+        self,
+        reason: str,
+        at: float,
+        device_id: str | None,
+        serial: str | None,
+        events: Sequence[EncodedEvent],
     ) -> list[IssuedCertificate]:
         revoked = [
             msgspec.structs.replace(c, revoked_at=at, revocation_reason=reason)
@@ -581,6 +727,7 @@ class MemoryStore(EnrollmentRole):
         # No change in the feed, as for set_auth: no index reads credentials.
         for bound, auth in auth_after_revocation(revoked, auth_of).items():
             self._devices[bound] = msgspec.structs.replace(self._devices[bound], auth=auth)
+        self._append(events)
         return revoked
 
     async def aclose(self) -> None:

@@ -26,7 +26,9 @@ How the contract holds under concurrent writers, from any number of nodes:
   So seq follows commit order, and a reader never skips a change that commits late (a seq
   taken at insert time would not: a transaction that took seq 11 may commit after the one that
   took 12). NOTIFY already serialises the commits of notifying transactions; the lock adds no
-  more waiting.
+  more waiting. The event log is numbered the same way, under a lock of its own
+  (:mod:`.postgres_events`), and its events are written in the transaction of the change they
+  report.
 
 A write interrupted after its COMMIT was sent may or may not have landed (the pipeline holds
 BEGIN to COMMIT, so that is any write that was sent; pgwire cancels it on the server and rolls
@@ -40,7 +42,8 @@ already held, is left as it is: callers derive command ids from what they queue)
 (``put_app``, ``put_notification``, ``fan_out`` with a notification, ``save_session`` and
 ``drop_session`` with a revision: the retry finds ``expected + 1``, or nothing, stored) and
 ``take`` (what it handed out counts one more offer and is offered again in a later session:
-at-least-once, as for a session that died).
+at-least-once, as for a session that died). A write run again appends its ``events`` again
+when the first run had landed: a reader may see such an event twice, never lose one.
 
 Facts and auth are ``jsonb``: a JSON string with U+0000 cannot be stored (PostgreSQL refuses
 it), and a float written with an exponent comes back as the number it is (``1e300`` as an int).
@@ -49,7 +52,6 @@ it), and a float written with an exponent comes back as the number it is (``1e30
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
@@ -62,13 +64,13 @@ from psycopg import pq
 
 from mdmgate.catalogue.model import App, CommandBatch, LicenceGrant, Notification, Org
 from mdmgate.storage import (
-    Change,
     CommandExists,
     CommandStatus,
     Delivery,
     DeliveryState,
     Device,
     LicencesExhausted,
+    NewEvent,
     RevisionConflict,
     StoredDeclaration,
     StoredSession,
@@ -78,13 +80,23 @@ from mdmgate.storage import (
     pgwire,
 )
 from mdmgate.storage import postgres_schema as sql
+from mdmgate.storage.event_records import checked_events
 from mdmgate.storage.pgwire import Connection, Param, PgError, Pool, Result, Row
 from mdmgate.storage.postgres_enrollment import PostgresEnrollment
+from mdmgate.storage.postgres_events import (
+    GIVE_UP_REPORTED,
+    REFUSE_UNKNOWN_DEVICE,
+    TAKE_REPORTED,
+    PostgresEvents,
+    append,
+    refuse_unless,
+)
 from mdmgate.storage.postgres_schema import (
     FINAL,
     OPEN,
     PENDING,
     REFUSED_LICENCES,
+    REFUSED_NOTHING,
     REFUSED_REVISION,
     REFUSED_UNKNOWN,
     SchemaTooNew,
@@ -109,10 +121,6 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 #: How many times a call is run again after losing a deadlock or a serialization race, or
 #: after finding its prepared statement stale (another node migrated the schema).
 RETRIES = 5
-#: Without a LISTEN connection (not up yet, or lost), waiters read the log this often.
-POLL_SECONDS = 0.5
-#: Waits between attempts to bring the LISTEN connection back (doubling up to the last).
-RELISTEN_SECONDS = (0.05, 5.0)
 
 _RETRIED = ("40001", "40P01", "0A000", "26000")
 _DEVICE_FIELDS = {"org": "text", "platform": "text", "os_version": "text", "supervised": "boolean"}
@@ -166,9 +174,10 @@ def _notification_row(n: Notification, expected_rev: int | None) -> tuple[Param,
     return row if expected_rev is None else (*row, expected_rev)
 
 
-class PostgresStore(PostgresEnrollment):
+class PostgresStore(PostgresEvents, PostgresEnrollment):
     """The :class:`~mdmgate.storage.Store` on PostgreSQL; made by :meth:`open`. The
-    enrollment role is its mixin (:mod:`.postgres_enrollment`)."""
+    enrollment role is a mixin (:mod:`.postgres_enrollment`), and so are the event log,
+    webhooks, API tokens and command listing (:mod:`.postgres_events`)."""
 
     def __init__(self, dsn: str, pool_size: int) -> None:
         self._dsn = dsn
@@ -178,11 +187,13 @@ class PostgresStore(PostgresEnrollment):
         self._ready = trio.Event()
         self._closing = trio.Event()
         self._closed = trio.Event()
-        # The change feed's wake-ups (see wait_for_changes).
+        # The wake-ups of the change feed and the event log (see postgres_events).
         self._listener = False
         self._listening = False
         self._notified = 0
         self._wake = trio.Event()
+        self._events_notified = 0
+        self._events_wake = trio.Event()
 
     @classmethod
     async def open(cls, url: str = "", *, pool_size: int = 8) -> PostgresStore:
@@ -268,7 +279,10 @@ class PostgresStore(PostgresEnrollment):
 
     # --- devices -------------------------------------------------------------------------
 
-    async def upsert_devices(self, devices: Sequence[Device]) -> int:
+    async def upsert_devices(
+        self, devices: Sequence[Device], *, events: Sequence[NewEvent] = ()
+    ) -> int:
+        appended = append(checked_events(events))
         # Written in id order (the last of a repeated id wins): concurrent upserts of
         # overlapping sets lock rows in the same order and cannot deadlock. The changes
         # are numbered in the order given.
@@ -285,7 +299,9 @@ class PostgresStore(PostgresEnrollment):
         if latest:
             rows = _json([latest[i] for i in sorted(latest)])
             statement = logged(write, "device", order="$2::text[]")
-            await self._write([(statement, (rows, text_array(latest)))])
+            await self._write([(statement, (rows, text_array(latest))), *appended])
+        elif appended:
+            await self._write(appended)
         return len(devices)
 
     async def get_device(self, device_id: str) -> Device | None:
@@ -313,13 +329,36 @@ class PostgresStore(PostgresEnrollment):
             found = await self._fetchval(page.format("WHERE id > $2 ORDER BY id"), limit, after)
         return [] if found is None else _DEVICES.decode(found)
 
-    async def set_auth(self, device_id: str, auth: Mapping[str, Any]) -> bool:
+    async def set_auth(
+        self, device_id: str, auth: Mapping[str, Any], *, events: Sequence[NewEvent] = ()
+    ) -> bool:
+        appended = append(checked_events(events))
         query = "UPDATE devices SET auth = $2::jsonb WHERE id = $1"
-        return await self._execute(query, device_id, _json(dict(auth))) > 0
+        if not appended:
+            return await self._execute(query, device_id, _json(dict(auth))) > 0
+        change = (refuse_unless(query + " RETURNING 1"), (device_id, _json(dict(auth))))
+        return await self._reported([change, *appended])
+
+    async def _reported(self, steps: Sequence[Statement]) -> bool:
+        """Runs a change and its events (``steps``): False when the change refused itself
+        (:data:`REFUSED_NOTHING`), and nothing of it was written."""
+        try:
+            await self._write(steps)
+        except PgError as e:
+            if e.sqlstate == REFUSED_NOTHING:
+                return False
+            raise
+        return True
 
     async def merge_facts(
-        self, device_id: str, facts: Mapping[str, Any], *, feed: bool = True
+        self,
+        device_id: str,
+        facts: Mapping[str, Any],
+        *,
+        feed: bool = True,
+        events: Sequence[NewEvent] = (),
     ) -> bool:
+        appended = append(checked_events(events))
         kept = {k: v for k, v in facts.items() if v is not None}
         dropped = [k for k, v in facts.items() if v is None]
         write = (
@@ -327,23 +366,32 @@ class PostgresStore(PostgresEnrollment):
             " RETURNING id AS key"
         )
         params = (device_id, _json(kept), text_array(dropped))
-        [result] = await self._write([(logged(write, "device") if feed else write, params)])
+        change = (logged(write, "device") if feed else write, params)
+        if appended:
+            return await self._reported([(REFUSE_UNKNOWN_DEVICE, (device_id,)), change, *appended])
+        [result] = await self._write([change])
         return result.rowcount > 0
 
-    async def update_device(self, device_id: str, fields: Mapping[str, Any]) -> bool:
+    async def update_device(
+        self, device_id: str, fields: Mapping[str, Any], *, events: Sequence[NewEvent] = ()
+    ) -> bool:
         unknown = sorted(set(fields) - set(_DEVICE_FIELDS))
         if unknown:
             raise ValueError(f"not a device field: {', '.join(unknown)}")
         for name in ("org", "platform"):
             if name in fields and not isinstance(fields[name], str):
                 raise ValueError(f"device {name} must be a string")
+        appended = append(checked_events(events))
         names = sorted(fields)
-        if not names:
+        if not names and not appended:
             return await self.get_device(device_id) is not None
         sets = ", ".join(f"{n} = ${i}::{_DEVICE_FIELDS[n]}" for i, n in enumerate(names, 2))
-        write = f"UPDATE devices SET {sets} WHERE id = $1 RETURNING id AS key"
+        write = f"UPDATE devices SET {sets or 'id = id'} WHERE id = $1 RETURNING id AS key"
         params = (device_id, *(fields[n] for n in names))
-        [result] = await self._write([(logged(write, "device"), params)])
+        change = (logged(write, "device"), params)
+        if appended:
+            return await self._reported([(REFUSE_UNKNOWN_DEVICE, (device_id,)), change, *appended])
+        [result] = await self._write([change])
         return result.rowcount > 0
 
     # --- queues --------------------------------------------------------------------------
@@ -356,7 +404,9 @@ class PostgresStore(PostgresEnrollment):
         device_ids: Sequence[str],
         *,
         new: bool = False,
+        events: Sequence[NewEvent] = (),
     ) -> int:
+        appended = append(checked_events(events))
         ids = list(dict.fromkeys(device_ids))
         steps: list[Statement] = [(sql.REFUSE_UNKNOWN, (text_array(ids),))]
         if new:
@@ -365,16 +415,23 @@ class PostgresStore(PostgresEnrollment):
             steps.append((sql.QUEUE, (command_id, text_array(ids))))
         else:
             steps += sql.queue(command_id, kind, body, ids)
+        queued = len(steps) - 1
         try:
-            results = await self._write(steps)
+            results = await self._write([*steps, *appended])
         except PgError as e:
             if new and e.is_unique_violation and e.constraint == "commands_pkey":
                 raise CommandExists(command_id) from None
             raise _refusal(e) from None
-        return results[-1].rowcount
+        return results[queued].rowcount
 
     async def take(
-        self, device_id: str, session: str, limit: int, *, max_offers: int | None = None
+        self,
+        device_id: str,
+        session: str,
+        limit: int,
+        *,
+        max_offers: int | None = None,
+        delivered_event: bool = False,
     ) -> list[Delivery]:
         if limit <= 0:
             return []
@@ -384,9 +441,18 @@ class PostgresStore(PostgresEnrollment):
         if not await self._fetchval(sql.HAS_OFFERED, device_id):
             return []
         steps: list[Statement] = [(sql.TAKE_LOCK, (device_id,))]
-        if max_offers is not None:
-            steps.append((sql.GIVE_UP, (device_id, session, *_EXHAUSTED, max_offers)))
-        steps.append((sql.TAKE, (device_id, session, limit, max_offers is not None)))
+        give_up: tuple[Param, ...] = (device_id, session, *_EXHAUSTED, max_offers)
+        take: tuple[Param, ...] = (device_id, session, limit, max_offers is not None)
+        if delivered_event:
+            # Reported in the statements that give up and hand out (what they wrote).
+            now = time.time()
+            if max_offers is not None:
+                steps.append((GIVE_UP_REPORTED, (*give_up, now)))
+            steps.append((TAKE_REPORTED, (*take, now)))
+        else:
+            if max_offers is not None:
+                steps.append((sql.GIVE_UP, give_up))
+            steps.append((sql.TAKE, take))
         rows = (await self._write(steps))[-1].rows
         return [
             Delivery(
@@ -398,7 +464,7 @@ class PostgresStore(PostgresEnrollment):
                 session,
                 offers=cast(int, offers),
             )
-            for command_id, kind, body, offers in rows
+            for command_id, kind, body, offers, *_ in rows
         ]
 
     async def record_result(
@@ -408,15 +474,20 @@ class PostgresStore(PostgresEnrollment):
         state: DeliveryState,
         status: str | None,
         result: bytes | None,
+        *,
+        events: Sequence[NewEvent] = (),
     ) -> bool:
+        appended = append(checked_events(events))
         # NotNow is an answer: the offer count starts again.
         query = (
             "UPDATE deliveries SET state = $3::text, status = $4, result = $5,"
             " updated = now(), offers = CASE WHEN $3::text = 'not_now' THEN 0 ELSE offers END"
             f" WHERE device_id = $1 AND command_id = $2 AND state NOT IN {FINAL}"
         )
-        state = DeliveryState(state)
-        return await self._execute(query, device_id, command_id, state.value, status, result) > 0
+        params = (device_id, command_id, DeliveryState(state).value, status, result)
+        if not appended:
+            return await self._execute(query, *params) > 0
+        return await self._reported([(refuse_unless(query + " RETURNING 1"), params), *appended])
 
     async def command_status(self, command_id: str) -> CommandStatus | None:
         statements: list[Statement] = [
@@ -450,12 +521,16 @@ class PostgresStore(PostgresEnrollment):
             for r in rows
         ]
 
-    async def cancel_open(self, device_id: str, status: str) -> int:
+    async def cancel_open(
+        self, device_id: str, status: str, *, events: Sequence[NewEvent] = ()
+    ) -> int:
+        appended = append(checked_events(events))
         query = (
             "UPDATE deliveries SET state = 'error', status = $2, updated = now()"
             f" WHERE device_id = $1 AND state IN {OPEN}"
         )
-        return await self._execute(query, device_id, status)
+        results = await self._write([(query, (device_id, status)), *appended])
+        return results[0].rowcount
 
     async def queue_depth(self) -> int:
         return int(await self._fetchval(f"SELECT count(*) FROM deliveries WHERE state IN {OPEN}"))
@@ -551,7 +626,9 @@ class PostgresStore(PostgresEnrollment):
         licences: LicenceGrant | None = None,
         notification: Notification | None = None,
         expected_rev: int | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> int:
+        appended = append(checked_events(events))
         named = fan_out_devices(batches, licences)
         steps: list[Statement] = []
         if named:
@@ -567,6 +644,8 @@ class PostgresStore(PostgresEnrollment):
         if licences is not None:
             ids = dict.fromkeys(licences.device_ids)
             steps += sql.grant(licences.app_id, licences.total, ids)
+        # The append is last: its lock is held to the commit (see postgres_events).
+        steps += appended
         if not steps:
             return 0
         try:
@@ -600,14 +679,19 @@ class PostgresStore(PostgresEnrollment):
     # --- notifications -------------------------------------------------------------------
 
     async def put_notification(
-        self, notification: Notification, *, expected_rev: int | None = None
+        self,
+        notification: Notification,
+        *,
+        expected_rev: int | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> Notification:
+        appended = append(checked_events(events))
         stored = msgspec.structs.replace(
             notification, rev=1 if expected_rev is None else expected_rev + 1
         )
         row = _notification_row(stored, expected_rev)
         try:
-            await self._write([(sql.put_notification(expected_rev), row)])
+            await self._write([(sql.put_notification(expected_rev), row), *appended])
         except PgError as e:
             if e.sqlstate != REFUSED_REVISION:
                 raise
@@ -699,57 +783,6 @@ class PostgresStore(PostgresEnrollment):
 
     async def expire_sessions(self, now: float) -> int:
         return await self._execute("DELETE FROM sessions WHERE expires_at < $1", float(now))
-
-    # --- the change feed -----------------------------------------------------------------
-
-    async def changes(self, after: int, limit: int) -> list[Change]:
-        if limit <= 0:
-            return []
-        query = "SELECT seq, kind, key FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2"
-        rows = await self._fetch(query, after, limit)
-        return [Change(cast(int, seq), cast(str, kind), cast(str, key)) for seq, kind, key in rows]
-
-    async def last_change(self) -> int:
-        return int(await self._fetchval("SELECT coalesce(max(seq), 0) FROM changes"))
-
-    async def wait_for_changes(self, after: int) -> None:
-        if not self._listener and self._nursery is not None:
-            self._listener = True
-            self._nursery.start_soon(self._listen)
-        while self._notified <= after:
-            # Read once LISTEN is up: a change committed after the read is notified, and
-            # the notification (or the loss of the LISTEN connection) sets this event.
-            wake, listening = self._wake, self._listening
-            if await self.last_change() > after:
-                return
-            with trio.move_on_after(math.inf if listening else POLL_SECONDS):
-                await wake.wait()
-
-    def _wake_all(self) -> None:
-        self._wake.set()
-        self._wake = trio.Event()
-
-    async def _listen(self) -> None:
-        """The store's LISTEN connection, brought back when lost. Wakes every waiter on each
-        notification, and when it goes up or down (they then read the log)."""
-        pause = RELISTEN_SECONDS[0]
-        while True:
-            try:
-                async with await pgwire.connect(self._dsn) as conn:
-                    await conn.listen(str(await conn.fetchval("SELECT mdmgate_channel()")))
-                    self._listening, pause = True, RELISTEN_SECONDS[0]
-                    self._wake_all()
-                    async for note in conn.notifications():
-                        if note.payload.isdigit():
-                            self._notified = max(self._notified, int(note.payload))
-                        self._wake_all()
-            except Exception:
-                pass
-            finally:
-                self._listening = False
-                self._wake_all()
-            await trio.sleep(pause)
-            pause = min(pause * 2, RELISTEN_SECONDS[1])
 
     # --- leases --------------------------------------------------------------------------
 

@@ -44,7 +44,9 @@ from mdmgate.storage.enrollment_records import (
     token_row,
     token_taken,
 )
+from mdmgate.storage.event_records import EncodedEvent
 from mdmgate.storage.pgwire import Param, PgError, Result, Row
+from mdmgate.storage.postgres_events import append
 from mdmgate.storage.postgres_schema import Statement, text_array
 
 __all__ = ["PostgresEnrollment"]
@@ -203,7 +205,12 @@ class PostgresEnrollment(EnrollmentRole):
         return await self._execute(query, serial, device_id) > 0
 
     async def _revoke(
-        self, reason: str, at: float, device_id: str | None, serial: str | None
+        self,
+        reason: str,
+        at: float,
+        device_id: str | None,
+        serial: str | None,
+        events: Sequence[EncodedEvent],
     ) -> list[IssuedCertificate]:
         conditions: list[str] = []
         params: list[Param] = [at, reason]
@@ -214,4 +221,5 @@ class PostgresEnrollment(EnrollmentRole):
             params.append(serial)
             conditions.append(f"serial = ${len(params)}")
         query = _REVOKE.format(where=" AND ".join(conditions))
-        return [certificate_from_row(r) for r in await self._fetch(query, *params)]
+        results = await self._write([(query, params), *append(events)])
+        return [certificate_from_row(r) for r in results[0].rows]

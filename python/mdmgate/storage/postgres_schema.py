@@ -23,9 +23,11 @@ from mdmgate.storage.pgwire import Connection, Param
 __all__ = [
     "CHANGE_LOCK",
     "CHANNEL",
+    "EVENT_LOCK",
     "MIGRATE_LOCK",
     "MIGRATIONS",
     "REFUSED_LICENCES",
+    "REFUSED_NOTHING",
     "REFUSED_REVISION",
     "REFUSED_UNKNOWN",
     "SchemaTooNew",
@@ -38,10 +40,12 @@ __all__ = [
     "text_array",
 ]
 
-#: Advisory lock keys (``pg_advisory_xact_lock``): schema migrations, and the change log
-#: (held from a change's insert to its commit, so that ``changes.seq`` is in commit order).
+#: Advisory lock keys (``pg_advisory_xact_lock``): schema migrations, the change log and the
+#: event log (each held from an insert into its log to the commit, so that ``seq`` is in
+#: commit order). A transaction that writes both takes CHANGE_LOCK first.
 MIGRATE_LOCK = 0x6D646D_6D696772  # "mdm" "migr"
 CHANGE_LOCK = 0x6D646D_63686E67  # "mdm" "chng"
+EVENT_LOCK = 0x6D646D_65766E74  # "mdm" "evnt"
 #: The LISTEN/NOTIFY channel a change-writing transaction notifies (payload: its last seq),
 #: in the public schema; ``mdmgate_changes:<schema>`` in another (``mdmgate_channel()``).
 CHANNEL = "mdmgate_changes"
@@ -50,6 +54,7 @@ CHANNEL = "mdmgate_changes"
 REFUSED_UNKNOWN = "MG001"  # detail: the unknown device ids, a JSON array
 REFUSED_LICENCES = "MG002"  # detail: the licences the pool would have to hold
 REFUSED_REVISION = "MG003"  # a compare-and-set found another revision
+REFUSED_NOTHING = "MG004"  # nothing to change (a final delivery, an unknown device)
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -224,6 +229,68 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX claims_by_expiry ON claims (until);
     """,
+    # The event log, webhooks and API tokens (mdmgate.storage.postgres_events), and the
+    # queue order of commands: those stored before are numbered in the order first queued.
+    """
+    -- Numbered under EVENT_LOCK, held from the insert to the commit: seq is in commit order.
+    CREATE TABLE events (
+        seq bigserial PRIMARY KEY,
+        type text COLLATE "C" NOT NULL,
+        at float8 NOT NULL,
+        device_id text COLLATE "C",
+        subject text,
+        data jsonb NOT NULL
+    );
+    CREATE INDEX events_by_device ON events (device_id, seq) WHERE device_id IS NOT NULL;
+    CREATE INDEX events_by_age ON events (at);
+    -- The LISTEN/NOTIFY channel of the event log (payload: the last seq appended).
+    CREATE FUNCTION mdmgate_events_channel() RETURNS text LANGUAGE sql STABLE AS $$
+        SELECT CASE current_schema() WHEN 'public' THEN 'mdmgate_events'
+               ELSE left('mdmgate_events:' || current_schema(), 63) END
+    $$;
+    CREATE TABLE webhooks (
+        id text COLLATE "C" PRIMARY KEY,
+        url text NOT NULL,
+        secret text NOT NULL,
+        -- A JSON array of event types.
+        types text NOT NULL,
+        created_at float8 NOT NULL,
+        description text NOT NULL,
+        cursor bigint NOT NULL,
+        state text NOT NULL,
+        attempts bigint NOT NULL,
+        next_attempt_at float8 NOT NULL,
+        last_error text,
+        last_success_at float8
+    );
+    CREATE TABLE webhook_failures (
+        webhook_id text COLLATE "C" NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+        seq bigint NOT NULL,
+        at float8 NOT NULL,
+        attempts bigint NOT NULL,
+        error text NOT NULL,
+        PRIMARY KEY (webhook_id, seq)
+    );
+    CREATE TABLE api_tokens (
+        id text COLLATE "C" PRIMARY KEY,
+        name text COLLATE "C" NOT NULL,
+        scope text NOT NULL,
+        secret_sha256 text NOT NULL,
+        created_at float8 NOT NULL,
+        revoked_at float8,
+        last_used_at float8
+    );
+    CREATE UNIQUE INDEX api_tokens_live_name ON api_tokens (name) WHERE revoked_at IS NULL;
+    ALTER TABLE commands ADD COLUMN seq bigint;
+    CREATE SEQUENCE commands_seq_seq OWNED BY commands.seq;
+    UPDATE commands c SET seq = o.n FROM (
+        SELECT id, row_number() OVER (ORDER BY created, id) AS n FROM commands
+    ) o WHERE c.id = o.id;
+    SELECT setval('commands_seq_seq', coalesce(max(seq), 0) + 1, false) FROM commands;
+    ALTER TABLE commands ALTER COLUMN seq SET DEFAULT nextval('commands_seq_seq'),
+        ALTER COLUMN seq SET NOT NULL;
+    CREATE UNIQUE INDEX commands_in_order ON commands (seq);
+    """,
 )
 
 
@@ -340,7 +407,8 @@ GIVE_UP = (
     f" updated = now() WHERE device_id = $1 AND state IN {OFFERED} AND offers >= $5"
     f" AND {NOT_IN_SESSION}"
 )
-TAKE = (
+#: take()'s statement up to what it returns: the deliveries handed out are ``taken``.
+TAKE_STEPS = (
     "WITH offered AS ("
     f"  SELECT seq, offers FROM deliveries WHERE device_id = $1 AND state IN {OFFERED}"
     f"  AND {NOT_IN_SESSION} ORDER BY seq LIMIT $3),"
@@ -354,9 +422,12 @@ TAKE = (
     "  updated = now() FROM chosen WHERE d.seq = chosen.seq"
     f"  AND d.state IN {OFFERED} AND {NOT_IN_SESSION.replace('state', 'd.state')}"
     "  RETURNING d.seq, d.command_id, d.offers)"
+)
+TAKEN = (
     " SELECT t.command_id, c.kind, c.body, t.offers FROM taken t"
     " JOIN commands c ON c.id = t.command_id ORDER BY t.seq"
 )
+TAKE = TAKE_STEPS + TAKEN
 
 SELECT_DECLARATIONS = (
     "SELECT d.seq, d.identifier, d.type, d.payload, d.server_token,"

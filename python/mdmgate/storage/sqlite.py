@@ -17,11 +17,12 @@ process or several (``--workers N``), keep the contract of :class:`mdmgate.stora
 ``merge_facts`` and ``update_device`` are moreover single ``UPDATE`` statements, computed by
 SQLite from the row as it is, not from a copy read earlier.
 
-The change feed (table ``changes``) is written in the same transaction as the change. Another
-process's writes are seen by polling ``max(seq)`` on the read connection
-(:attr:`SQLiteStore.poll_interval`); this store's own writes wake waiters at once. The log is
-not trimmed yet: it grows by one row per recorded change (a few dozen bytes). Trimming it must
-keep the newest row, so that ``max(seq)`` never goes back.
+The change feed (table ``changes``) is written in the same transaction as the change, and so
+are the events a call reports (the event log and the roles beside it:
+:mod:`.sqlite_events`). Another process's writes are seen by polling ``max(seq)`` on the read
+connection (:attr:`SQLiteStore.poll_interval`); this store's own writes wake waiters at once.
+The change log is not trimmed yet: it grows by one row per recorded change (a few dozen
+bytes). Trimming it must keep the newest row, so that ``max(seq)`` never goes back.
 
 Point reads by primary key (a device by id, a few devices) run on the Trio thread instead, on
 a second, read-only connection. A thread round trip costs about 25 times the ~9 µs such a read
@@ -55,6 +56,7 @@ from mdmgate.storage import (
     DeliveryState,
     Device,
     LicencesExhausted,
+    NewEvent,
     RevisionConflict,
     StoredDeclaration,
     StoredSession,
@@ -63,8 +65,11 @@ from mdmgate.storage import (
     fan_out_devices,
     offers_exhausted,
 )
+from mdmgate.storage.event_records import EncodedEvent, checked_events, take_event
 from mdmgate.storage.sqlite_enrollment import MIGRATION as ENROLLMENT_MIGRATION
 from mdmgate.storage.sqlite_enrollment import SQLiteEnrollment
+from mdmgate.storage.sqlite_events import MIGRATION as EVENTS_MIGRATION
+from mdmgate.storage.sqlite_events import SQLiteEvents, append
 
 __all__ = ["SQLiteStore"]
 
@@ -181,6 +186,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # Enrollment: the CA's material, tokens, issued certificates, one-time claims.
     ENROLLMENT_MIGRATION,
+    # The event log, webhooks, API tokens, and the queue order of commands.
+    EVENTS_MIGRATION,
 )
 
 #: What take() hands out (the partial index deliveries_open covers these).
@@ -320,7 +327,9 @@ def _queue(
     """Stores the command once and queues it for the devices in the JSON array ``ids`` that
     do not hold it yet: two statements, whatever the number of devices."""
     db.execute(
-        "INSERT INTO commands VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO commands (id, kind, body, created, seq)"
+        " SELECT ?, ?, ?, ?, coalesce(max(seq), 0) + 1 FROM commands WHERE true"
+        " ON CONFLICT (id) DO NOTHING",
         (command_id, kind, body, now),
     )
     cursor = db.execute(
@@ -456,9 +465,10 @@ def _read_devices(db: sqlite3.Connection, ids: list[str]) -> dict[str, Device]:
     return found
 
 
-class SQLiteStore(SQLiteEnrollment):
+class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
     """The :class:`~mdmgate.storage.Store` on SQLite; made by :meth:`open`. The enrollment
-    role is its mixin (:mod:`.sqlite_enrollment`)."""
+    role is a mixin (:mod:`.sqlite_enrollment`), and so are the event log, webhooks, API
+    tokens and command listing (:mod:`.sqlite_events`)."""
 
     #: How often :meth:`wait_for_changes` looks for changes written by other processes.
     poll_interval = 0.05
@@ -543,7 +553,10 @@ class SQLiteStore(SQLiteEnrollment):
         finally:
             self._writer_done.set()
 
-    async def upsert_devices(self, devices: Sequence[Device]) -> int:
+    async def upsert_devices(
+        self, devices: Sequence[Device], *, events: Sequence[NewEvent] = ()
+    ) -> int:
+        appended = checked_events(events)
         rows = [
             (
                 d.id,
@@ -570,6 +583,7 @@ class SQLiteStore(SQLiteEnrollment):
                     "INSERT INTO changes (kind, key) VALUES ('device', ?)",
                     [(r[0],) for r in rows],
                 )
+                append(db, appended)
             return len(rows)
 
         return await self._run(write)
@@ -594,7 +608,9 @@ class SQLiteStore(SQLiteEnrollment):
         device_ids: Sequence[str],
         *,
         new: bool = False,
+        events: Sequence[NewEvent] = (),
     ) -> int:
+        appended = checked_events(events)
         ids = json.dumps(list(dict.fromkeys(device_ids)))
 
         def write(db: sqlite3.Connection) -> int:
@@ -609,12 +625,20 @@ class SQLiteStore(SQLiteEnrollment):
                     and db.execute("SELECT 1 FROM commands WHERE id = ?", (command_id,)).fetchone()
                 ):
                     raise CommandExists(command_id)
-                return _queue(db, command_id, kind, body, ids, now=now)
+                queued = _queue(db, command_id, kind, body, ids, now=now)
+                append(db, appended)
+                return queued
 
         return await self._run(write)
 
     async def take(
-        self, device_id: str, session: str, limit: int, *, max_offers: int | None = None
+        self,
+        device_id: str,
+        session: str,
+        limit: int,
+        *,
+        max_offers: int | None = None,
+        delivered_event: bool = False,
     ) -> list[Delivery]:
         # Most check-ins find nothing to hand out: say so from the read connection, without
         # a write transaction. A command queued a moment later waits for the next session,
@@ -624,13 +648,15 @@ class SQLiteStore(SQLiteEnrollment):
 
         def write(db: sqlite3.Connection) -> list[Delivery]:
             now = time.time()
+            reported: list[EncodedEvent] = []
             with _transaction(db):
                 if max_offers is not None:
                     # Given up: offered max_offers times and never answered.
-                    for seq, offers in db.execute(
-                        f"SELECT seq, offers FROM deliveries WHERE device_id = ?"
+                    for seq, offers, command_id in db.execute(
+                        f"SELECT seq, offers, command_id FROM deliveries WHERE device_id = ?"
                         f" AND state IN {_OFFERED} AND offers >= ?"
-                        " AND NOT (state IN ('sent', 'not_now') AND session IS ?)",
+                        " AND NOT (state IN ('sent', 'not_now') AND session IS ?)"
+                        " ORDER BY seq",
                         (device_id, max_offers, session),
                     ).fetchall():
                         db.execute(
@@ -638,6 +664,10 @@ class SQLiteStore(SQLiteEnrollment):
                             " WHERE seq = ?",
                             (offers_exhausted(offers), now, seq),
                         )
+                        if delivered_event:
+                            status = {"status": offers_exhausted(offers)}
+                            failed = take_event("command.failed", device_id, command_id, status)
+                            reported.append(failed)
                 rows = db.execute(
                     "SELECT d.seq, d.command_id, c.kind, c.body, d.offers FROM deliveries d"
                     " JOIN commands c ON c.id = d.command_id"
@@ -658,6 +688,17 @@ class SQLiteStore(SQLiteEnrollment):
                     " offers = offers + 1 WHERE seq = ?",
                     [(session, now, r[0]) for r in rows],
                 )
+                if delivered_event:
+                    reported += [
+                        take_event(
+                            "command.delivered",
+                            device_id,
+                            r[1],
+                            {"session": session, "offers": r[4] + 1},
+                        )
+                        for r in rows
+                    ]
+                    append(db, reported)
             return [
                 Delivery(
                     r[1], device_id, r[2], bytes(r[3]), DeliveryState.SENT, session, offers=r[4] + 1
@@ -674,7 +715,11 @@ class SQLiteStore(SQLiteEnrollment):
         state: DeliveryState,
         status: str | None,
         result: bytes | None,
+        *,
+        events: Sequence[NewEvent] = (),
     ) -> bool:
+        appended = checked_events(events)
+
         def write(db: sqlite3.Connection) -> bool:
             with _transaction(db):
                 # NotNow is an answer: the offer count starts again.
@@ -684,6 +729,8 @@ class SQLiteStore(SQLiteEnrollment):
                     f" WHERE command_id = ? AND device_id = ? AND state NOT IN {_FINAL}",
                     (state.value, status, result, time.time(), state.value, command_id, device_id),
                 )
+                if cursor.rowcount > 0:
+                    append(db, appended)
             return cursor.rowcount > 0
 
         return await self._run(write)
@@ -747,22 +794,32 @@ class SQLiteStore(SQLiteEnrollment):
 
         return await self._run(read)
 
-    async def set_auth(self, device_id: str, auth: Mapping[str, Any]) -> bool:
+    async def set_auth(
+        self, device_id: str, auth: Mapping[str, Any], *, events: Sequence[NewEvent] = ()
+    ) -> bool:
+        appended = checked_events(events)
         encoded = json.dumps(dict(auth))
 
         def write(db: sqlite3.Connection) -> bool:
             cursor = db.execute("UPDATE devices SET auth = ? WHERE id = ?", (encoded, device_id))
+            if cursor.rowcount > 0:
+                append(db, appended)
             return cursor.rowcount > 0
 
         return await self._run(write)
 
-    async def cancel_open(self, device_id: str, status: str) -> int:
+    async def cancel_open(
+        self, device_id: str, status: str, *, events: Sequence[NewEvent] = ()
+    ) -> int:
+        appended = checked_events(events)
+
         def write(db: sqlite3.Connection) -> int:
             cursor = db.execute(
                 "UPDATE deliveries SET state = 'error', status = ?, updated = ?"
                 f" WHERE device_id = ? AND state IN {_OPEN}",
                 (status, time.time(), device_id),
             )
+            append(db, appended)
             return cursor.rowcount
 
         return await self._run(write)
@@ -817,8 +874,14 @@ class SQLiteStore(SQLiteEnrollment):
         return await self._read_inline(read)
 
     async def merge_facts(
-        self, device_id: str, facts: Mapping[str, Any], *, feed: bool = True
+        self,
+        device_id: str,
+        facts: Mapping[str, Any],
+        *,
+        feed: bool = True,
+        events: Sequence[NewEvent] = (),
     ) -> bool:
+        appended = checked_events(events)
         # Encoded before the write lock is taken, and refused here if it cannot be (NaN and
         # infinities are not JSON: SQLite would refuse the document at the next merge).
         removed = json.dumps(dict.fromkeys(facts))
@@ -831,17 +894,21 @@ class SQLiteStore(SQLiteEnrollment):
                     return False
                 if feed:
                     _record(db, "device", device_id)
+                append(db, appended)
             return True
 
         return await self._run(write)
 
-    async def update_device(self, device_id: str, fields: Mapping[str, Any]) -> bool:
+    async def update_device(
+        self, device_id: str, fields: Mapping[str, Any], *, events: Sequence[NewEvent] = ()
+    ) -> bool:
         wrong = sorted(set(fields) - set(_DEVICE_FIELDS))
         if wrong:
             raise ValueError(f"not a device field that can be updated: {', '.join(wrong)}")
         for name, value in fields.items():
             if not isinstance(value, _DEVICE_FIELDS[name]):
                 raise ValueError(f"device field {name}: {value!r} is not of the right type")
+        appended = checked_events(events)
         # The names are checked above: nothing the caller wrote reaches the SQL text.
         assignments = ", ".join(f"{name} = ?" for name in fields) or "id = id"
         params = (*fields.values(), device_id)  # a bool is stored as 0/1
@@ -853,6 +920,7 @@ class SQLiteStore(SQLiteEnrollment):
                 if cursor.rowcount == 0:
                     return False
                 _record(db, "device", device_id)
+                append(db, appended)
             return True
 
         return await self._run(write)
@@ -880,9 +948,11 @@ class SQLiteStore(SQLiteEnrollment):
         licences: LicenceGrant | None = None,
         notification: Notification | None = None,
         expected_rev: int | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> int:
         # Everything is encoded before the write lock is taken: one JSON array of ids per
         # batch, and one of every id named, for the single unknown-device check.
+        appended = checked_events(events)
         steps = [
             (b.command_id, b.kind, b.body, json.dumps(list(dict.fromkeys(b.device_ids))))
             for b in batches
@@ -923,6 +993,7 @@ class SQLiteStore(SQLiteEnrollment):
                         _record(db, "licence", app_id)
                 if notification is not None:
                     _put_notification(db, notification, expected_rev)  # a conflict rolls back
+                append(db, appended)
                 return sum(_queue(db, *step, now=now) for step in steps)
 
         return await self._run(write)
@@ -1013,11 +1084,19 @@ class SQLiteStore(SQLiteEnrollment):
         return await self._run(read)
 
     async def put_notification(
-        self, notification: Notification, *, expected_rev: int | None = None
+        self,
+        notification: Notification,
+        *,
+        expected_rev: int | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> Notification:
+        appended = checked_events(events)
+
         def write(db: sqlite3.Connection) -> Notification:
             with _transaction(db):
-                return _put_notification(db, notification, expected_rev)
+                stored = _put_notification(db, notification, expected_rev)
+                append(db, appended)
+                return stored
 
         return await self._run(write)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from mdmgate.storage.enrollment import EnrollmentToken, IssuedCertificate
@@ -38,6 +38,8 @@ from mdmgate.storage.enrollment_records import (
     token_row,
     token_taken,
 )
+from mdmgate.storage.event_records import EncodedEvent
+from mdmgate.storage.sqlite_events import append
 
 __all__ = ["MIGRATION", "SQLiteEnrollment"]
 
@@ -267,7 +269,12 @@ class SQLiteEnrollment(EnrollmentRole):
         return await self._run(write)
 
     async def _revoke(
-        self, reason: str, at: float, device_id: str | None, serial: str | None
+        self,
+        reason: str,
+        at: float,
+        device_id: str | None,
+        serial: str | None,
+        events: Sequence[EncodedEvent],
     ) -> list[IssuedCertificate]:
         conditions, params = ["revoked_at IS NULL"], [at, reason]
         if device_id is not None:
@@ -294,6 +301,7 @@ class SQLiteEnrollment(EnrollmentRole):
             # In the same transaction, under the write lock: the auth read is the latest.
             for bound, auth in auth_after_revocation(revoked, auth_of).items():
                 db.execute("UPDATE devices SET auth = ? WHERE id = ?", (json.dumps(auth), bound))
+            append(db, events)
             return revoked
 
         return await self._run(write)

@@ -33,6 +33,10 @@ its SyncHdr (server credentials of the device, or the gateway's), over the nonce
 issued to it; nonces both ways are kept in the device's facts, so every process shares them.
 A device that refused a message because the server was not authenticated ran none of its
 commands: they are offered again, with the gateway's ``Cred``, in the same session.
+
+Events (:mod:`mdmgate.events`) are written by the store call that makes each change: the
+deliveries handed out, the device's answers, inventory changes, the user's unenrollment, and
+a check-in (fact ``last_seen``) at most once per ``LAST_SEEN_RESOLUTION``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,12 @@ import trio
 
 from mdmgate import syncml
 from mdmgate.errors import SyncMLDecodeError
+from mdmgate.events import (
+    command_answered,
+    device_unenrolled,
+    inventory_changed,
+    record_check_in,
+)
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import DeliveryState, Device, RevisionConflict, Store, StoredSession
 from mdmgate.syncml import Message
@@ -410,6 +420,7 @@ class WindowsService:
         if isinstance(admitted, bytes):
             return Response(200, headers, admitted)
         device, header_status, chal = admitted
+        await record_check_in(self.store, device, self.clock())
         try:
             events = session.receive(message)
         except SessionError as exc:
@@ -422,7 +433,7 @@ class WindowsService:
         more = False
         if message.final and session.pending < self.batch and not live.unenrolled:
             taken = await self.store.take(
-                device_id, live.key, self.batch, max_offers=self.max_offers
+                device_id, live.key, self.batch, max_offers=self.max_offers, delivered_event=True
             )
             for delivery in taken:
                 live.bodies[delivery.command_id] = delivery.body
@@ -438,6 +449,7 @@ class WindowsService:
                 DeliveryState.ERROR,
                 "413",
                 b"the command does not fit the device's MaxMsgSize",
+                events=command_answered(device_id, dropped.command_id, DeliveryState.ERROR, "413"),
             )
         saved = await (self._drop(live) if reply.ended else self._save(live))
         if not saved:
@@ -649,7 +661,11 @@ class WindowsService:
         facts = current.facts if current is not None else device.facts
         if enrollment.FACT_UNENROLLED in facts:
             return  # the same alert again
-        await self.store.merge_facts(device.id, enrollment.unenrolled(facts))
+        await self.store.merge_facts(
+            device.id,
+            enrollment.unenrolled(facts),
+            events=[device_unenrolled(device.id, reason=enrollment.USER_REQUEST)],
+        )
         ended = await self.store.cancel_open(device.id, "unenrolled")
         # Its identity certificate dies with the enrollment, on every node at once.
         await self.store.revoke_certificates(
@@ -675,7 +691,14 @@ class WindowsService:
             state, status = DeliveryState.ACKNOWLEDGED, str(codes[-1] if codes else 200)
         result = _result_json(event) if event.results else None
         installs = apps.parse_install_status(event.results) if event.results else []
-        await self.store.record_result(device.id, event.command_id, state, status, result)
+        await self.store.record_result(
+            device.id,
+            event.command_id,
+            state,
+            status,
+            result,
+            events=command_answered(device.id, event.command_id, state, status),
+        )
         if state is not DeliveryState.ERROR:
             for target in apps.command_targets(body):
                 covered = _inventory_scope(target)
@@ -714,9 +737,11 @@ class WindowsService:
             }
             for r in merged
         ]
+        changed = inventory_changed(device_id, device.facts.get(FACT_APPS), summary)
         await self.store.merge_facts(
             device_id,
             {FACT_WINDOWS_APPS: msgspec.to_builtins(merged), FACT_APPS: summary},
+            events=[changed] if changed is not None else (),
         )
         self._changed(device_id)
 
@@ -735,6 +760,7 @@ class WindowsService:
                 state,
                 str(result.code),
                 msgspec.json.encode(result),
+                events=command_answered(device.id, delivery.command_id, state, str(result.code)),
             )
             return
         _log.info("app result from %s matches no open command: %s", device.id, result)
@@ -755,12 +781,14 @@ class WindowsService:
                 continue
             ok = install.status == "installed"
             code = "0" if ok else str(install.last_error if install.last_error is not None else 2)
+            state = DeliveryState.ACKNOWLEDGED if ok else DeliveryState.ERROR
             await self.store.record_result(
                 device.id,
                 delivery.command_id,
-                DeliveryState.ACKNOWLEDGED if ok else DeliveryState.ERROR,
+                state,
                 code,
                 msgspec.json.encode(install),
+                events=command_answered(device.id, delivery.command_id, state, code),
             )
 
 
