@@ -442,6 +442,20 @@ async def test_a_command_shows_the_body_it_sends(gw: Gateway) -> None:
         "Get": {"CmdID": "1", "Item": [{"Target": {"LocURI": "./DevDetail/SwV"}}]}
     }
     assert shown["body_text"].startswith("<Get>")
+    # An app install is sent as two commands, the Add of its node and the Exec below it.
+    install = {
+        "windows_app": {
+            "action": "store_install",
+            "package_family": "Contoso.Tasks_8wekyb3d8bbwe",
+            "product_id": "9WZDNCRFJ3TJ",
+            "skuid": "0010",
+        }
+    }
+    accepted = await gw.ok("POST", "/api/v1/devices/e-win/commands", install, 202)
+    shown = await gw.ok("GET", f"/api/v1/commands/{accepted['command_id']}")
+    assert [next(iter(part)) for part in shown["body"]] == ["Add", "Exec"]
+    listed = await gw.ok("GET", "/api/v1/commands?device_id=e-win")
+    assert listed["commands"][-1]["name"] == "Add+Exec"
 
 
 # --- GET /api/v1/commands ------------------------------------------------------------------------

@@ -239,14 +239,15 @@ def _check_syncml_fragment(fragment: bytes, field: str) -> None:
         raise _refuse(422, f"{name} is not a command the server sends (one of {allowed})", field)
 
 
-def syncml_command(fragment: bytes) -> dict[str, Any]:
-    """A stored SyncML command in the dict form (``{"Get": {...}}``); raises
+def syncml_command(fragment: bytes) -> dict[str, Any] | list[dict[str, Any]]:
+    """A stored SyncML command in the dict form (``{"Get": {...}}``), or the list of them
+    when it is sent as several (an app install: the Add of its node, then the Exec); raises
     :class:`~mdmgate.errors.SyncMLDecodeError` when it does not decode."""
     message = syncml.to_dict(_SYNCML_PREFIX + fragment + _SYNCML_SUFFIX)
     body: list[dict[str, Any]] = message.get("SyncBody", [])
-    if len(body) != 1:
-        raise SyncMLDecodeError(f"expected one SyncML command, got {len(body)}", 0, "structure")
-    return body[0]
+    if not body:
+        raise SyncMLDecodeError("expected a SyncML command, got none", 0, "structure")
+    return body[0] if len(body) == 1 else body
 
 
 def _syncml_from_dict(command: dict[str, Any]) -> bytes:

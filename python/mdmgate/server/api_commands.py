@@ -111,7 +111,8 @@ class CommandStatusOut(Struct):
         Any,
         Meta(
             description="The command as sent, decoded: the SyncML command as a dict"
-            ' (`{"Get": {"CmdID": ..., "Item": [...]}}`) or the Apple command plist as'
+            ' (`{"Get": {"CmdID": ..., "Item": [...]}}`), a list of them when it is sent as'
+            " several (an app install: `Add` then `Exec`), or the Apple command plist as"
             " JSON (data as base64); `null` if it does not decode."
         ),
     ] = None
@@ -126,7 +127,10 @@ class CommandSummaryOut(Struct):
     kind: str
     name: Annotated[
         str | None,
-        Meta(description="What it asks: Apple's `RequestType`, or the SyncML command (`Get`)."),
+        Meta(
+            description="What it asks: Apple's `RequestType`, or the SyncML command (`Get`;"
+            " `Add+Exec` for several)."
+        ),
     ]
     created_at: Annotated[str, Meta(description="When it was first queued (RFC 3339, UTC).")]
     counts: Annotated[dict[str, int], Meta(description="Its deliveries by state.")]
@@ -241,8 +245,11 @@ def _name(kind: str, decoded: Any) -> str | None:
         command = decoded.get("Command")
         if isinstance(command, dict) and isinstance(command.get("RequestType"), str):
             return str(command["RequestType"])
-    if kind == "syncml" and isinstance(decoded, dict) and len(decoded) == 1:
-        return str(next(iter(decoded)))
+    if kind == "syncml":
+        parts = decoded if isinstance(decoded, list) else [decoded]
+        names = [next(iter(p)) for p in parts if isinstance(p, dict) and len(p) == 1]
+        if names and len(names) == len(parts):
+            return "+".join(names)
     return None
 
 
