@@ -239,6 +239,25 @@ def test_a_run_without_a_token_says_so_in_its_report(setup: dict[str, Any]) -> N
     assert "<li>no API token: the ledger was not checked against the gateway</li>" in notes
 
 
+def test_a_token_that_may_not_register_ends_the_run_plainly(setup: dict[str, Any]) -> None:
+    port, apns_port = setup["port"], setup["apns_port"]
+    with gateway(setup["db"], port, apns_port, setup["config"]):
+        made = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/tokens",
+            json={"name": "look-only", "scope": "read"},
+            headers={"authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
+        assert made.status_code == 201, made.text
+        argv = simulate_command(port, apns_port, setup["scenario"], "--devices", "10")
+        argv[argv.index("--token") + 1] = made.json()["token"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    # The registration is refused (403): exit status 2 and one line saying so.
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "registering the fleet failed" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def answered_so_far(port: int) -> int:
     """Deliveries the gateway holds as answered, over every command."""
     try:

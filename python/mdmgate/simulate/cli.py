@@ -26,7 +26,7 @@ from mdmgate.simulate.scenario import (
     load_scenario,
     with_overrides,
 )
-from mdmgate.simulate.stats import SILENT, SIMULATOR, gateway_fault
+from mdmgate.simulate.stats import ENROLL, SILENT, SIMULATOR, gateway_fault
 
 __all__ = ["add_command", "run"]
 
@@ -42,7 +42,10 @@ the scenario's error, timeout and NotNow rates), and a ledger records every comm
 device received and answered. With an API token the fleet is registered first, the
 scenario's workload is queued through the admin API, and at the end each device's
 deliveries are read back: a command lost, handed out twice or to the wrong device, or
-stored with another answer than the device gave fails the run (exit status 1)."""
+stored with another answer than the device gave fails the run (exit status 1). With
+--enroll the devices enroll instead of being registered, as real ones do: Windows through
+MS-MDE2, Apple through the enrollment profile and SCEP, each with an enrollment token per
+org; a device that ends the run not enrolled fails it too."""
 
 EPILOG = """\
 examples:
@@ -51,6 +54,10 @@ examples:
       --devices 2000 --duration 120 --time-factor 1440 --report sim-report
   mdmgate simulate --target https://mdm.staging.example.com --allow-host \\
       mdm.staging.example.com --cacert staging-ca.pem --scenario soak.toml --json
+  MDMGATE_CA_PASSPHRASE=... mdmgate serve --db sqlite:///sim.db --config sim.toml \\
+      --tls-cert server.pem --tls-key server.key --listen 127.0.0.1:8443 &
+  MDMGATE_API_TOKEN=s3cret mdmgate simulate --target https://127.0.0.1:8443 \\
+      --cacert ca.pem --enroll --devices 500 --duration 120
 
 the gateway under test:
   every session is one connection from 127.0.0.1, so raise its [limits]
@@ -74,6 +81,7 @@ scenario file (TOML; every key optional; unknown keys are refused):
   [apple]     auth = "signature"|"mtls"
   [workload]  inventory_every = N (an inventory with every Nth Windows session)
               install_per = N (one app install per N devices)
+  [enrollment] enabled = false (--enroll)  windows_key = "rsa"|"ec"
 """
 
 
@@ -177,6 +185,18 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         help="CA certificate and EC key (PEM) that issues the devices' TLS client certificates"
         " (apple.auth = mtls, windows.auth = certificate); the gateway's --client-ca",
     )
+    parser.add_argument(
+        "--enroll",
+        action="store_true",
+        help="devices enroll at their first check-in (MS-MDE2; profile and SCEP) instead of"
+        " being registered: the gateway must serve enrollment under TLS",
+    )
+    parser.add_argument(
+        "--enrollment-token",
+        metavar="VALUE",
+        help="an enrollment token value every device enrolls with (implies --enroll; by"
+        " default the run makes one per org with the admin API token)",
+    )
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
 
 
@@ -190,6 +210,8 @@ def _scenario(args: argparse.Namespace) -> tuple[Scenario, str]:
         for option, key in _OVERRIDES.items()
         if getattr(args, option) is not None
     }
+    if args.enroll or args.enrollment_token:
+        overrides["enrollment.enabled"] = True
     if overrides:
         try:
             scenario = with_overrides(scenario, overrides)
@@ -237,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
             apns_listen=None if args.no_apns else args.apns_listen,
             apns_topic=args.apns_topic,
             device_ca=args.device_ca,
+            enrollment_token=args.enrollment_token or None,
         )
         runner.check_target(options.target, options.allow_hosts)
         _check_listen(options.apns_listen)
@@ -293,7 +316,7 @@ def _describe(outcome: runner.RunOutcome) -> list[str]:
         + _ms(latency["max"]),
     ]
     errors: dict[str, int] = totals["errors"]
-    failed = {k: v for k, v in errors.items() if gateway_fault(k)}
+    failed = {k: v for k, v in errors.items() if gateway_fault(k) and not k.startswith("enroll_")}
     if failed:
         lines.append("session errors: " + ", ".join(f"{k} {v:,}" for k, v in failed.items()))
     if errors.get(SILENT):
@@ -303,6 +326,19 @@ def _describe(outcome: runner.RunOutcome) -> list[str]:
         )
     if errors.get(SIMULATOR):
         lines.append(f"simulator faults: {errors[SIMULATOR]:,} (see the notes)")
+    enrolled = outcome.stats.totals().get(ENROLL)
+    if enrolled is not None:
+        whole = enrolled["all"]
+        lines.append(
+            f"enrollment: {whole['enrolled']:,} devices enrolled, {whole['failed']:,} attempts "
+            f"failed; latency p50 {_ms(whole['latency']['p50'])}, "
+            f"p99 {_ms(whole['latency']['p99'])}"
+        )
+        if whole["errors"]:
+            kinds = ", ".join(f"{k} {v:,}" for k, v in whole["errors"].items())
+            lines.append(f"enrollment errors: {kinds}")
+    if outcome.not_enrolled:
+        lines.append(f"not enrolled at the end: {outcome.not_enrolled:,} devices (the run fails)")
     ledger = outcome.ledger
     if ledger is None:
         lines.append("ledger: not checked (no API token)")

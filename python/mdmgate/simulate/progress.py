@@ -33,10 +33,11 @@ _CLEAR_BELOW = "\x1b[J"
 class _Totals:
     """Cumulative counts over the buckets seen so far."""
 
-    __slots__ = ("answered", "cpu", "errors", "messages", "received", "sessions")
+    __slots__ = ("answered", "cpu", "enrollments", "errors", "messages", "received", "sessions")
 
     def __init__(self) -> None:
         self.sessions = 0
+        self.enrollments = 0
         self.messages = 0
         self.received = 0
         self.answered = 0
@@ -48,6 +49,7 @@ class _Totals:
         self.messages += bucket.messages
         self.received += bucket.received
         self.answered += bucket.answered
+        self.enrollments += bucket.enrollments
         self.cpu += bucket.client_cpu
         for kind, count in bucket.errors.items():
             self.errors[kind] = self.errors.get(kind, 0) + count
@@ -56,6 +58,7 @@ class _Totals:
         out = _Totals()
         out.sessions, out.messages = self.sessions, self.messages
         out.received, out.answered, out.cpu = self.received, self.answered, self.cpu
+        out.enrollments = self.enrollments
         out.errors = dict(self.errors)
         if bucket is not None:
             out.add(bucket)
@@ -158,7 +161,7 @@ class Live:
             f"{head} {_duration(now.at - self._start)}   devices in a session {now.active:,}",
             f"  sessions {rate.sessions:,.1f}/s   messages {rate.messages:,.1f}/s   "
             f"latency p50 {_ms(now.p50)}  p99 {_ms(now.p99)}",
-            f"  commands received {t.received:,}   answered {t.answered:,}",
+            f"  commands received {t.received:,}   answered {t.answered:,}" + _enrolled(t),
             f"  errors   {_errors(t.errors)}",
             f"  client CPU {rate.cpu:.0%} of a core" + _saturated(rate.cpu),
         ]
@@ -170,7 +173,7 @@ class Live:
             f"{_duration(now.at - self._start)} active {now.active} "
             f"sessions {rate.sessions:.1f}/s messages {rate.messages:.1f}/s "
             f"p50 {_ms(now.p50)} p99 {_ms(now.p99)} "
-            f"received {t.received} answered {t.answered} "
+            f"received {t.received} answered {t.answered}{_enrolled(t, compact=True)} "
             f"errors {_errors(t.errors, compact=True)} cpu {rate.cpu:.0%}" + _saturated(rate.cpu)
         )
 
@@ -221,7 +224,8 @@ def _latest_latency(buckets: Iterable[Bucket]) -> tuple[float | None, float | No
 def _whole_run(stats: Stats, sample: _Sample) -> None:
     # The run's own totals, when the statistics keep them: they include the last second,
     # still open when the run stopped, and percentiles over every session.
-    whole = stats.totals().get("all")
+    totals = stats.totals()
+    whole = totals.get("all")
     if not isinstance(whole, dict):
         return
     t = sample.totals
@@ -229,6 +233,11 @@ def _whole_run(stats: Stats, sample: _Sample) -> None:
         value = whole.get(name)
         if isinstance(value, int):
             setattr(t, name, value)
+    enroll = totals.get("enroll")
+    if isinstance(enroll, dict) and isinstance(enroll.get("all"), dict):
+        sessions = enroll["all"].get("sessions")
+        if isinstance(sessions, int):
+            t.enrollments = sessions
     errors = whole.get("errors")
     if isinstance(errors, dict):
         t.errors = {str(k): v for k, v in errors.items() if isinstance(v, int)}
@@ -237,6 +246,15 @@ def _whole_run(stats: Stats, sample: _Sample) -> None:
         p50, p99 = latency.get("p50"), latency.get("p99")
         if isinstance(p50, float | int) and isinstance(p99, float | int):
             sample.p50, sample.p99 = float(p50), float(p99)
+
+
+def _enrolled(totals: _Totals, *, compact: bool = False) -> str:
+    # Only a run whose devices enroll says so: the others' view stays as it was.
+    if not totals.enrollments:
+        return ""
+    if compact:
+        return f" enrollments {totals.enrollments}"
+    return f"   enrollments {totals.enrollments:,}"
 
 
 def _discard_rest(out: TextIO) -> None:

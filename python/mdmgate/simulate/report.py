@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from mdmgate.simulate.ledger import LedgerResult
-from mdmgate.simulate.stats import SILENT, SIMULATOR, Bucket, Stats, gateway_fault
+from mdmgate.simulate.stats import ENROLL, SILENT, SIMULATOR, Bucket, Stats, gateway_fault
 
 __all__ = ["SATURATED_CPU", "write"]
 
@@ -175,7 +175,22 @@ def _seen(totals: Any, timeline: Sequence[Bucket]) -> str:
         text += f", {silent:,} silent on purpose"
     if simulator:
         text += f", {simulator:,} simulator faults"
+    enrolled = _enrollment(totals)
+    if enrolled is not None:
+        text += f"; {_count(_int(enrolled, 'enrolled'), 'device')} enrolled"
     return text
+
+
+def _enrollment(totals: Any) -> Mapping[str, Any] | None:
+    """The whole fleet's enrollment totals, in a run whose devices enrolled."""
+    enroll = totals.get(ENROLL) if isinstance(totals, Mapping) else None
+    whole = enroll.get("all") if isinstance(enroll, Mapping) else None
+    return whole if isinstance(whole, Mapping) else None
+
+
+def _int(record: Mapping[str, Any], key: str) -> int:
+    value = record.get(key)
+    return value if isinstance(value, int) else 0
 
 
 def _failures(totals: Any, timeline: Sequence[Bucket]) -> tuple[dict[str, int], int, int]:
@@ -189,7 +204,12 @@ def _failures(totals: Any, timeline: Sequence[Bucket]) -> tuple[dict[str, int], 
         for bucket in timeline:
             for kind, n in bucket.errors.items():
                 errors[kind] = errors.get(kind, 0) + n
-    failed = {k: v for k, v in sorted(errors.items()) if v and gateway_fault(k)}
+    # Enrollment failures are told apart (_sessions_note): no session ran for them.
+    failed = {
+        k: v
+        for k, v in sorted(errors.items())
+        if v and gateway_fault(k) and not k.startswith(f"{ENROLL}_")
+    }
     return failed, errors.get(SILENT, 0), errors.get(SIMULATOR, 0)
 
 
@@ -222,6 +242,20 @@ def _sessions_note(totals: Any, timeline: Sequence[Bucket]) -> str:
         )
     if simulator:
         parts.append(f"{simulator:,} hit a fault of the simulator itself (see the notes).")
+    enrolled = _enrollment(totals)
+    if enrolled is not None:
+        errors = enrolled.get("errors")
+        kinds = ", ".join(
+            f"{k} {v:,}" for k, v in (errors.items() if isinstance(errors, Mapping) else ())
+        )
+        parts.append(
+            f"{_count(_int(enrolled, 'enrolled'), 'device')} enrolled"
+            + (
+                f"; {_count(_int(enrolled, 'failed'), 'enrollment')} failed ({kinds})."
+                if kinds
+                else "; no enrollment failed."
+            )
+        )
     return f'<p id="sessions">{_e(" ".join(parts))}</p>'
 
 
@@ -362,7 +396,41 @@ def _totals_section(totals: Any) -> str:
         if isinstance(seconds, int | float)
         else ""
     )
-    return f'{note}<table id="totals-table"><tr><th></th>{head}</tr>{body}</table>'
+    table = f'{note}<table id="totals-table"><tr><th></th>{head}</tr>{body}</table>'
+    return table + _enrollment_table(totals.get(ENROLL))
+
+
+def _enrollment_table(enroll: Any) -> str:
+    """Each platform's enrollments: a phase of its own, apart from the check-ins."""
+    if not isinstance(enroll, Mapping) or not isinstance(enroll.get("all"), Mapping):
+        return ""
+    columns: list[tuple[str, Mapping[str, Any]]] = [("all", enroll["all"])]
+    platforms = enroll.get("platforms")
+    if isinstance(platforms, Mapping):
+        columns += [(str(k), v) for k, v in platforms.items() if isinstance(v, Mapping)]
+    kinds = sorted(
+        {str(k) for _, c in columns if isinstance(c.get("errors"), Mapping) for k in c["errors"]}
+    )
+    rows: list[tuple[str, str, str, bool]] = [
+        ("enrollments", "", "sessions", False),
+        ("enrolled", "", "enrolled", False),
+        ("failed", "", "failed", False),
+        *((f"errors: {kind}", "errors", kind, False) for kind in kinds),
+        *((f"latency {key} (ms)", "latency", key, True) for key in ("p50", "p99", "max")),
+    ]
+    head = "".join(f"<th>{_e(name)}</th>" for name, _ in columns)
+    body = "".join(
+        f"<tr><th>{_e(label)}</th>"
+        + "".join(_cell(_pick(c, table, key, ms)) for _, c in columns)
+        + "</tr>"
+        for label, table, key, ms in rows
+    )
+    return (
+        '<h3 id="enrollment">Enrollment</h3><p>Each device enrolled at its first check-in '
+        "(Windows: discovery, policy and certificate request; Apple: profile and SCEP); "
+        "latency is the whole enrollment's.</p>"
+        f'<table id="enrollment-table"><tr><th></th>{head}</tr>{body}</table>'
+    )
 
 
 def _pick(column: Mapping[str, Any], table: str, key: str, ms: bool) -> Any:
@@ -410,6 +478,17 @@ def _charts(timeline: Sequence[Bucket]) -> list[_Chart]:
             [
                 _Series("sessions/s", [_rate(b.sessions, b.span) for b in timeline], _mean),
                 _Series("messages/s", [_rate(b.messages, b.span) for b in timeline], _mean),
+                *(
+                    [
+                        _Series(
+                            "enrollments/s",
+                            [_rate(b.enrollments, b.span) for b in timeline],
+                            _mean,
+                        )
+                    ]
+                    if any(b.enrollments for b in timeline)
+                    else []
+                ),
             ],
         ),
         _Chart(

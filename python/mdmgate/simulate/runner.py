@@ -3,8 +3,9 @@
 The phases of a run:
 
 1. the profiles and devices are built from the scenario (deterministic from its seed);
-2. with an API token, the devices are registered (``POST /api/v1/devices``, in batches) and
-   the scenario's app installs are queued;
+2. with an API token, the devices are registered (``POST /api/v1/devices``, in batches), or,
+   with enrollment on, enroll at their first check-in (:mod:`.enrollment_phase`); the
+   scenario's app installs are queued;
 3. for ``duration`` seconds devices check in on their cadence (compressed by the time
    factor, with jitter; the first check-ins spread over the ramp-up), at most
    ``concurrency`` sessions at once and ``max_rate`` started per second; a push to the APNs
@@ -35,21 +36,14 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import trio
 
 from mdmgate import __version__
-from mdmgate.errors import SyncMLDecodeError
-from mdmgate.simulate.ledger import (
-    GatewayDelivery,
-    GatewayReader,
-    GatewayUnreadable,
-    Ledger,
-    LedgerResult,
-    Observed,
-    compare,
-)
+from mdmgate.simulate.checking import check_ledger
+from mdmgate.simulate.ledger import GatewayReader, GatewayUnreadable, Ledger, LedgerResult
+from mdmgate.simulate.registration import load_issuer, needs_identity, registration
 from mdmgate.simulate.scenario import (
     APPLE_PLATFORMS,
     MAX_DEVICES,
@@ -69,6 +63,9 @@ from mdmgate.simulate.transport import (
     parse_target,
 )
 
+if TYPE_CHECKING:
+    from mdmgate.simulate.enrollment_phase import EnrollmentPhase
+
 __all__ = ["RunError", "RunOptions", "RunOutcome", "check_target", "run"]
 
 #: Devices per registration request, and registration requests in flight.
@@ -82,6 +79,8 @@ FETCH_PARALLEL = 32
 PUSH_DELAY = (0.05, 0.5)
 #: Problems the runner itself had (admin API refusals...), each text kept once.
 MAX_NOTES = 20
+#: A device whose enrollment failed but may pass tries again at most this soon (seconds).
+ENROLL_RETRY = 5.0
 
 
 class RunError(Exception):
@@ -110,6 +109,8 @@ class RunOptions:
     apns_topic: str | None = None
     #: A CA (certificate and key, PEM) issuing the devices' TLS client identities.
     device_ca: str | None = None
+    #: An enrollment token value every device enrolls with (enrollment on, no token made).
+    enrollment_token: str | None = None
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
 
@@ -120,10 +121,13 @@ class RunOutcome:
     ledger: LedgerResult | None
     meta: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    #: Devices that were to enroll and ended the run not enrolled.
+    not_enrolled: int = 0
 
     @property
     def exit_status(self) -> int:
-        return 1 if self.ledger is not None and not self.ledger.clean else 0
+        unclean = self.ledger is not None and not self.ledger.clean
+        return 1 if unclean or self.not_enrolled else 0
 
 
 def check_target(url: str, allow_hosts: Sequence[str]) -> Target:
@@ -181,53 +185,6 @@ class _Tracked:
         return reply
 
 
-def _registration(profile: DeviceProfile, sha256: str | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "id": profile.id,
-        "platform": profile.platform,
-        "org": profile.org,
-        "os_version": profile.os_version,
-    }
-    if profile.platform in APPLE_PLATFORMS:
-        # Bound by trust on first use to the identity it enrolls with.
-        entry["auth"] = {}
-    elif profile.auth in ("md5", "basic"):
-        entry["auth"] = {
-            "method": profile.auth,
-            "username": profile.username,
-            "secret": profile.secret,
-        }
-    elif sha256 is not None:
-        entry["auth"] = {"method": "certificate", "sha256": sha256}
-    return entry
-
-
-def _needs_identity(profile: DeviceProfile) -> bool:
-    """Whether the device shows a TLS client certificate (issued from --device-ca)."""
-    return profile.auth == ("mtls" if profile.platform in APPLE_PLATFORMS else "certificate")
-
-
-def _issuer(device_ca: str) -> Any:
-    from cryptography import x509  # noqa: PLC0415 - mTLS fleets only
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
-
-    from mdmgate.simulate.apple import IdentityIssuer  # noqa: PLC0415
-
-    try:
-        with open(device_ca, "rb") as f:
-            pem = f.read()
-        cert = x509.load_pem_x509_certificate(pem)
-        key = serialization.load_pem_private_key(pem, None)
-    except (OSError, ValueError, TypeError) as e:
-        raise RunError(
-            f"--device-ca {device_ca}: not a CA certificate and its unencrypted key (PEM): {e}"
-        ) from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise RunError(f"--device-ca {device_ca}: the CA key must be an EC key")
-    return IdentityIssuer(cert, key)
-
-
 class Run:
     """One run; :func:`run` is the way in."""
 
@@ -257,6 +214,9 @@ class Run:
         )
         self.reader = GatewayReader(self.api, self.note, FETCH_PARALLEL) if self.api else None
         self.profiles = list(build_profiles(scenario))
+        self.enrollment: EnrollmentPhase | None = None
+        if scenario.enrollment.enabled or options.enrollment_token:
+            self.enrollment = self._enrollment(options.enrollment_token)
         count = len(self.profiles)
         self.devices: list[Device] = []
         self.due = array("d", [math.inf]) * count
@@ -273,12 +233,11 @@ class Run:
         self.running = False
         self.by_token: dict[str, int] = {}
         self.inventory_due: list[str] = []
-        self.bodies: dict[str, bytes] = {}
         self.cert_dir: tempfile.TemporaryDirectory[str] | None = None
         self.certs: dict[int, ClientCert] = {}
         self.identities: dict[int, Any] = {}
         self.issuer: Any = None
-        if any(_needs_identity(p) for p in self.profiles):
+        if self.enrollment is None and any(needs_identity(p) for p in self.profiles):
             if options.device_ca is None:
                 raise RunError(
                     "the scenario's devices show TLS client certificates (apple.auth = mtls or "
@@ -286,11 +245,31 @@ class Run:
                 )
             if not target.tls:
                 raise RunError("TLS client certificates need an https:// target")
-            self.issuer = _issuer(options.device_ca)
+            try:
+                self.issuer = load_issuer(options.device_ca)
+            except ValueError as e:
+                raise RunError(str(e)) from None
         self.apns_url: str | None = None
         self.apns: Any = None
 
     # -- setting up
+
+    def _enrollment(self, token: str | None) -> EnrollmentPhase:
+        from mdmgate.simulate import enrollment_phase as phase  # noqa: PLC0415 - --enroll only
+
+        self.profiles = phase.enrolling_profiles(self.profiles)
+        try:
+            return phase.EnrollmentPhase(
+                client=self.client,
+                api=self.api,
+                stats=self.stats,
+                profiles=self.profiles,
+                scenario=self.scenario,
+                token=token,
+                note=self.note,
+            )
+        except phase.EnrollmentUnusable as e:
+            raise RunError(str(e)) from None
 
     def build_devices(self) -> None:
         topic = self.options.apns_topic
@@ -325,7 +304,7 @@ class Run:
         async def worker(queue: Iterable[list[DeviceProfile]]) -> None:
             for batch in queue:
                 try:
-                    entries = [_registration(p, self.identity_sha256(p)) for p in batch]
+                    entries = [registration(p, self.identity_sha256(p)) for p in batch]
                     await api.call("POST", "/api/v1/devices", entries)
                 except ApiFailure as e:
                     failures.append(str(e))
@@ -367,6 +346,12 @@ class Run:
         await trio.sleep(delay)
         work = self.scenario.workload
         chosen = self.profiles[::every]
+        if self.enrollment is not None:
+            # Commands go to devices the gateway knows: wait (within reason) for the fleet
+            # to enroll.
+            with trio.move_on_after(max(self.scenario.run.duration / 2 - delay, 0.0)):
+                await self.enrollment.settled.wait()
+            chosen = [p for p in chosen if self.known(self.index[p.id])]
         windows_ids = [p.id for p in chosen if p.platform == "windows"]
         apple_ids = [p.id for p in chosen if p.platform in APPLE_PLATFORMS]
         await self.queue_command(
@@ -417,13 +402,13 @@ class Run:
         return found
 
     def identity_sha256(self, profile: DeviceProfile) -> str | None:
-        if profile.platform in APPLE_PLATFORMS or not _needs_identity(profile):
+        if profile.platform in APPLE_PLATFORMS or not needs_identity(profile):
             return None
         sha256: str = self.identity(self.index[profile.id]).sha256
         return sha256
 
     def client_cert(self, index: int) -> ClientCert | None:
-        if not _needs_identity(self.profiles[index]):
+        if not needs_identity(self.profiles[index]):
             return None
         cert = self.certs.get(index)
         if cert is None:
@@ -503,15 +488,18 @@ class Run:
         self.stats.active += 1
         started = trio.current_time()
         tracked: _Tracked | None = None
+        checked_in = False
         try:
-            exchange = self.client.exchange(
-                new_connection=profile.new_connection, client_cert=self.client_cert(index)
-            )
-            tracked = _Tracked(exchange, self.ledger, device.id)
-            try:
-                await device.session(tracked)
-            finally:
-                await exchange.aclose()
+            if await self.enrolled(index):
+                checked_in = True
+                exchange = self.client.exchange(
+                    new_connection=profile.new_connection, client_cert=self.client_cert(index)
+                )
+                tracked = _Tracked(exchange, self.ledger, device.id)
+                try:
+                    await device.session(tracked)
+                finally:
+                    await exchange.aclose()
         except Exception as e:  # a device bug must not end the run
             self.stats.session(profile.platform, 0.0, SIMULATOR)
             self.note(f"device {device.id}: {type(e).__name__}: {e}")
@@ -520,6 +508,13 @@ class Run:
             self.stats.active -= 1
             self.busy[index] = 0
             self.slots.release()
+        if self.enrollment is not None and self.known(index):
+            self.enrollment.arrived(index)
+        if not checked_in:
+            assert self.enrollment is not None
+            if again and self.running and not self.enrollment.gave_up(index):
+                self.plan(index, trio.current_time() + min(self.interval(index), ENROLL_RETRY))
+            return
         self.sessions[index] += 1
         if profile.platform == "windows" and self.scenario.workload.inventory_every:
             self.plan_inventory(index, started, tracked is not None and not tracked.failed)
@@ -530,6 +525,26 @@ class Run:
                 self.plan(index, now + self.rng.uniform(*PUSH_DELAY))
             else:
                 self.plan(index, now + self.interval(index))
+
+    def known(self, index: int) -> bool:
+        """Whether the gateway knows device ``index``: registered, or enrolled (an Apple
+        device once its Authenticate and TokenUpdate were taken)."""
+        phase = self.enrollment
+        if phase is None:
+            return True
+        return phase.enrolled(index) and bool(getattr(self.devices[index], "enrolled", True))
+
+    async def enrolled(self, index: int) -> bool:
+        """Whether device ``index`` may check in: enrolled (now, if it had not yet), or in a
+        run without enrollment."""
+        phase = self.enrollment
+        if phase is None or phase.enrolled(index):
+            return True
+        identity = await phase.enroll(index, self.devices[index])
+        if identity is None:
+            return False
+        self.identities[index] = identity
+        return True
 
     def plan_inventory(self, index: int, started: float, clean: bool) -> None:
         """An inventory with every Nth session, never two at once: a Windows ledger numbers
@@ -594,51 +609,11 @@ class Run:
         return self.reader
 
     async def check(self) -> LedgerResult:
-        result = LedgerResult()
         if self.api is None:
-            return result
-        fetched = await self._reader().deliveries([p.id for p in self.profiles])
-        # A Windows device cannot see command ids: its ledger names each delivery by its
-        # content (:mod:`.windows`), so the stored bodies are needed to match them.
-        wanted = {
-            d.command_id
-            for p in self.profiles
-            if p.platform == "windows"
-            for d in fetched.get(p.id, ())
-            if d.offers > 0
-        }
-        self.bodies = await self._reader().bodies(wanted)
-        for profile in self.profiles:
-            deliveries = fetched.get(profile.id)
-            if deliveries is None:
-                result.unreadable["deliveries could not be read"] = (
-                    result.unreadable.get("deliveries could not be read", 0) + 1
-                )
-                continue
-            observed = self.ledger.observed(profile.id)
-            if profile.platform == "windows":
-                observed = self.windows_observed(observed, deliveries)
-            compare(profile.id, observed, deliveries, result)
-        return result
-
-    def windows_observed(
-        self, observed: dict[str, Observed], deliveries: list[GatewayDelivery]
-    ) -> dict[str, Observed]:
-        """A Windows device's ledger keyed by the gateway's command ids where its content
-        ids map to one (what does not map stays as it is: misattributed)."""
-        from mdmgate.simulate.windows import ledger_ids  # noqa: PLC0415 - Windows fleets only
-
-        known = []
-        for d in deliveries:
-            body = self.bodies.get(d.command_id)
-            if body is not None:
-                known.append((d.command_id, body, d.offers))
-        try:
-            ids = ledger_ids(known)
-        except SyncMLDecodeError as e:
-            self.note(f"a stored Windows command is not SyncML: {e}")
-            return observed
-        return {ids.get(key, key): seen for key, seen in observed.items()}
+            return LedgerResult()
+        # A device that never enrolled has nothing at the gateway; it fails the run anyway.
+        profiles = [p for i, p in enumerate(self.profiles) if self.known(i)]
+        return await check_ledger(self._reader(), self.ledger, profiles, self.note)
 
     # -- the whole run
 
@@ -674,12 +649,15 @@ class Run:
             "registered": False,
         }
         self.build_devices()
+        if self.enrollment is not None:
+            # Before any task runs: a RunError here ends the run plainly (exit status 2).
+            await self.prepare_enrollment()
         async with trio.open_nursery() as outer:
             if options.apns_listen is not None:
                 self.apns_url = await self.start_apns(outer, options.apns_listen)
                 meta["apns_stand_in"] = self.apns_url
                 self.say(f"APNs stand-in at {self.apns_url} (the gateway's --apns-url)")
-            if self.api is not None and options.register:
+            if self.enrollment is None and self.api is not None and options.register:
                 self.say(f"registering {len(self.profiles):,} devices")
                 await self.register()
                 meta["registered"] = True
@@ -711,14 +689,40 @@ class Run:
             self.cert_dir.cleanup()
         if self.api is not None:
             await self.api.aclose()
+        return self.outcome(meta, result)
+
+    async def prepare_enrollment(self) -> None:
+        """Checks the gateway enrolls and makes the enrollment tokens (nothing to do for a
+        token value the run was given)."""
+        phase = self.enrollment
+        assert phase is not None
+        from mdmgate.simulate.enrollment_phase import EnrollmentUnusable  # noqa: PLC0415
+
+        try:
+            await phase.prepare()
+        except EnrollmentUnusable as e:
+            raise RunError(str(e)) from None
+        made = len(phase.token_ids)
+        self.say(
+            f"{len(self.profiles):,} devices enroll at their first check-in"
+            + (f" ({made} enrollment tokens made)" if made else "")
+        )
+
+    def outcome(self, meta: dict[str, Any], result: LedgerResult | None) -> RunOutcome:
         meta["api_failures"] = self.api_failures + (self.reader.failures if self.reader else 0)
         if self.apns is not None:
             meta["pushes"] = self.apns.pushes
+        not_enrolled = 0
+        if self.enrollment is not None:
+            not_enrolled = sum(1 for i in range(len(self.profiles)) if not self.known(i))
+            meta["enrollment"] = {**self.enrollment.summary(), "not_enrolled": not_enrolled}
+            if not_enrolled:
+                self.note(f"{not_enrolled:,} devices did not enroll: the run fails")
         if self.api is None:
             self.note("no API token: the ledger was not checked against the gateway")
         # The report shows them with the run: admin API refusals, simulator faults.
         meta["notes"] = list(self.notes)
-        return RunOutcome(self.stats, result, meta, self.notes)
+        return RunOutcome(self.stats, result, meta, self.notes, not_enrolled)
 
     async def start_apns(self, nursery: trio.Nursery, listen: str) -> str:
         from mdmgate.simulate.apns import ApnsStandIn  # noqa: PLC0415
@@ -782,4 +786,17 @@ async def run(
     devices = options.scenario.fleet.devices
     if not 1 <= devices <= MAX_DEVICES:
         raise RunError(f"devices must be 1 .. {MAX_DEVICES:,}, not {devices}")
-    return await Run(options, target, progress=progress, tty=tty).main()
+    try:
+        return await Run(options, target, progress=progress, tty=tty).main()
+    except BaseExceptionGroup as group:
+        # A task that found the run cannot go on (registration refused, say) ends it as
+        # plainly as a check before the start does.
+        refused, rest = group.split(RunError)
+        if refused is not None and rest is None:
+            raise _first(refused) from None
+        raise
+
+
+def _first(group: BaseExceptionGroup[RunError]) -> RunError:
+    found = group.exceptions[0]
+    return _first(found) if isinstance(found, BaseExceptionGroup) else found

@@ -55,6 +55,10 @@ all defaults: :data:`DEFAULT_SCENARIO`)::
     inventory_every = 0            # an inventory with every Nth Windows session (0: none)
     install_per = 0                # one app install per N devices (0: none)
 
+    [enrollment]                   # devices enroll (MS-MDE2, profile + SCEP) at first
+    enabled = false                #   check-in instead of being registered
+    windows_key = "rsa"            # rsa (the size the policy asks) | ec (P-256, cheap)
+
 Unknown keys are refused naming them, and every number is bounded.
 """
 
@@ -229,6 +233,11 @@ class Workload(_Table, frozen=True):
     apple_itunes_store_id: Annotated[int, Meta(ge=1, le=2**53)] = 310633997
 
 
+class Enrollment(_Table, frozen=True):
+    enabled: bool = False
+    windows_key: Literal["rsa", "ec"] = "rsa"
+
+
 class Scenario(_Table, frozen=True):
     seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 1
     fleet: Fleet = msgspec.field(default_factory=Fleet)
@@ -238,6 +247,7 @@ class Scenario(_Table, frozen=True):
     windows: Windows = msgspec.field(default_factory=Windows)
     apple: Apple = msgspec.field(default_factory=Apple)
     workload: Workload = msgspec.field(default_factory=Workload)
+    enrollment: Enrollment = msgspec.field(default_factory=Enrollment)
 
     def shares(self) -> dict[str, float]:
         """Each platform's share of the fleet, normalised."""

@@ -11,6 +11,12 @@ A session that fails ends with one error kind, the same words for every platform
 the device's protocol does not allow), :data:`SILENT` (the device went quiet on purpose, as
 the scenario asked: not the gateway's fault) and :data:`SIMULATOR` (a fault of the simulator
 itself). :func:`gateway_fault` tells the ones that count against the gateway.
+
+Enrollment (``mdmgate simulate --enroll``) is a phase of its own: each device's enrollment is
+one session of kind :data:`ENROLL` (:meth:`Stats.enrollment`), with its latency and, when it
+failed, an ``enroll_<reason>`` kind, kept apart from the check-in sessions (whose latency it
+would distort) in :meth:`Stats.totals`' ``enroll`` and the buckets' ``enrollments``. Its
+messages and errors count with the platform's, as every request and failure does.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["SILENT", "SIMULATOR", "Bucket", "Histogram", "Stats", "gateway_fault"]
+__all__ = ["ENROLL", "SILENT", "SIMULATOR", "Bucket", "Histogram", "Stats", "gateway_fault"]
 
 #: The session's device went quiet on purpose mid-session (``rates.timeout``).
 SILENT = "silent"
 #: The simulator itself failed (the run's notes say how).
 SIMULATOR = "simulator"
+#: The kind of session a device's enrollment is.
+ENROLL = "enroll"
 
 
 def gateway_fault(kind: str) -> bool:
@@ -50,6 +58,7 @@ class Bucket(msgspec.Struct):
     active: int = 0  # devices in a session at the end of the second
     client_cpu: float = 0.0  # this process's CPU seconds used in the second
     span: float = 1.0  # its length in seconds: 1, except the run's last, cut short by the stop
+    enrollments: int = 0  # devices' enrollments (sessions of kind enroll) ended in the second
 
 
 # Histogram bins: bin i holds latencies in [_LOW * _RATIO**i, _LOW * _RATIO**(i+1)).
@@ -139,6 +148,7 @@ class Stats:
         self._cpu = cpu
         self._start = clock()
         self._platforms: dict[str, _Platform] = {}
+        self._enrollments: dict[str, _Platform] = {}
         self._buckets: list[Bucket] = []
         # The open (not yet closed) seconds' latencies; closed seconds keep percentiles only.
         self._open_latency: dict[int, Histogram] = {}
@@ -206,6 +216,18 @@ class Stats:
             record.errors[error] = record.errors.get(error, 0) + 1
             bucket.errors[error] = bucket.errors.get(error, 0) + 1
 
+    def enrollment(self, platform: str, seconds: float, error: str | None = None) -> None:
+        """One device's enrollment ended after ``seconds``; ``error`` is why it failed."""
+        record = self._enrollments.get(platform)
+        if record is None:
+            record = self._enrollments[platform] = _Platform()
+        record.sessions += 1
+        record.latency.add(seconds)
+        self._bucket().enrollments += 1
+        if error is not None:
+            record.errors[error] = record.errors.get(error, 0) + 1
+            self.error(platform, error)
+
     def message(self, platform: str) -> None:
         """One HTTP request sent."""
         self._platform(platform).messages += 1
@@ -267,7 +289,8 @@ class Stats:
         ]
 
     def totals(self) -> dict[str, Any]:
-        """Whole-run counts, latency percentiles and errors by kind: per platform and all."""
+        """Whole-run counts, latency percentiles and errors by kind: per platform and all;
+        ``enroll`` likewise for the enrollments, when there were any."""
         everything = _Platform()
         platforms: dict[str, Any] = {}
         for name in sorted(self._platforms):
@@ -285,7 +308,34 @@ class Stats:
         total["seconds"] = elapsed
         total["sessions_per_second"] = everything.sessions / elapsed if elapsed > 0 else None
         total["messages_per_second"] = everything.messages / elapsed if elapsed > 0 else None
-        return {"all": total, "platforms": platforms}
+        out: dict[str, Any] = {"all": total, "platforms": platforms}
+        if self._enrollments:
+            out[ENROLL] = _enrollment_summary(self._enrollments)
+        return out
+
+
+def _enrollment_summary(records: dict[str, _Platform]) -> dict[str, Any]:
+    everything = _Platform()
+    platforms: dict[str, Any] = {}
+    for name in sorted(records):
+        record = records[name]
+        everything.sessions += record.sessions
+        everything.latency.merge(record.latency)
+        for kind, n in record.errors.items():
+            everything.errors[kind] = everything.errors.get(kind, 0) + n
+        platforms[name] = _enrolled(record)
+    return {"all": _enrolled(everything), "platforms": platforms}
+
+
+def _enrolled(record: _Platform) -> dict[str, Any]:
+    failed = sum(record.errors.values())
+    return {
+        "sessions": record.sessions,
+        "enrolled": record.sessions - failed,
+        "failed": failed,
+        "errors": dict(sorted(record.errors.items())),
+        "latency": record.latency.summary(),
+    }
 
 
 def _summary(record: _Platform) -> dict[str, Any]:
