@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+from mdmgate.events import command_answered
 from mdmgate.storage import (
     Change,
     CommandExists,
@@ -290,6 +291,75 @@ async def test_results_are_stored_once(store: Store) -> None:
     assert await store.queue_depth() == 1
 
 
+async def test_one_delivery_by_its_key(store: Store) -> None:
+    await store.enqueue("c1", "apple", b"a", ["dev-1", "dev-2"])
+    await store.enqueue("c2", "apple", b"b", ["dev-1"])
+    assert await store.get_delivery("dev-1", "c9") is None
+    assert await store.get_delivery("dev-9", "c1") is None
+    assert await store.get_delivery("dev-2", "c2") is None
+    [c1, _] = await store.take("dev-1", "s1", 10)
+    assert await store.get_delivery("dev-1", "c1") == c1
+    assert await store.record_result("dev-1", "c1", DeliveryState.ERROR, "Error", b"why")
+    answered = await store.get_delivery("dev-1", "c1")
+    assert answered is not None
+    assert (answered.state, answered.status, answered.result) == (
+        DeliveryState.ERROR,
+        "Error",
+        b"why",
+    )
+    assert (answered.kind, answered.body, answered.offers) == ("apple", b"a", 1)
+    other = await store.get_delivery("dev-2", "c1")
+    assert other is not None
+    assert (other.state, other.session, other.offers) == (DeliveryState.QUEUED, None, 0)
+
+
+async def test_record_and_take_is_an_answer_then_a_take(store: Store) -> None:
+    await store.enqueue("c1", "apple", b"a", ["dev-1"])
+    await store.enqueue("c2", "apple", b"b", ["dev-1"])
+    [c1] = await store.take("dev-1", "s1", 1)
+    answered = command_answered("dev-1", "c1", DeliveryState.ACKNOWLEDGED, "Acknowledged")
+    recorded, taken = await store.record_and_take(
+        "dev-1",
+        "c1",
+        DeliveryState.ACKNOWLEDGED,
+        "Acknowledged",
+        b"report",
+        events=answered,
+        session="s1",
+        limit=1,
+        delivered_event=True,
+    )
+    assert recorded
+    assert [(d.command_id, d.state, d.offers) for d in taken] == [("c2", DeliveryState.SENT, 1)]
+    stored = await store.get_delivery("dev-1", "c1")
+    assert stored is not None
+    assert (stored.state, stored.result) == (DeliveryState.ACKNOWLEDGED, b"report")
+    kinds = [(e.type, e.subject) for e in await store.events(0, 100, device_id="dev-1")]
+    assert kinds[-2:] == [("command.acknowledged", "c1"), ("command.delivered", "c2")]
+    # The same report again: not stored twice, no event, and the queue is empty.
+    again = await store.record_and_take(
+        "dev-1",
+        "c1",
+        DeliveryState.ERROR,
+        "Error",
+        b"other",
+        events=command_answered("dev-1", "c1", DeliveryState.ERROR, "Error"),
+        session="s1",
+        limit=1,
+    )
+    assert again == (False, [])
+    assert len(await store.events(0, 100, device_id="dev-1")) == len(kinds)
+    # NotNow in the exchange: the next command comes, the deferred one waits.
+    await store.enqueue("c3", "apple", b"c", ["dev-1"])
+    recorded, taken = await store.record_and_take(
+        "dev-1", "c2", DeliveryState.NOT_NOW, "NotNow", None, session="s1", limit=1
+    )
+    assert recorded
+    assert [d.command_id for d in taken] == ["c3"]
+    assert [d.command_id for d in await store.take("dev-1", "s2", 10)] == ["c2", "c3"]
+    assert c1.command_id == "c1"
+
+
 async def test_not_now_is_offered_again_later(store: Store) -> None:
     await store.enqueue("c1", "apple", b"a", ["dev-1"])
     await store.enqueue("c2", "apple", b"b", ["dev-1"])
@@ -378,6 +448,36 @@ class _BusyReader:
         exc = sqlite3.OperationalError("database is locked")
         exc.sqlite_errorcode = self.code
         raise exc
+
+
+async def test_sqlite_reads_a_devices_deliveries_by_index(tmp_path: Path) -> None:
+    """Listing one device's deliveries (any state), one delivery by key, or the ones take
+    gives up on walks an index, not the whole table or the device's whole queue: with a
+    fleet's worth of rows a scan took milliseconds per read."""
+    store = await SQLiteStore.open(tmp_path / "plan.db")
+    await store.aclose()
+    db = sqlite3.connect(tmp_path / "plan.db")
+    try:
+        queries = {
+            "deliveries": "SELECT d.command_id FROM deliveries d JOIN commands c"
+            " ON c.id = d.command_id WHERE d.device_id = ?"
+            " AND d.state IN (SELECT value FROM json_each(?)) ORDER BY d.seq",
+            "one delivery": "SELECT c.kind FROM deliveries d JOIN commands c"
+            " ON c.id = d.command_id WHERE d.command_id = ? AND d.device_id = ?",
+            # take's search for deliveries offered too often without an answer.
+            "given up": "SELECT d.seq FROM deliveries d WHERE d.device_id = ?"
+            " AND state IN ('queued', 'sent', 'not_now') AND offers > 0 AND offers >= ?",
+        }
+        for name, query in queries.items():
+            plan = " | ".join(
+                row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {query}", ("a", "b"))
+            )
+            assert "SCAN d" not in plan, (name, plan)
+            assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, (name, plan)
+            if name == "given up":  # not every delivery of the device: the retried ones
+                assert "deliveries_retried" in plan, plan
+    finally:
+        db.close()
 
 
 async def test_sqlite_read_falls_back_when_the_database_is_busy(tmp_path: Path) -> None:

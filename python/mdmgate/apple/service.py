@@ -101,7 +101,7 @@ from mdmgate.events import (
     record_check_in,
 )
 from mdmgate.server.types import Request, Response
-from mdmgate.storage import DeliveryState, Device, Store
+from mdmgate.storage import Delivery, DeliveryState, Device, Store
 from mdmgate.storage.enrollment import IssuedCertificate
 from mdmgate.windows.enrollment import reenrolled
 
@@ -141,6 +141,8 @@ _XML = (("content-type", "application/xml"),)
 #: At most this many schema warnings of one report are written to the access log.
 _MAX_LOGGED_WARNINGS = 10
 
+#: The states of a command the device holds and may report on.
+_ANSWERABLE = frozenset({DeliveryState.SENT, DeliveryState.NOT_NOW})
 _RESULT_STATES = {
     CommandStatus.ACKNOWLEDGED: DeliveryState.ACKNOWLEDGED,
     CommandStatus.ERROR: DeliveryState.ERROR,
@@ -467,13 +469,14 @@ class AppleService:
         await record_check_in(self.store, device, self.clock())
         key = await self._exchange(device_id, fresh=status is CommandStatus.IDLE)
         log = {"device": device_id, "status": report.status}
-        if status is not CommandStatus.IDLE:
+        if status is CommandStatus.IDLE:
+            taken = await self.store.take(
+                device_id, key, 1, max_offers=self.max_offers, delivered_event=True
+            )
+        else:
             assert report.command_uuid is not None
-            warnings = await self._record(device, report, status, request.body)
+            warnings, taken = await self._record(device, report, status, request.body, key)
             log["schema_warnings"] = _warnings_text(warnings)
-        taken = await self.store.take(
-            device_id, key, 1, max_offers=self.max_offers, delivered_event=True
-        )
         if not taken:
             return Response(200, (), b"", log)
         (delivery,) = taken
@@ -508,41 +511,39 @@ class AppleService:
         report: CommandReport,
         status: CommandStatus,
         raw: bytes,
-    ) -> list[schema.SchemaIssue]:
-        """Stores the result and the facts it brings; returns the report's schema
-        problems (for the command's RequestType, the device's platform and OS version)."""
+        exchange: str,
+    ) -> tuple[list[schema.SchemaIssue], list[Delivery]]:
+        """Stores the result, hands out the next command in the same store call (one
+        durable write per exchange), then stores the facts the result brings. Returns the
+        report's schema problems (for the command's RequestType, the device's platform and
+        OS version) and the command taken."""
         command_id = report.command_uuid or ""
         body = None
         if status is not CommandStatus.NOT_NOW:
             # The body of the command answered, from the store (whichever node handed it
             # out): what it asked for tells how to read the answer.
-            for delivery in await self.store.deliveries(
-                device.id, [DeliveryState.SENT, DeliveryState.NOT_NOW]
-            ):
-                if delivery.command_id == command_id:
-                    body = delivery.body
-                    break
+            delivery = await self.store.get_delivery(device.id, command_id)
+            if delivery is not None and delivery.state in _ANSWERABLE:
+                body = delivery.body
         if status is CommandStatus.NOT_NOW:
-            await self.store.record_result(
-                device.id,
-                command_id,
-                DeliveryState.NOT_NOW,
-                "NotNow",
-                None,
-                events=command_answered(device.id, command_id, DeliveryState.NOT_NOW, "NotNow"),
-            )
-            return []
-        state = _RESULT_STATES[status]
-        changed = await self.store.record_result(
+            state, text, result = DeliveryState.NOT_NOW, "NotNow", None
+        else:
+            state, text, result = _RESULT_STATES[status], report.status, raw
+        changed, taken = await self.store.record_and_take(
             device.id,
             command_id,
             state,
-            report.status,
-            raw,
-            events=command_answered(device.id, command_id, state, report.status),
+            text,
+            result,
+            events=command_answered(device.id, command_id, state, text),
+            session=exchange,
+            limit=1,
+            max_offers=self.max_offers,
+            delivered_event=True,
         )
-        if not changed:  # a repeated report, or a command the device does not hold
-            return []
+        if status is CommandStatus.NOT_NOW or not changed:
+            # Not now, a repeated report, or a command the device does not hold.
+            return [], taken
         command = _command(body)
         request_type = command.get("RequestType")
         warnings = _schema_warnings(device, report, request_type)
@@ -571,7 +572,7 @@ class AppleService:
             # (a user's copy is what a take-over roll-out takes).
             if FACT_APPS in facts or FACT_MANAGED_APPS in facts:
                 self._changed(device.id)
-        return warnings
+        return warnings, taken
 
     # -- identity
 

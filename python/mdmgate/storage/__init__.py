@@ -393,11 +393,36 @@ class QueueStore(Protocol):
         repeated report appends nothing)."""
         ...
 
+    async def record_and_take(
+        self,
+        device_id: str,
+        command_id: str,
+        state: DeliveryState,
+        status: str | None,
+        result: bytes | None,
+        *,
+        events: Sequence[NewEvent] = (),
+        session: str,
+        limit: int,
+        max_offers: int | None = None,
+        delivered_event: bool = False,
+    ) -> tuple[bool, list[Delivery]]:
+        """:meth:`record_result` and then :meth:`take` for the same device: what an Apple
+        device's report and the next command cost. A backend may do both in one
+        transaction (one durable write per exchange); the outcome is as if called in turn.
+        Returns ``record_result``'s answer and ``take``'s deliveries."""
+        ...
+
     async def command_status(self, command_id: str) -> CommandStatus | None: ...
 
     async def deliveries(self, device_id: str, states: Collection[DeliveryState]) -> list[Delivery]:
         """The device's deliveries in ``states``, in enqueue order (e.g. the installs a
         device accepted, to match the result it reports later)."""
+        ...
+
+    async def get_delivery(self, device_id: str, command_id: str) -> Delivery | None:
+        """One delivery by its key, whatever its state (the command a device reports on:
+        a point read, however long the device's queue is)."""
         ...
 
     async def cancel_open(

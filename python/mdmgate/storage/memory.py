@@ -262,6 +262,28 @@ class MemoryStore(MemoryEvents, EnrollmentRole):
         self._append(appended)
         return True
 
+    async def record_and_take(
+        self,
+        device_id: str,
+        command_id: str,
+        state: DeliveryState,
+        status: str | None,
+        result: bytes | None,
+        *,
+        events: Sequence[NewEvent] = (),
+        session: str,
+        limit: int,
+        max_offers: int | None = None,
+        delivered_event: bool = False,
+    ) -> tuple[bool, list[Delivery]]:
+        recorded = await self.record_result(
+            device_id, command_id, state, status, result, events=events
+        )
+        taken = await self.take(
+            device_id, session, limit, max_offers=max_offers, delivered_event=delivered_event
+        )
+        return recorded, taken
+
     async def command_status(self, command_id: str) -> CommandStatus | None:
         if command_id not in self._commands:
             return None
@@ -276,6 +298,10 @@ class MemoryStore(MemoryEvents, EnrollmentRole):
     async def deliveries(self, device_id: str, states: Collection[DeliveryState]) -> list[Delivery]:
         entries = sorted(self._queues.get(device_id, {}).values(), key=lambda e: e.seq)
         return [e.delivery for e in entries if e.delivery.state in states]
+
+    async def get_delivery(self, device_id: str, command_id: str) -> Delivery | None:
+        entry = self._queues.get(device_id, {}).get(command_id)
+        return None if entry is None else entry.delivery
 
     async def set_auth(
         self, device_id: str, auth: Mapping[str, Any], *, events: Sequence[NewEvent] = ()

@@ -489,6 +489,30 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
             return await self._execute(query, *params) > 0
         return await self._reported([(refuse_unless(query + " RETURNING 1"), params), *appended])
 
+    async def record_and_take(
+        self,
+        device_id: str,
+        command_id: str,
+        state: DeliveryState,
+        status: str | None,
+        result: bytes | None,
+        *,
+        events: Sequence[NewEvent] = (),
+        session: str,
+        limit: int,
+        max_offers: int | None = None,
+        delivered_event: bool = False,
+    ) -> tuple[bool, list[Delivery]]:
+        # Two transactions: one would need the answer's events written only when its
+        # update matched, which refuse_unless does by aborting the whole transaction.
+        recorded = await self.record_result(
+            device_id, command_id, state, status, result, events=events
+        )
+        taken = await self.take(
+            device_id, session, limit, max_offers=max_offers, delivered_event=delivered_event
+        )
+        return recorded, taken
+
     async def command_status(self, command_id: str) -> CommandStatus | None:
         statements: list[Statement] = [
             ("SELECT kind, body FROM commands WHERE id = $1", (command_id,)),
@@ -520,6 +544,19 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
             _delivery(cast(str, r[0]), device_id, cast(str, r[1]), cast(bytes, r[2]), r[3:])
             for r in rows
         ]
+
+    async def get_delivery(self, device_id: str, command_id: str) -> Delivery | None:
+        rows = await self._fetch(
+            "SELECT c.kind, c.body, d.state, d.session, d.status, d.result, d.offers"
+            " FROM deliveries d JOIN commands c ON c.id = d.command_id"
+            " WHERE d.command_id = $1 AND d.device_id = $2",
+            command_id,
+            device_id,
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return _delivery(command_id, device_id, cast(str, r[0]), cast(bytes, r[1]), r[2:])
 
     async def cancel_open(
         self, device_id: str, status: str, *, events: Sequence[NewEvent] = ()
