@@ -47,6 +47,15 @@ def syncml_decode(
     max_elements: int | None = None,
 ) -> Message: ...
 def syncml_message_from_dict(message: dict[str, Any]) -> Message: ...
+def syncml_app_inventory(
+    data: bytes,
+    prefix: str,
+    cmd_ref: str | None = None,
+    *,
+    max_bytes: int | None = None,
+    max_depth: int | None = None,
+    max_elements: int | None = None,
+) -> bytes: ...
 
 MetaDict = dict[str, str | list[str]]
 
@@ -265,3 +274,21 @@ class FleetIndex:
         seed: str = "",
         take_over: bool = False,
     ) -> TargetResult: ...
+
+HTTP1_MAX_HEAD_BYTES: int
+
+class Http1Error(ValueError):
+    """A refused HTTP/1.1 request; ``args`` is ``(status, message)``."""
+
+#: method, target, version, headers, head length, content length, chunked, keep-alive,
+#: expect 100-continue.
+Http1Head = tuple[str, str, str, tuple[tuple[str, str], ...], int, int | None, bool, bool, bool]
+
+def http1_parse_head(buffer: bytes | bytearray, scanned: int, max_head: int) -> int | Http1Head: ...
+
+@final
+class Http1ChunkedDecoder:
+    def __init__(self, max_line: int, max_trailer: int) -> None: ...
+    def feed(self, buffer: bytes | bytearray, keep: bool = True) -> tuple[bytes, int, bool]: ...
+    @property
+    def decoded(self) -> int: ...

@@ -3,7 +3,8 @@
 One listener speaks both protocols. Under TLS the ALPN choice decides (``h2`` or
 ``http/1.1``); in cleartext a connection that opens with the HTTP/2 client preface
 (``PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n``, "prior knowledge") is HTTP/2 and anything else is
-HTTP/1.1. HTTP/1.1 is parsed by h11, HTTP/2 by h2; both turn into the protocol-neutral
+HTTP/1.1. HTTP/1.1 is parsed by the Rust core (:mod:`~mdmgate.server.http1` holds its
+connections), HTTP/2 by h2; both turn into the protocol-neutral
 :class:`~mdmgate.server.types.Request` and :class:`~mdmgate.server.types.Response`.
 
 Everything a client can make the server hold is bounded by :class:`Limits`: request bodies and
@@ -31,6 +32,9 @@ Choices worth knowing:
   ``431`` the same way; one over twice that is not even decoded: the connection is closed with
   ``ENHANCE_YOUR_CALM`` (HPACK state cannot survive an abandoned block).
 * Requests are handed to the handler only once complete (the handler receives ``bytes``).
+* A malformed HTTP/1.1 request head is answered ``400`` (``431`` when too large, ``501`` for a
+  transfer coding other than chunked, ``505`` for an HTTP version other than 1.0 and 1.1) and
+  the connection closed; :mod:`~mdmgate.server.http1` lists what is refused.
 * An HTTP/1.1 request with both ``Content-Length`` and ``Transfer-Encoding`` gets ``400`` and
   the connection is closed: behind a proxy that frames by the other header, the body would be
   read as a second request (request smuggling). On HTTP/2 ``Transfer-Encoding`` (like any
@@ -47,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import http
 import ipaddress
 import logging
 import math
@@ -58,6 +61,7 @@ import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
@@ -66,12 +70,14 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.utilities
-import h11
 import msgspec
 import trio
 
 from .metrics import Metrics
 from .types import Handler, Request, Response
+
+if TYPE_CHECKING:
+    from .http1 import H1Connection
 
 __all__ = [
     "Limits",
@@ -291,7 +297,6 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"}
 )
-_REASONS = {int(status): status.phrase.encode() for status in http.HTTPStatus}
 
 
 class _DateHeader:
@@ -374,15 +379,6 @@ def _text_reply(status: int, message: str, retry_after: int | None = None) -> _R
     return _Reply(status, headers, message.encode() + b"\n")
 
 
-def _raw_h1_response(reply: _Reply) -> bytes:
-    """A complete HTTP/1.1 response that closes the connection, independent of h11's state."""
-    lines = [b"HTTP/1.1 %d %s" % (reply.status, _REASONS.get(reply.status, b""))]
-    lines.extend(name + b": " + value for name, value in reply.headers)
-    lines.append(b"content-length: %d" % len(reply.body))
-    lines.append(b"connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + reply.body
-
-
 def _split_target(target: str) -> tuple[str, str]:
     """``(path, query)`` of an origin-form (``/a?b``) or absolute-form request target."""
     if target.startswith("/") or target == "*":
@@ -442,25 +438,6 @@ class _ConnectionInfo:
     slot: _Slot
 
 
-class _Failure(Exception):
-    """Answer ``reply`` and close the connection."""
-
-    def __init__(self, reply: _Reply) -> None:
-        super().__init__(reply.status)
-        self.reply = reply
-
-
-# The phases of an HTTP/1.1 connection, for its timeouts.
-_IDLE = "idle"
-_READING = "reading"
-_HANDLING = "handling"
-_WRITING = "writing"
-_DRAINED = "drained"
-
-
-_SHED = "shed"
-
-
 class _Pending:
     """A connection still in its TLS handshake or first bytes: drain() and shed() just
     cancel it."""
@@ -494,7 +471,7 @@ class _Slot:
         self.released = False
         #: Shed before the connection had a phase to tell.
         self.shed = False
-        self.target: _Pending | _H1Connection | _H2Connection | None = None
+        self.target: _Pending | H1Connection | _H2Connection | None = None
 
 
 class Server:
@@ -516,9 +493,9 @@ class Server:
         self.limits = limits if limits is not None else Limits()
         self.metrics = metrics if metrics is not None else Metrics()
         self._drain_requested = trio.Event()
-        self._connections: set[_Pending | _H1Connection | _H2Connection] = set()
+        self._connections: set[_Pending | H1Connection | _H2Connection] = set()
         #: HTTP/1.1 connections whose deadlines the sweeper checks.
-        self._watched: set[_H1Connection] = set()
+        self._watched: set[H1Connection] = set()
         #: How often the sweeper runs: timeouts fire up to this late.
         limits = self.limits
         shortest = min(
@@ -741,11 +718,14 @@ class Server:
             return
         alpn, client_cert, initial = opening
         info = _ConnectionInfo(_peer_name(stream), client_cert, connected, reject, slot)
-        connection: _H1Connection | _H2Connection
+        # Imported here: http1 builds on this module's helpers.
+        from .http1 import H1Connection  # noqa: PLC0415
+
+        connection: H1Connection | _H2Connection
         if alpn == "h2" or initial.startswith(_PREFACE):
             connection = _H2Connection(self, stream, info, initial)
         else:
-            connection = _H1Connection(self, stream, info, initial)
+            connection = H1Connection(self, stream, info, initial)
         slot.target = connection
         self._connections.add(connection)
         if self.draining:
@@ -846,321 +826,6 @@ async def serve(
 ) -> None:
     """Serve ``handler`` on ``listeners`` until cancelled (see :class:`Server` for draining)."""
     await Server(handler, limits, metrics=metrics).run(listeners, task_status=task_status)
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP/1.1
-
-
-_H1_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
-_AMBIGUOUS_FRAMING = (
-    "Bad request: Content-Length and Transfer-Encoding together are ambiguous framing"
-    " (RFC 9112 section 6.1); send one of them"
-)
-
-
-def _ambiguous_framing(raw: Sequence[tuple[bytes, bytes]]) -> bool:
-    """Whether a request head has both Content-Length and Transfer-Encoding."""
-    names = {name.lower() for name, _ in raw if len(name) in (14, 17)}
-    return b"transfer-encoding" in names and b"content-length" in names
-
-
-class _H1Connection:
-    def __init__(
-        self, server: Server, stream: _Stream, info: _ConnectionInfo, initial: bytes
-    ) -> None:
-        self._server = server
-        self._limits = server.limits
-        self._stream = stream
-        self._peer = info.peer
-        self._client_cert = info.client_cert
-        self._reject = info.reject
-        self._slot = info.slot
-        self._h11 = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=server.limits.max_header_bytes
-        )
-        self._h11.receive_data(bytes(initial))
-        #: When the first request started: the connection opened with its bytes.
-        self._first_started: float | None = info.connected
-        #: Method and path of the request being read, for the log if it fails.
-        self._method = self._path = "-"
-        self._eof = False
-        #: When the request being read started.
-        self._started = info.connected
-        self._draining = False
-        #: Timeouts: the current phase and when it runs out, checked by the server's
-        #: sweeper (:meth:`Server._sweep_deadlines`), which cancels ``_watch`` past it.
-        #: Setting two attributes per phase costs far less than a cancel scope per read and
-        #: write, which showed up as a tenth of the server's time per request.
-        self._phase = _IDLE
-        self._deadline = math.inf
-        self._expired: str | None = None
-        self._watch = trio.CancelScope()
-        #: Shed while a request head was arriving (rather than idle): answered 503.
-        self._shed_reading = False
-
-    def drain(self) -> None:
-        self._draining = True
-        if self._phase == _IDLE:
-            self.expire(_DRAINED)
-
-    def shed(self) -> None:
-        """Close to make room: the connection is idle, or its request head incomplete."""
-        self._shed_reading = self._phase == _READING
-        self.expire(_SHED)
-
-    def expire(self, phase: str) -> None:
-        """End the connection: ``phase`` ran out of time (or the server drains)."""
-        if self._expired is None:
-            self._expired = phase
-            self._watch.cancel()
-
-    def check_deadline(self, now: float) -> None:
-        if now >= self._deadline:
-            self.expire(self._phase)
-
-    def _enter(self, phase: str, deadline: float) -> None:
-        self._phase = phase
-        self._deadline = deadline
-
-    async def run(self) -> None:
-        self._server._watched.add(self)
-        try:
-            with self._watch:
-                while await self._one_request():
-                    self._h11.start_next_cycle()
-        except _Close:
-            return
-        finally:
-            self._server._watched.discard(self)
-        expired = self._expired
-        if expired == _READING:
-            self._server.metrics.error("read_timeout")
-            await self._fail(_text_reply(408, "Request not received in time"), self._started)
-            return  # without lingering: the client is too slow to deserve it
-        if expired == _SHED:
-            # Its place went to a newcomer: closed at once, not lingering on a slot.
-            if self._shed_reading:
-                message = "Server busy: request head not received in time"
-                reply = _text_reply(503, message, self._limits.retry_after)
-                await self._fail(reply, self._started, min(self._limits.write_timeout, 1.0))
-            return
-        if expired == _WRITING:
-            self._server.metrics.error("write_timeout")
-            return
-        if not self._eof:
-            await _linger_close(self._stream)
-
-    async def _receive(self) -> bytes:
-        """The next bytes (``b""`` at end of stream)."""
-        try:
-            data = await self._stream.receive_some(_READ_CHUNK)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
-        self._eof = not data
-        return bytes(data)
-
-    async def _write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send ``data`` within the write timeout (per 64 KiB), in the current phase."""
-        phase, deadline = self._phase, self._deadline
-        if len(data) <= _WRITE_CHUNK:
-            self._enter(_WRITING, trio.current_time() + self._limits.write_timeout)
-            await self._stream.send_all(data)
-        else:
-            view = memoryview(data)
-            for start in range(0, len(view), _WRITE_CHUNK):
-                self._enter(_WRITING, trio.current_time() + self._limits.write_timeout)
-                await self._stream.send_all(view[start : start + _WRITE_CHUNK])
-        self._enter(phase, deadline)
-
-    async def _next_event(self) -> h11.Event:
-        while True:
-            event = self._h11.next_event()
-            if event is h11.NEED_DATA:
-                self._h11.receive_data(await self._receive())
-            elif event is h11.PAUSED:
-                raise _Close
-            else:
-                assert isinstance(event, h11.Event)
-                return event
-
-    async def _wait_for_request(self) -> float | None:
-        """When the next request started, or ``None`` when the connection should close."""
-        if self._first_started is not None:
-            started, self._first_started = self._first_started, None
-            return started
-        self._server._now_waiting(self._slot)  # until its head is complete
-        if self._h11.trailing_data[0]:
-            return trio.current_time()  # pipelined
-        if self._draining:
-            return None
-        self._enter(_IDLE, trio.current_time() + self._limits.idle_timeout)
-        data = await self._receive()
-        if not data:
-            return None
-        self._h11.receive_data(data)
-        return trio.current_time()
-
-    async def _one_request(self) -> bool:
-        """Serve one request; whether the connection stays open for another."""
-        started = await self._wait_for_request()
-        if started is None:
-            return False
-        self._started = started
-        self._method = self._path = "-"
-        # The head is due within header_timeout, the whole request within read_timeout.
-        self._enter(_READING, started + self._limits.header_timeout)
-        try:
-            request = await self._read_request(started)
-        except _Failure as failure:
-            await self._fail(failure.reply, started)
-            return False
-        if self._expired is not None:
-            return False  # timed out as the request completed: answered 408 by run()
-        self._enter(_HANDLING, math.inf)
-        reply = await self._server._dispatch(request)
-        return await self._respond(reply, request, started)
-
-    async def _read_request(self, started: float) -> Request:
-        limits = self._limits
-        metrics = self._server.metrics
-        try:
-            event = await self._next_event()
-            if not isinstance(event, h11.Request):
-                raise _Close  # ConnectionClosed between requests
-            self._server._busy(self._slot)
-            self._method = event.method.decode("ascii", "replace")
-            # h11 bounds only heads that arrive in pieces; a head that came in one read is
-            # measured here.
-            # (raw_items: iterating h11's Headers goes through Sequence.__getitem__, slowly.)
-            raw = event.headers.raw_items()
-            head_size = len(event.method) + len(event.target) + 12
-            head_size += sum(len(name) + len(value) + 4 for name, value in raw)
-            if head_size > limits.max_header_bytes:
-                metrics.error("header_too_large")
-                raise _Failure(_text_reply(431, "Request header fields too large"))
-            self._path, query = _split_target(event.target.decode("latin-1"))
-            if self._reject is not None:
-                raise _Failure(self._reject)
-            if _ambiguous_framing(raw):
-                # h11 would let chunked win; a proxy in front that went by Content-Length
-                # would see the rest as another request (request smuggling). RFC 9112
-                # section 6.1 allows treating it as an error: the connection closes.
-                metrics.error("bad_request")
-                raise _Failure(_text_reply(400, _AMBIGUOUS_FRAMING))
-            self._deadline = started + limits.read_timeout
-            body = await self._read_body(event)
-        except h11.RemoteProtocolError as exc:
-            if self._eof:
-                raise _Close from exc  # the client went away mid-request
-            if exc.error_status_hint == 431:
-                metrics.error("header_too_large")
-                raise _Failure(_text_reply(431, "Request header fields too large")) from exc
-            metrics.error("bad_request")
-            status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
-            raise _Failure(_text_reply(status, f"Bad request: {exc}")) from exc
-        return Request(
-            method=self._method,
-            path=self._path,
-            query=query,
-            headers=tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw),
-            body=body,
-            http_version=event.http_version.decode("ascii"),
-            peer=self._peer,
-            client_cert=self._client_cert,
-        )
-
-    async def _read_body(self, request: h11.Request) -> bytes:
-        """The request body; ``_Failure`` (413) when it is over the limit."""
-        limit = self._limits.max_body_bytes
-        declared: int | None = None
-        for name, value in request.headers:
-            if name == b"content-length":
-                declared = int(value)  # h11 has checked it
-        too_large = declared is not None and declared > limit
-        if self._h11.they_are_waiting_for_100_continue and not too_large:
-            # (When too large, the client has not sent it: we do not ask for it.)
-            interim = self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
-            if interim:
-                await self._write(interim)
-        body = bytearray()
-        seen = 0
-        while not (too_large and self._h11.they_are_waiting_for_100_continue):
-            event = await self._next_event()
-            if isinstance(event, h11.Data):
-                seen += len(event.data)
-                if too_large or seen > limit:
-                    too_large = True
-                    body.clear()
-                    if seen > limit + max(limit, _MIN_DISCARD):
-                        break  # read enough of it: cut it off
-                else:
-                    body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
-                raise _Close
-        if too_large:
-            self._server.metrics.error("body_too_large")
-            raise _Failure(_text_reply(413, f"Request body exceeds {limit} bytes"))
-        return bytes(body)
-
-    async def _fail(self, reply: _Reply, started: float, timeout: float | None = None) -> None:
-        """Answer with ``reply`` outside h11's state machine; the connection then closes."""
-        # Its own deadline: after a timeout the connection's watch is already cancelled.
-        with (
-            trio.move_on_after(self._limits.write_timeout if timeout is None else timeout),
-            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-        ):
-            await self._stream.send_all(_raw_h1_response(reply))
-        self._server._record(
-            method=self._method,
-            path=self._path,
-            status=reply.status,
-            protocol="HTTP/1.1",
-            started=started,
-            peer=self._peer,
-            bytes_in=0,
-            bytes_out=len(reply.body),
-        )
-
-    async def _respond(self, reply: _Reply, request: Request, started: float) -> bool:
-        no_body = request.method == "HEAD" or reply.status in (204, 304)
-        headers = reply.headers
-        if reply.status not in (204, 304):
-            headers.append((b"content-length", b"%d" % len(reply.body)))
-        if self._draining:
-            headers.append((b"connection", b"close"))
-        out: list[bytes | bytearray] = []
-        head = self._h11.send(
-            h11.Response(
-                status_code=reply.status, headers=headers, reason=_REASONS.get(reply.status, b"")
-            )
-        )
-        if head:
-            out.append(head)
-        sent = 0
-        if not no_body and reply.body:
-            out.extend(self._h11.send_with_data_passthrough(h11.Data(data=reply.body)) or ())
-            sent = len(reply.body)
-        end = self._h11.send(h11.EndOfMessage())
-        if end:
-            out.append(end)
-        # One write for head and body: two cost a second syscall and, with Nagle's delayed
-        # ACKs on the client, can stall small answers.
-        await self._write(b"".join(out))
-        self._server._record(
-            method=request.method,
-            path=request.path,
-            status=reply.status,
-            protocol=_H1_PROTOCOLS.get(request.http_version, "HTTP/1.1"),
-            started=started,
-            peer=self._peer,
-            bytes_in=len(request.body),
-            bytes_out=sent,
-            extra=reply.log,
-        )
-        return self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ as a JSONPath under ``$.windows_app``.
 The device's answers are read by:
 
 * :func:`parse_inventory`: the Items of a ``?list=StructData`` Results of ``AppManagement``
-  into :class:`AppRecord` (one per package full name);
+  into :class:`AppRecord` (one per package full name); :func:`inventory_from_message` gives
+  the same records straight from the message's bytes, without an object per Item;
 * :func:`parse_install_status`: the Items of ``AppInstallation`` into :class:`InstallState`;
 * :func:`parse_licenses`: the Items of ``AppLicenses/StoreLicenses`` into
   :class:`LicenseRecord`;
@@ -31,7 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 import msgspec
 from msgspec import Meta
 
-from mdmgate import syncml
+from mdmgate import _core, syncml
 from mdmgate.errors import MdmgateError, SyncMLDecodeError
 from mdmgate.syncml import Command, Header, Item, Message
 
@@ -60,6 +61,7 @@ __all__ = [
     "command_targets",
     "describe",
     "expand",
+    "inventory_from_message",
     "package_family_of",
     "parse_app_alert",
     "parse_install_status",
@@ -1013,6 +1015,21 @@ def parse_inventory(items: Iterable[Item]) -> list[AppRecord]:
         )
         for (scope, classification, family, full), fields in groups.items()
     ]
+
+
+_RECORDS: Final = msgspec.json.Decoder(list[AppRecord])
+
+
+def inventory_from_message(data: bytes, prefix: str, cmd_ref: str | None = None) -> list[AppRecord]:
+    """:func:`parse_inventory` of the Results items of a whole SyncML message (XML or
+    WBXML) whose Source LocURI (else Target) starts with ``prefix``: the inventory command's
+    target without its ``?list=StructData``. ``cmd_ref`` keeps only the Results answering
+    that CmdID. The message is read in Rust and never becomes Python objects; input that
+    :func:`mdmgate.syncml.decode` refuses raises the same :class:`SyncMLDecodeError`.
+
+    Items are taken as they stand in this message: a leaf split over messages (MoreData) is
+    not reassembled here."""
+    return _RECORDS.decode(_core.syncml_app_inventory(data, prefix, cmd_ref))
 
 
 def parse_install_status(items: Iterable[Item]) -> list[InstallState]:

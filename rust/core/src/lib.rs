@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod fleet;
+pub mod http1;
 pub mod plist;
 pub mod syncml;
 pub mod versions;

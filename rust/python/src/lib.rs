@@ -7,6 +7,8 @@
 use std::cmp::Ordering;
 
 mod fleet;
+mod http1;
+mod inventory;
 mod plist;
 mod syncml;
 
@@ -344,8 +346,10 @@ fn version_plan_installs(
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_VERSION_LEN", versions::MAX_VERSION_LEN)?;
     syncml::register(m)?;
+    inventory::register(m)?;
     plist::register(m)?;
     fleet::register(m)?;
+    http1::register(m)?;
     m.add_function(wrap_pyfunction!(version_platforms, m)?)?;
     m.add_function(wrap_pyfunction!(version_allows_downgrade, m)?)?;
     m.add_function(wrap_pyfunction!(version_compare, m)?)?;

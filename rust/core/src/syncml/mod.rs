@@ -12,6 +12,7 @@
 mod builder;
 mod decode;
 mod encode;
+pub mod inventory;
 mod tags;
 mod wbxml;
 mod xml;
