@@ -513,53 +513,59 @@ class AppleService:
         raw: bytes,
         exchange: str,
     ) -> tuple[list[schema.SchemaIssue], list[Delivery]]:
-        """Stores the result, hands out the next command in the same store call (one
-        durable write per exchange), then stores the facts the result brings. Returns the
-        report's schema problems (for the command's RequestType, the device's platform and
-        OS version) and the command taken."""
+        """Stores the result and the facts it brings, and hands out the next command.
+        Returns the report's schema problems (for the command's RequestType, the device's
+        platform and OS version) and the command taken."""
         command_id = report.command_uuid or ""
-        body = None
-        if status is not CommandStatus.NOT_NOW:
-            # The body of the command answered, from the store (whichever node handed it
-            # out): what it asked for tells how to read the answer.
-            delivery = await self.store.get_delivery(device.id, command_id)
-            if delivery is not None and delivery.state in _ANSWERABLE:
-                body = delivery.body
         if status is CommandStatus.NOT_NOW:
-            state, text, result = DeliveryState.NOT_NOW, "NotNow", None
-        else:
-            state, text, result = _RESULT_STATES[status], report.status, raw
-        changed, taken = await self.store.record_and_take(
-            device.id,
-            command_id,
-            state,
-            text,
-            result,
-            events=command_answered(device.id, command_id, state, text),
-            session=exchange,
-            limit=1,
-            max_offers=self.max_offers,
-            delivered_event=True,
-        )
-        if status is CommandStatus.NOT_NOW or not changed:
-            # Not now, a repeated report, or a command the device does not hold.
+            state = DeliveryState.NOT_NOW
+            events = command_answered(device.id, command_id, state, "NotNow")
+            _, taken = await self.store.record_and_take(
+                device.id,
+                command_id,
+                state,
+                "NotNow",
+                None,
+                events=events,
+                session=exchange,
+                limit=1,
+                max_offers=self.max_offers,
+                delivered_event=True,
+            )
             return [], taken
+        # The body of the command answered, from the store (whichever node handed it out):
+        # what it asked for tells how to read the answer.
+        delivery = await self.store.get_delivery(device.id, command_id)
+        body = delivery.body if delivery is not None and delivery.state in _ANSWERABLE else None
         command = _command(body)
         request_type = command.get("RequestType")
-        warnings = _schema_warnings(device, report, request_type)
-        facts: dict[str, Any] = {}
-        if status is CommandStatus.ACKNOWLEDGED:
-            if request_type == "InstalledApplicationList" or (
-                request_type is None and "InstalledApplicationList" in report.extra
-            ):
-                facts.update(_installed(device, report, command))
-            elif request_type == "ManagedApplicationList" or (
-                request_type is None and "ManagedApplicationList" in report.extra
-            ):
-                facts.update(_managed(device, report, command))
-        if request_type == "InstallApplication":
-            facts.update(_install_outcome(device, report, command, command_id))
-        if facts:
+        facts = _result_facts(device, report, status, command, command_id)
+        state = _RESULT_STATES[status]
+        events = command_answered(device.id, command_id, state, report.status)
+        if not facts:
+            # Most answers bring no facts: the answer and the next command are one write.
+            changed, taken = await self.store.record_and_take(
+                device.id,
+                command_id,
+                state,
+                report.status,
+                raw,
+                events=events,
+                session=exchange,
+                limit=1,
+                max_offers=self.max_offers,
+                delivered_event=True,
+            )
+            warnings = _schema_warnings(device, report, request_type) if changed else []
+            return warnings, taken
+        # The facts are stored after the answer and before the next command goes out, so
+        # that the event log reads in that order.
+        changed = await self.store.record_result(
+            device.id, command_id, state, report.status, raw, events=events
+        )
+        warnings = []
+        if changed:  # else a repeated report, or a command the device does not hold
+            warnings = _schema_warnings(device, report, request_type)
             inventory = None
             if FACT_APPS in facts:
                 inventory = inventory_changed(
@@ -572,6 +578,9 @@ class AppleService:
             # (a user's copy is what a take-over roll-out takes).
             if FACT_APPS in facts or FACT_MANAGED_APPS in facts:
                 self._changed(device.id)
+        taken = await self.store.take(
+            device.id, exchange, 1, max_offers=self.max_offers, delivered_event=True
+        )
         return warnings, taken
 
     # -- identity
@@ -594,6 +603,30 @@ class AppleService:
 
 
 # -- results as state
+
+
+def _result_facts(
+    device: Device,
+    report: CommandReport,
+    status: CommandStatus,
+    command: dict[str, Any],
+    command_id: str,
+) -> dict[str, Any]:
+    """The facts an answer brings: the installed or managed apps, an install's outcome."""
+    request_type = command.get("RequestType")
+    facts: dict[str, Any] = {}
+    if status is CommandStatus.ACKNOWLEDGED:
+        if request_type == "InstalledApplicationList" or (
+            request_type is None and "InstalledApplicationList" in report.extra
+        ):
+            facts.update(_installed(device, report, command))
+        elif request_type == "ManagedApplicationList" or (
+            request_type is None and "ManagedApplicationList" in report.extra
+        ):
+            facts.update(_managed(device, report, command))
+    if request_type == "InstallApplication":
+        facts.update(_install_outcome(device, report, command, command_id))
+    return facts
 
 
 def _schema_warnings(
