@@ -1,8 +1,10 @@
-"""Apple command-channel exchanges per second through the gateway against a bare Trio+h11
-server, and MDM pushes per second to a local APNs server, same run, same client.
+"""Apple command-channel exchanges per second through the gateway, on SQLite and on PostgreSQL,
+against a bare Trio+h11 server, and MDM pushes per second to a local APNs server, same run, same
+client.
 
-    python benches/bench_apple.py [--duration 5] [--warmup 1] [--rounds 3]   # about 2 min
-    python benches/bench_apple.py --quick          # smoke run for CI, about 10 s
+    python benches/bench_apple.py [--duration 5] [--warmup 1] [--rounds 3]   # about 2.5 min
+    python benches/bench_apple.py --backend sqlite     # SQLite only (postgresql: PostgreSQL only)
+    python benches/bench_apple.py --quick          # smoke run for CI, no verdicts, about 15 s
     python benches/bench_apple.py --cleartext      # no TLS: dev mode, devices not bound
     python benches/bench_apple.py --profile DIR --pushes 1000   # py-spy the gateway (1 round)
 
@@ -37,11 +39,17 @@ Servers, each in its own process (``--serve``, started by this script), one at a
 * bare: ``bench_server``'s Trio+h11 loop answering every request with 200 and a fixed body, a
   command plist of the gateway captured when verifying it (so the same size);
 * gateway: ``mdmgate.server.http.Server(build_handler(store, AdminApi(store, token), metrics,
-  None, AppleService(store)), Limits(), metrics=metrics)`` over ``SQLiteStore`` (the embedded
-  default, durability full, a file in a temporary directory).
+  None, AppleService(store)), Limits(), metrics=metrics)`` over each ``--backend`` (both by
+  default), a row each: ``SQLiteStore`` (the embedded default, durability full, a fresh file in
+  a temporary directory) or ``PostgresStore`` (a pool of 8 connections, as ``mdmgate serve``
+  opens it) on a fresh database of the PostgreSQL server the run starts and stops
+  (``bench_omadm.Postgres``: ``tests/postgres_server.py``, unix socket, durability off, on this
+  machine). The queues are filled the same way on both.
 
 The load generator is this process (``bench_omadm``'s HTTP/1.1 client; no GIL shared with the
-server). Before timing, each server is verified once: the gateway hands every device four
+server). Before timing, each server is verified once (each gateway on its backend; as in
+``bench_omadm``, ``--quick`` verifies each in the process it then times, its queues deeper by
+the four commands the verification takes): the gateway hands every device four
 commands in turn (acknowledging three), each answer a valid command plist (read with
 ``plistlib``) naming a queued command not handed out before; the admin API then shows the three
 deliveries ``acknowledged`` with the device's report stored; a connection without a
@@ -50,8 +58,12 @@ plist. The timing then follows ``bench_omadm``: ``--warmup`` seconds, then the e
 complete in ``--duration`` seconds: requests/s and p50/p99 latency; ``--rounds`` rounds, each
 server keeps its best, the spread beside it; CPU shares of the server process (all its threads,
 so SQLite's worker too) and of the load generator; "per CPU-s" is requests/s divided by the
-server's CPU share. Target (the issue: "at least 50% of bare throughput per core"):
-gateway/bare >= 50%, printed for requests/s and per CPU-second.
+server's CPU share. On PostgreSQL its processes' CPU is shown apart ("PG CPU", from ``/proc``),
+and "with PG" is requests/s per CPU-second of the gateway and PostgreSQL together. Targets (the
+issue: "at least 50% of bare throughput per core" on SQLite, "at least 40%" on PostgreSQL):
+gateway/bare >= 50% on SQLite and >= 40% on PostgreSQL, printed for requests/s and per
+CPU-second of the server process; on PostgreSQL the ratio with its CPU counted too, informative.
+``--quick`` prints the ratios without verdicts.
 
 Pushes. An APNs-protocol HTTP/2 server (``tests/apns_server.py``'s ``ApnsServer``, cleartext by
 prior knowledge, 100 concurrent streams, every push answered 200) runs in a child process (so
@@ -64,9 +76,10 @@ time; before timing, both clients push to an in-process server that checks path,
 payload. There is no target for pushes: the figures say how fast the gateway can wake a fleet.
 
 ``--profile DIR`` runs ``py-spy record`` (250 Hz, all threads, raw stacks in
-``DIR/apple-gateway.txt``) on the gateway over its timed window and prints the functions with
-the most samples, own and inclusive; py-spy stops the process for each sample, so those figures
-are lower. The exit status is non-zero only when a server answers wrongly.
+``DIR/apple-gateway-BACKEND.txt``) on each gateway over its timed window and prints the
+functions with the most samples, own and inclusive; py-spy stops the process for each sample, so
+those figures are lower. The exit status is non-zero only when a server answers wrongly (or
+PostgreSQL cannot start: ``--backend sqlite`` runs without it).
 """
 
 from __future__ import annotations
@@ -89,7 +102,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +116,11 @@ import trustme
 
 import bench_omadm
 import bench_server
-from bench_omadm import Connection, Snapshot, per_cpu_second, verdict
+from bench_omadm import BARE, Best, Connection, Measured, Postgres, Setup, Snapshot
 from bench_server import (
     HOST,
     READ_CHUNK,
     Failed,
-    Row,
     Stats,
     fmt_cpu,
     stop_server,
@@ -127,15 +139,13 @@ from mdmgate.server.http import (
 )
 from mdmgate.server.metrics import Metrics
 from mdmgate.storage import Device
+from mdmgate.storage.postgres import PostgresStore
 from mdmgate.storage.sqlite import SQLiteStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.apns_server import ApnsServer, running
 
-TARGET = 0.50
-SERVERS = {"bare": "bare Trio+h11", "gateway": "gateway (SQLite)"}
-PLAN = ("bare", "gateway")
 TOPIC = "com.apple.mgmt.External.bench"
 PLIST_TYPE = "application/xml"
 #: What the queued DeviceInformation commands ask, and what the devices answer.
@@ -236,7 +246,9 @@ class Pki:
 # --- the servers (run in a child process: --serve KIND) ---------------------------------------
 
 
-async def fill_queues(store: SQLiteStore, devices: list[str], per_device: int) -> None:
+async def fill_queues(
+    store: SQLiteStore | PostgresStore, devices: list[str], per_device: int
+) -> None:
     """``per_device`` DeviceInformation commands, each queued to every device; the calls run
     concurrently, so the store commits them in groups."""
     bodies = [
@@ -282,7 +294,7 @@ def enrolled(index: int, udid: str, identity: str | None) -> Device:
 async def serve_gateway(args: argparse.Namespace, pki: Pki | None) -> None:
     # The verification's refused certificates are logged as warnings: not news here.
     logging.getLogger("mdmgate.apple").setLevel(logging.ERROR)
-    store = await SQLiteStore.open(args.db)
+    store = await bench_omadm.open_store(args.db)
     devices = udids(args.devices)
     bound = json.loads(pki.identities.read_text()) if pki else {}
     await store.upsert_devices([enrolled(i, u, bound.get(u)) for i, u in enumerate(devices)])
@@ -352,6 +364,7 @@ class Options:
     warmup: float
     duration: float
     profile: str | None
+    postgres: Postgres | None = None
 
     @property
     def body(self) -> Path:
@@ -360,11 +373,11 @@ class Options:
 
 
 def start_server(
-    kind: str, options: Options, commands_per_device: int | None = None
+    setup: Setup, options: Options, commands_per_device: int | None = None
 ) -> tuple[subprocess.Popen[str], int]:
-    db = options.tmp / f"{kind}-{secrets.token_hex(4)}.db"
+    db = bench_omadm.database(setup, options.tmp, options.postgres)
     per_device = options.commands if commands_per_device is None else commands_per_device
-    command = [sys.executable, __file__, "--serve", kind, "--db", str(db)]
+    command = [sys.executable, __file__, "--serve", setup.kind, "--db", db]
     command += [f"--token={options.token}", "--devices", str(options.devices)]
     command += ["--commands", str(per_device), f"--body={options.body}"]
     if options.pki is not None:
@@ -374,7 +387,7 @@ def start_server(
     said = proc.stdout.readline()
     if not said.startswith("port "):
         stop_server(proc)
-        raise Failed(f"the {kind} server did not start (said {said!r})")
+        raise Failed(f"the {setup.label} server did not start (said {said!r})")
     return proc, int(said.split()[1])
 
 
@@ -466,18 +479,18 @@ def check_command(where: str, body: bytes, command_uuid: bytes, seen: set[str]) 
 
 
 async def verify_exchanges(
-    kind: str, port: int, options: Options
+    setup: Setup, port: int, options: Options
 ) -> tuple[bytes, list[tuple[str, str]]]:
     """Three commands per device through whole exchanges (the bare server: one answer).
     Returns a command plist and the (device, command) pairs acknowledged."""
     acknowledged: list[tuple[str, str]] = []
     first = b""
     for phone in phones(options, port):
-        where = f"{SERVERS[kind]}, device {phone.udid}"
+        where = f"{setup.label}, device {phone.udid}"
         conn = await phone.connect(port, options.pki)
         async with conn.stream:
             body, command_uuid = await next_command(conn, phone.idle, where)
-            if kind == "bare":
+            if setup == BARE:
                 if body != options.body.read_bytes():
                     raise Failed(f"{where}: not the captured command: {body[:200]!r}")
                 continue
@@ -489,12 +502,12 @@ async def verify_exchanges(
                 body, command_uuid = await next_command(conn, request, where)
                 acknowledged.append((phone.udid, ident))
             check_command(where, body, command_uuid, seen)
-    if kind == "gateway" and options.pki is not None:
-        await verify_refusals(port, options)
+    if setup.kind == "gateway" and options.pki is not None:
+        await verify_refusals(setup, port, options)
     return first, acknowledged
 
 
-async def verify_refusals(port: int, options: Options) -> None:
+async def verify_refusals(setup: Setup, port: int, options: Options) -> None:
     """Device 0's UDID without a certificate, and with device 1's: both 403."""
     phone, other = phones(options, port)[0], 1 if options.devices > 1 else None
     for identity, what in ((None, "no certificate"), (other, "another device's certificate")):
@@ -502,10 +515,14 @@ async def verify_refusals(port: int, options: Options) -> None:
         async with conn.stream:
             status, body = await conn.exchange(phone.idle)
         if status != 403:
-            raise Failed(f"gateway: device 0 with {what} got {status}, not 403: {body[:200]!r}")
+            raise Failed(
+                f"{setup.label}: device 0 with {what} got {status}, not 403: {body[:200]!r}"
+            )
 
 
-def verify_store(port: int, options: Options, acknowledged: list[tuple[str, str]]) -> None:
+def verify_store(
+    setup: Setup, port: int, options: Options, acknowledged: list[tuple[str, str]]
+) -> None:
     """The admin API shows every acknowledged command's delivery and the stored report."""
     scheme = "https" if options.pki else "http"
     verify: str | bool = str(options.pki.ca) if options.pki else False
@@ -514,28 +531,50 @@ def verify_store(port: int, options: Options, acknowledged: list[tuple[str, str]
         for udid, command_id in acknowledged:
             response = client.get(f"/api/v1/commands/{command_id}", headers=headers)
             if response.status_code != 200:
-                raise Failed(f"gateway: command {command_id}: {response.status_code}")
+                raise Failed(f"{setup.label}: command {command_id}: {response.status_code}")
             mine = [d for d in response.json()["deliveries"] if d["device_id"] == udid]
             if len(mine) != 1 or (mine[0]["state"], mine[0]["status"]) != (
                 "acknowledged",
                 "Acknowledged",
             ):
-                raise Failed(f"gateway: {udid}'s delivery of {command_id}: {mine!r}")
+                raise Failed(f"{setup.label}: {udid}'s delivery of {command_id}: {mine!r}")
             stored = plistlib.loads(mine[0]["result"].encode())
             if stored.get("QueryResponses") != QUERIES or stored.get("CommandUUID") != command_id:
-                raise Failed(f"gateway: the stored report of {command_id}: {stored!r}")
+                raise Failed(f"{setup.label}: the stored report of {command_id}: {stored!r}")
 
 
-def verify(kind: str, options: Options) -> bytes:
-    """Starts ``kind`` (a short queue), checks it, stops it; returns a command plist."""
-    proc, port = start_server(kind, options, VERIFY_EXCHANGES + 1)
+def verify_all(setups: list[Setup], options: Options, quick: bool) -> Best:
+    """Every server (the bare one last: it answers a command the gateway handed out) and both
+    pushers. ``quick`` checks each server in the process it then times, as bench_omadm's
+    ``run_servers`` does, and returns those rows."""
+    exchanges = Best()
+    for setup in bench_omadm.verify_order(setups):
+        if quick:
+            row, command = measure(setup, options, checked=True)
+            exchanges.add(setup, row)
+        else:
+            command = verify(setup, options)
+        if setup.kind == "gateway" and not options.body.exists():
+            options.body.write_bytes(command)
+    trio.run(verify_pushes)
+    return exchanges
+
+
+def check(setup: Setup, port: int, options: Options) -> bytes:
+    """The exchanges, and what the admin API shows of them; returns a command plist."""
+    body, acknowledged = trio.run(verify_exchanges, setup, port, options)
+    if setup.kind == "gateway":
+        verify_store(setup, port, options, acknowledged)
+    return body
+
+
+def verify(setup: Setup, options: Options) -> bytes:
+    """Starts ``setup`` (a short queue), checks it, stops it; returns a command plist."""
+    proc, port = start_server(setup, options, VERIFY_EXCHANGES + 1)
     try:
-        body, acknowledged = trio.run(verify_exchanges, kind, port, options)
-        if kind == "gateway":
-            verify_store(port, options, acknowledged)
+        return check(setup, port, options)
     finally:
         stop_server(proc)
-    return body
 
 
 # --- the timed exchanges ----------------------------------------------------------------------
@@ -570,36 +609,45 @@ async def profile_window(pid: int, seconds: float, out: str, done: trio.Event) -
         done.set()
 
 
-async def run_exchanges(kind: str, port: int, options: Options, pid: int) -> Row:
+async def run_exchanges(setup: Setup, port: int, options: Options, pid: int) -> Measured:
     stats = Stats()
     profiled = trio.Event()
+    postgres = bench_omadm.postgres_of(setup, options.postgres)
     async with trio.open_nursery() as nursery:
         for phone in phones(options, port):
             nursery.start_soon(drive, phone, port, options, stats, nursery.cancel_scope)
         await trio.sleep(options.warmup)
-        if options.profile and kind == "gateway":
-            out = str(Path(options.profile) / "apple-gateway.txt")
+        if options.profile and setup.kind == "gateway":
+            out = str(profile_path(options.profile, setup))
             nursery.start_soon(profile_window, pid, options.duration, out, profiled)
         else:
             profiled.set()
-        start = Snapshot.now(pid)
+        start = Snapshot.now(pid, postgres)
         stats.recording = True
         await trio.sleep(options.duration)
         stats.recording = False
-        end = Snapshot.now(pid)
+        end = Snapshot.now(pid, postgres)
         await profiled.wait()  # py-spy samples under the same load until it is done
         nursery.cancel_scope.cancel()
     if stats.broken:
-        raise Failed(f"{SERVERS[kind]}: {stats.broken}")
+        raise Failed(f"{setup.label}: {stats.broken}")
     if not stats.latencies:
-        raise Failed(f"{SERVERS[kind]}: no exchange completed in the timed window")
-    return start.row_until(end, kind, stats.latencies)
+        raise Failed(f"{setup.label}: no exchange completed in the timed window")
+    return start.row_until(end, setup.label, stats.latencies)
 
 
-def measure(kind: str, options: Options) -> Row:
-    proc, port = start_server(kind, options)
+def profile_path(directory: str, setup: Setup) -> Path:
+    return Path(directory) / f"apple-{setup.kind}-{setup.backend}.txt"
+
+
+def measure(setup: Setup, options: Options, *, checked: bool = False) -> tuple[Measured, bytes]:
+    """A timed row of a fresh server process; ``checked``: the process is verified first (its
+    queues deeper by what that takes) and a command plist returned."""
+    extra = VERIFY_EXCHANGES + 1 if checked else 0
+    proc, port = start_server(setup, options, options.commands + extra)
     try:
-        return trio.run(run_exchanges, kind, port, options, proc.pid)
+        body = check(setup, port, options) if checked else b""
+        return trio.run(run_exchanges, setup, port, options, proc.pid), body
     finally:
         stop_server(proc)
 
@@ -722,7 +770,7 @@ async def timed_pushes(kind: str, port: int, items: list[tuple[str, str]], pid: 
 
 
 def measure_pushes(kind: str, options: Options, items: list[tuple[str, str]]) -> PushRow:
-    proc, port = start_server("apns", options, 0)
+    proc, port = start_server(Setup("apns"), options, 0)
     try:
         return trio.run(timed_pushes, kind, port, items, proc.pid)
     finally:
@@ -755,18 +803,6 @@ async def verify_pushes() -> None:
 # --- reporting ---------------------------------------------------------------------------------
 
 
-def print_exchanges(rows: dict[str, Row], rates: dict[str, list[float]]) -> None:
-    """bench_omadm's table and verdict lines, over this benchmark's two servers."""
-    bench_omadm.SERVERS, bench_omadm.PLAN = SERVERS, PLAN  # type: ignore[assignment]
-    bench_omadm.print_table(rows, rates)
-    bare, gateway = rows["bare"], rows["gateway"]
-    per_core = (per_cpu_second(gateway), per_cpu_second(bare))
-    print(f"target: gateway/bare >= {TARGET:.0%} (the issue: per core)")
-    print(f"  requests/s:     gateway/bare {verdict(gateway.rate / bare.rate, TARGET, True)}")
-    ratio = per_core[0] / per_core[1] if per_core[0] is not None and per_core[1] else None
-    print(f"  per CPU-second: gateway/bare {verdict(ratio, TARGET, True)}")
-
-
 def print_pushes(rows: dict[str, PushRow], rates: dict[str, list[float]], count: int) -> None:
     print(
         f"{'pushes':<24}{'pushes/s':>10}{'(rounds)':>15}{'client CPU':>11}{'server CPU':>11}"
@@ -787,17 +823,33 @@ def print_pushes(rows: dict[str, PushRow], rates: dict[str, list[float]], count:
     )
 
 
-@dataclass
-class Best:
-    """Each row's best round, and the rates of all its rounds."""
-
-    rows: dict[str, Any] = field(default_factory=dict)
-    rates: dict[str, list[float]] = field(default_factory=dict)
-
-    def add(self, kind: str, row: Any) -> None:
-        self.rates.setdefault(kind, []).append(row.rate)
-        if kind not in self.rows or row.rate > self.rows[kind].rate:
-            self.rows[kind] = row
+def print_setting(options: Options, rounds: int) -> None:
+    """The output's head: the run, the transport, the stores, the messages."""
+    print(
+        f"python {sys.version.split()[0]}, {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"{rounds} round(s), {options.duration:g} s timed per server after "
+        f"{options.warmup:g} s of warm-up; {options.devices} keep-alive connections (one "
+        f"device each), {options.commands:,} commands queued per device"
+    )
+    print(
+        "transport: "
+        + (
+            "cleartext HTTP/1.1; the gateway in dev mode, devices not bound (no certificate "
+            "checked)"
+            if options.pki is None
+            else "HTTP/1.1 over TLS for both servers (ECDSA, one handshake per connection "
+            "with the device's certificate); the gateway checks it on every request"
+        )
+    )
+    print(bench_omadm.stores_line(options.postgres))
+    request = Phone(0, udids(1)[0], 0).acknowledge(b"0" * 36).partition(b"\r\n\r\n")[2]
+    print(
+        f"request: {len(request)} bytes of plist (Acknowledged + QueryResponses); answer: "
+        f"{len(options.body.read_bytes())} bytes (DeviceInformation); all servers and both "
+        "pushers verified"
+    )
+    if options.profile:
+        print("note: py-spy stops the gateway 250 times a second: its figures are not comparable")
 
 
 def main() -> int:
@@ -819,6 +871,7 @@ def main() -> int:
         action="store_true",
         help="no TLS: the gateway in dev mode over devices without a bound certificate",
     )
+    bench_omadm.add_backend_argument(parser, "the gateway's")
     parser.add_argument("--serve", choices=SERVE_KINDS, help=argparse.SUPPRESS)
     for hidden in ("--db", "--token", "--body", "--pki"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -838,65 +891,43 @@ def main() -> int:
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
 
-    exchanges, push_rows = Best(), Best()
-    with tempfile.TemporaryDirectory(prefix="mdmgate-bench-") as tmp:
+    backends = bench_omadm.chosen_backends(args)
+    setups = bench_omadm.plan(("gateway",), backends)
+    push_rows = Best()
+    with (
+        tempfile.TemporaryDirectory(prefix="mdmgate-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         pki = None if args.cleartext else Pki.create(Path(tmp), udids(args.connections))
-        options = Options(
-            token=secrets.token_urlsafe(32),
-            devices=args.connections,
-            commands=per_device,
-            tmp=Path(tmp),
-            pki=pki,
-            warmup=warmup,
-            duration=duration,
-            profile=args.profile,
-        )
         items = push_items(pushes)
         try:
-            options.body.write_bytes(verify("gateway", options))
-            verify("bare", options)
-            trio.run(verify_pushes)
-            sample = Phone(0, udids(1)[0], 0)
-            print(
-                f"python {sys.version.split()[0]}, {platform.machine()}, {os.cpu_count()} CPUs; "
-                f"{rounds} round(s), {duration:g} s timed per server after {warmup:g} s of "
-                f"warm-up; {args.connections} keep-alive connections (one device each), "
-                f"{per_device:,} commands queued per device"
+            options = Options(
+                token=secrets.token_urlsafe(32),
+                devices=args.connections,
+                commands=per_device,
+                tmp=Path(tmp),
+                pki=pki,
+                warmup=warmup,
+                duration=duration,
+                profile=args.profile,
+                postgres=Postgres.start(stack) if "postgresql" in backends else None,
             )
-            print(
-                "transport: "
-                + (
-                    "cleartext HTTP/1.1; the gateway in dev mode, devices not bound (no "
-                    "certificate checked)"
-                    if pki is None
-                    else "HTTP/1.1 over TLS for both servers (ECDSA, one handshake per "
-                    "connection with the device's certificate); the gateway checks it on "
-                    "every request"
-                )
-            )
-            request = sample.acknowledge(b"0" * 36).partition(b"\r\n\r\n")[2]
-            print(
-                f"request: {len(request)} bytes of plist (Acknowledged + QueryResponses); answer: "
-                f"{len(options.body.read_bytes())} bytes (DeviceInformation); all servers and "
-                "both pushers verified"
-            )
-            if args.profile:
-                print(
-                    "note: py-spy stops the gateway 250 times a second: its figures are not "
-                    "comparable"
-                )
-            for _ in range(rounds):
-                for kind in PLAN:
-                    exchanges.add(kind, measure(kind, options))
+            exchanges = verify_all(setups, options, args.quick)
+            print_setting(options, rounds)
+            for _ in range(rounds - 1 if args.quick else rounds):
+                for setup in setups:
+                    exchanges.add(setup, measure(setup, options)[0])
             for _ in range(rounds):
                 for kind in PUSHERS:
                     push_rows.add(kind, measure_pushes(kind, options, items))
         except (Failed, OSError, httpx.HTTPError) as exc:
             sys.exit(f"verification failed: {exc}")
-    print_exchanges(exchanges.rows, exchanges.rates)
+    bench_omadm.print_table(setups, exchanges.rows, exchanges.rates)
+    bench_omadm.print_ratios(exchanges.rows, backends, etree=False, quick=args.quick)
     print_pushes(push_rows.rows, push_rows.rates, pushes)
     if args.profile:
-        summarize_profile(Path(args.profile) / "apple-gateway.txt")
+        for setup in setups[1:]:
+            summarize_profile(profile_path(args.profile, setup), f"the {setup.label}")
     return 0
 
 

@@ -360,6 +360,127 @@ async def test_record_and_take_is_an_answer_then_a_take(store: Store) -> None:
     assert c1.command_id == "c1"
 
 
+async def _answer_and_take(
+    store: Store, command_id: str, state: DeliveryState, session: str, max_offers: int = 1
+) -> tuple[bool, list[tuple[str, int]]]:
+    """An Apple exchange on dev-1: the report on ``command_id``, with its event, and the
+    next command, with the reports of what was given up and handed out."""
+    status = "NotNow" if state is DeliveryState.NOT_NOW else state.value
+    recorded, taken = await store.record_and_take(
+        "dev-1",
+        command_id,
+        state,
+        status,
+        None,
+        events=command_answered("dev-1", command_id, state, status),
+        session=session,
+        limit=1,
+        max_offers=max_offers,
+        delivered_event=True,
+    )
+    return recorded, [(d.command_id, d.offers) for d in taken]
+
+
+async def test_record_and_take_reports_in_the_order_of_the_two_calls(store: Store) -> None:
+    for c in ("c1", "c2", "c3", "c4"):
+        await store.enqueue(c, "apple", c.encode(), ["dev-1"])
+    await store.take("dev-1", "s0", 2)
+    # c1's report comes in a later exchange: c2, offered once without an answer, is given
+    # up (after the answer is stored, before c3 is handed out).
+    assert await _answer_and_take(store, "c1", DeliveryState.ACKNOWLEDGED, "s1") == (
+        True,
+        [("c3", 1)],
+    )
+    # The same report again: nothing stored and no event, but the exchange goes on.
+    assert await _answer_and_take(store, "c1", DeliveryState.ERROR, "s1") == (False, [("c4", 1)])
+    reported = [(e.type, e.subject, e.data) for e in await store.events(0, 100, device_id="dev-1")]
+    assert reported == [
+        ("command.acknowledged", "c1", {"status": "acknowledged"}),
+        ("command.failed", "c2", {"status": "offered 1 times without an answer"}),
+        ("command.delivered", "c3", {"session": "s1", "offers": 1}),
+        ("command.delivered", "c4", {"session": "s1", "offers": 1}),
+    ]
+    c2 = await store.get_delivery("dev-1", "c2")
+    assert c2 is not None
+    assert c2.state is DeliveryState.FAILED
+
+
+async def test_record_and_take_offers_what_an_earlier_exchange_deferred(store: Store) -> None:
+    await store.enqueue("c1", "apple", b"a", ["dev-1"])
+    await store.take("dev-1", "s0", 1)
+    # NotNow for a command of an earlier exchange, and nothing else queued: the offer count
+    # starts again, and the command goes out again at once (a take after the answer would).
+    assert await _answer_and_take(store, "c1", DeliveryState.NOT_NOW, "s1") == (True, [("c1", 1)])
+    # Deferred within the exchange it was handed out in: not again in that one.
+    assert await _answer_and_take(store, "c1", DeliveryState.NOT_NOW, "s1") == (True, [])
+    assert await store.take("dev-1", "s1", 10) == []
+    [again] = await store.take("dev-1", "s2", 10)
+    assert (again.command_id, again.offers) == ("c1", 1)
+
+
+async def _exchanges(store: Store, session: str, *, answering: bool) -> tuple[list[Any], int]:
+    """dev-1's commands taken in ``session`` until none is left (``max_offers=1``: a second
+    offer would be given up, never made), each answered in the exchange that takes the next
+    when ``answering``. Returns ``(command_id, offers)`` of each one handed out, and how many
+    answers were stored."""
+    got: list[Any] = []
+    stored = 0
+    taken = [
+        (d.command_id, d.offers)
+        for d in await store.take("dev-1", session, 1, max_offers=1, delivered_event=True)
+    ]
+    while taken:
+        got += taken
+        if answering:
+            [(command_id, _)] = taken
+            recorded, taken = await _answer_and_take(
+                store, command_id, DeliveryState.ACKNOWLEDGED, session
+            )
+            stored += recorded
+        else:
+            found = await store.take("dev-1", session, 1, max_offers=1, delivered_event=True)
+            taken = [(d.command_id, d.offers) for d in found]
+    return got, stored
+
+
+async def _race_exchanges(stores: Sequence[Store]) -> None:
+    """Sessions of dev-1 on each store, half answering as they take: every command is
+    handed out once, and each hand-out, answer and give-up reported once."""
+    commands = [f"c{i:02d}" for i in range(40)]
+    for c in commands:
+        await stores[0].enqueue(c, "apple", c.encode(), ["dev-1"])
+    results: list[tuple[list[Any], int]] = []
+
+    async def session(store: Store, name: str, answering: bool) -> None:
+        results.append(await _exchanges(store, name, answering=answering))
+
+    async with trio.open_nursery() as nursery:
+        for n, store in enumerate(stores):
+            for i in range(4):
+                nursery.start_soon(session, store, f"s{n}-{i}", i % 2 == 0)
+    _check_handed_out_once([[list(t) for t in got] for got, _ in results], commands)
+    events = await stores[-1].events(0, 1000, device_id="dev-1")
+    by_type = {t: sorted(e.subject or "" for e in events if e.type == t) for t in _REPORTED}
+    assert by_type["command.delivered"] == commands
+    states = {
+        d.command_id: d.state for d in await stores[-1].deliveries("dev-1", list(DeliveryState))
+    }
+    assert len(by_type["command.acknowledged"]) == sum(n for _, n in results)
+    assert by_type["command.acknowledged"] == sorted(
+        c for c, s in states.items() if s is DeliveryState.ACKNOWLEDGED
+    )
+    assert by_type["command.failed"] == sorted(
+        c for c, s in states.items() if s is DeliveryState.FAILED
+    )
+
+
+_REPORTED = ("command.delivered", "command.acknowledged", "command.failed")
+
+
+async def test_exchanges_of_one_device_racing_hand_out_each_command_once(store: Store) -> None:
+    await _race_exchanges([store])
+
+
 async def test_not_now_is_offered_again_later(store: Store) -> None:
     await store.enqueue("c1", "apple", b"a", ["dev-1"])
     await store.enqueue("c2", "apple", b"b", ["dev-1"])
@@ -756,6 +877,17 @@ async def test_two_stores_never_take_the_same_delivery(shared: str, tmp_path: Pa
                 nursery.start_soon(session, first, f"a{i}")
                 nursery.start_soon(session, second, f"b{i}")
         _check_handed_out_once(results, ["bulk", *commands])
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_exchanges_on_two_stores_hand_out_each_command_once(
+    shared: str, tmp_path: Path
+) -> None:
+    first, second = await _two_stores(shared, tmp_path)
+    try:
+        await _race_exchanges([first, second])
     finally:
         await first.aclose()
         await second.aclose()

@@ -21,6 +21,7 @@ import trio
 import trio.testing
 
 from mdmgate.catalogue.model import CommandBatch, LicenceGrant, Notification
+from mdmgate.events import command_answered
 from mdmgate.server.app import ConfigError, load_config, open_store
 from mdmgate.storage import (
     DeliveryState,
@@ -304,6 +305,129 @@ async def test_writes_retried_after_an_unknown_outcome(store: Store) -> None:
     with pytest.raises(RevisionConflict) as landed:
         await store.put_notification(note("n-1", state="done"), expected_rev=first.rev)
     assert landed.value.stored == replaced.rev == first.rev + 1  # the first attempt landed
+
+
+async def test_an_answer_and_the_next_command_are_one_round_trip(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for c in ("c1", "c2"):
+        await store.enqueue(c, "apple", c.encode(), ["dev-1"])
+    await store.take("dev-1", "s1", 1)
+    sent: list[list[str]] = []
+    request = pgwire.Connection._request
+
+    async def counted(conn: Connection, statements: list[Any]) -> Any:
+        sent.append([sql for sql, *_ in statements])
+        return await request(conn, statements)
+
+    monkeypatch.setattr(pgwire.Connection, "_request", counted)
+    for command_id, taken in (("c1", ["c2"]), ("c2", [])):
+        recorded, got = await store.record_and_take(
+            "dev-1",
+            command_id,
+            DeliveryState.ACKNOWLEDGED,
+            "Acknowledged",
+            None,
+            events=command_answered("dev-1", command_id, DeliveryState.ACKNOWLEDGED, "200"),
+            session="s1",
+            limit=1,
+            max_offers=3,
+            delivered_event=True,
+        )
+        assert (recorded, [d.command_id for d in got]) == (True, taken)
+        [statements] = sent  # one transaction, whether or not anything is handed out
+        assert statements.count("COMMIT") == 1
+        sent.clear()
+
+
+async def test_an_answer_waits_for_the_queue_only_when_more_is_offered(
+    store: Store, raw: Connection
+) -> None:
+    await store.enqueue("c1", "apple", b"a", ["dev-1"])
+    for c in ("c2", "c3"):
+        await store.enqueue(c, "apple", c.encode(), ["dev-2"])
+    await store.take("dev-1", "s1", 1)
+    await store.take("dev-2", "s1", 1)
+    got: list[tuple[bool, list[str]]] = []
+
+    async def exchange(device_id: str, command_id: str) -> None:
+        recorded, taken = await store.record_and_take(
+            device_id, command_id, DeliveryState.ACKNOWLEDGED, "200", None, session="s1", limit=1
+        )
+        got.append((recorded, [d.command_id for d in taken]))
+
+    lock = "SELECT pg_advisory_xact_lock(hashtextextended('device:' || $1, 0))"
+    stored = "SELECT state FROM deliveries WHERE command_id = $1"
+    # Other sessions of both devices are taking (each holds its device's queue).
+    async with trio.open_nursery() as nursery, raw.transaction():
+        await raw.execute(lock, "dev-1")
+        await raw.execute(lock, "dev-2")
+        # Nothing more for dev-1: its answer is stored without waiting.
+        with trio.fail_after(10):
+            await exchange("dev-1", "c1")
+        assert got == [(True, [])]
+        # c3 is queued for dev-2: the exchange waits for the queue, answer and all.
+        nursery.start_soon(exchange, "dev-2", "c2")
+        await until(raw, _WAITING_ON_LOCK)
+        assert await raw.fetchval(stored, "c2") == "sent"
+    assert got == [(True, []), (True, ["c3"])]
+    assert await raw.fetchval(stored, "c2") == "acknowledged"
+
+
+async def test_an_answer_hands_out_nothing_when_it_did_not_lock_the_queue(
+    store: Store, raw: Connection, url: str
+) -> None:
+    await store.enqueue("c1", "apple", b"a", ["dev-1"])
+    await store.take("dev-1", "s1", 1)
+    got: list[tuple[bool, list[str]]] = []
+    done = trio.Event()
+
+    async def exchange() -> None:
+        recorded, taken = await store.record_and_take(
+            "dev-1",
+            "c1",
+            DeliveryState.ACKNOWLEDGED,
+            "200",
+            None,
+            session="s1",
+            limit=5,
+            max_offers=1,
+        )
+        got.append((recorded, [d.command_id for d in taken]))
+        done.set()
+
+    lock = "SELECT pg_advisory_xact_lock(hashtextextended('device:dev-1', 0))"
+    async with (
+        await pgwire.connect(url) as other,
+        trio.open_nursery() as nursery,
+        other.transaction(),
+    ):
+        # Another session of the device is taking: it holds the device's queue.
+        await other.execute(lock)
+        async with raw.transaction():
+            # A write holds c1 while it queues c2 and c3 (this one as if offered already):
+            # the exchange finds nothing more offered (so takes no lock), then waits for c1.
+            await raw.execute("SELECT FROM deliveries WHERE command_id = 'c1' FOR UPDATE")
+            await raw.execute(
+                "INSERT INTO commands (id, kind, body) VALUES ('c2', 'a', ''), ('c3', 'a', '')"
+            )
+            await raw.execute(
+                "INSERT INTO deliveries (command_id, device_id, state, session, offers)"
+                " VALUES ('c2', 'dev-1', 'queued', NULL, 0), ('c3', 'dev-1', 'sent', 's0', 1)"
+            )
+            nursery.start_soon(exchange)
+            await until(other, _WAITING_ON_LOCK)
+        # c2 and c3 are there now, but the take in progress holds the queue: neither is
+        # handed out, nor given up.
+        with trio.fail_after(10):
+            await done.wait()
+        assert got == [(True, [])]
+    left = await store.deliveries("dev-1", list(DeliveryState))
+    assert [(d.command_id, d.state) for d in left] == [
+        ("c1", DeliveryState.ACKNOWLEDGED),
+        ("c2", DeliveryState.QUEUED),
+        ("c3", DeliveryState.SENT),
+    ]
 
 
 # -- two connections racing ---------------------------------------------------------------

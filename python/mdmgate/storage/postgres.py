@@ -15,7 +15,9 @@ How the contract holds under concurrent writers, from any number of nodes:
   UPDATE`` on its row; but it writes nothing, so an empty check-in commits read-only, and it
   never waits for an enqueue's foreign-key lock on the row). The offers are then chosen and
   marked in one statement that checks each row's state again, so an answer or a cancel that
-  commits meanwhile wins over the hand-out.
+  commits meanwhile wins over the hand-out. ``record_and_take`` locks the queue the same way
+  (first, when anything is offered besides the delivery answered), then stores the answer,
+  then takes: one transaction (:mod:`.postgres_events`).
 * ``merge_facts``: one ``UPDATE ... SET facts = (facts || $2) - $3``: no read-modify-write.
 * ``fan_out``: the app's licence pool row is locked (``SELECT ... FOR UPDATE``) before its
   holders are counted. ``put_app``, ``put_notification`` and ``save_session`` compare and set
@@ -41,9 +43,10 @@ already held, is left as it is: callers derive command ids from what they queue)
 ``enqueue(new=True)`` (the retry raises :class:`CommandExists`), the compare-and-set writes
 (``put_app``, ``put_notification``, ``fan_out`` with a notification, ``save_session`` and
 ``drop_session`` with a revision: the retry finds ``expected + 1``, or nothing, stored) and
-``take`` (what it handed out counts one more offer and is offered again in a later session:
-at-least-once, as for a session that died). A write run again appends its ``events`` again
-when the first run had landed: a reader may see such an event twice, never lose one.
+``take`` and ``record_and_take`` (what it handed out counts one more offer and is offered
+again in a later session: at-least-once, as for a session that died). A write run again
+appends its ``events`` again when the first run had landed: a reader may see such an event
+twice, never lose one.
 
 Facts and auth are ``jsonb``: a JSON string with U+0000 cannot be stored (PostgreSQL refuses
 it), and a float written with an exponent comes back as the number it is (``1e300`` as an int).
@@ -84,15 +87,18 @@ from mdmgate.storage.event_records import checked_events
 from mdmgate.storage.pgwire import Connection, Param, PgError, Pool, Result, Row
 from mdmgate.storage.postgres_enrollment import PostgresEnrollment
 from mdmgate.storage.postgres_events import (
+    ANSWER_LOCK,
+    ANSWER_MARKED,
+    ANSWERED_TAKE,
     GIVE_UP_REPORTED,
     REFUSE_UNKNOWN_DEVICE,
     TAKE_REPORTED,
     PostgresEvents,
     append,
+    event_array,
     refuse_unless,
 )
 from mdmgate.storage.postgres_schema import (
-    FINAL,
     OPEN,
     PENDING,
     REFUSED_LICENCES,
@@ -167,6 +173,23 @@ def _delivery(command_id: str, device_id: str, kind: str, body: bytes, row: Row)
         cast("str | None", status),
         cast(int, offers),
     )
+
+
+def _sent(device_id: str, session: str, rows: Sequence[Row]) -> list[Delivery]:
+    """The deliveries take() handed out, from TAKEN's rows (one with no command: none)."""
+    return [
+        Delivery(
+            cast(str, command_id),
+            device_id,
+            cast(str, kind),
+            cast(bytes, body),
+            DeliveryState.SENT,
+            session,
+            offers=cast(int, offers),
+        )
+        for command_id, kind, body, offers, *_ in rows
+        if command_id is not None
+    ]
 
 
 def _notification_row(n: Notification, expected_rev: int | None) -> tuple[Param, ...]:
@@ -453,19 +476,7 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
             if max_offers is not None:
                 steps.append((sql.GIVE_UP, give_up))
             steps.append((sql.TAKE, take))
-        rows = (await self._write(steps))[-1].rows
-        return [
-            Delivery(
-                cast(str, command_id),
-                device_id,
-                cast(str, kind),
-                cast(bytes, body),
-                DeliveryState.SENT,
-                session,
-                offers=cast(int, offers),
-            )
-            for command_id, kind, body, offers, *_ in rows
-        ]
+        return _sent(device_id, session, (await self._write(steps))[-1].rows)
 
     async def record_result(
         self,
@@ -478,16 +489,11 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
         events: Sequence[NewEvent] = (),
     ) -> bool:
         appended = append(checked_events(events))
-        # NotNow is an answer: the offer count starts again.
-        query = (
-            "UPDATE deliveries SET state = $3::text, status = $4, result = $5,"
-            " updated = now(), offers = CASE WHEN $3::text = 'not_now' THEN 0 ELSE offers END"
-            f" WHERE device_id = $1 AND command_id = $2 AND state NOT IN {FINAL}"
-        )
         params = (device_id, command_id, DeliveryState(state).value, status, result)
         if not appended:
-            return await self._execute(query, *params) > 0
-        return await self._reported([(refuse_unless(query + " RETURNING 1"), params), *appended])
+            return await self._execute(sql.ANSWER, *params) > 0
+        answer = refuse_unless(sql.ANSWER + " RETURNING 1")
+        return await self._reported([(answer, params), *appended])
 
     async def record_and_take(
         self,
@@ -503,15 +509,25 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
         max_offers: int | None = None,
         delivered_event: bool = False,
     ) -> tuple[bool, list[Delivery]]:
-        # Two transactions: one would need the answer's events written only when its
-        # update matched, which refuse_unless does by aborting the whole transaction.
-        recorded = await self.record_result(
-            device_id, command_id, state, status, result, events=events
+        if limit <= 0:
+            answered = await self.record_result(
+                device_id, command_id, state, status, result, events=events
+            )
+            return answered, []
+        # One transaction (see ANSWER_LOCK). The queue is locked before the answer's row,
+        # as take() locks it before the rows it hands out: the two cannot deadlock.
+        value = DeliveryState(state).value
+        reported = event_array(checked_events(events))
+        capped = max_offers is not None
+        take = (device_id, session, limit, capped, max_offers, *_EXHAUSTED, reported)
+        _, answer, taken = await self._write(
+            [
+                (ANSWER_LOCK, (device_id, session, command_id, value)),
+                (ANSWER_MARKED, (device_id, command_id, value, status, result)),
+                (ANSWERED_TAKE, (*take, time.time(), delivered_event)),
+            ]
         )
-        taken = await self.take(
-            device_id, session, limit, max_offers=max_offers, delivered_event=delivered_event
-        )
-        return recorded, taken
+        return answer.rows[0][0] == "1", _sent(device_id, session, taken.rows)
 
     async def command_status(self, command_id: str) -> CommandStatus | None:
         statements: list[Statement] = [

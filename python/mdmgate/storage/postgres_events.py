@@ -25,7 +25,10 @@ statements (:func:`append`). A change that turns out not to happen (a final deli
 unknown device) aborts the transaction from inside (``mdmgate_refuse`` with
 :data:`~mdmgate.storage.postgres_schema.REFUSED_NOTHING`), so its events go with it. A
 change whose events depend on what it wrote (``take``'s reports, ``cancel_deliveries``) is
-one statement whose last step appends them.
+one statement whose last step appends them. ``record_and_take`` is three statements (the
+device's queue locked, the answer, the take and every event) in one transaction: the earlier
+ones leave marks for the last (``set_config`` local to the transaction), which appends the
+answer's events only when it was stored and hands out only under the lock.
 
 Waiters wake through ``NOTIFY mdmgate_events`` (payload: the last seq appended) on the
 store's LISTEN connection, which also carries the change feed's channel: both logs' readers
@@ -72,21 +75,29 @@ from mdmgate.storage.events import (
 )
 from mdmgate.storage.pgwire import Param, PgError, Result, Row
 from mdmgate.storage.postgres_schema import (
+    ANSWER,
     EVENT_LOCK,
+    NOT_IN_SESSION,
     OFFERED,
     REFUSED_NOTHING,
+    TAKE_LOCK,
     TAKE_STEPS,
     TAKEN,
     Statement,
+    take_steps,
     text_array,
 )
 
 __all__ = [
+    "ANSWERED_TAKE",
+    "ANSWER_LOCK",
+    "ANSWER_MARKED",
     "GIVE_UP_REPORTED",
     "REFUSE_UNKNOWN_DEVICE",
     "TAKE_REPORTED",
     "PostgresEvents",
     "append",
+    "event_array",
     "refuse_unless",
 ]
 
@@ -141,6 +152,53 @@ TAKE_REPORTED = (
     )
     + TAKEN.replace(" FROM taken t", f", {_NOTIFY} FROM taken t")
 )
+#: The marks of record_and_take(): the device whose queue is locked; the answer stored ('1').
+_LOCKED = "mdmgate.locked_queue"
+_ANSWERED = "mdmgate.answered"
+#: record_and_take(), first: the device's queue ($1) locked and marked, when anything but
+#: the answered delivery ($3) is offered to the session ($2), or the answer ($4) is NotNow
+#: (which offers that delivery again). Else, as take() would find nothing, only the answer
+#: is written.
+ANSWER_LOCK = (
+    f"SELECT set_config('{_LOCKED}', $1, true), {TAKE_LOCK.removeprefix('SELECT ')}"
+    " WHERE $4::text = 'not_now' OR EXISTS (SELECT FROM deliveries WHERE device_id = $1"
+    f" AND state IN {OFFERED} AND {NOT_IN_SESSION} AND command_id <> $3)"
+)
+#: Then the answer (ANSWER's parameters), marked stored or not.
+ANSWER_MARKED = (
+    f"WITH answered AS ({ANSWER} RETURNING 1)"
+    f" SELECT set_config('{_ANSWERED}', count(*)::text, true) FROM answered"
+)
+_TAKING = f"current_setting('{_LOCKED}', true) = $1"
+#: Last: take() (parameters $1..$4 as TAKE's), only under the lock, with GIVE_UP in the
+#: same statement ($5: max_offers, $6 || offers || $7: the status), so that one append
+#: numbers every event: the answer's ($8) when it was stored, then, with $10, the reports of
+#: take() ($9: when). Rows as TAKEN's and the notification; one with no command when
+#: nothing is taken.
+ANSWERED_TAKE = (
+    take_steps(f" AND {_TAKING} AND ($5::int4 IS NULL OR offers < $5::int4)")
+    + ", failed AS (UPDATE deliveries SET state = 'failed',"
+    " status = $6::text || offers::text || $7::text, updated = now()"
+    f" WHERE device_id = $1 AND {_TAKING} AND state IN {OFFERED} AND offers >= $5::int4"
+    f" AND {NOT_IN_SESSION} RETURNING seq, command_id, status),"
+    " reported AS (SELECT 0 AS k, e.n, e.v->>0 AS type, e.v->>1 AS device_id,"
+    "  e.v->>2 AS subject, e.v->3 AS data FROM jsonb_array_elements($8::jsonb)"
+    f"  WITH ORDINALITY AS e(v, n) WHERE current_setting('{_ANSWERED}', true) = '1'"
+    " UNION ALL SELECT 1, f.seq, 'command.failed', $1, f.command_id,"
+    "  jsonb_build_object('status', f.status) FROM failed f WHERE $10::boolean"
+    " UNION ALL SELECT 2, t.seq, 'command.delivered', $1, t.command_id,"
+    "  jsonb_build_object('session', $2::text, 'offers', t.offers) FROM taken t"
+    "  WHERE $10::boolean),"
+    # The writes complete (their row locks taken) before the lock, reported or not.
+    f" ordered AS (SELECT pg_advisory_xact_lock({EVENT_LOCK})"
+    "  WHERE (SELECT count(*) FROM failed) + (SELECT count(*) FROM taken) >= 0"
+    "  AND (SELECT count(*) FROM reported) > 0),"
+    " appended AS (INSERT INTO events (type, at, device_id, subject, data)"
+    " SELECT r.type, $9::float8, r.device_id, r.subject, r.data FROM reported r, ordered"
+    " ORDER BY r.k, r.n RETURNING seq)"
+    f" SELECT t.command_id, c.kind, c.body, t.offers, {_NOTIFY} FROM (SELECT) AS one"
+    " LEFT JOIN (taken t JOIN commands c ON c.id = t.command_id) ON true ORDER BY t.seq"
+)
 #: Aborts the transaction when the device $1 is unknown (devices are never deleted: one
 #: found here is there for the write after it).
 REFUSE_UNKNOWN_DEVICE = (
@@ -175,7 +233,7 @@ def _json(value: object) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _event_array(events: Sequence[EncodedEvent]) -> str:
+def event_array(events: Sequence[EncodedEvent]) -> str:
     """The events as one JSON array of ``[type, device_id, subject, data]`` (data is JSON
     already)."""
     rows = (f"[{_json(e.type)},{_json(e.device_id)},{_json(e.subject)},{e.data}]" for e in events)
@@ -187,7 +245,7 @@ def append(events: Sequence[EncodedEvent]) -> list[Statement]:
     they take is held to its commit)."""
     if not events:
         return []
-    return [(_LOCK, ()), (_APPEND, (_event_array(events), time.time()))]
+    return [(_LOCK, ()), (_APPEND, (event_array(events), time.time()))]
 
 
 def refuse_unless(write: str) -> str:
@@ -527,6 +585,6 @@ class PostgresEvents:
             raise ValueError(f"device_ids must be a sequence of ids, not the string {device_ids!r}")
         ids = None if device_ids is None else text_array(dict.fromkeys(device_ids))
         ended = await self._fetchval(
-            _CANCEL, command_id, status, ids, _event_array(checked), time.time()
+            _CANCEL, command_id, status, ids, event_array(checked), time.time()
         )
         return _IDS.decode(cast(str, ended))

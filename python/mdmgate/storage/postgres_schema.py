@@ -407,11 +407,10 @@ GIVE_UP = (
     f" updated = now() WHERE device_id = $1 AND state IN {OFFERED} AND offers >= $5"
     f" AND {NOT_IN_SESSION}"
 )
-#: take()'s statement up to what it returns: the deliveries handed out are ``taken``.
-TAKE_STEPS = (
-    "WITH offered AS ("
-    f"  SELECT seq, offers FROM deliveries WHERE device_id = $1 AND state IN {OFFERED}"
-    f"  AND {NOT_IN_SESSION} ORDER BY seq LIMIT $3),"
+
+
+#: How take() chooses among what is ``offered`` (in queue order) and hands it out.
+_TAKE_CHOSEN = (
     # With a cap ($4), a retry (handed out before, never answered) goes out alone.
     " retry AS (SELECT min(seq) AS seq FROM offered WHERE $4::boolean AND offers > 0),"
     " chosen AS (SELECT o.seq FROM offered o, retry r WHERE r.seq IS NULL OR o.seq < r.seq"
@@ -423,11 +422,32 @@ TAKE_STEPS = (
     f"  AND d.state IN {OFFERED} AND {NOT_IN_SESSION.replace('state', 'd.state')}"
     "  RETURNING d.seq, d.command_id, d.offers)"
 )
+
+
+def take_steps(offered: str = "") -> str:
+    """take()'s statement up to what it returns: the deliveries handed out are ``taken``.
+    ``offered``: more conditions on the deliveries it may hand out, each ``AND ...``."""
+    return (
+        "WITH offered AS ("
+        f"  SELECT seq, offers FROM deliveries WHERE device_id = $1 AND state IN {OFFERED}"
+        f"  AND {NOT_IN_SESSION}{offered} ORDER BY seq LIMIT $3)," + _TAKE_CHOSEN
+    )
+
+
+TAKE_STEPS = take_steps()
 TAKEN = (
     " SELECT t.command_id, c.kind, c.body, t.offers FROM taken t"
     " JOIN commands c ON c.id = t.command_id ORDER BY t.seq"
 )
 TAKE = TAKE_STEPS + TAKEN
+
+#: record_result()'s write ($1, $2: the delivery; $3..$5: state, status, result): only while
+#: not final. NotNow is an answer: the offer count starts again.
+ANSWER = (
+    "UPDATE deliveries SET state = $3::text, status = $4, result = $5,"
+    " updated = now(), offers = CASE WHEN $3::text = 'not_now' THEN 0 ELSE offers END"
+    f" WHERE device_id = $1 AND command_id = $2 AND state NOT IN {FINAL}"
+)
 
 SELECT_DECLARATIONS = (
     "SELECT d.seq, d.identifier, d.type, d.payload, d.server_token,"

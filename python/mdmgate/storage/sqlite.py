@@ -902,7 +902,10 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
         delivered_event: bool = False,
     ) -> tuple[bool, list[Delivery]]:
         answer = _Answer(device_id, command_id, state, status, result, checked_events(events))
-        if not await self._read_inline(lambda db: _has_offer(db, device_id, session)):
+        # A NotNow may make its own command offered again: the answer first, then the look.
+        if state is not DeliveryState.NOT_NOW and not await self._read_inline(
+            lambda db: _has_offer(db, device_id, session)
+        ):
             return await self._run(answer.record, point=True), []
 
         def write(db: sqlite3.Connection) -> tuple[bool, list[Delivery]]:
