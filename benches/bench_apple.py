@@ -299,6 +299,7 @@ async def serve_gateway(args: argparse.Namespace, pki: Pki | None) -> None:
     bound = json.loads(pki.identities.read_text()) if pki else {}
     await store.upsert_devices([enrolled(i, u, bound.get(u)) for i, u in enumerate(devices)])
     await fill_queues(store, devices, args.commands)
+    await bench_omadm.analyze(args.db)
     metrics = Metrics()
     apple = AppleService(store, dev=pki is None)
     handler = build_handler(store, AdminApi(store, args.token), metrics, None, apple)

@@ -917,7 +917,8 @@ async def test_postgres_upgrade_keeps_commands_and_adds_the_log(
     schema = f"v2_{secrets.token_hex(4)}"
     admin_url = postgres_server.dsn("mdmgate_test")
     url = postgres_server.dsn("mdmgate_test", options=f"-csearch_path={schema}")
-    previous = len(MIGRATIONS) - 1
+    # The schema just before the migration that numbered commands.
+    previous = next(i for i, m in enumerate(MIGRATIONS) if "ADD COLUMN seq" in m)
     async with await pgwire.connect(admin_url) as admin:
         await admin.execute_script(f"CREATE SCHEMA {schema}")
         try:

@@ -30,6 +30,7 @@ from mdmgate.storage import (
     Store,
     pgwire,
 )
+from mdmgate.storage import postgres_schema as sql
 from mdmgate.storage.pgwire import Connection
 from mdmgate.storage.postgres import PostgresStore, SchemaTooNew, redact_url
 from mdmgate.storage.postgres_schema import MIGRATIONS
@@ -619,3 +620,68 @@ async def test_database_urls(url: str, postgres_server: PostgresServer) -> None:
     with pytest.raises(OSError, match=r"gw:\*\*\*@") as refused:
         await open_store("postgresql://gw:s3cret@127.0.0.1:1/mdmgate")
     assert "s3cret" not in str(refused.value)
+
+
+def _rows_read(node: dict[str, Any]) -> int:
+    """Rows a plan (EXPLAIN ANALYZE, JSON) read from tables and indexes, those filtered out
+    too."""
+    read = 0
+    if "Relation Name" in node or "Index Name" in node:
+        seen = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+        read = int(seen) * int(node["Actual Loops"])
+    return read + sum(_rows_read(child) for child in node.get("Plans", ()))
+
+
+async def _rows(raw: Connection, statement: str, types: str, args: str) -> int:
+    """Rows ``statement`` reads planned as take() plans it, run in a transaction that is
+    rolled back."""
+    await raw.execute("BEGIN")
+    try:
+        await raw.execute(sql.TAKE_PLANS[0])
+        await raw.execute(f"PREPARE probe({types}) AS {statement}")
+        plan = await raw.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe({args})")
+    finally:
+        await raw.execute("ROLLBACK")
+        await raw.execute("DEALLOCATE probe")
+    text = plan if isinstance(plan, str) else msgspec.json.encode(plan).decode()
+    [top] = msgspec.json.decode(text)
+    return _rows_read(top["Plan"])
+
+
+async def _analyze(raw: Connection) -> None:
+    await raw.execute("ANALYZE deliveries")
+    await raw.execute("ANALYZE commands")
+
+
+@pytest.mark.parametrize("statistics", ["true", "of a fresh queue"])
+async def test_take_on_a_deep_queue_reads_by_index(
+    store: Store, raw: Connection, statistics: str
+) -> None:
+    """A device with thousands of commands behind it, most answered: handing out the next
+    one, and looking for ones to give up on, walk indexes and stop, instead of reading
+    every open delivery or every command, or the answered ones; also with the statistics
+    of the queue before it was worked through (they lag: autovacuum runs at most once a
+    minute)."""
+    await raw.execute(
+        "INSERT INTO commands (id, kind, body)"
+        " SELECT 'c' || i, 'apple', convert_to(repeat('x', 400), 'UTF8')"
+        " FROM generate_series(1, 4000) i"
+    )
+    await raw.execute(
+        "INSERT INTO deliveries (command_id, device_id, state)"
+        " SELECT 'c' || i, 'dev-1', 'queued' FROM generate_series(1, 4000) i ORDER BY i"
+    )
+    if statistics == "of a fresh queue":
+        await _analyze(raw)
+    await raw.execute("UPDATE deliveries SET state = 'acknowledged' WHERE seq <= 3000")
+    if statistics == "true":
+        await _analyze(raw)
+    took = await _rows(raw, sql.TAKE, "text, text, int4, boolean", "'dev-1', 's1', 1, true")
+    gave_up = await _rows(
+        raw, sql.GIVE_UP, "text, text, text, text, int4", "'dev-1', 's1', 'x', 'y', 3"
+    )
+    # A handful: the delivery handed out (found, then updated) and its command; nothing
+    # to give up on.
+    assert (took <= 5, gave_up) == (True, 0), took
+    [delivery] = await store.take("dev-1", "s1", 1, max_offers=3)
+    assert delivery.command_id == "c3001"

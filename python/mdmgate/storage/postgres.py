@@ -463,7 +463,7 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
         # it would had it been queued after the transaction).
         if not await self._fetchval(sql.HAS_OFFERED, device_id):
             return []
-        steps: list[Statement] = [(sql.TAKE_LOCK, (device_id,))]
+        steps: list[Statement] = [sql.TAKE_PLANS, (sql.TAKE_LOCK, (device_id,))]
         give_up: tuple[Param, ...] = (device_id, session, *_EXHAUSTED, max_offers)
         take: tuple[Param, ...] = (device_id, session, limit, max_offers is not None)
         if delivered_event:
@@ -520,8 +520,9 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
         reported = event_array(checked_events(events))
         capped = max_offers is not None
         take = (device_id, session, limit, capped, max_offers, *_EXHAUSTED, reported)
-        _, answer, taken = await self._write(
+        _, _, answer, taken = await self._write(
             [
+                sql.TAKE_PLANS,
                 (ANSWER_LOCK, (device_id, session, command_id, value)),
                 (ANSWER_MARKED, (device_id, command_id, value, status, result)),
                 (ANSWERED_TAKE, (*take, time.time(), delivered_event)),

@@ -76,14 +76,16 @@ from mdmgate.storage.events import (
 from mdmgate.storage.pgwire import Param, PgError, Result, Row
 from mdmgate.storage.postgres_schema import (
     ANSWER,
+    COMMAND_OF_TAKEN,
     EVENT_LOCK,
     NOT_IN_SESSION,
-    OFFERED,
     REFUSED_NOTHING,
     TAKE_LOCK,
     TAKE_STEPS,
     TAKEN,
     Statement,
+    first_offered,
+    retry_spent,
     take_steps,
     text_array,
 )
@@ -131,7 +133,7 @@ _NOTIFY = (
 GIVE_UP_REPORTED = (
     "WITH failed AS (UPDATE deliveries SET state = 'failed',"
     " status = $3::text || offers::text || $4::text, updated = now()"
-    f" WHERE device_id = $1 AND state IN {OFFERED} AND offers >= $5"
+    f" WHERE device_id = $1 AND {retry_spent('$5')}"
     " AND NOT (state IN ('sent', 'not_now') AND session IS NOT DISTINCT FROM $2)"
     " RETURNING seq, command_id, status)"
     + _APPENDED_AFTER.format(
@@ -161,8 +163,8 @@ _ANSWERED = "mdmgate.answered"
 #: is written.
 ANSWER_LOCK = (
     f"SELECT set_config('{_LOCKED}', $1, true), {TAKE_LOCK.removeprefix('SELECT ')}"
-    " WHERE $4::text = 'not_now' OR EXISTS (SELECT FROM deliveries WHERE device_id = $1"
-    f" AND state IN {OFFERED} AND {NOT_IN_SESSION} AND command_id <> $3)"
+    " WHERE $4::text = 'not_now' OR"
+    f" {first_offered(f' AND {NOT_IN_SESSION} AND command_id <> $3')}"
 )
 #: Then the answer (ANSWER's parameters), marked stored or not.
 ANSWER_MARKED = (
@@ -179,7 +181,7 @@ ANSWERED_TAKE = (
     take_steps(f" AND {_TAKING} AND ($5::int4 IS NULL OR offers < $5::int4)")
     + ", failed AS (UPDATE deliveries SET state = 'failed',"
     " status = $6::text || offers::text || $7::text, updated = now()"
-    f" WHERE device_id = $1 AND {_TAKING} AND state IN {OFFERED} AND offers >= $5::int4"
+    f" WHERE device_id = $1 AND {_TAKING} AND {retry_spent('$5::int4')}"
     f" AND {NOT_IN_SESSION} RETURNING seq, command_id, status),"
     " reported AS (SELECT 0 AS k, e.n, e.v->>0 AS type, e.v->>1 AS device_id,"
     "  e.v->>2 AS subject, e.v->3 AS data FROM jsonb_array_elements($8::jsonb)"
@@ -197,7 +199,7 @@ ANSWERED_TAKE = (
     " SELECT r.type, $9::float8, r.device_id, r.subject, r.data FROM reported r, ordered"
     " ORDER BY r.k, r.n RETURNING seq)"
     f" SELECT t.command_id, c.kind, c.body, t.offers, {_NOTIFY} FROM (SELECT) AS one"
-    " LEFT JOIN (taken t JOIN commands c ON c.id = t.command_id) ON true ORDER BY t.seq"
+    f" LEFT JOIN (taken t CROSS JOIN {COMMAND_OF_TAKEN}) ON true ORDER BY t.seq"
 )
 #: Aborts the transaction when the device $1 is unknown (devices are never deleted: one
 #: found here is there for the write after it).

@@ -291,6 +291,20 @@ MIGRATIONS: tuple[str, ...] = (
         ALTER COLUMN seq SET NOT NULL;
     CREATE UNIQUE INDEX commands_in_order ON commands (seq);
     """,
+    """
+    -- What take() may give up on: without it, every check-in walked the device's whole
+    -- queue of fresh commands (offers = 0) to find none.
+    CREATE INDEX deliveries_retried ON deliveries (device_id, seq)
+        WHERE state IN ('queued', 'sent', 'not_now') AND offers > 0;
+    -- A take walks deliveries_open in queue order (seq + 0, see QUEUE_ORDER) and stops at
+    -- the first. No other index has that order, so no plan can walk the device's answered
+    -- history (deliveries_by_device in seq) or every device's (the primary key) instead.
+    DROP INDEX deliveries_by_device;
+    CREATE INDEX deliveries_by_device ON deliveries (device_id);
+    DROP INDEX deliveries_open;
+    CREATE INDEX deliveries_open ON deliveries (device_id, (seq + 0))
+        WHERE state IN ('queued', 'sent', 'not_now', 'accepted');
+    """,
 )
 
 
@@ -335,10 +349,26 @@ Statement = tuple[str, Sequence[Param]]
 
 #: What take() hands out; also what it gives up on.
 OFFERED = "('queued', 'sent', 'not_now')"
-#: Whether take() has anything to look at (the partial index of open deliveries answers).
-HAS_OFFERED = (
-    f"SELECT EXISTS (SELECT 1 FROM deliveries WHERE device_id = $1 AND state IN {OFFERED})"
-)
+
+
+#: A device's queue order as only deliveries_open has it. The planner picks paths by
+#: statistics, and those of a deep queue are stale as soon as it is worked through: given
+#: ``ORDER BY seq``, it would as soon walk the primary key over every answered delivery.
+QUEUE_ORDER = "seq + 0"
+
+
+def first_offered(conditions: str = "") -> str:
+    """Whether the device $1 has a delivery take() may look at (``conditions``: more, each
+    ``AND ...``), as a walk of deliveries_open that stops at the first (not EXISTS, which
+    leaves the planner free to scan the table)."""
+    return (
+        f"(SELECT seq FROM deliveries WHERE device_id = $1 AND state IN {OFFERED}{conditions}"
+        f" ORDER BY {QUEUE_ORDER} LIMIT 1) IS NOT NULL"
+    )
+
+
+#: Whether take() has anything to look at.
+HAS_OFFERED = f"SELECT {first_offered()}"
 #: Not yet answered for good: also what the device accepted and will report on later.
 OPEN = "('queued', 'sent', 'not_now', 'accepted')"
 FINAL = "('acknowledged', 'error', 'failed')"
@@ -399,12 +429,25 @@ def queue(command_id: str, kind: str, body: bytes, ids: Iterable[str]) -> list[S
     ]
 
 
+#: First in a take's transaction, for the statements after it: planned once per
+#: connection. Left to choose, the server planned them anew on every call (their custom
+#: plans look cheaper than the generic one), which cost it more CPU than the rest of an
+#: exchange.
+TAKE_PLANS: Statement = ("SET LOCAL plan_cache_mode = force_generic_plan", ())
 #: The device's queue, locked to the commit: takes of one device run one after the other.
 TAKE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('device:' || $1, 0))"
+
+
+def retry_spent(n: str) -> str:
+    """Offered ``n`` times (a parameter, at least 1) and never answered. ``offers > 0``,
+    implied, is what lets the planner use deliveries_retried."""
+    return f"state IN {OFFERED} AND offers > 0 AND offers >= {n}"
+
+
 #: Given up: offered $5 times and never answered ($3 || offers || $4: the status).
 GIVE_UP = (
     "UPDATE deliveries SET state = 'failed', status = $3::text || offers::text || $4::text,"
-    f" updated = now() WHERE device_id = $1 AND state IN {OFFERED} AND offers >= $5"
+    f" updated = now() WHERE device_id = $1 AND {retry_spent('$5')}"
     f" AND {NOT_IN_SESSION}"
 )
 
@@ -430,14 +473,17 @@ def take_steps(offered: str = "") -> str:
     return (
         "WITH offered AS ("
         f"  SELECT seq, offers FROM deliveries WHERE device_id = $1 AND state IN {OFFERED}"
-        f"  AND {NOT_IN_SESSION}{offered} ORDER BY seq LIMIT $3)," + _TAKE_CHOSEN
+        f"  AND {NOT_IN_SESSION}{offered} ORDER BY {QUEUE_ORDER} LIMIT $3)," + _TAKE_CHOSEN
     )
 
 
 TAKE_STEPS = take_steps()
+#: The command of each delivery taken, by key: OFFSET 0 keeps the planner from turning
+#: this into a hash join that reads every command (it guesses a generic plan takes many).
+COMMAND_OF_TAKEN = "LATERAL (SELECT kind, body FROM commands WHERE id = t.command_id OFFSET 0) c"
 TAKEN = (
-    " SELECT t.command_id, c.kind, c.body, t.offers FROM taken t"
-    " JOIN commands c ON c.id = t.command_id ORDER BY t.seq"
+    f" SELECT t.command_id, c.kind, c.body, t.offers FROM taken t, {COMMAND_OF_TAKEN}"
+    " ORDER BY t.seq"
 )
 TAKE = TAKE_STEPS + TAKEN
 
