@@ -138,9 +138,7 @@ from mdmgate.server.http import (
     server_ssl_context,
 )
 from mdmgate.server.metrics import Metrics
-from mdmgate.storage import Device
-from mdmgate.storage.postgres import PostgresStore
-from mdmgate.storage.sqlite import SQLiteStore
+from mdmgate.storage import Device, Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -246,9 +244,7 @@ class Pki:
 # --- the servers (run in a child process: --serve KIND) ---------------------------------------
 
 
-async def fill_queues(
-    store: SQLiteStore | PostgresStore, devices: list[str], per_device: int
-) -> None:
+async def fill_queues(store: Store, devices: list[str], per_device: int) -> None:
     """``per_device`` DeviceInformation commands, each queued to every device; the calls run
     concurrently, so the store commits them in groups."""
     bodies = [
@@ -366,6 +362,7 @@ class Options:
     duration: float
     profile: str | None
     postgres: Postgres | None = None
+    backends: tuple[str, ...] = ()
 
     @property
     def body(self) -> Path:
@@ -842,7 +839,7 @@ def print_setting(options: Options, rounds: int) -> None:
             "with the device's certificate); the gateway checks it on every request"
         )
     )
-    print(bench_omadm.stores_line(options.postgres))
+    print(bench_omadm.stores_line(options.postgres, options.backends))
     request = Phone(0, udids(1)[0], 0).acknowledge(b"0" * 36).partition(b"\r\n\r\n")[2]
     print(
         f"request: {len(request)} bytes of plist (Acknowledged + QueryResponses); answer: "
@@ -912,6 +909,7 @@ def main() -> int:
                 duration=duration,
                 profile=args.profile,
                 postgres=Postgres.start(stack) if "postgresql" in backends else None,
+                backends=backends,
             )
             exchanges = verify_all(setups, options, args.quick)
             print_setting(options, rounds)

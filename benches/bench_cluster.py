@@ -201,7 +201,7 @@ async def seed(url: str, options: Options) -> None:
         await store.upsert_devices(
             [bench_apple.enrolled(i, u, bound.get(u)) for i, u in enumerate(udids)]
         )
-        await bench_apple.fill_queues(store, udids, options.commands)  # type: ignore[arg-type]
+        await bench_apple.fill_queues(store, udids, options.commands)
     finally:
         await store.aclose()
 

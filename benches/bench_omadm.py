@@ -115,6 +115,7 @@ from mdmgate.server.http import Limits, Server, listener_port, open_listeners
 from mdmgate.server.metrics import Metrics
 from mdmgate.server.types import Request, Response
 from mdmgate.storage import Device, Store, pgwire
+from mdmgate.storage.memory import MemoryStore
 from mdmgate.storage.postgres import PostgresStore
 from mdmgate.storage.sqlite import SQLiteStore
 from mdmgate.windows import auth
@@ -137,7 +138,8 @@ CLIENT_TARGET = "https://mdm.example.com/ManagementServer/MDM.svc"
 QUERY = "mode=Maintenance&Platform=WoA"
 
 KINDS = {"bare": "bare Trio+h11", "gateway": "gateway", "etree": "etree handler"}
-BACKENDS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+#: "memory": the gateway with no storage at all, informative (how far the rest of it goes).
+BACKENDS = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "memory": "in memory"}
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ class Postgres:
 
 def database(setup: Setup, tmp: str | Path, postgres: Postgres | None) -> str:
     """``--db`` of a fresh server process: a new SQLite file, or a new PostgreSQL database."""
+    if setup.backend == "memory":
+        return "memory"
     if setup.backend != "postgresql":
         return str(Path(tmp) / f"{setup.kind}-{secrets.token_hex(4)}.db")
     if postgres is None:
@@ -216,9 +220,12 @@ def database(setup: Setup, tmp: str | Path, postgres: Postgres | None) -> str:
     return postgres.database(f"bench_{setup.kind}")
 
 
-async def open_store(db: str) -> SQLiteStore | PostgresStore:
+async def open_store(db: str) -> Store:
     """The store of a server process: ``--db`` is a PostgreSQL URL or a SQLite file. Both as
-    ``mdmgate serve`` opens them (SQLite durability full; a pool of 8 PostgreSQL connections)."""
+    ``mdmgate serve`` opens them (SQLite durability full; a pool of 8 PostgreSQL connections).
+    ``memory``: nothing stored beyond the process."""
+    if db == "memory":
+        return MemoryStore()
     if db.startswith("postgresql://"):
         return await PostgresStore.open(db)
     return await SQLiteStore.open(db)
@@ -937,11 +944,13 @@ def print_ratios(
     if quick:
         print("ratios (--quick is a smoke run: no verdicts)")
     else:
-        targets = ", ".join(f">= {TARGETS[b]:.0%} on {BACKENDS[b]}" for b in backends)
+        targets = ", ".join(
+            f">= {TARGETS[b]:.0%} on {BACKENDS[b]}" for b in backends if b in TARGETS
+        )
         also = f"; gateway/etree >= {TARGET_ETREE:g}x on SQLite" if etree else ""
         if etree and "sqlite" not in backends:
             also = ""
-        print(f"targets (the issue: per core): gateway/bare {targets}{also}")
+        print(f"targets (the issue: per core): gateway/bare {targets or 'none here'}{also}")
 
     def ratio(figure: Callable[[Measured], float | None], a: Setup, b: Setup) -> float | None:
         x, y = figure(rows[a]), figure(rows[b])
@@ -958,7 +967,7 @@ def print_ratios(
             shown.append(("with PG's CPU", per_cpu_second_with_db))
         for number, (name, figure) in enumerate(shown):
             judged = not quick and figure is not per_cpu_second_with_db
-            target = TARGETS[backend] if judged else None
+            target = TARGETS.get(backend) if judged else None
             parts = [f"gateway/bare {verdict(ratio(figure, gateway, BARE), target, True)}"]
             if etree:
                 etree_target = TARGET_ETREE if judged and backend == "sqlite" else None
@@ -1057,7 +1066,7 @@ def run_servers(setups: list[Setup], options: Options, rounds: int, quick: bool)
         f"{rounds} round(s), {options.duration:g} s timed per server after {options.warmup:g} s "
         f"of warm-up; {options.devices} keep-alive connections (one device each)"
     )
-    print(stores_line(options.postgres))
+    print(stores_line(options.postgres, sorted({s.backend for s in setups})))
     print(
         f"request: {len(sample)} bytes of SyncML; replies: "
         + ", ".join(f"{s.label} {sizes[s]} bytes" for s in setups)
@@ -1075,26 +1084,32 @@ def run_servers(setups: list[Setup], options: Options, rounds: int, quick: bool)
 def add_backend_argument(parser: argparse.ArgumentParser, stores: str) -> None:
     parser.add_argument(
         "--backend",
-        choices=("sqlite", "postgresql", "both"),
+        choices=("sqlite", "postgresql", "memory", "both", "all"),
         default="both",
-        help=f"{stores} store: SQLite, PostgreSQL (a server started for the run) or both (both)",
+        help=f"{stores} store: SQLite, PostgreSQL (a server started for the run), both "
+        "(the default), memory (no storage at all: informative, no target) or all three",
     )
 
 
 def chosen_backends(args: argparse.Namespace) -> tuple[str, ...]:
-    return ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
+    chosen = {"both": ("sqlite", "postgresql"), "all": ("sqlite", "postgresql", "memory")}
+    return chosen.get(args.backend, (args.backend,))
 
 
-def stores_line(postgres: Postgres | None) -> str:
+def stores_line(postgres: Postgres | None, backends: Sequence[str]) -> str:
     """What the stores are, for the output's head."""
-    line = "stores: SQLite (a file, durability full)"
+    stores = []
+    if "sqlite" in backends:
+        stores.append("SQLite (a file, durability full)")
     if postgres is not None:
-        line += (
-            f"; PostgreSQL {postgres.version} (a server started for the run on this machine, "
+        stores.append(
+            f"PostgreSQL {postgres.version} (a server started for the run on this machine, "
             "unix socket, durability off; a fresh database and a pool of 8 connections per "
             "server process)"
         )
-    return line
+    if "memory" in backends:
+        stores.append("in memory (MemoryStore: nothing kept beyond the process)")
+    return "stores: " + "; ".join(stores)
 
 
 if __name__ == "__main__":
