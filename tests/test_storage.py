@@ -972,6 +972,24 @@ async def test_sessions_expire(store: Store) -> None:
     assert await store.expire_sessions(now + 3601) == 2
 
 
+async def test_device_and_session_read_together(store: Store) -> None:
+    now = time.time()
+    device = await store.get_device("dev-1")
+    assert device is not None
+    assert await store.device_and_session("dev-1", "omadm", "dev-1/7") == (device, None)
+    await store.save_session("omadm", "dev-1/7", b"s", expected_rev=None, expires_at=now + 60)
+    await store.save_session("omadm", "dev-1/8", b"old", expected_rev=None, expires_at=now - 1)
+    together = await store.device_and_session("dev-1", "omadm", "dev-1/7")
+    assert together == (device, StoredSession(b"s", 1, now + 60))
+    # Each half is what its own read says: an unknown device, an expired or other session.
+    assert await store.device_and_session("nobody", "omadm", "dev-1/7") == (
+        None,
+        StoredSession(b"s", 1, now + 60),
+    )
+    assert await store.device_and_session("dev-1", "omadm", "dev-1/8") == (device, None)
+    assert await store.device_and_session("dev-1", "apple", "dev-1/7") == (device, None)
+
+
 async def test_two_nodes_answering_one_message_cannot_both_save(store: Store) -> None:
     later = time.time() + 60
     await store.save_session("omadm", "k", b"0", expected_rev=None, expires_at=later)

@@ -101,7 +101,7 @@ from mdmgate.events import (
     record_check_in,
 )
 from mdmgate.server.types import Request, Response
-from mdmgate.storage import Delivery, DeliveryState, Device, Store
+from mdmgate.storage import Delivery, DeliveryState, Device, Store, StoredSession
 from mdmgate.storage.enrollment import IssuedCertificate
 from mdmgate.windows.enrollment import reenrolled
 
@@ -463,11 +463,20 @@ class AppleService:
             if report.user_id is not None or report.enrollment_user_id is not None:
                 return _text(410, "the user channel is not supported")
             identity = self._identity(request)
-            device = self._authorize(device_id, await self.store.get_device(device_id), identity)
+            fresh = status is CommandStatus.IDLE
+            # A report continues the stored exchange: read with the device, in one go.
+            stored = None
+            if fresh:
+                found = await self.store.get_device(device_id)
+            else:
+                found, stored = await self.store.device_and_session(
+                    device_id, EXCHANGE_KIND, device_id
+                )
+            device = self._authorize(device_id, found, identity)
         except _Refused as refused:
             return refused.response
         await record_check_in(self.store, device, self.clock())
-        key = await self._exchange(device_id, fresh=status is CommandStatus.IDLE)
+        key = await self._exchange(device_id, stored, fresh=fresh)
         log = {"device": device_id, "status": report.status}
         if status is CommandStatus.IDLE:
             taken = await self.store.take(
@@ -483,20 +492,19 @@ class AppleService:
         log["command"] = delivery.command_id
         return Response(200, _XML, delivery.body, log)
 
-    async def _exchange(self, device_id: str, *, fresh: bool) -> str:
-        """The key of the device's current exchange: a new one after an Idle (or when none
-        is stored), kept in the store for whichever node gets the device's next report."""
+    async def _exchange(self, device_id: str, stored: StoredSession | None, *, fresh: bool) -> str:
+        """The key of the device's current exchange (``stored``: as read with the device): a
+        new one after an Idle (or when none is stored), kept in the store for whichever node
+        gets the device's next report."""
         now = self.clock()
         if now >= self._next_sweep:
             self._next_sweep = now + 60.0
             await self.store.expire_sessions(now)
-        if not fresh:
-            stored = await self.store.load_session(EXCHANGE_KIND, device_id)
-            if stored is not None:
-                try:
-                    return _EXCHANGE.decode(stored.state).key
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    _log.warning("Apple exchange of %r dropped: %s", device_id, exc)
+        if not fresh and stored is not None:
+            try:
+                return _EXCHANGE.decode(stored.state).key
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                _log.warning("Apple exchange of %r dropped: %s", device_id, exc)
         key = uuid.uuid4().hex
         state = msgspec.msgpack.encode(_Exchange(key))
         # A new exchange replaces whatever the device had (expected_rev None).

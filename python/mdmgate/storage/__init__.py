@@ -587,6 +587,13 @@ class SessionStore(Protocol):
         """The saved state, or ``None`` (never saved, dropped, or expired)."""
         ...
 
+    async def device_and_session(
+        self, device_id: str, kind: str, key: str
+    ) -> tuple[Device | None, StoredSession | None]:
+        """``get_device(device_id)`` and ``load_session(kind, key)`` together: a device's
+        message needs both first, and a server database answers both in one round trip."""
+        ...
+
     async def save_session(
         self,
         kind: str,

@@ -574,6 +574,11 @@ class MemoryStore(MemoryEvents, EnrollmentRole):
     async def load_session(self, kind: str, key: str) -> StoredSession | None:
         return self._live_session(kind, key)
 
+    async def device_and_session(
+        self, device_id: str, kind: str, key: str
+    ) -> tuple[Device | None, StoredSession | None]:
+        return await self.get_device(device_id), self._live_session(kind, key)
+
     async def save_session(
         self,
         kind: str,

@@ -807,7 +807,12 @@ class Pool:
     async def _acquire(self) -> Connection:
         if self._closed:
             raise RuntimeError("the pool is closed")
-        await self._slots.acquire()
+        try:
+            # A free slot is taken without a checkpoint (a whole trip through the scheduler
+            # per store call); the request that follows waits on the socket anyway.
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()
         try:
             while self._idle:
                 conn = self._idle.pop()  # the most recently used: its pages are warm

@@ -142,6 +142,14 @@ _NOTIFICATION = msgspec.json.Decoder(Notification)
 _EXHAUSTED = offers_exhausted(1_234_567).split("1234567")
 
 
+#: One row: the device ($1) as JSON, or NULL; its session ($2, $3) live at $4, or NULLs.
+_DEVICE_AND_SESSION = (
+    "SELECT (SELECT row_to_json(d)::text FROM devices d WHERE id = $1),"
+    " s.state, s.rev, s.expires_at FROM (SELECT) AS one LEFT JOIN sessions s"
+    " ON s.kind = $2 AND s.key = $3 AND s.expires_at >= $4"
+)
+
+
 def _json(value: object) -> str:
     return msgspec.json.encode(value).decode()
 
@@ -273,8 +281,11 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
         prepared statement stale (each is rolled back whole, so running again is safe)."""
         attempt = 0
         while True:
+            if self._pool is None:
+                raise RuntimeError("the store is closed")
             try:
-                async with self._connection() as conn:
+                # The lease itself, not the _connection generator: this runs on every call.
+                async with self._pool.connection() as conn:
                     return await op(conn)
             except PgError as e:
                 attempt += 1
@@ -796,6 +807,16 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
             return None
         state, rev, expires_at = rows[0]
         return StoredSession(cast(bytes, state), cast(int, rev), cast(float, expires_at))
+
+    async def device_and_session(
+        self, device_id: str, kind: str, key: str
+    ) -> tuple[Device | None, StoredSession | None]:
+        rows = await self._fetch(_DEVICE_AND_SESSION, device_id, kind, key, time.time())
+        device, state, rev, expires_at = rows[0]
+        session = None
+        if state is not None:
+            session = StoredSession(cast(bytes, state), cast(int, rev), cast(float, expires_at))
+        return (None if device is None else _DEVICE.decode(cast(str, device))), session
 
     async def save_session(
         self,

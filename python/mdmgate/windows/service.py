@@ -335,7 +335,7 @@ class WindowsService:
                 self._next_sweep = now + min(60.0, self.session_ttl)
                 await self.store.expire_sessions(now)
             async with self._turn(name):
-                stored = await self.store.load_session(SESSION_KIND, name)
+                device, stored = await self.store.device_and_session(device_id, SESSION_KIND, name)
                 # SessionIDs are unique only among live sessions: a message that opens a
                 # session (MsgID 1, Alert 1200/1201) starts a new one, which replaces a stale
                 # one holding the same SessionID once it authenticates.
@@ -350,7 +350,9 @@ class WindowsService:
                         )
                     live = _Live(self._new_session(message), name, os.urandom(16).hex())
                     live.stale_rev = stored.rev if stored is not None else None
-                return await self._exchange(live, message, request, wbxml, content_type)
+                return await self._exchange(
+                    live, message, request, wbxml, content_type, device=device
+                )
         finally:
             self._in_flight -= 1
 
@@ -395,13 +397,12 @@ class WindowsService:
         return True
 
     async def _admit(
-        self, live: _Live, message: Message, request: Request, wbxml: bool
+        self, live: _Live, message: Message, request: Request, wbxml: bool, device: Device | None
     ) -> tuple[Device, int, dict[str, str] | None] | bytes:
-        """The device and the SyncHdr status (and Chal) for a message it may send, or the
-        refusal to answer it with."""
+        """The device (``device``: as stored, read with the session) and the SyncHdr status
+        (and Chal) for a message it may send, or the refusal to answer it with."""
         device_id = message.header.source or ""
         session = live.session
-        device = await self.store.get_device(device_id)
         if device is None:
             if not self.dev:
                 _log.info("unknown Windows device %r refused", device_id)
@@ -435,12 +436,19 @@ class WindowsService:
         return device, verdict.status, verdict.chal
 
     async def _exchange(
-        self, live: _Live, message: Message, request: Request, wbxml: bool, content_type: str
+        self,
+        live: _Live,
+        message: Message,
+        request: Request,
+        wbxml: bool,
+        content_type: str,
+        *,
+        device: Device | None,
     ) -> Response:
         device_id = message.header.source or ""
         session = live.session
         headers = (("content-type", content_type),)
-        admitted = await self._admit(live, message, request, wbxml)
+        admitted = await self._admit(live, message, request, wbxml, device)
         if isinstance(admitted, bytes):
             return Response(200, headers, admitted)
         device, header_status, chal = admitted
