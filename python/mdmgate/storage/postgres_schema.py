@@ -432,8 +432,14 @@ def queue(command_id: str, kind: str, body: bytes, ids: Iterable[str]) -> list[S
 #: First in a take's transaction, for the statements after it: planned once per
 #: connection. Left to choose, the server planned them anew on every call (their custom
 #: plans look cheaper than the generic one), which cost it more CPU than the rest of an
-#: exchange.
-TAKE_PLANS: Statement = ("SET LOCAL plan_cache_mode = force_generic_plan", ())
+#: exchange. And no hash or merge joins: with LIMIT a parameter, or statistics that lag,
+#: hashing the whole table to update the one delivery handed out could look as cheap as
+#: its lookup by key. (Turning sorts and sequential scans off too made every exchange scan.)
+TAKE_PLANS: Statement = (
+    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),"
+    + ",".join(f" set_config('enable_{path}', 'off', true)" for path in ("hashjoin", "mergejoin")),
+    (),
+)
 #: The device's queue, locked to the commit: takes of one device run one after the other.
 TAKE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('device:' || $1, 0))"
 
