@@ -527,18 +527,8 @@ class AppleService:
         command_id = report.command_uuid or ""
         if status is CommandStatus.NOT_NOW:
             state = DeliveryState.NOT_NOW
-            events = command_answered(device.id, command_id, state, "NotNow")
-            _, taken = await self.store.record_and_take(
-                device.id,
-                command_id,
-                state,
-                "NotNow",
-                None,
-                events=events,
-                session=exchange,
-                limit=1,
-                max_offers=self.max_offers,
-                delivered_event=True,
+            _, taken = await self._answer_and_take(
+                device.id, command_id, state, "NotNow", None, exchange=exchange
             )
             return [], taken
         # The body of the command answered, from the store (whichever node handed it out):
@@ -549,25 +539,16 @@ class AppleService:
         request_type = command.get("RequestType")
         facts = _result_facts(device, report, status, command, command_id)
         state = _RESULT_STATES[status]
-        events = command_answered(device.id, command_id, state, report.status)
         if not facts:
             # Most answers bring no facts: the answer and the next command are one write.
-            changed, taken = await self.store.record_and_take(
-                device.id,
-                command_id,
-                state,
-                report.status,
-                raw,
-                events=events,
-                session=exchange,
-                limit=1,
-                max_offers=self.max_offers,
-                delivered_event=True,
+            changed, taken = await self._answer_and_take(
+                device.id, command_id, state, report.status, raw, exchange=exchange
             )
             warnings = _schema_warnings(device, report, request_type) if changed else []
             return warnings, taken
         # The facts are stored after the answer and before the next command goes out, so
         # that the event log reads in that order.
+        events = command_answered(device.id, command_id, state, report.status)
         changed = await self.store.record_result(
             device.id, command_id, state, report.status, raw, events=events
         )
@@ -590,6 +571,30 @@ class AppleService:
             device.id, exchange, 1, max_offers=self.max_offers, delivered_event=True
         )
         return warnings, taken
+
+    async def _answer_and_take(
+        self,
+        device_id: str,
+        command_id: str,
+        state: DeliveryState,
+        status: str,
+        raw: bytes | None,
+        *,
+        exchange: str,
+    ) -> tuple[bool, list[Delivery]]:
+        """The device's answer stored and its next command handed out, in one write."""
+        return await self.store.record_and_take(
+            device_id,
+            command_id,
+            state,
+            status,
+            raw,
+            events=command_answered(device_id, command_id, state, status),
+            session=exchange,
+            limit=1,
+            max_offers=self.max_offers,
+            delivered_event=True,
+        )
 
     # -- identity
 
