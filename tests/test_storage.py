@@ -24,6 +24,7 @@ from mdmgate.storage import (
     CommandExists,
     DeliveryState,
     Device,
+    FactsMerge,
     RevisionConflict,
     Store,
     StoredDeclaration,
@@ -913,6 +914,67 @@ async def test_two_processes_never_take_the_same_delivery(shared: str, tmp_path:
 
 
 # -- sessions -----------------------------------------------------------------------------
+
+
+async def test_session_saved_with_facts_in_one_write(store: Store) -> None:
+    """The facts a message rotated go with its session: both, or (on a conflict) neither."""
+    later = time.time() + 3600
+    await store.upsert_devices([Device("dev-1", "windows", facts={"kept": 1, "nonce": "n0"})])
+    last = await store.last_change()
+    rotated = FactsMerge("dev-1", {"nonce": "n1", "server_nonce": "s1"})
+    assert (
+        await store.save_session(
+            "omadm", "dev-1/1", b"a", expected_rev=None, expires_at=later, facts=rotated
+        )
+        == 1
+    )
+    device = await store.get_device("dev-1")
+    assert device is not None
+    assert device.facts == {"kept": 1, "nonce": "n1", "server_nonce": "s1"}
+    # Bookkeeping: no index reads it, so no change is announced.
+    assert await store.last_change() == last
+    assert (
+        await store.save_session(
+            "omadm",
+            "dev-1/1",
+            b"b",
+            expected_rev=1,
+            expires_at=later,
+            facts=FactsMerge("dev-1", {"server_nonce": None}),
+        )
+        == 2
+    )
+    device = await store.get_device("dev-1")
+    assert device is not None
+    assert device.facts == {"kept": 1, "nonce": "n1"}
+    # Another node saved this revision first: its nonces stand, this one's are not written.
+    with pytest.raises(RevisionConflict):
+        await store.save_session(
+            "omadm",
+            "dev-1/1",
+            b"lost",
+            expected_rev=1,
+            expires_at=later,
+            facts=FactsMerge("dev-1", {"nonce": "lost"}),
+        )
+    device = await store.get_device("dev-1")
+    assert device is not None
+    assert device.facts["nonce"] == "n1"
+    assert await store.load_session("omadm", "dev-1/1") == StoredSession(b"b", 2, later)
+    # An unknown device merges nothing; the session is saved all the same.
+    assert (
+        await store.save_session(
+            "omadm",
+            "ghost/1",
+            b"g",
+            expected_rev=None,
+            expires_at=later,
+            facts=FactsMerge("ghost", {"nonce": "x"}),
+        )
+        == 1
+    )
+    assert await store.get_device("ghost") is None
+    assert await store.load_session("omadm", "ghost/1") == StoredSession(b"g", 1, later)
 
 
 async def test_sessions_compare_and_set(store: Store) -> None:

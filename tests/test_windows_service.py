@@ -3,19 +3,24 @@ and a bad message in the middle of a session."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import time
+from typing import Any
 
 import pytest
 import trio
 
 from mdmgate import syncml
+from mdmgate.events import FACT_LAST_SEEN
 from mdmgate.server.admin import AdminApi
 from mdmgate.server.types import Request, Response
-from mdmgate.storage import Device
+from mdmgate.storage import Device, FactsMerge
 from mdmgate.storage.memory import MemoryStore
 from mdmgate.syncml import Command, Header, Item, Message
-from mdmgate.windows.service import WindowsService
+from mdmgate.windows import auth
+from mdmgate.windows.service import FACT_NONCE, WindowsService
 
 XML = "application/vnd.syncml.dm+xml"
 CERT = b"0\x82\x01\x0a fake DER certificate of win-cert"
@@ -123,6 +128,70 @@ async def test_replayed_message_is_400_and_the_session_goes_on(store: MemoryStor
     assert delivery.state == "acknowledged"
     assert delivery.result is not None
     assert json.loads(delivery.result)[0]["data"] == "10.0.26100"
+
+
+class WriteLog(MemoryStore):
+    """Records the writes the service asks for, by name, with the facts they carry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[str, dict[str, Any]]] = []
+
+    async def merge_facts(self, device_id: str, facts: Any, **kwargs: Any) -> bool:
+        self.writes.append(("merge_facts", dict(facts)))
+        return await super().merge_facts(device_id, facts, **kwargs)
+
+    async def save_session(self, *args: Any, facts: FactsMerge | None = None, **kwargs: Any) -> int:
+        self.writes.append(("save_session", dict(facts.facts) if facts is not None else {}))
+        return await super().save_session(*args, facts=facts, **kwargs)
+
+
+def signed(device_id: str, session_id: str, nonce: bytes, secret: str = "s3cret") -> bytes:
+    header = Header(
+        session_id=session_id,
+        msg_id="1",
+        target="https://gw",
+        source=device_id,
+        cred_meta={"Type": "syncml:auth-md5", "Format": "b64"},
+        cred_data=auth.md5_digest("win-md5", secret, nonce),
+    )
+    commands = [Command("Alert", cmd_id="1", data="1201")]
+    return Message(header, commands, True).encode()
+
+
+async def test_the_nonce_rotation_is_written_with_the_session() -> None:
+    """A message that goes on makes one write, its session with the rotated nonce; a
+    refused one writes the nonce alone; either way the digest is never accepted twice."""
+    store = WriteLog()
+    account = {"method": "md5", "username": "win-md5", "secret": "s3cret"}
+    first = b"first nonce"
+    # Seen a moment ago: no check-in is due, whose fact would be a write of its own.
+    facts = {FACT_NONCE: base64.b64encode(first).decode(), FACT_LAST_SEEN: int(time.time())}
+    await store.upsert_devices([Device("win-md5", "windows", auth=account, facts=facts)])
+    get = (
+        b"<Get><CmdID>1</CmdID><Item><Target><LocURI>./DevDetail/SwV</LocURI></Target></Item></Get>"
+    )
+    await store.enqueue("c1", "syncml", get, ["win-md5"])
+    service = WindowsService(store)
+    store.writes.clear()
+
+    async def nonce() -> str:
+        device = await store.get_device("win-md5")
+        assert device is not None
+        return str(device.facts[FACT_NONCE])
+
+    assert header_status(await service(post(signed("win-md5", "1", first)))) == "212"
+    assert store.writes == [("save_session", {FACT_NONCE: await nonce()})]
+    assert await nonce() != facts[FACT_NONCE]
+    # The same digest again: refused, with a fresh nonce written on its own.
+    store.writes.clear()
+    rotated = await nonce()
+    assert header_status(await service(post(signed("win-md5", "2", first)))) == "401"
+    assert store.writes == [("merge_facts", {FACT_NONCE: await nonce()})]
+    assert await nonce() != rotated
+    # The nonce the refusal carried is the one that works now.
+    current = base64.b64decode(await nonce())
+    assert header_status(await service(post(signed("win-md5", "3", current)))) == "212"
 
 
 class HeldStore(MemoryStore):

@@ -62,6 +62,7 @@ __all__ = [
     "EnrollmentToken",
     "Event",
     "EventStore",
+    "FactsMerge",
     "IssuedCertificate",
     "LeaseStore",
     "LicencesExhausted",
@@ -246,6 +247,15 @@ class StoredSession(msgspec.Struct, frozen=True):
     #: Unix time (the wall clock every node shares, not a process's monotonic clock) from
     #: which it is stale: expired once ``expires_at <= now``.
     expires_at: float
+
+
+class FactsMerge(msgspec.Struct, frozen=True):
+    """Facts of one device, merged as :meth:`DeviceStore.merge_facts` with ``feed=False``
+    merges them: protocol bookkeeping (an OMA-DM nonce rotated in the message) saved with
+    the session it belongs to, in one write instead of two."""
+
+    device_id: str
+    facts: Mapping[str, Any]
 
 
 class Change(msgspec.Struct, frozen=True):
@@ -602,13 +612,16 @@ class SessionStore(Protocol):
         *,
         expected_rev: int | None,
         expires_at: float,
+        facts: FactsMerge | None = None,
     ) -> int:
         """Saves the state and returns its new revision: 1 when ``expected_rev`` is
         ``None`` (a new exchange; one already saved under the key is replaced, whatever its
         revision: a device that opens a new session supersedes its stale one), else
         ``expected_rev + 1`` (the saved one must be at ``expected_rev``: two nodes that
         answered the same message cannot both save; the loser gets
-        :class:`RevisionConflict`)."""
+        :class:`RevisionConflict`). ``facts`` are merged in the same transaction, or not at
+        all: not when the save conflicts (the node that won wrote its own), and not when
+        the device is unknown (the session is saved all the same)."""
         ...
 
     async def drop_session(self, kind: str, key: str, *, expected_rev: int | None = None) -> bool:

@@ -29,6 +29,7 @@ from mdmgate.storage import (
     Delivery,
     DeliveryState,
     Device,
+    FactsMerge,
     LicencesExhausted,
     NewEvent,
     RevisionConflict,
@@ -403,15 +404,20 @@ class MemoryStore(MemoryEvents, EnrollmentRole):
         events: Sequence[NewEvent] = (),
     ) -> bool:
         appended = checked_events(events)
+        if not self._merge(device_id, facts):
+            return False
+        if feed:
+            self._record("device", device_id)
+        self._append(appended)
+        return True
+
+    def _merge(self, device_id: str, facts: Mapping[str, Any]) -> bool:
         device = self._devices.get(device_id)
         if device is None:
             return False
         merged = {**device.facts, **facts}
         merged = {k: v for k, v in merged.items() if v is not None}
         self._devices[device_id] = msgspec.structs.replace(device, facts=merged)
-        if feed:
-            self._record("device", device_id)
-        self._append(appended)
         return True
 
     async def update_device(
@@ -587,6 +593,7 @@ class MemoryStore(MemoryEvents, EnrollmentRole):
         *,
         expected_rev: int | None,
         expires_at: float,
+        facts: FactsMerge | None = None,
     ) -> int:
         if expected_rev is not None:
             found = self._live_session(kind, key)
@@ -595,6 +602,8 @@ class MemoryStore(MemoryEvents, EnrollmentRole):
                 raise RevisionConflict(f"{kind} session {key!r}", expected_rev, stored_rev)
         rev = 1 if expected_rev is None else expected_rev + 1
         self._sessions[kind, key] = StoredSession(bytes(state), rev, expires_at)
+        if facts is not None:
+            self._merge(facts.device_id, facts.facts)
         return rev
 
     async def drop_session(self, kind: str, key: str, *, expected_rev: int | None = None) -> bool:

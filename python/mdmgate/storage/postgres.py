@@ -72,6 +72,7 @@ from mdmgate.storage import (
     Delivery,
     DeliveryState,
     Device,
+    FactsMerge,
     LicencesExhausted,
     NewEvent,
     RevisionConflict,
@@ -826,6 +827,7 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
         *,
         expected_rev: int | None,
         expires_at: float,
+        facts: FactsMerge | None = None,
     ) -> int:
         if expected_rev is None:
             # A new exchange supersedes whatever was saved under the key.
@@ -842,6 +844,19 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
                 " WHERE kind = $1 AND key = $2 AND rev = $5 AND expires_at >= $6 RETURNING rev"
             )
             params = (kind, key, bytes(state), float(expires_at), expected_rev, time.time())
+        if facts is not None:
+            # The same statement: merged only when the session was saved (a data-modifying
+            # WITH runs whatever reads it), one round trip for both.
+            n = len(params)
+            query = (
+                f"WITH saved AS ({query}), merged AS (UPDATE devices"
+                f" SET facts = (facts || ${n + 2}::jsonb) - ${n + 3}::text[]"
+                f" WHERE id = ${n + 1} AND EXISTS (SELECT FROM saved))"
+                " SELECT rev FROM saved"
+            )
+            kept = {k: v for k, v in facts.facts.items() if v is not None}
+            dropped = [k for k, v in facts.facts.items() if v is None]
+            params = (*params, facts.device_id, _json(kept), text_array(dropped))
         rev = await self._fetchval(query, *params)
         if rev is None:
             where = "kind = $1 AND key = $2 AND expires_at >= $3"

@@ -35,9 +35,9 @@ thread.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
-import math
 import queue
 import sqlite3
 import threading
@@ -58,6 +58,7 @@ from mdmgate.storage import (
     Delivery,
     DeliveryState,
     Device,
+    FactsMerge,
     LicencesExhausted,
     NewEvent,
     RevisionConflict,
@@ -209,17 +210,35 @@ _FINAL = "('acknowledged', 'error', 'failed')"
 _PENDING = "('scheduled', 'running')"
 
 
+class _Connection(sqlite3.Connection):
+    """The writer's connection: knows how deep in savepoints its current step is."""
+
+    #: Savepoints open. A step inside another step's savepoint takes none of its own: an
+    #: error in it leaves the outer one too, which rolls both back (nothing here catches an
+    #: error between the two), and a savepoint costs two statements.
+    savepoints = 0
+
+
 @contextlib.contextmanager
 def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     """A transaction, or a savepoint inside the one already open (a group commit's)."""
+    depth = getattr(db, "savepoints", 0)
+    if depth:
+        yield
+        return
     if db.in_transaction:
         db.execute("SAVEPOINT step")
+        if isinstance(db, _Connection):
+            db.savepoints = 1
         try:
             yield
         except BaseException:
             db.execute("ROLLBACK TO step")
             db.execute("RELEASE step")
             raise
+        finally:
+            if isinstance(db, _Connection):
+                db.savepoints = 0
         db.execute("RELEASE step")
         return
     # The connection is in autocommit mode, so transactions are explicit; IMMEDIATE takes the
@@ -236,7 +255,7 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 class _Job:
     """One call waiting for the writer: its function, and then its outcome."""
 
-    __slots__ = ("done", "error", "fn", "point", "result")
+    __slots__ = ("error", "fn", "point", "result", "task")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any], point: bool) -> None:
         self.fn = fn
@@ -244,7 +263,8 @@ class _Job:
         self.point = point
         self.result: Any = None
         self.error: BaseException | None = None
-        self.done = trio.Event()
+        #: The caller, woken once the job's group is committed; None once it stopped waiting.
+        self.task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
 
 
 #: Calls run in one transaction at most; bounds how long one commit holds the write lock.
@@ -253,7 +273,7 @@ GROUP_MAX = 256
 BUSY_TIMEOUT_MS = 5000
 
 
-def _run_group(db: sqlite3.Connection, jobs: list[_Job]) -> None:
+def _run_group(db: _Connection, jobs: list[_Job]) -> None:
     """Runs the jobs in one transaction, each in its own savepoint: a job that fails is
     undone alone; one commit (one fsync) makes all the others durable together."""
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -268,17 +288,28 @@ def _run_group(db: sqlite3.Connection, jobs: list[_Job]) -> None:
     _finish_group(db, jobs, jobs)
 
 
-def _run_steps(db: sqlite3.Connection, jobs: list[_Job]) -> None:
+def _run_steps(db: _Connection, jobs: list[_Job]) -> None:
     """The jobs' steps inside the open transaction, each in its own savepoint."""
+    # _transaction's work, spelled out: this runs for every write of every caller.
+    execute = db.execute
     for job in jobs:
+        execute("SAVEPOINT step")
+        db.savepoints = 1
         try:
-            with _transaction(db):
-                job.result = job.fn(db)
-        except Exception as exc:
+            job.result = job.fn(db)
+        except BaseException as exc:
+            db.savepoints = 0
+            execute("ROLLBACK TO step")
+            execute("RELEASE step")
+            if not isinstance(exc, Exception):
+                raise
             job.error = exc
+            continue
+        db.savepoints = 0
+        execute("RELEASE step")
 
 
-def _finish_group(db: sqlite3.Connection, group: list[_Job], rest: list[_Job]) -> None:
+def _finish_group(db: _Connection, group: list[_Job], rest: list[_Job]) -> None:
     """Runs ``rest`` in the open transaction and commits the whole ``group``."""
     _run_steps(db, rest)
     try:
@@ -467,6 +498,23 @@ _MERGE_FACTS = (
 )
 
 
+def _facts_merge(facts: Mapping[str, Any]) -> tuple[str, str]:
+    """``_MERGE_FACTS``' first two parameters. Encoded before the write lock is taken, and
+    refused here if they cannot be (NaN and infinities are not JSON: SQLite would refuse the
+    document at the next merge)."""
+    removed = json.dumps(dict.fromkeys(facts))
+    kept = {k: v for k, v in facts.items() if v is not None}
+    return removed, json.dumps(kept, allow_nan=False)[1:-1]
+
+
+def _load_session(db: sqlite3.Connection, kind: str, key: str) -> StoredSession | None:
+    row = db.execute(
+        "SELECT state, rev, expires_at FROM sessions WHERE kind = ? AND key = ? AND expires_at > ?",
+        (kind, key, time.time()),
+    ).fetchone()
+    return None if row is None else StoredSession(bytes(row[0]), row[1], row[2])
+
+
 def _put_notification(
     db: sqlite3.Connection, notification: Notification, expected_rev: int | None
 ) -> Notification:
@@ -499,8 +547,19 @@ def _document(value: msgspec.Struct) -> str:
 
 def _device(row: tuple[Any, ...]) -> Device:
     supervised = None if row[4] is None else bool(row[4])
-    auth, facts = json.loads(row[5]), json.loads(row[6])
-    return Device(row[0], row[1], row[2], row[3], supervised, auth, facts)
+    return Device(row[0], row[1], row[2], row[3], supervised, _loads(row[5]), _loads(row[6]))
+
+
+_DECODER = msgspec.json.Decoder()
+
+
+def _loads(document: str) -> Any:
+    # msgspec reads a device's documents in a fraction of json's time (every device message
+    # reads one); what it refuses (say, a lone surrogate) json still reads.
+    try:
+        return _DECODER.decode(document)
+    except msgspec.DecodeError:
+        return json.loads(document)
 
 
 def _read_declarations(
@@ -668,21 +727,26 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
     #: How often :meth:`wait_for_changes` looks for changes written by other processes.
     poll_interval = 0.05
 
-    def __init__(self, db: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+    def __init__(self, db: _Connection, reader: sqlite3.Connection) -> None:
         self._db = db
         self._reader = reader
         #: Set (and replaced) after each group of this store's writes commits: wakes
         #: wait_for_changes without waiting for the next poll.
         self._committed = trio.Event()
-        self._jobs, self._incoming = trio.open_memory_channel[_Job](math.inf)
+        #: Calls waiting for the writer, and the writer when it waits for them.
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._idle_writer: trio.lowlevel.Task | None = None
+        self._closing = False
         self._committer = _CommitThread()
         self._writer_done = trio.Event()
         trio.lowlevel.spawn_system_task(self._writer, name="mdmgate-sqlite-writer")
 
     @classmethod
     async def open(cls, path: str | Path, *, durability: Durability = "full") -> SQLiteStore:
-        def connect() -> sqlite3.Connection:
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        def connect() -> _Connection:
+            db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, factory=_Connection
+            )
             # The busy timeout first: several processes opening a new file at once contend
             # for the lock that switching it to WAL takes.
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -719,37 +783,59 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
         previous group commits (group commit: one thread round trip and one fsync for all of
         them). Returns once ``fn``'s transaction is committed. ``point``: ``fn`` touches a
         few rows by key, so it may run on the Trio thread (see :meth:`_writer`)."""
+        if self._closing:
+            raise StoreError("the SQLite store is closed")
         job = _Job(fn, point)
-        try:
-            self._jobs.send_nowait(job)
-        except trio.ClosedResourceError:
-            raise StoreError("the SQLite store is closed") from None
-        await job.done.wait()
+        self._queue.append(job)
+        self._wake_writer()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            # Cancelled: the job runs all the same (it may be in a commit already).
+            job.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
         if job.error is not None:
             raise job.error
         result: T = job.result
         return result
 
+    def _wake_writer(self) -> None:
+        writer, self._idle_writer = self._idle_writer, None
+        if writer is not None:
+            trio.lowlevel.reschedule(writer)
+
     async def _writer(self) -> None:
+        # The callers wait on the writer directly (no channel, no event per call): this
+        # hand-off runs for every write.
+        queue = self._queue
         try:
-            async for job in self._incoming:
-                jobs = [job]
-                while len(jobs) < GROUP_MAX:
-                    try:
-                        jobs.append(self._incoming.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        # EndOfChannel: closed by aclose(); the loop ends after this group
-                        # (a system task must never raise: it would crash the whole run).
-                        break
+            while True:
+                if not queue:
+                    if self._closing:
+                        return
+                    self._idle_writer = trio.lowlevel.current_task()
+
+                    def abort(_: Any) -> trio.lowlevel.Abort:
+                        self._idle_writer = None
+                        return trio.lowlevel.Abort.SUCCEEDED
+
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+                    continue
+                jobs = [queue.popleft() for _ in range(min(len(queue), GROUP_MAX))]
                 try:
                     await self._commit_group(jobs)
                 except Exception as exc:  # a broken connection: fail the calls, not the run
                     for failed in jobs:
                         failed.error = failed.error or exc
                 for done in jobs:
-                    done.done.set()
+                    if done.task is not None:
+                        trio.lowlevel.reschedule(done.task)
                 self._committed.set()
                 self._committed = trio.Event()
+                # The callers just woken run before the next group forms: it gets their
+                # next writes too.
+                await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._writer_done.set()
 
@@ -1082,11 +1168,7 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
         events: Sequence[NewEvent] = (),
     ) -> bool:
         appended = checked_events(events)
-        # Encoded before the write lock is taken, and refused here if it cannot be (NaN and
-        # infinities are not JSON: SQLite would refuse the document at the next merge).
-        removed = json.dumps(dict.fromkeys(facts))
-        kept = {k: v for k, v in facts.items() if v is not None}
-        members = json.dumps(kept, allow_nan=False)[1:-1]
+        removed, members = _facts_merge(facts)
 
         def write(db: sqlite3.Connection) -> bool:
             with _transaction(db):
@@ -1354,21 +1436,16 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
     # -- sessions --------------------------------------------------------------------------
 
     async def load_session(self, kind: str, key: str) -> StoredSession | None:
-        def read(db: sqlite3.Connection) -> StoredSession | None:
-            row = db.execute(
-                "SELECT state, rev, expires_at FROM sessions"
-                " WHERE kind = ? AND key = ? AND expires_at > ?",
-                (kind, key, time.time()),
-            ).fetchone()
-            return None if row is None else StoredSession(bytes(row[0]), row[1], row[2])
-
-        return await self._read_inline(read)
+        return await self._read_inline(lambda db: _load_session(db, kind, key))
 
     async def device_and_session(
         self, device_id: str, kind: str, key: str
     ) -> tuple[Device | None, StoredSession | None]:
-        # Two reads on the Trio thread cost what one would: nothing to join here.
-        return await self.get_device(device_id), await self.load_session(kind, key)
+        def read(db: sqlite3.Connection) -> tuple[Device | None, StoredSession | None]:
+            row = db.execute(_SELECT_DEVICE, (device_id,)).fetchone()
+            return None if row is None else _device(row), _load_session(db, kind, key)
+
+        return await self._read_inline(read)
 
     async def save_session(
         self,
@@ -1378,11 +1455,17 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
         *,
         expected_rev: int | None,
         expires_at: float,
+        facts: FactsMerge | None = None,
     ) -> int:
         state = bytes(state)
+        merge = None if facts is None else _facts_merge(facts.facts)
 
         def write(db: sqlite3.Connection) -> int:
             with _transaction(db):
+                if merge is not None:
+                    assert facts is not None
+                    # First: a conflict below rolls it back with the rest of the step.
+                    db.execute(_MERGE_FACTS, (*merge, facts.device_id))
                 if expected_rev is None:
                     # A new exchange replaces whatever was saved under the key.
                     db.execute(
@@ -1496,7 +1579,9 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
         return await self._read_inline(read)
 
     async def aclose(self) -> None:
-        await self._jobs.aclose()
+        # Calls already queued are still run; new ones are refused.
+        self._closing = True
+        self._wake_writer()
         await self._writer_done.wait()
         self._reader.close()
         await trio.to_thread.run_sync(self._db.close)

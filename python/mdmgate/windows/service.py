@@ -63,7 +63,14 @@ from mdmgate.events import (
     record_check_in,
 )
 from mdmgate.server.types import Request, Response
-from mdmgate.storage import DeliveryState, Device, RevisionConflict, Store, StoredSession
+from mdmgate.storage import (
+    DeliveryState,
+    Device,
+    FactsMerge,
+    RevisionConflict,
+    Store,
+    StoredSession,
+)
 from mdmgate.syncml import Message
 from mdmgate.windows import apps, auth, enrollment
 from mdmgate.windows.session import (
@@ -166,6 +173,9 @@ class _Live:
     refused: list[Outgoing] = field(default_factory=list)
     #: The device asked to be unenrolled in this session: nothing more is handed out.
     unenrolled: bool = False
+    #: Facts this message rotated (nonces; no index reads them), written with the session
+    #: (one write per message), or on their own when the message ends without a save.
+    bookkeeping: dict[str, Any] = field(default_factory=dict)
 
     def saved(self) -> bytes:
         return _ENCODER.encode(
@@ -350,9 +360,15 @@ class WindowsService:
                         )
                     live = _Live(self._new_session(message), name, os.urandom(16).hex())
                     live.stale_rev = stored.rev if stored is not None else None
-                return await self._exchange(
-                    live, message, request, wbxml, content_type, device=device
-                )
+                try:
+                    response = await self._exchange(
+                        live, message, request, wbxml, content_type, device=device
+                    )
+                except BaseException:
+                    await self._flush(device_id, live, shield=True)
+                    raise
+                await self._flush(device_id, live)
+                return response
         finally:
             self._in_flight -= 1
 
@@ -369,10 +385,12 @@ class WindowsService:
             server_uri=self.server_uri,
         )
 
-    async def _save(self, live: _Live) -> bool:
-        """Saves the session for its next message (compare-and-set): False when another
-        node saved it meanwhile, so this message's reply must not go out."""
+    async def _save(self, device_id: str, live: _Live) -> bool:
+        """Saves the session for its next message (compare-and-set), with the facts the
+        message rotated: False when another node saved it meanwhile, so this message's reply
+        must not go out (nor its nonces: that node's are the ones the device gets)."""
         expected = live.rev if live.rev is not None else live.stale_rev
+        facts, live.bookkeeping = live.bookkeeping, {}
         try:
             await self.store.save_session(
                 SESSION_KIND,
@@ -380,10 +398,24 @@ class WindowsService:
                 live.saved(),
                 expected_rev=expected,
                 expires_at=self.clock() + self.session_ttl,
+                facts=FactsMerge(device_id, facts) if facts else None,
             )
         except RevisionConflict:
             return False
         return True
+
+    async def _flush(self, device_id: str, live: _Live, *, shield: bool = False) -> None:
+        """Writes the facts the message rotated when no save takes them: a refused or ended
+        message, an error. ``shield``: after an error or a cancellation (a nonce checked
+        must not stay valid because the request went away)."""
+        if not live.bookkeeping:
+            return
+        facts, live.bookkeeping = live.bookkeeping, {}
+        if not shield:
+            await self.store.merge_facts(device_id, facts, feed=False)
+            return
+        with trio.CancelScope(shield=True):
+            await self.store.merge_facts(device_id, facts, feed=False)
 
     async def _drop(self, live: _Live) -> bool:
         """Forgets a session that ended (or a stale one a new session ended at once): False
@@ -423,7 +455,7 @@ class WindowsService:
                 device.facts[enrollment.FACT_UNENROLLED],
             )
             return session.reply(header_status=403, wbxml=wbxml, to=message).data
-        verdict = await self._authenticate(device, message, request)
+        verdict = self._authenticate(device, message, request, live.bookkeeping)
         if verdict.status >= 300:
             # Not saved: a refused opening leaves a live session with its SessionID.
             reply = session.reply(
@@ -457,7 +489,7 @@ class WindowsService:
             events = session.receive(message)
         except SessionError as exc:
             return _text(400, f"SyncML session error: {exc}")
-        await self._server_status(device, message, live)
+        self._server_status(device, message, live)
         for event in events:
             await self._apply(device, event, live)
         if live.refused:
@@ -483,7 +515,7 @@ class WindowsService:
                 b"the command does not fit the device's MaxMsgSize",
                 events=command_answered(device_id, dropped.command_id, DeliveryState.ERROR, "413"),
             )
-        saved = await (self._drop(live) if reply.ended else self._save(live))
+        saved = await (self._drop(live) if reply.ended else self._save(device_id, live))
         if not saved:
             # Another node answered this very message first (the device, or a balancer,
             # sent it twice): that answer stands, and this one is a replay's.
@@ -502,7 +534,11 @@ class WindowsService:
 
     # -- authentication
 
-    async def _authenticate(self, device: Device, message: Message, request: Request) -> _Verdict:
+    def _authenticate(
+        self, device: Device, message: Message, request: Request, rotated: dict[str, Any]
+    ) -> _Verdict:
+        """Checks the message's credentials; a nonce it uses up is replaced in ``rotated``
+        (written before the answer goes out)."""
         method = device.auth.get("method") if device.auth else None
         if method is None:
             if self.dev:
@@ -528,10 +564,7 @@ class WindowsService:
             )
             # A fresh nonce with every answer: a digest is never accepted twice.
             next_nonce = auth.new_nonce()
-            # No index reads nonces: not announced on the change feed.
-            await self.store.merge_facts(
-                device.id, {FACT_NONCE: base64.b64encode(next_nonce).decode()}, feed=False
-            )
+            rotated[FACT_NONCE] = base64.b64encode(next_nonce).decode()
             challenge = auth.challenge(next_nonce, method="md5" if method == "md5" else "basic")
             if outcome == "ok":
                 return _Verdict(212, challenge if method == "md5" else None)
@@ -551,7 +584,7 @@ class WindowsService:
             return self.server_username, self.server_secret
         return None
 
-    async def _server_status(self, device: Device, message: Message, live: _Live) -> None:
+    def _server_status(self, device: Device, message: Message, live: _Live) -> None:
         """Reads the device's Status for the gateway's last SyncHdr: 212 authenticated for
         the session, 401/407 refused (a Chal's NextNonce is the nonce to use next)."""
         live.refusing = False
@@ -578,8 +611,7 @@ class WindowsService:
             )
         elif code == 212:
             live.server_authenticated = True
-        if changes:
-            await self.store.merge_facts(device.id, changes, feed=False)
+        live.bookkeeping.update(changes)
 
     def _offer_refused(self, device: Device, live: _Live) -> None:
         """Offers the commands the device refused unexecuted again in this session, now
