@@ -25,6 +25,7 @@ from mdmgate.storage import (
     DeliveryState,
     Device,
     FactsMerge,
+    MessageContext,
     RevisionConflict,
     Store,
     StoredDeclaration,
@@ -1050,6 +1051,55 @@ async def test_device_and_session_read_together(store: Store) -> None:
     )
     assert await store.device_and_session("dev-1", "omadm", "dev-1/8") == (device, None)
     assert await store.device_and_session("dev-1", "apple", "dev-1/7") == (device, None)
+
+
+async def test_message_context_says_whether_anything_is_offered(store: Store) -> None:
+    """The device, its session and whether take could hand anything out, in one read; the
+    device and session are what device_and_session says."""
+    now = time.time()
+    await store.save_session("omadm", "dev-1/7", b"s", expected_rev=None, expires_at=now + 60)
+    device, session = await store.device_and_session("dev-1", "omadm", "dev-1/7")
+    assert await store.message_context("dev-1", "omadm", "dev-1/7") == MessageContext(
+        device, session, offered=False
+    )
+    assert await store.message_context("nobody", "omadm", "dev-1/8") == MessageContext(
+        None, None, offered=False
+    )
+
+    async def offered() -> bool:
+        return (await store.message_context("dev-1", "omadm", "dev-1/7")).offered
+
+    await store.enqueue("c1", "syncml", b"<Get/>", ["dev-1"])
+    assert await offered()
+    # Handed out to a session, it is still offered (to the next one, if never answered).
+    (sent,) = await store.take("dev-1", "s1", 5)
+    assert await offered()
+    await store.record_result("dev-1", sent.command_id, DeliveryState.NOT_NOW, "NotNow", None)
+    assert await offered()
+    # Accepted (the outcome comes later) and answered for good: nothing to take.
+    await store.take("dev-1", "s2", 5)
+    await store.record_result("dev-1", "c1", DeliveryState.ACCEPTED, "202", None)
+    assert not await offered()
+    await store.record_result("dev-1", "c1", DeliveryState.ACKNOWLEDGED, "200", None)
+    assert not await offered()
+    # Another device's queue is its own.
+    await store.enqueue("c2", "syncml", b"<Get/>", ["dev-2"])
+    assert not await offered()
+    assert (await store.message_context("dev-2", "omadm", "x")).offered
+    # With a command id, the delivery a report answers comes along (as get_delivery).
+    for device_id, command_id in (
+        ("dev-1", "c1"),
+        ("dev-2", "c2"),
+        ("dev-1", "c2"),
+        ("dev-1", "no"),
+    ):
+        context = await store.message_context(device_id, "omadm", "x", command_id=command_id)
+        assert context.delivery == await store.get_delivery(device_id, command_id)
+    answered = await store.message_context("dev-1", "omadm", "dev-1/7", command_id="c1")
+    assert answered.delivery is not None
+    assert (answered.delivery.state, answered.delivery.status) == ("acknowledged", "200")
+    assert answered.session == session
+    assert (await store.message_context("dev-1", "omadm", "x")).delivery is None
 
 
 async def test_two_nodes_answering_one_message_cannot_both_save(store: Store) -> None:

@@ -16,7 +16,7 @@ from mdmgate import syncml
 from mdmgate.events import FACT_LAST_SEEN
 from mdmgate.server.admin import AdminApi
 from mdmgate.server.types import Request, Response
-from mdmgate.storage import Device, FactsMerge
+from mdmgate.storage import Delivery, Device, FactsMerge, MessageContext
 from mdmgate.storage.memory import MemoryStore
 from mdmgate.syncml import Command, Header, Item, Message
 from mdmgate.windows import auth
@@ -136,10 +136,15 @@ class WriteLog(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[tuple[str, dict[str, Any]]] = []
+        self.takes = 0
 
     async def merge_facts(self, device_id: str, facts: Any, **kwargs: Any) -> bool:
         self.writes.append(("merge_facts", dict(facts)))
         return await super().merge_facts(device_id, facts, **kwargs)
+
+    async def take(self, *args: Any, **kwargs: Any) -> list[Delivery]:
+        self.takes += 1
+        return await super().take(*args, **kwargs)
 
     async def save_session(self, *args: Any, facts: FactsMerge | None = None, **kwargs: Any) -> int:
         self.writes.append(("save_session", dict(facts.facts) if facts is not None else {}))
@@ -194,20 +199,39 @@ async def test_the_nonce_rotation_is_written_with_the_session() -> None:
     assert header_status(await service(post(signed("win-md5", "3", current)))) == "212"
 
 
+async def test_a_check_in_with_nothing_queued_takes_nothing() -> None:
+    """The first read says whether anything waits: a check-in that finds nothing queued
+    and answers nothing makes no take (one store call fewer per check-in), and a command
+    queued afterwards goes out in the next session."""
+    store = WriteLog()
+    await store.upsert_devices([Device("win-dev", "windows")])
+    service = WindowsService(store, dev=True)
+    assert header_status(await service(post(package("win-dev", session_id="1")))) == "200"
+    assert store.takes == 0
+    get = (
+        b"<Get><CmdID>1</CmdID><Item><Target><LocURI>./DevDetail/SwV</LocURI></Target></Item></Get>"
+    )
+    await store.enqueue("c1", "syncml", get, ["win-dev"])
+    reply = syncml.decode((await service(post(package("win-dev", session_id="2")))).body)
+    assert store.takes == 1
+    assert [c.name for c in reply.commands if c.name != "Status"] == ["Get"]
+
+
 class HeldStore(MemoryStore):
-    """Holds the next ``get_device`` once ``gate`` is set, until the gate opens."""
+    """Holds the next message's first read (``message_context``) once ``gate`` is set,
+    until the gate opens."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gate: trio.Event | None = None
         self.entered = trio.Event()
 
-    async def get_device(self, device_id: str) -> Device | None:
+    async def message_context(self, device_id: str, kind: str, key: str) -> MessageContext:
         gate, self.gate = self.gate, None
         if gate is not None:
             self.entered.set()
             await gate.wait()
-        return await super().get_device(device_id)
+        return await super().message_context(device_id, kind, key)
 
 
 async def test_too_many_messages_in_flight_is_429_for_new_sessions(

@@ -464,27 +464,29 @@ class AppleService:
                 return _text(410, "the user channel is not supported")
             identity = self._identity(request)
             fresh = status is CommandStatus.IDLE
-            # A report continues the stored exchange: read with the device, in one go.
-            stored = None
-            if fresh:
-                found = await self.store.get_device(device_id)
-            else:
-                found, stored = await self.store.device_and_session(
-                    device_id, EXCHANGE_KIND, device_id
-                )
-            device = self._authorize(device_id, found, identity)
+            # One read: the device, the exchange a report continues, whether anything waits,
+            # and the delivery the report answers.
+            context = await self.store.message_context(
+                device_id, EXCHANGE_KIND, device_id, command_id=report.command_uuid
+            )
+            stored = None if fresh else context.session
+            device = self._authorize(device_id, context.device, identity)
         except _Refused as refused:
             return refused.response
         await record_check_in(self.store, device, self.clock())
         key = await self._exchange(device_id, stored, fresh=fresh)
         log = {"device": device_id, "status": report.status}
         if status is CommandStatus.IDLE:
-            taken = await self.store.take(
-                device_id, key, 1, max_offers=self.max_offers, delivered_event=True
-            )
+            taken = []
+            if context.offered:  # most Idle check-ins find nothing: no take then
+                taken = await self.store.take(
+                    device_id, key, 1, max_offers=self.max_offers, delivered_event=True
+                )
         else:
             assert report.command_uuid is not None
-            warnings, taken = await self._record(device, report, status, request.body, key)
+            warnings, taken = await self._record(
+                device, report, status, request.body, key, delivery=context.delivery
+            )
             log["schema_warnings"] = _warnings_text(warnings)
         if not taken:
             return Response(200, (), b"", log)
@@ -520,6 +522,8 @@ class AppleService:
         status: CommandStatus,
         raw: bytes,
         exchange: str,
+        *,
+        delivery: Delivery | None,
     ) -> tuple[list[schema.SchemaIssue], list[Delivery]]:
         """Stores the result and the facts it brings, and hands out the next command.
         Returns the report's schema problems (for the command's RequestType, the device's
@@ -531,9 +535,9 @@ class AppleService:
                 device.id, command_id, state, "NotNow", None, exchange=exchange
             )
             return [], taken
-        # The body of the command answered, from the store (whichever node handed it out):
-        # what it asked for tells how to read the answer.
-        delivery = await self.store.get_delivery(device.id, command_id)
+        # The body of the command answered (``delivery``: from the store, read with the
+        # device, whichever node handed it out): what it asked for tells how to read the
+        # answer.
         body = delivery.body if delivery is not None and delivery.state in _ANSWERABLE else None
         command = _command(body)
         request_type = command.get("RequestType")

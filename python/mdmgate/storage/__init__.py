@@ -66,6 +66,7 @@ __all__ = [
     "IssuedCertificate",
     "LeaseStore",
     "LicencesExhausted",
+    "MessageContext",
     "NewEvent",
     "NotificationStore",
     "QueueStore",
@@ -247,6 +248,18 @@ class StoredSession(msgspec.Struct, frozen=True):
     #: Unix time (the wall clock every node shares, not a process's monotonic clock) from
     #: which it is stale: expired once ``expires_at <= now``.
     expires_at: float
+
+
+class MessageContext(msgspec.Struct, frozen=True):
+    """What a device's message needs first (:meth:`SessionStore.message_context`)."""
+
+    device: Device | None
+    session: StoredSession | None
+    #: Whether the device has a delivery ``take`` could hand out, to this session or any
+    #: other: when not, a message that changes nothing in the queue needs no ``take``.
+    offered: bool
+    #: The delivery the message answers, when asked for (``get_delivery``).
+    delivery: Delivery | None = None
 
 
 class FactsMerge(msgspec.Struct, frozen=True):
@@ -602,6 +615,14 @@ class SessionStore(Protocol):
     ) -> tuple[Device | None, StoredSession | None]:
         """``get_device(device_id)`` and ``load_session(kind, key)`` together: a device's
         message needs both first, and a server database answers both in one round trip."""
+        ...
+
+    async def message_context(
+        self, device_id: str, kind: str, key: str, *, command_id: str | None = None
+    ) -> MessageContext:
+        """``device_and_session`` and whether anything is offered to the device, and with
+        ``command_id`` that delivery of the device (``get_delivery``), together: one read
+        (one round trip to a server database) for what a device's message needs first."""
         ...
 
     async def save_session(

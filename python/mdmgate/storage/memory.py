@@ -31,6 +31,7 @@ from mdmgate.storage import (
     Device,
     FactsMerge,
     LicencesExhausted,
+    MessageContext,
     NewEvent,
     RevisionConflict,
     StoredDeclaration,
@@ -105,6 +106,10 @@ class MemoryStore(MemoryEvents, EnrollmentRole):
         self._devices: dict[str, Device] = {}
         self._commands: dict[str, tuple[str, bytes]] = {}
         self._queues: dict[str, dict[str, _Entry]] = {}
+        #: Each device's entries in queue order (as queued: the numbers only grow), and how
+        #: many at its head are answered for good: take starts after those.
+        self._order: dict[str, list[_Entry]] = {}
+        self._settled: dict[str, int] = {}
         self._seq = itertools.count(1)
         #: Each command's place in the queue order and when it was first queued.
         self._command_order: dict[str, tuple[int, float]] = {}
@@ -186,7 +191,8 @@ class MemoryStore(MemoryEvents, EnrollmentRole):
             if command_id in queue:
                 continue
             delivery = Delivery(command_id, device_id, kind, body, DeliveryState.QUEUED)
-            queue[command_id] = _Entry(next(self._seq), delivery)
+            entry = queue[command_id] = _Entry(next(self._seq), delivery)
+            self._order.setdefault(device_id, []).append(entry)
             added += 1
         return added
 
@@ -199,10 +205,15 @@ class MemoryStore(MemoryEvents, EnrollmentRole):
         max_offers: int | None = None,
         delivered_event: bool = False,
     ) -> list[Delivery]:
-        entries = sorted(self._queues.get(device_id, {}).values(), key=lambda e: e.seq)
+        entries = self._order.get(device_id, [])
+        start = self._settled.get(device_id, 0)
+        while start < len(entries) and entries[start].delivery.state.final:
+            start += 1  # a final answer stays final
+        self._settled[device_id] = start
         taken: list[Delivery] = []
         failed: list[Delivery] = []
-        for entry in entries:
+        for index in range(start, len(entries)):
+            entry = entries[index]
             if len(taken) >= limit:
                 break
             d = entry.delivery
@@ -584,6 +595,22 @@ class MemoryStore(MemoryEvents, EnrollmentRole):
         self, device_id: str, kind: str, key: str
     ) -> tuple[Device | None, StoredSession | None]:
         return await self.get_device(device_id), self._live_session(kind, key)
+
+    async def message_context(
+        self, device_id: str, kind: str, key: str, *, command_id: str | None = None
+    ) -> MessageContext:
+        entries = self._order.get(device_id, [])
+        offered = any(
+            entries[i].delivery.state in _OFFERED
+            for i in range(self._settled.get(device_id, 0), len(entries))
+        )
+        entry = None if command_id is None else self._queues.get(device_id, {}).get(command_id)
+        return MessageContext(
+            self._devices.get(device_id),
+            self._live_session(kind, key),
+            offered,
+            None if entry is None else entry.delivery,
+        )
 
     async def save_session(
         self,

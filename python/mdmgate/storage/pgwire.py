@@ -443,7 +443,9 @@ class Connection:
         If one fails, none takes effect and its error is raised; the connection stays usable.
         Inside :meth:`transaction` they join the open transaction instead.
         """
-        if self._in_tx:
+        if self._in_tx or (len(statements) == 1 and isolation is None):
+            # One statement alone is a transaction of its own: BEGIN and COMMIT around it
+            # would cost the server two more statements for nothing.
             return await self._execute(statements)
         wrapped = [(_begin_sql(isolation), ()), *statements, ("COMMIT", ())]
         try:

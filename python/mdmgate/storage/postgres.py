@@ -74,6 +74,7 @@ from mdmgate.storage import (
     Device,
     FactsMerge,
     LicencesExhausted,
+    MessageContext,
     NewEvent,
     RevisionConflict,
     StoredDeclaration,
@@ -148,6 +149,19 @@ _DEVICE_AND_SESSION = (
     "SELECT (SELECT row_to_json(d)::text FROM devices d WHERE id = $1),"
     " s.state, s.rev, s.expires_at FROM (SELECT) AS one LEFT JOIN sessions s"
     " ON s.kind = $2 AND s.key = $3 AND s.expires_at >= $4"
+)
+
+#: The same, whether anything is offered to the device (as HAS_OFFERED), and the delivery
+#: $5 (none when NULL; as get_delivery).
+_MESSAGE_CONTEXT = (
+    "SELECT (SELECT row_to_json(d)::text FROM devices d WHERE id = $1),"
+    f" s.state, s.rev, s.expires_at, {sql.first_offered()},"
+    " a.kind, a.body, a.state, a.session, a.status, a.result, a.offers"
+    " FROM (SELECT) AS one LEFT JOIN sessions s"
+    " ON s.kind = $2 AND s.key = $3 AND s.expires_at >= $4"
+    " LEFT JOIN LATERAL (SELECT c.kind, c.body, d.state, d.session, d.status, d.result,"
+    " d.offers FROM deliveries d JOIN commands c ON c.id = d.command_id"
+    " WHERE d.command_id = $5 AND d.device_id = $1) AS a ON true"
 )
 
 
@@ -818,6 +832,21 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
         if state is not None:
             session = StoredSession(cast(bytes, state), cast(int, rev), cast(float, expires_at))
         return (None if device is None else _DEVICE.decode(cast(str, device))), session
+
+    async def message_context(
+        self, device_id: str, kind: str, key: str, *, command_id: str | None = None
+    ) -> MessageContext:
+        rows = await self._fetch(_MESSAGE_CONTEXT, device_id, kind, key, time.time(), command_id)
+        device, state, rev, expires_at, offered, command_kind, body, *delivery = rows[0]
+        session = None
+        if state is not None:
+            session = StoredSession(cast(bytes, state), cast(int, rev), cast(float, expires_at))
+        answered = None
+        if command_id is not None and command_kind is not None:
+            kind_text, body_bytes = cast(str, command_kind), cast(bytes, body)
+            answered = _delivery(command_id, device_id, kind_text, body_bytes, tuple(delivery))
+        found = None if device is None else _DEVICE.decode(cast(str, device))
+        return MessageContext(found, session, bool(offered), answered)
 
     async def save_session(
         self,

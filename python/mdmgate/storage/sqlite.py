@@ -60,6 +60,7 @@ from mdmgate.storage import (
     Device,
     FactsMerge,
     LicencesExhausted,
+    MessageContext,
     NewEvent,
     RevisionConflict,
     StoredDeclaration,
@@ -589,6 +590,7 @@ def _read_declarations(
     return found
 
 
+_ANY_OFFERED = f"SELECT 1 FROM deliveries WHERE device_id = ? AND state IN {_OFFERED} LIMIT 1"
 _HAS_OFFER = (
     f"SELECT 1 FROM deliveries WHERE device_id = ? AND state IN {_OFFERED}"
     " AND NOT (state IN ('sent', 'not_now') AND session IS ?) LIMIT 1"
@@ -701,6 +703,15 @@ _SELECT_DELIVERY = (
     "SELECT c.kind, c.body, d.state, d.session, d.result, d.status, d.offers FROM deliveries d"
     " JOIN commands c ON c.id = d.command_id WHERE d.command_id = ? AND d.device_id = ?"
 )
+
+
+def _read_delivery(db: sqlite3.Connection, device_id: str, command_id: str) -> Delivery | None:
+    r = db.execute(_SELECT_DELIVERY, (command_id, device_id)).fetchone()
+    if r is None:
+        return None
+    state, session, result = DeliveryState(r[2]), r[3], r[4]
+    result = None if result is None else bytes(result)
+    return Delivery(command_id, device_id, r[0], bytes(r[1]), state, session, result, r[5], r[6])
 
 
 def _has_offer(db: sqlite3.Connection, device_id: str, session: str) -> bool:
@@ -1068,17 +1079,7 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
         return await self._run(read)
 
     async def get_delivery(self, device_id: str, command_id: str) -> Delivery | None:
-        def read(db: sqlite3.Connection) -> Delivery | None:
-            r = db.execute(_SELECT_DELIVERY, (command_id, device_id)).fetchone()
-            if r is None:
-                return None
-            state, session, result = DeliveryState(r[2]), r[3], r[4]
-            result = None if result is None else bytes(result)
-            return Delivery(
-                command_id, device_id, r[0], bytes(r[1]), state, session, result, r[5], r[6]
-            )
-
-        return await self._read_inline(read)
+        return await self._read_inline(lambda db: _read_delivery(db, device_id, command_id))
 
     async def set_auth(
         self, device_id: str, auth: Mapping[str, Any], *, events: Sequence[NewEvent] = ()
@@ -1444,6 +1445,18 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
         def read(db: sqlite3.Connection) -> tuple[Device | None, StoredSession | None]:
             row = db.execute(_SELECT_DEVICE, (device_id,)).fetchone()
             return None if row is None else _device(row), _load_session(db, kind, key)
+
+        return await self._read_inline(read)
+
+    async def message_context(
+        self, device_id: str, kind: str, key: str, *, command_id: str | None = None
+    ) -> MessageContext:
+        def read(db: sqlite3.Connection) -> MessageContext:
+            row = db.execute(_SELECT_DEVICE, (device_id,)).fetchone()
+            offered = db.execute(_ANY_OFFERED, (device_id,)).fetchone() is not None
+            device = None if row is None else _device(row)
+            delivery = None if command_id is None else _read_delivery(db, device_id, command_id)
+            return MessageContext(device, _load_session(db, kind, key), offered, delivery)
 
         return await self._read_inline(read)
 

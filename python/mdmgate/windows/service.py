@@ -173,6 +173,11 @@ class _Live:
     refused: list[Outgoing] = field(default_factory=list)
     #: The device asked to be unenrolled in this session: nothing more is handed out.
     unenrolled: bool = False
+    #: Whether the device had anything offered when the message came, and whether handling
+    #: it wrote what could change that (an answer, an install's outcome): when neither,
+    #: there is nothing to take.
+    offered: bool = True
+    answered: bool = False
     #: Facts this message rotated (nonces; no index reads them), written with the session
     #: (one write per message), or on their own when the message ends without a save.
     bookkeeping: dict[str, Any] = field(default_factory=dict)
@@ -345,7 +350,8 @@ class WindowsService:
                 self._next_sweep = now + min(60.0, self.session_ttl)
                 await self.store.expire_sessions(now)
             async with self._turn(name):
-                device, stored = await self.store.device_and_session(device_id, SESSION_KIND, name)
+                context = await self.store.message_context(device_id, SESSION_KIND, name)
+                device, stored = context.device, context.session
                 # SessionIDs are unique only among live sessions: a message that opens a
                 # session (MsgID 1, Alert 1200/1201) starts a new one, which replaces a stale
                 # one holding the same SessionID once it authenticates.
@@ -360,6 +366,7 @@ class WindowsService:
                         )
                     live = _Live(self._new_session(message), name, os.urandom(16).hex())
                     live.stale_rev = stored.rev if stored is not None else None
+                live.offered = context.offered
                 try:
                     response = await self._exchange(
                         live, message, request, wbxml, content_type, device=device
@@ -495,7 +502,12 @@ class WindowsService:
         if live.refused:
             self._offer_refused(device, live)
         more = False
-        if message.final and session.pending < self.batch and not live.unenrolled:
+        if (
+            message.final
+            and session.pending < self.batch
+            and not live.unenrolled
+            and (live.offered or live.answered)
+        ):
             taken = await self.store.take(
                 device_id, live.key, self.batch, max_offers=self.max_offers, delivered_event=True
             )
@@ -670,12 +682,14 @@ class WindowsService:
         elif isinstance(event, DeviceAlert):
             result = apps.parse_app_alert(event.code, event.items)
             if result is not None:
+                live.answered = True
                 await self._complete_from_alert(device, result)
         elif isinstance(event, CommandAnswered) and live.refusing:
             # Refused because the gateway had not authenticated: not run, no answer.
             body = live.bodies.pop(event.command_id, b"")
             live.refused.append(Outgoing(event.command_id, body))
         elif isinstance(event, CommandAnswered):
+            live.answered = True
             await self._record_answer(device, event, live.bodies.pop(event.command_id, b""))
         elif isinstance(event, DeviceCommand) and event.command.name in ("Add", "Replace"):
             await self._store_nodes(device, event.command)
