@@ -19,7 +19,7 @@ result (a durable write), takes the next command from the queue (another) and an
 (a 656-byte ``DeviceInformation``). The client takes the CommandUUID from the answer with a
 regex and builds the next request before starting the clock. Each device's queue is filled in
 the server process before it reports its port, ``--commands`` per device (by default enough for
-6,000 exchanges/s over the warm-up and the timed window); a device whose queue runs dry voids
+10,000 exchanges/s over the warm-up and the timed window); a device whose queue runs dry voids
 the row (raise ``--commands``). Commands are queued to the whole fleet at once (one command id,
 one delivery per device), as an admin does through the API.
 
@@ -160,7 +160,7 @@ QUERIES = {
 #: The answer's CommandUUID (the bodies are the gateway's own plists, as plist.dumps writes).
 COMMAND_UUID = re.compile(rb"<key>CommandUUID</key>\s*<string>([^<]+)</string>")
 #: Exchanges per second the default --commands provides for (with room to spare).
-PROVISIONED_RATE = 6000
+PROVISIONED_RATE = 10000
 VERIFY_EXCHANGES = 3
 PUSH_WARMUP = 200
 PUSH_TOKENS = 1000
@@ -861,7 +861,7 @@ def main() -> int:
         "--connections", type=int, default=16, help="keep-alive connections, one device each (16)"
     )
     parser.add_argument(
-        "--commands", type=int, help="commands queued per device (enough for 6,000/s)"
+        "--commands", type=int, help="commands queued per device (enough for 10,000/s)"
     )
     parser.add_argument("--pushes", type=int, help="pushes timed per round (10,000)")
     parser.add_argument(

@@ -530,7 +530,9 @@ class WindowsService:
         saved = await (self._drop(live) if reply.ended else self._save(device_id, live))
         if not saved:
             # Another node answered this very message first (the device, or a balancer,
-            # sent it twice): that answer stands, and this one is a replay's.
+            # sent it twice): that answer stands, and this one is a replay's (its nonces
+            # too: the device gets the other node's).
+            live.bookkeeping.clear()
             _log.info(
                 "Windows device %r: message %s of session %r answered elsewhere meanwhile",
                 device_id,
