@@ -607,7 +607,9 @@ class _Answer(NamedTuple):
     result: bytes | None
     events: list[EncodedEvent]
 
-    def record(self, db: sqlite3.Connection) -> bool:
+    def record(self, db: sqlite3.Connection, *, report: bool = True) -> bool:
+        """Stores the answer; with ``report``, appends its events too (else the caller
+        does, with its own: one INSERT for all)."""
         with _transaction(db):
             # NotNow is an answer: the offer count starts again.
             state = self.state.value
@@ -625,7 +627,7 @@ class _Answer(NamedTuple):
                     self.device_id,
                 ),
             )
-            if cursor.rowcount > 0:
+            if report and cursor.rowcount > 0:
                 append(db, self.events)
         return cursor.rowcount > 0
 
@@ -638,10 +640,12 @@ def _take(
     *,
     max_offers: int | None,
     delivered_event: bool,
+    reported_first: Sequence[EncodedEvent] = (),
 ) -> list[Delivery]:
-    """Hands out the device's next deliveries for ``session`` (:meth:`Store.take`)."""
+    """Hands out the device's next deliveries for ``session`` (:meth:`Store.take`);
+    ``reported_first``: events to append before its own, in the same INSERT."""
     now = time.time()
-    reported: list[EncodedEvent] = []
+    reported: list[EncodedEvent] = list(reported_first)
     with _transaction(db):
         if max_offers is not None:
             # Given up: offered max_offers times and never answered.
@@ -692,7 +696,7 @@ def _take(
                 )
                 for r in rows
             ]
-            append(db, reported)
+        append(db, reported)
     return [
         Delivery(r[1], device_id, r[2], bytes(r[3]), DeliveryState.SENT, session, offers=r[4] + 1)
         for r in rows
@@ -999,15 +1003,12 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
         delivered_event: bool = False,
     ) -> tuple[bool, list[Delivery]]:
         answer = _Answer(device_id, command_id, state, status, result, checked_events(events))
-        # A NotNow may make its own command offered again: the answer first, then the look.
-        if state is not DeliveryState.NOT_NOW and not await self._read_inline(
-            lambda db: _has_offer(db, device_id, session)
-        ):
-            return await self._run(answer.record, point=True), []
 
+        # No probe first (take's has one): a device that answers has usually more queued,
+        # and the probe cost every answer what it saved the last.
         def write(db: sqlite3.Connection) -> tuple[bool, list[Delivery]]:
             with _transaction(db):
-                recorded = answer.record(db)
+                recorded = answer.record(db, report=False)
                 return recorded, _take(
                     db,
                     device_id,
@@ -1015,6 +1016,7 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
                     limit,
                     max_offers=max_offers,
                     delivered_event=delivered_event,
+                    reported_first=answer.events if recorded else (),
                 )
 
         return await self._run(write, point=limit <= INLINE_READ_MAX)
