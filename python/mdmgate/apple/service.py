@@ -474,16 +474,14 @@ class AppleService:
         except _Refused as refused:
             return refused.response
         await record_check_in(self.store, device, self.clock())
-        log = {"device": device_id, "status": report.status}
-        if fresh and not context.offered:
-            # Most Idle check-ins find nothing waiting: no exchange to open (no write), no
-            # take. (A delivery the device deferred counts as waiting.)
-            return Response(200, (), b"", log)
         key = await self._exchange(device_id, stored, fresh=fresh)
+        log = {"device": device_id, "status": report.status}
         if status is CommandStatus.IDLE:
-            taken = await self.store.take(
-                device_id, key, 1, max_offers=self.max_offers, delivered_event=True
-            )
+            taken = []
+            if context.offered:  # most Idle check-ins find nothing: no take then
+                taken = await self.store.take(
+                    device_id, key, 1, max_offers=self.max_offers, delivered_event=True
+                )
         else:
             assert report.command_uuid is not None
             warnings, taken = await self._record(
