@@ -144,25 +144,46 @@ _NOTIFICATION = msgspec.json.Decoder(Notification)
 _EXHAUSTED = offers_exhausted(1_234_567).split("1234567")
 
 
-#: One row: the device ($1) as JSON, or NULL; its session ($2, $3) live at $4, or NULLs.
-_DEVICE_AND_SESSION = (
-    "SELECT (SELECT row_to_json(d)::text FROM devices d WHERE id = $1),"
-    " s.state, s.rev, s.expires_at FROM (SELECT) AS one LEFT JOIN sessions s"
+_DEVICE_SESSION_COLUMNS = (
+    "(SELECT row_to_json(d)::text FROM devices d WHERE id = $1), s.state, s.rev, s.expires_at"
+)
+_SESSION_JOIN = (
+    " FROM (SELECT) AS one LEFT JOIN sessions s"
     " ON s.kind = $2 AND s.key = $3 AND s.expires_at >= $4"
 )
-
+#: One row: the device ($1) as JSON, or NULL; its session ($2, $3) live at $4, or NULLs.
+_DEVICE_AND_SESSION = f"SELECT {_DEVICE_SESSION_COLUMNS}{_SESSION_JOIN}"
 #: The same, whether anything is offered to the device (as HAS_OFFERED), and the delivery
 #: $5 (none when NULL; as get_delivery).
 _MESSAGE_CONTEXT = (
-    "SELECT (SELECT row_to_json(d)::text FROM devices d WHERE id = $1),"
-    f" s.state, s.rev, s.expires_at, {sql.first_offered()},"
+    f"SELECT {_DEVICE_SESSION_COLUMNS}, {sql.first_offered()},"
     " a.kind, a.body, a.state, a.session, a.status, a.result, a.offers"
-    " FROM (SELECT) AS one LEFT JOIN sessions s"
-    " ON s.kind = $2 AND s.key = $3 AND s.expires_at >= $4"
-    " LEFT JOIN LATERAL (SELECT c.kind, c.body, d.state, d.session, d.status, d.result,"
+    + _SESSION_JOIN
+    + " LEFT JOIN LATERAL (SELECT c.kind, c.body, d.state, d.session, d.status, d.result,"
     " d.offers FROM deliveries d JOIN commands c ON c.id = d.command_id"
     " WHERE d.command_id = $5 AND d.device_id = $1) AS a ON true"
 )
+
+
+def _merged_facts(first: int) -> str:
+    """The SET of a facts merge: the members of ``$first`` set, the keys of ``$first+1``
+    removed (their values, from :func:`_facts_patch`)."""
+    return f"facts = (facts || ${first}::jsonb) - ${first + 1}::text[]"
+
+
+def _facts_patch(facts: Mapping[str, Any]) -> tuple[str, str]:
+    """A merge's two parameters: the facts to set, the keys to remove (set to None)."""
+    kept = {k: v for k, v in facts.items() if v is not None}
+    return _json(kept), text_array(k for k, v in facts.items() if v is None)
+
+
+def _device_session(row: Row) -> tuple[Device | None, StoredSession | None]:
+    """The device and session of a row that starts with _DEVICE_SESSION_COLUMNS."""
+    device, state, rev, expires_at = row[:4]
+    session = None
+    if state is not None:
+        session = StoredSession(cast(bytes, state), cast(int, rev), cast(float, expires_at))
+    return (None if device is None else _DEVICE.decode(cast(str, device))), session
 
 
 def _json(value: object) -> str:
@@ -408,13 +429,8 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
         events: Sequence[NewEvent] = (),
     ) -> bool:
         appended = append(checked_events(events))
-        kept = {k: v for k, v in facts.items() if v is not None}
-        dropped = [k for k, v in facts.items() if v is None]
-        write = (
-            "UPDATE devices SET facts = (facts || $2::jsonb) - $3::text[] WHERE id = $1"
-            " RETURNING id AS key"
-        )
-        params = (device_id, _json(kept), text_array(dropped))
+        write = f"UPDATE devices SET {_merged_facts(2)} WHERE id = $1 RETURNING id AS key"
+        params = (device_id, *_facts_patch(facts))
         change = (logged(write, "device") if feed else write, params)
         if appended:
             return await self._reported([(REFUSE_UNKNOWN_DEVICE, (device_id,)), change, *appended])
@@ -827,26 +843,19 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
         self, device_id: str, kind: str, key: str
     ) -> tuple[Device | None, StoredSession | None]:
         rows = await self._fetch(_DEVICE_AND_SESSION, device_id, kind, key, time.time())
-        device, state, rev, expires_at = rows[0]
-        session = None
-        if state is not None:
-            session = StoredSession(cast(bytes, state), cast(int, rev), cast(float, expires_at))
-        return (None if device is None else _DEVICE.decode(cast(str, device))), session
+        return _device_session(rows[0])
 
     async def message_context(
         self, device_id: str, kind: str, key: str, *, command_id: str | None = None
     ) -> MessageContext:
         rows = await self._fetch(_MESSAGE_CONTEXT, device_id, kind, key, time.time(), command_id)
-        device, state, rev, expires_at, offered, command_kind, body, *delivery = rows[0]
-        session = None
-        if state is not None:
-            session = StoredSession(cast(bytes, state), cast(int, rev), cast(float, expires_at))
+        device, session = _device_session(rows[0])
+        offered, command_kind, body, *delivery = rows[0][4:]
         answered = None
         if command_id is not None and command_kind is not None:
             kind_text, body_bytes = cast(str, command_kind), cast(bytes, body)
             answered = _delivery(command_id, device_id, kind_text, body_bytes, tuple(delivery))
-        found = None if device is None else _DEVICE.decode(cast(str, device))
-        return MessageContext(found, session, bool(offered), answered)
+        return MessageContext(device, session, bool(offered), answered)
 
     async def save_session(
         self,
@@ -878,14 +887,11 @@ class PostgresStore(PostgresEvents, PostgresEnrollment):
             # WITH runs whatever reads it), one round trip for both.
             n = len(params)
             query = (
-                f"WITH saved AS ({query}), merged AS (UPDATE devices"
-                f" SET facts = (facts || ${n + 2}::jsonb) - ${n + 3}::text[]"
+                f"WITH saved AS ({query}), merged AS (UPDATE devices SET {_merged_facts(n + 2)}"
                 f" WHERE id = ${n + 1} AND EXISTS (SELECT FROM saved))"
                 " SELECT rev FROM saved"
             )
-            kept = {k: v for k, v in facts.facts.items() if v is not None}
-            dropped = [k for k, v in facts.facts.items() if v is None]
-            params = (*params, facts.device_id, _json(kept), text_array(dropped))
+            params = (*params, facts.device_id, *_facts_patch(facts.facts))
         rev = await self._fetchval(query, *params)
         if rev is None:
             where = "kind = $1 AND key = $2 AND expires_at >= $3"
