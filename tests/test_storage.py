@@ -195,6 +195,37 @@ async def test_sqlite_groups_concurrent_writes_into_one_commit(tmp_path: Path) -
     await store.aclose()
 
 
+async def test_sqlite_a_one_statement_write_that_fails_is_undone_alone(tmp_path: Path) -> None:
+    # Such writes take no savepoint: SQLite undoes the failed statement, and the group's
+    # other writes, with savepoints or without, still commit together.
+    store = await SQLiteStore.open(tmp_path / "alone.db")
+    await store.upsert_devices([Device(f"d{i}", "windows") for i in range(12)])
+    store._db.execute("UPDATE devices SET facts = 'not JSON' WHERE id IN ('d2', 'd3')")
+    commits: list[str] = []
+    store._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    failed: list[int] = []
+
+    async def merge(i: int) -> None:
+        try:
+            # Even numbers: one statement; odd: with the change feed's row, a savepoint.
+            await store.merge_facts(f"d{i}", {"n": i}, feed=i % 2 == 1)
+        except sqlite3.Error:
+            failed.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(12):
+            nursery.start_soon(merge, i)
+        nursery.start_soon(lambda: store.merge_facts("d4", {"m": 1}, feed=False))
+    store._db.set_trace_callback(None)
+    assert sorted(failed) == [2, 3]
+    assert 1 <= len(commits) < 13
+    for i in set(range(12)) - {2, 3}:
+        device = await store.get_device(f"d{i}")
+        assert device is not None
+        assert device.facts == ({"n": i, "m": 1} if i == 4 else {"n": i})
+    await store.aclose()
+
+
 async def test_set_auth_and_cancel_open(store: Store) -> None:
     assert await store.set_auth("dev-2", {"method": "certificate", "sha256": "ab"})
     device = await store.get_device("dev-2")

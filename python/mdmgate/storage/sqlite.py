@@ -256,12 +256,17 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 class _Job:
     """One call waiting for the writer: its function, and then its outcome."""
 
-    __slots__ = ("error", "fn", "point", "result", "task")
+    __slots__ = ("atomic", "error", "fn", "point", "result", "task")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], point: bool) -> None:
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], point: bool, atomic: bool = False
+    ) -> None:
         self.fn = fn
         #: A point write (a few rows by key): may run on the Trio thread.
         self.point = point
+        #: Writes with one statement at most, and raises only before it or when it failed:
+        #: SQLite undoes a failed statement by itself, so the step needs no savepoint.
+        self.atomic = atomic
         self.result: Any = None
         self.error: BaseException | None = None
         #: The caller, woken once the job's group is committed; None once it stopped waiting.
@@ -294,6 +299,17 @@ def _run_steps(db: _Connection, jobs: list[_Job]) -> None:
     # _transaction's work, spelled out: this runs for every write of every caller.
     execute = db.execute
     for job in jobs:
+        if job.atomic:
+            db.savepoints = 1
+            try:
+                job.result = job.fn(db)
+            except BaseException as exc:
+                if not isinstance(exc, Exception) or not db.in_transaction:
+                    raise  # an error that ended the transaction fails the whole group
+                job.error = exc
+            finally:
+                db.savepoints = 0
+            continue
         execute("SAVEPOINT step")
         db.savepoints = 1
         try:
@@ -505,7 +521,12 @@ def _facts_merge(facts: Mapping[str, Any]) -> tuple[str, str]:
     document at the next merge)."""
     removed = json.dumps(dict.fromkeys(facts))
     kept = {k: v for k, v in facts.items() if v is not None}
-    return removed, json.dumps(kept, allow_nan=False)[1:-1]
+    return removed, _STRICT_JSON.encode(kept)[1:-1]
+
+
+#: json.dumps(allow_nan=False) without building an encoder per call (every device message
+#: merges facts); the same text as json.dumps otherwise.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
 
 
 def _load_session(db: sqlite3.Connection, kind: str, key: str) -> StoredSession | None:
@@ -590,7 +611,20 @@ def _read_declarations(
     return found
 
 
-_ANY_OFFERED = f"SELECT 1 FROM deliveries WHERE device_id = ? AND state IN {_OFFERED} LIMIT 1"
+#: message_context's read in one statement (in autocommit, each statement is a read
+#: transaction of its own, about as costly here as a point read): the device's columns, its
+#: live session's, whether anything is offered, and the delivery of command ?5 (NULL: none)
+#: with _SELECT_DELIVERY's columns.
+_MESSAGE_CONTEXT = (
+    "SELECT d.id, d.platform, d.org, d.os_version, d.supervised, d.auth, d.facts,"
+    " s.state, s.rev, s.expires_at,"
+    f" (SELECT 1 FROM deliveries WHERE device_id = ?1 AND state IN {_OFFERED} LIMIT 1),"
+    " c.kind, c.body, x.state, x.session, x.result, x.status, x.offers"
+    " FROM (SELECT 1) LEFT JOIN devices d ON d.id = ?1"
+    " LEFT JOIN sessions s ON s.kind = ?2 AND s.key = ?3 AND s.expires_at > ?4"
+    " LEFT JOIN (deliveries x JOIN commands c ON c.id = x.command_id)"
+    " ON x.command_id = ?5 AND x.device_id = ?1"
+)
 _HAS_OFFER = (
     f"SELECT 1 FROM deliveries WHERE device_id = ? AND state IN {_OFFERED}"
     " AND NOT (state IN ('sent', 'not_now') AND session IS ?) LIMIT 1"
@@ -711,8 +745,11 @@ _SELECT_DELIVERY = (
 
 def _read_delivery(db: sqlite3.Connection, device_id: str, command_id: str) -> Delivery | None:
     r = db.execute(_SELECT_DELIVERY, (command_id, device_id)).fetchone()
-    if r is None:
-        return None
+    return None if r is None else _delivery(device_id, command_id, r)
+
+
+def _delivery(device_id: str, command_id: str, r: Sequence[Any]) -> Delivery:
+    """A delivery from ``_SELECT_DELIVERY``'s columns."""
     state, session, result = DeliveryState(r[2]), r[3], r[4]
     result = None if result is None else bytes(result)
     return Delivery(command_id, device_id, r[0], bytes(r[1]), state, session, result, r[5], r[6])
@@ -793,14 +830,17 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
                 raise
         return await self._run(fn)
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, point: bool = False) -> T:
+    async def _run(
+        self, fn: Callable[[sqlite3.Connection], T], *, point: bool = False, atomic: bool = False
+    ) -> T:
         """``fn`` on the writer connection, grouped with the calls that arrive while the
         previous group commits (group commit: one thread round trip and one fsync for all of
         them). Returns once ``fn``'s transaction is committed. ``point``: ``fn`` touches a
-        few rows by key, so it may run on the Trio thread (see :meth:`_writer`)."""
+        few rows by key, so it may run on the Trio thread (see :meth:`_writer`); ``atomic``:
+        as :attr:`_Job.atomic`."""
         if self._closing:
             raise StoreError("the SQLite store is closed")
-        job = _Job(fn, point)
+        job = _Job(fn, point, atomic)
         self._queue.append(job)
         self._wake_writer()
 
@@ -1182,7 +1222,7 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
                 append(db, appended)
             return True
 
-        return await self._run(write, point=True)
+        return await self._run(write, point=True, atomic=not feed and not appended)
 
     async def update_device(
         self, device_id: str, fields: Mapping[str, Any], *, events: Sequence[NewEvent] = ()
@@ -1454,11 +1494,14 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
         self, device_id: str, kind: str, key: str, *, command_id: str | None = None
     ) -> MessageContext:
         def read(db: sqlite3.Connection) -> MessageContext:
-            row = db.execute(_SELECT_DEVICE, (device_id,)).fetchone()
-            offered = db.execute(_ANY_OFFERED, (device_id,)).fetchone() is not None
-            device = None if row is None else _device(row)
-            delivery = None if command_id is None else _read_delivery(db, device_id, command_id)
-            return MessageContext(device, _load_session(db, kind, key), offered, delivery)
+            params = (device_id, kind, key, time.time(), command_id)
+            row = db.execute(_MESSAGE_CONTEXT, params).fetchone()
+            device = None if row[0] is None else _device(row)
+            session = None if row[7] is None else StoredSession(bytes(row[7]), row[8], row[9])
+            delivery = None
+            if command_id is not None and row[11] is not None:
+                delivery = _delivery(device_id, command_id, row[11:])
+            return MessageContext(device, session, row[10] is not None, delivery)
 
         return await self._read_inline(read)
 
@@ -1506,7 +1549,7 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
                     )
                 return expected_rev + 1
 
-        return await self._run(write, point=True)
+        return await self._run(write, point=True, atomic=merge is None)
 
     async def drop_session(self, kind: str, key: str, *, expected_rev: int | None = None) -> bool:
         def write(db: sqlite3.Connection) -> bool:
@@ -1518,7 +1561,7 @@ class SQLiteStore(SQLiteEvents, SQLiteEnrollment):
                 )
             return cursor.rowcount > 0
 
-        return await self._run(write, point=True)
+        return await self._run(write, point=True, atomic=True)
 
     async def expire_sessions(self, now: float) -> int:
         def write(db: sqlite3.Connection) -> int:
