@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from mdmgate import syncml
 from mdmgate.events import FACT_LAST_SEEN
@@ -324,3 +325,44 @@ async def test_windows_app_refusals_name_the_field(store: MemoryStore) -> None:
     )
     assert status == 422
     assert error["field"] == "$.windows_app"
+
+
+async def test_the_messages_of_one_session_take_turns() -> None:
+    """One message of a session at a time, in order of arrival; one that stops waiting
+    (cancelled) neither takes nor skips anyone's turn, and nothing stays behind."""
+    service = WindowsService(MemoryStore())
+    entered: list[int] = []
+    inside = most = 0
+    release = {i: trio.Event() for i in range(1, 5)}
+
+    async def message(i: int, scope: trio.CancelScope | None = None) -> None:
+        nonlocal inside, most
+        with scope or trio.CancelScope():
+            async with service._turn("dev/1"):
+                entered.append(i)
+                inside += 1
+                most = max(most, inside)
+                await release[i].wait()
+                inside -= 1
+
+    waiter = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(message, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(message, 2)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(message, 3, waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(message, 4)
+        await trio.testing.wait_all_tasks_blocked()
+        waiter.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert entered == [1]
+        async with service._turn("dev/2"):  # another session is not held up
+            pass
+        for i in (1, 2, 4):
+            release[i].set()
+            await trio.testing.wait_all_tasks_blocked()
+    assert entered == [1, 2, 4]
+    assert most == 1
+    assert service._locks == {}

@@ -218,16 +218,22 @@ class _Live:
         )
 
 
-@dataclass
 class _KeyLock:
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    users: int = 0
+    """A session's turn: ``users`` counts its holder and those waiting for it. The holder
+    holds no object: a semaphore is made only when a second message of the session comes
+    meanwhile (rare), and hands the turn to the next waiter in order."""
+
+    __slots__ = ("handoff", "users")
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.handoff: trio.Semaphore | None = None
 
 
 class _Turn:
-    """Holds a session's lock for one message. Written out rather than with
-    ``asynccontextmanager``, and without a checkpoint when the lock is free (nearly always):
-    both showed up in a check-in's profile."""
+    """Holds a session's turn for one message. Written out rather than with
+    ``asynccontextmanager``, and without a checkpoint or a lock object when nobody else
+    holds it (nearly always): all three showed up in a check-in's profile."""
 
     __slots__ = ("_entry", "_locks", "_name")
 
@@ -237,24 +243,30 @@ class _Turn:
     async def __aenter__(self) -> None:
         entry = self._entry
         entry.users += 1
+        if entry.users == 1:
+            return
+        if entry.handoff is None:
+            entry.handoff = trio.Semaphore(0)
         try:
-            entry.lock.acquire_nowait()
-        except trio.WouldBlock:
-            try:
-                await entry.lock.acquire()
-            except BaseException:
-                self._leave()
-                raise
+            await entry.handoff.acquire()
+        except BaseException:  # cancelled while waiting: the holder still holds it
+            self._uncount()
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
-        self._entry.lock.release()
-        self._leave()
+        if self._uncount():
+            # Someone waits (or is about to): the turn is theirs, in order of arrival.
+            assert self._entry.handoff is not None
+            self._entry.handoff.release()
 
-    def _leave(self) -> None:
+    def _uncount(self) -> bool:
+        """Counts this message out; whether others are still counted."""
         entry = self._entry
         entry.users -= 1
         if not entry.users:
             del self._locks[self._name]
+            return False
+        return True
 
 
 #: Default cap on how often a delivery is handed out without any answer before it ends

@@ -753,7 +753,7 @@ class Session:
         if collected.failed is not None:
             return collected.failed
         if collected.items:
-            info = _devinfo(collected.items)
+            info, _ = _split_devinfo(collected.items)
             if part is not None:
                 results = self._progress.answers[part.command_id].results
                 results.extend(_item_state(i) for i in collected.items)
@@ -781,10 +781,10 @@ class Session:
         if command.name in ("Replace", "Add"):
             # Package 1 of real devices mixes ./DevInfo/* with other nodes (a Dell laptop
             # sends DMClient/HWDevID in the same Replace): report both.
-            info = _devinfo(items)
+            info, rest = _split_devinfo(items)
             if info:
                 events.append(DeviceInfo(info))
-                items = [i for i in items if not _is_devinfo(i)]
+                items = rest
                 if not items:
                     return OK
         whole = command if _same_items(items, command.items) else _with_items(command, items)
@@ -1358,17 +1358,19 @@ def _assembled(obj: _LargeObject) -> Item:
     )
 
 
-def _is_devinfo(item: Item) -> bool:
-    loc = _loc(item)
-    return loc.startswith(_DEVINFO) and len(loc) > len(_DEVINFO)
-
-
-def _devinfo(items: list[Item]) -> dict[str, str]:
+def _split_devinfo(items: list[Item]) -> tuple[dict[str, str], list[Item]]:
+    """The ``./DevInfo`` leaves among ``items`` by name, and the other items; one pass (every
+    package 1 carries some, and each item's LocURI is a call into the codec's object)."""
     values: dict[str, str] = {}
+    rest: list[Item] = []
+    cut = len(_DEVINFO)
     for item in items:
-        if _is_devinfo(item):
-            values[_loc(item)[len(_DEVINFO) :]] = _text(item.data) or ""
-    return values
+        loc = item.source or item.target or ""
+        if len(loc) > cut and loc.startswith(_DEVINFO):
+            values[loc[cut:]] = _text(item.data) or ""
+        else:
+            rest.append(item)
+    return values, rest
 
 
 def _same_items(a: list[Item], b: list[Item]) -> bool:
