@@ -611,15 +611,16 @@ def _read_declarations(
     return found
 
 
+#: What _delivery() reads: deliveries as x, joined to their commands as c.
+_DELIVERY_COLUMNS = "c.kind, c.body, x.state, x.session, x.result, x.status, x.offers"
 #: message_context's read in one statement (in autocommit, each statement is a read
 #: transaction of its own, about as costly here as a point read): the device's columns, its
-#: live session's, whether anything is offered, and the delivery of command ?5 (NULL: none)
-#: with _SELECT_DELIVERY's columns.
+#: live session's, whether anything is offered, and the delivery of command ?5 (NULL: none).
 _MESSAGE_CONTEXT = (
-    "SELECT d.id, d.platform, d.org, d.os_version, d.supervised, d.auth, d.facts,"
+    "SELECT " + ", ".join(f"d.{c}" for c in _DEVICE_COLUMNS.split(", ")) + ","
     " s.state, s.rev, s.expires_at,"
     f" (SELECT 1 FROM deliveries WHERE device_id = ?1 AND state IN {_OFFERED} LIMIT 1),"
-    " c.kind, c.body, x.state, x.session, x.result, x.status, x.offers"
+    f" {_DELIVERY_COLUMNS}"
     " FROM (SELECT 1) LEFT JOIN devices d ON d.id = ?1"
     " LEFT JOIN sessions s ON s.kind = ?2 AND s.key = ?3 AND s.expires_at > ?4"
     " LEFT JOIN (deliveries x JOIN commands c ON c.id = x.command_id)"
@@ -738,8 +739,8 @@ def _take(
 
 
 _SELECT_DELIVERY = (
-    "SELECT c.kind, c.body, d.state, d.session, d.result, d.status, d.offers FROM deliveries d"
-    " JOIN commands c ON c.id = d.command_id WHERE d.command_id = ? AND d.device_id = ?"
+    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries x"
+    " JOIN commands c ON c.id = x.command_id WHERE x.command_id = ? AND x.device_id = ?"
 )
 
 
@@ -749,7 +750,7 @@ def _read_delivery(db: sqlite3.Connection, device_id: str, command_id: str) -> D
 
 
 def _delivery(device_id: str, command_id: str, r: Sequence[Any]) -> Delivery:
-    """A delivery from ``_SELECT_DELIVERY``'s columns."""
+    """A delivery from ``_DELIVERY_COLUMNS``."""
     state, session, result = DeliveryState(r[2]), r[3], r[4]
     result = None if result is None else bytes(result)
     return Delivery(command_id, device_id, r[0], bytes(r[1]), state, session, result, r[5], r[6])

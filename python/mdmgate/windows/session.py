@@ -1359,13 +1359,13 @@ def _assembled(obj: _LargeObject) -> Item:
 
 
 def _split_devinfo(items: list[Item]) -> tuple[dict[str, str], list[Item]]:
-    """The ``./DevInfo`` leaves among ``items`` by name, and the other items; one pass (every
-    package 1 carries some, and each item's LocURI is a call into the codec's object)."""
+    """The ``./DevInfo`` leaves among ``items`` by name, and the other items, in one pass
+    (every package 1 carries some)."""
     values: dict[str, str] = {}
     rest: list[Item] = []
     cut = len(_DEVINFO)
     for item in items:
-        loc = item.source or item.target or ""
+        loc = _loc(item)
         if len(loc) > cut and loc.startswith(_DEVINFO):
             values[loc[cut:]] = _text(item.data) or ""
         else:
